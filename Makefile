@@ -1,0 +1,33 @@
+# Two commands work on a fresh clone: `make demo` and `make test`.
+# torch is installed first and pinned (torch==2.13.0, a CPU build on our machines); the
+# constraints file keeps every later install from pulling another torch.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PIP := $(PY) -m pip
+STAMP := $(VENV)/.kv_vla_installed
+PYTEST_ARGS ?=
+
+.PHONY: venv test demo bench clean
+
+venv: $(STAMP)
+
+$(STAMP): setup.py requirements.txt requirements-ros.txt requirements-test.txt constraints.txt
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PIP) install -q --upgrade pip
+	$(PIP) install -q torch==2.13.0
+	$(PIP) install -q -c constraints.txt -r requirements.txt -r requirements-ros.txt -r requirements-test.txt
+	$(PIP) install -q -c constraints.txt --no-deps --no-build-isolation -e .
+	touch $@
+
+test: $(STAMP)
+	$(PY) -m pytest $(PYTEST_ARGS) test
+
+demo: $(STAMP)
+	$(VENV)/bin/kv-vla demo
+
+bench: $(STAMP)
+	$(VENV)/bin/kv-vla bench cache
+
+clean:
+	rm -rf $(VENV) build *.egg-info

@@ -1,0 +1,34 @@
+"""The chunked KV cache (torch + transformers' cache base classes only).
+
+Public API: `CacheConfig`, `make_cache(config, model_config, gate=None)`, the policy registry,
+the gate (`ChunkGate`), per-layer budgets (`allocate_layer_budgets`) and the `kv_vla_*`
+attention that per-layer budgets need (`use_kv_vla_attention`).
+"""
+
+from .attention import register_kv_vla_attention, use_kv_vla_attention
+from .budgets import allocate_layer_budgets
+from .chunked_cache import ChunkedKVCache, make_cache
+from .config import POLICY_NAMES, CacheConfig
+from .gate import GATE_FILE, ChunkGate, GateConfig, chunk_features, gate_input_dim
+from .layer import ChunkedLayer
+from .policies import POLICIES, ChunkPolicy, make_policy, register_policy
+
+__all__ = [
+    "CacheConfig",
+    "ChunkGate",
+    "ChunkPolicy",
+    "ChunkedKVCache",
+    "ChunkedLayer",
+    "GATE_FILE",
+    "GateConfig",
+    "POLICIES",
+    "POLICY_NAMES",
+    "allocate_layer_budgets",
+    "chunk_features",
+    "gate_input_dim",
+    "make_cache",
+    "make_policy",
+    "register_kv_vla_attention",
+    "register_policy",
+    "use_kv_vla_attention",
+]

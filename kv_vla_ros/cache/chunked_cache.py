@@ -1,0 +1,254 @@
+"""`ChunkedKVCache`: the bounded, chunked KV cache of one long-horizon session.
+
+A `transformers.Cache` of `ChunkedLayer`s. Every layer's `update` appends and returns the
+pre-eviction K/V; after the last attention layer of a forward, the container scores the chunks
+that just left the recent window (the policy), decides what stays (threshold, budget, per-layer
+budgets, summaries: here, once, for every policy) and evicts in all layers at once, so K and V,
+and by default all layers, share one decision per chunk.
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+
+import torch
+from transformers.cache_utils import Cache, DynamicSlidingWindowLayer
+
+from .config import CacheConfig
+from .gate import ChunkGate, gate_input_dim
+from .layer import ChunkedLayer
+from .policies import make_policy
+
+KEPT, SUMMARY, DROPPED = 0, 1, 2
+
+# The layer whose `update` ran last on this thread: the `kv_vla_*` attention functions use it to
+# hand this step's attention back to the cache (the attention call follows `update` directly).
+ACTIVE = threading.local()
+
+
+def text_config(model_config):
+    return model_config.get_text_config(decoder=True) if hasattr(model_config, "get_text_config") else model_config
+
+
+def head_dim_of(cfg) -> int:
+    return getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
+
+
+class ChunkedKVCache(Cache):
+    """See the module docstring. Build it with `make_cache`."""
+
+    def __init__(self, config: CacheConfig, model_config, gate: ChunkGate | None = None) -> None:
+        config.validate()
+        cfg = text_config(model_config)
+        n_layers = cfg.num_hidden_layers
+        layer_types = list(getattr(cfg, "layer_types", None) or ["full_attention"] * n_layers)
+        layers = []
+        for i, kind in enumerate(layer_types[:n_layers]):
+            if kind == "full_attention":
+                layers.append(ChunkedLayer())
+            elif kind == "sliding_attention":
+                # Already bounded by the model's own window; its mask relies on contiguous positions.
+                layers.append(DynamicSlidingWindowLayer(sliding_window=cfg.sliding_window))
+            else:
+                raise ValueError(f"model_config.layer_types[{i}]: {kind!r} layers are not supported by the chunked cache")
+        super().__init__(layers=layers)
+        self.config = config
+        self.chunked = [i for i, layer in enumerate(layers) if isinstance(layer, ChunkedLayer)]
+        if not self.chunked:
+            raise ValueError("model_config.layer_types: the model has no full-attention layer to cache")
+        self.head_dim = head_dim_of(cfg)
+        if config.layer_budgets is not None:
+            if len(config.layer_budgets) != len(self.chunked):
+                raise ValueError(
+                    f"layer_budgets: {len(config.layer_budgets)} budgets for {len(self.chunked)} attention layers"
+                )
+            impl = getattr(model_config, "_attn_implementation", None) or ""
+            if len(set(config.layer_budgets)) > 1 and not impl.startswith("kv_vla_"):
+                raise ValueError(
+                    "layer_budgets: layers holding different lengths need the 'kv_vla_sdpa' or 'kv_vla_eager' attention "
+                    f"(model uses {impl!r}); call kv_vla_ros.cache.use_kv_vla_attention(model) first"
+                )
+        in_dim = gate_input_dim(len(self.chunked), self.head_dim)
+        if config.policy == "gated":
+            gate = gate if gate is not None else ChunkGate.untrained(in_dim, seed=config.seed)
+            if gate.config.in_dim != in_dim:
+                raise ValueError(
+                    f"gate: in_dim {gate.config.in_dim} does not match the model ({len(self.chunked)} layers x 2 x "
+                    f"head_dim {self.head_dim} = {in_dim})"
+                )
+        self.gate = gate
+        # With the kv_vla_* attention the real attention of each step is reported to the policy.
+        self.attention_hooked = (getattr(model_config, "_attn_implementation", None) or "").startswith("kv_vla_")
+        self.policy = make_policy(config.policy, self)
+        self._clear()
+
+    # ----------------------------------------------------------------- bookkeeping
+    @property
+    def sink(self) -> int:
+        return self.config.prefix_tokens
+
+    def _groups(self) -> list[list[int]]:
+        """Layers sharing one keep decision: all of them, or each alone with per-layer budgets."""
+        if self.config.layer_budgets is None:
+            return [self.chunked]
+        return [[i] for i in self.chunked]
+
+    def _clear(self) -> None:
+        self.n_old = 0  # chunks that have left the recent window (each scored once)
+        self.scores = torch.zeros(0)  # [n_old] utility per old chunk
+        self.states = torch.zeros(len(self._groups()), 0, dtype=torch.int8)  # [groups, n_old]
+        self.last_scores: dict[int, float] = {}
+
+    def reset(self) -> None:
+        """New episode: drop every token and the gate/policy state."""
+        super().reset()
+        self._clear()
+        self.policy.reset()
+
+    @property
+    def tokens_seen(self) -> int:
+        return self.layers[self.chunked[0]].seen
+
+    # ----------------------------------------------------------------- transformers API
+    def update(self, key_states, value_states, layer_idx: int, *args, **kwargs):
+        keys, values = self.layers[layer_idx].update(key_states, value_states, *args, **kwargs)
+        if layer_idx in self.chunked:
+            ACTIVE.cache, ACTIVE.layer_idx = self, layer_idx
+            if self.policy.wants_attention:
+                self.policy.observe_update(layer_idx, keys, key_states.shape[-2])
+            if layer_idx == self.chunked[-1]:
+                # The returned `keys`/`values` are tensors of their own: evicting now leaves this
+                # layer's attention over the pre-eviction states untouched.
+                self._after_step()
+        return keys, values
+
+    # ----------------------------------------------------------------- eviction
+    def _after_step(self) -> None:
+        cfg, seen, sink = self.config, self.tokens_seen, self.sink
+        n_total = math.ceil(max(0, seen - sink) / cfg.chunk_size)
+        first_recent = max(0, n_total - cfg.recent_chunks)
+        new_ids = list(range(self.n_old, first_recent))
+        if new_ids:
+            new_scores = self.policy.score(new_ids).float()
+            self.last_scores = dict(zip(new_ids, new_scores.tolist()))
+            self.scores = torch.cat([self.scores, new_scores])
+            pad = torch.full((self.states.shape[0], len(new_ids)), KEPT, dtype=torch.int8)
+            self.states = torch.cat([self.states, pad], dim=1)
+            self.n_old = first_recent
+        if not self.policy.evicts or self.n_old == 0:
+            return
+        scores = self.policy.rescore(list(range(self.n_old)), self.scores)
+        recent_start = sink + self.n_old * cfg.chunk_size
+        fixed = min(seen, sink) + max(0, seen - recent_start)  # prefix + recent window
+        for g, group in enumerate(self._groups()):
+            budget = cfg.layer_budgets[g] if cfg.layer_budgets is not None else cfg.budget_tokens
+            new_summaries = self._decide(g, scores, None if budget is None else budget - fixed)
+            for layer_idx in group:
+                self._apply(layer_idx, g, recent_start, new_summaries, scores)
+
+    def _decide(self, g: int, scores: torch.Tensor, room: int | None) -> list[int]:
+        """Update ``states[g]``; return chunks that just became summaries (their K/V still held)."""
+        cfg, state = self.config, self.states[g]
+        kept = (state == KEPT).nonzero().flatten().tolist()
+        evicted = []
+        if self.policy.uses_threshold:
+            evicted = [c for c in kept if scores[c] < cfg.gate_threshold]
+            kept = [c for c in kept if scores[c] >= cfg.gate_threshold]
+        used = 0
+        if room is not None:
+            # Highest utility first; among equals, the newer chunk.
+            kept.sort(key=lambda c: (-float(scores[c]), -c))
+            fits = room // cfg.chunk_size
+            evicted += kept[fits:]
+            kept = kept[:fits]
+            used = len(kept) * cfg.chunk_size
+        for c in evicted:
+            state[c] = SUMMARY if cfg.summarize and scores[c] >= cfg.summary_threshold else DROPPED
+        new_summaries = [c for c in evicted if state[c] == SUMMARY]
+        summaries = (state == SUMMARY).nonzero().flatten().tolist()
+        if room is not None and len(summaries) > room - used:
+            summaries.sort(key=lambda c: (-float(scores[c]), -c))
+            for c in summaries[max(0, room - used):]:
+                state[c] = DROPPED
+            new_summaries = [c for c in new_summaries if state[c] == SUMMARY]
+        return new_summaries
+
+    def _apply(self, layer_idx: int, g: int, recent_start: int, new_summaries: list[int], scores) -> None:
+        layer, cfg, sink = self.layers[layer_idx], self.config, self.sink
+        summary_kv = [self._summary(layer, c, float(scores[c])) for c in new_summaries]
+        pos = layer.positions
+        state = self.states[g].to(pos.device)
+        keep = ((pos >= 0) & (pos < sink)) | (pos >= recent_start)
+        old = (pos >= sink) & (pos < recent_start)
+        chunk = ((pos - sink) // cfg.chunk_size).clamp(0, max(0, self.n_old - 1))
+        keep |= old & (state[chunk] == KEPT)
+        summary_chunk = (-pos - 1).clamp(0, max(0, self.n_old - 1))
+        keep |= (pos < 0) & (state[summary_chunk] == SUMMARY)
+        layer.keep(keep.nonzero().flatten())
+        for c, (k, v) in zip(new_summaries, summary_kv):
+            layer.append_summary(c, k, v)
+
+    def _summary(self, layer: ChunkedLayer, chunk_id: int, score: float):
+        """One token ``[b, h, 1, d]`` standing for a chunk: the mean of its keys and of its values.
+
+        The chunk has one utility score, so the "score-weighted" mean of METHOD.md reduces to a
+        plain mean over its tokens; the score decides whether the summary exists at all.
+        """
+        k, v = self._chunk_kv(layer, chunk_id)
+        return k.mean(dim=-2, keepdim=True), v.mean(dim=-2, keepdim=True)
+
+    def _chunk_kv(self, layer: ChunkedLayer, chunk_id: int):
+        start = self.sink + chunk_id * self.config.chunk_size
+        pos = layer.positions
+        idx = ((pos >= start) & (pos < start + self.config.chunk_size)).nonzero().flatten()
+        return layer.keys.index_select(-2, idx), layer.values.index_select(-2, idx)
+
+    def chunk_states(self, chunk_id: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """Per attention layer ``(keys, values)`` ``[b, h, tokens, d]`` of a chunk that is held."""
+        return [self._chunk_kv(self.layers[i], chunk_id) for i in self.chunked]
+
+    # ----------------------------------------------------------------- reporting
+    def held_positions(self, layer_idx: int | None = None) -> torch.Tensor:
+        """Absolute positions ``[held]`` of one layer (default: the first attention layer); summaries < 0."""
+        return self.layers[self.chunked[0] if layer_idx is None else layer_idx].positions
+
+    def tokens_held(self, layer_idx: int | None = None) -> int:
+        return self.layers[self.chunked[0] if layer_idx is None else layer_idx].held
+
+    def nbytes(self) -> int:
+        total = 0
+        for layer in self.layers:
+            if isinstance(layer, ChunkedLayer):
+                total += layer.nbytes()
+            elif layer.is_initialized and layer.keys is not None:
+                total += layer.keys.numel() * layer.keys.element_size() * 2
+        return total
+
+    def stats(self) -> dict:
+        """Tokens seen and held, bytes held, kept chunks (ids and absolute ranges), last gate scores."""
+        cfg = self.config
+        kept = (self.states[0] == KEPT).nonzero().flatten().tolist() if self.n_old else []
+        return {
+            "policy": cfg.policy,
+            "tokens_seen": self.tokens_seen,
+            "tokens_held": self.tokens_held(),
+            "tokens_held_per_layer": [self.layers[i].held for i in self.chunked],
+            "bytes_held": self.nbytes(),
+            "chunks_scored": self.n_old,
+            "kept_chunks": kept,
+            "kept_ranges": [[self.sink + c * cfg.chunk_size, self.sink + (c + 1) * cfg.chunk_size] for c in kept],
+            "summary_chunks": (self.states[0] == SUMMARY).nonzero().flatten().tolist() if self.n_old else [],
+            "last_gate_scores": dict(self.last_scores),
+            "keep_ratio": self.tokens_held() / max(1, self.tokens_seen),
+        }
+
+
+def make_cache(config: CacheConfig, model_config, gate: ChunkGate | None = None) -> ChunkedKVCache:
+    """A `transformers.Cache` for ``model_config`` (any decoder-only model) following ``config``.
+
+    Pass it as ``past_key_values`` to ``model(...)`` or ``model.generate(...)``.
+    """
+    if not isinstance(config, CacheConfig):
+        raise ValueError(f"config: expected a CacheConfig, got {type(config).__name__}")
+    return ChunkedKVCache(config, model_config, gate=gate)

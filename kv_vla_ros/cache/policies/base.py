@@ -1,0 +1,60 @@
+"""The tiny base class of eviction policies and their registry by name (kvpress style).
+
+A policy only *ranks* chunks: it gives each closed chunk a utility score when the chunk leaves
+the recent window. The cache turns scores into keep/evict decisions (threshold, budget, per-layer
+budgets, summaries) in one place, so every policy obeys the same invariants.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Callable
+
+import torch
+
+if TYPE_CHECKING:  # pragma: no cover
+    from ..chunked_cache import ChunkedKVCache
+
+POLICIES: dict[str, type["ChunkPolicy"]] = {}
+
+
+def register_policy(name: str) -> Callable[[type["ChunkPolicy"]], type["ChunkPolicy"]]:
+    def wrap(cls: type[ChunkPolicy]) -> type[ChunkPolicy]:
+        if name in POLICIES:
+            raise ValueError(f"policy: {name!r} is registered twice")
+        cls.name = name
+        POLICIES[name] = cls
+        return cls
+
+    return wrap
+
+
+class ChunkPolicy:
+    """Scores chunks. Subclasses override `score` (and, for dynamic scores, `rescore`)."""
+
+    name = "base"
+    #: whether `gate_threshold` applies (scores are utilities in [0, 1])
+    uses_threshold = False
+    #: whether the policy wants the attention of each step's queries (see `observe_attention`)
+    wants_attention = False
+    #: False for `full`: the cache never evicts
+    evicts = True
+
+    def __init__(self, cache: "ChunkedKVCache") -> None:
+        self.cache = cache
+
+    def reset(self) -> None:
+        """New episode."""
+
+    def score(self, chunk_ids: list[int]) -> torch.Tensor:
+        """Utility ``[len(chunk_ids)]`` (float32, CPU) of chunks that just left the recent window.
+
+        Called once per chunk, in chunk order, while the chunk is still held in every layer.
+        """
+        raise NotImplementedError
+
+    def rescore(self, chunk_ids: list[int], scores: torch.Tensor) -> torch.Tensor:
+        """Current utility of old chunks still held; static policies return ``scores``."""
+        return scores
+
+    def observe_attention(self, layer_idx: int, token_mass: torch.Tensor) -> None:
+        """Attention mass ``[held + q]`` that this step's queries put on each key of a layer."""

@@ -1,0 +1,34 @@
+"""`gated`: the recurrent gate of KV-Efficient VLA scores each chunk as it leaves the window.
+
+One score per chunk, shared by K and V and by every layer; the LSTM state carries from chunk to
+chunk and is reset with the episode, so a chunk's score depends on that chunk and earlier ones
+only (causal).
+"""
+
+from __future__ import annotations
+
+import torch
+
+from ..gate import chunk_features
+from .base import ChunkPolicy, register_policy
+
+
+@register_policy("gated")
+class GatedPolicy(ChunkPolicy):
+    uses_threshold = True
+
+    def __init__(self, cache) -> None:
+        super().__init__(cache)
+        self.gate = cache.gate
+        self.reset()
+
+    def reset(self) -> None:
+        self.state = None
+
+    @torch.no_grad()
+    def score(self, chunk_ids: list[int]) -> torch.Tensor:
+        param = next(self.gate.parameters())
+        feats = torch.stack([chunk_features(self.cache.chunk_states(c)) for c in chunk_ids])
+        feats = feats.to(device=param.device, dtype=param.dtype).unsqueeze(0)  # [1, n, in_dim]
+        scores, self.state = self.gate(feats, self.state)
+        return scores[0].float().cpu()

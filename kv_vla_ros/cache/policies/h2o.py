@@ -1,0 +1,62 @@
+"""`h2o`: heavy hitters, chunks ranked by the attention they have accumulated (H2O-like).
+
+The mass comes from the real queries when the model runs the `kv_vla_*` attention (see
+`kv_vla_ros.cache.attention`); under plain sdpa/eager the cache API exposes no queries, so the
+new block's keys stand in for them (their RoPE rotation matches the queries'). Scores keep
+growing while a chunk is held, so the ranking is refreshed every step.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from .base import ChunkPolicy, register_policy
+
+
+@register_policy("h2o")
+class H2OPolicy(ChunkPolicy):
+    wants_attention = True
+
+    def __init__(self, cache) -> None:
+        super().__init__(cache)
+        self.reset()
+
+    def reset(self) -> None:
+        self.mass = torch.zeros(0)  # [chunks] accumulated attention, averaged over layers
+        self.positions: dict[int, torch.Tensor] = {}  # layer -> positions matching its last update
+
+    def observe_update(self, layer_idx: int, keys: torch.Tensor, q: int) -> None:
+        """``keys`` ``[b, h, held + q, d]`` just returned by the layer's update."""
+        self.positions[layer_idx] = self.cache.layers[layer_idx].positions
+        if self.cache.attention_hooked:
+            return  # the real attention will be reported by observe_attention
+        k = keys.float()
+        logits = k[..., -q:, :] @ k.transpose(-1, -2) / k.shape[-1] ** 0.5  # [b, h, q, held + q]
+        held = k.shape[-2] - q
+        causal = torch.ones(q, q, dtype=torch.bool, device=k.device).triu(1)
+        logits[..., held:] = logits[..., held:].masked_fill(causal, float("-inf"))
+        self._accumulate(layer_idx, logits.softmax(-1).sum(dim=(0, 1, 2)))
+
+    def observe_attention(self, layer_idx: int, token_mass: torch.Tensor) -> None:
+        self._accumulate(layer_idx, token_mass.float())
+
+    def _accumulate(self, layer_idx: int, token_mass: torch.Tensor) -> None:
+        sink, size = self.cache.sink, self.cache.config.chunk_size
+        pos = self.positions[layer_idx].to(token_mass.device)
+        regular = pos >= sink
+        chunk = ((pos[regular] - sink) // size).cpu()
+        if chunk.numel() == 0:
+            return
+        n = int(chunk.max()) + 1
+        if self.mass.numel() < n:
+            self.mass = torch.cat([self.mass, torch.zeros(n - self.mass.numel())])
+        self.mass.index_add_(0, chunk, token_mass[regular].cpu() / len(self.cache.chunked))
+
+    def score(self, chunk_ids: list[int]) -> torch.Tensor:
+        ids = torch.tensor(chunk_ids, dtype=torch.long)
+        if self.mass.numel() <= int(ids.max()):
+            self.mass = torch.cat([self.mass, torch.zeros(int(ids.max()) + 1 - self.mass.numel())])
+        return self.mass[ids].clone()
+
+    def rescore(self, chunk_ids: list[int], scores: torch.Tensor) -> torch.Tensor:
+        return self.score(chunk_ids) if chunk_ids else scores

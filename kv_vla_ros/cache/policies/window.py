@@ -1,0 +1,12 @@
+"""`window`: a sliding window, recent tokens only (no prefix); newer chunks rank higher."""
+
+import torch
+
+from .base import ChunkPolicy, register_policy
+
+
+@register_policy("window")
+class WindowPolicy(ChunkPolicy):
+    def score(self, chunk_ids: list[int]) -> torch.Tensor:
+        # Rank by recency: the budget then holds the newest chunks that fit.
+        return torch.tensor(chunk_ids, dtype=torch.float32)

@@ -1,0 +1,62 @@
+"""`kv-vla`: one command line for the offline tools.
+
+Each subcommand lives in its own module exposing ``configure(parser)`` and ``run(args) -> int``;
+modules are imported only when their subcommand runs, so ``kv-vla bench cache`` never imports
+rclpy and ``kv-vla --help`` stays fast.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+# (command, module, one-line help). Nested groups ("bench cache") use a space.
+COMMANDS: list[tuple[str, str, str]] = [
+    ("bench cache", "kv_vla_ros.eval.bench_cache", "per-step latency and KV bytes of cache policies vs full"),
+]
+
+
+def _build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="kv-vla", description=__doc__.splitlines()[0])
+    top = parser.add_subparsers(dest="command", metavar="COMMAND")
+    top.required = True
+    groups: dict[str, argparse._SubParsersAction] = {}
+    for command, module, help_text in COMMANDS:
+        words = command.split()
+        sub = top
+        if len(words) == 2:
+            if words[0] not in groups:
+                group = top.add_parser(words[0], help=f"{words[0]} tools")
+                groups[words[0]] = group.add_subparsers(dest="subcommand", metavar="SUBCOMMAND")
+                groups[words[0]].required = True
+            sub = groups[words[0]]
+        sub.add_parser(words[-1], help=help_text, description=help_text)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    module = _module_for(argv)
+    if module is None:
+        # No known subcommand: argparse prints the help or the usage error and exits.
+        _build_parser().parse_args(argv)
+        return 2
+    mod = importlib.import_module(module)
+    words = next(c for c, m, _ in COMMANDS if m == module).split()
+    parser = argparse.ArgumentParser(prog="kv-vla " + " ".join(words), description=mod.__doc__)
+    mod.configure(parser)
+    args = parser.parse_args(argv[len(words):])
+    return int(mod.run(args) or 0)
+
+
+def _module_for(argv: list[str]) -> str | None:
+    for command, module, _ in sorted(COMMANDS, key=lambda c: -len(c[0].split())):
+        words = command.split()
+        if argv[: len(words)] == words:
+            return module
+    return None
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,57 @@
+"""Simulated-robot tier: MiniGrid Memory / BabyAI levels as a camera + language + discrete-action robot.
+
+Depends only on numpy, gymnasium, minigrid (and tqdm); never imports torch, transformers or rclpy,
+so it is usable on machines without a GPU stack or ROS.
+
+Public API:
+    SimRobot(task, frame_size=56, max_steps=None)  -- reset(seed) -> (frame uint8 (S,S,3), instruction)
+                                                      step(action) -> StepResult
+    make_expert(robot, look_around=False) -> Expert -- Expert.act() -> int action id
+    generate_episodes(task, seeds, frame_size=56, progress=False, look_around=False) -> list[Episode]
+    train_seeds(n, offset=0) / eval_seeds(n, offset=0) / check_disjoint(a, b)
+    save_episodes(path, episodes) / load_episodes(path)
+"""
+from .dataset import (
+    EVAL_SEED_RANGE,
+    TRAIN_SEED_RANGE,
+    Episode,
+    check_disjoint,
+    eval_seeds,
+    generate_episodes,
+    load_episodes,
+    save_episodes,
+    train_seeds,
+)
+from .env import (
+    ACTION_NAMES,
+    NUM_ACTIONS,
+    SUPPORTED_TASKS,
+    SimRobot,
+    StepResult,
+    is_memory_task,
+    normalize_task,
+)
+from .experts import BabyAIExpert, Expert, MemoryExpert, make_expert
+
+__all__ = [
+    "ACTION_NAMES",
+    "BabyAIExpert",
+    "EVAL_SEED_RANGE",
+    "Episode",
+    "Expert",
+    "MemoryExpert",
+    "NUM_ACTIONS",
+    "SUPPORTED_TASKS",
+    "SimRobot",
+    "StepResult",
+    "TRAIN_SEED_RANGE",
+    "check_disjoint",
+    "eval_seeds",
+    "generate_episodes",
+    "is_memory_task",
+    "load_episodes",
+    "make_expert",
+    "normalize_task",
+    "save_episodes",
+    "train_seeds",
+]

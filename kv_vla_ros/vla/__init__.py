@@ -1,0 +1,36 @@
+"""The VLA tier: model (vision encoder + causal-LM backbone + action tokens), checkpoint I/O and
+the streaming ``VLASession``. Imports torch + transformers (and ``kv_vla_ros.cache``), never rclpy.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from kv_vla_ros.vla.config import ActionSpaceConfig, ProcessorConfig, VLAConfig, default_backbone
+from kv_vla_ros.vla.model import VLAModel
+from kv_vla_ros.vla.processor import ImageProcessor, check_image
+from kv_vla_ros.vla.session import VLASession, make_session_cache
+from kv_vla_ros.vla.tokenization import ActionTokenizer, TextTokenizer, build_text_tokenizer
+
+
+def _default_model_path() -> Path:
+    """The shipped checkpoint: ``<repo>/models/kv-vla-minigrid`` (source checkout), else the
+    installed share directory (``share/kv_vla_ros/models/kv-vla-minigrid``)."""
+    repo = Path(__file__).resolve().parents[2] / "models" / "kv-vla-minigrid"
+    if repo.is_dir():
+        return repo
+    try:
+        from ament_index_python.packages import get_package_share_directory
+
+        return Path(get_package_share_directory("kv_vla_ros")) / "models" / "kv-vla-minigrid"
+    except Exception:  # not on a ROS install: keep the source-tree path (error names it on load)
+        return repo
+
+
+DEFAULT_MODEL_PATH: Path = _default_model_path()
+
+__all__ = [
+    "VLAConfig", "ActionSpaceConfig", "ProcessorConfig", "default_backbone", "VLAModel", "VLASession",
+    "make_session_cache", "ImageProcessor", "check_image", "ActionTokenizer", "TextTokenizer",
+    "build_text_tokenizer", "DEFAULT_MODEL_PATH",
+]

@@ -1,0 +1,188 @@
+"""The VLA: a patch vision encoder + any transformers decoder-only causal LM + action tokens.
+
+Episode stream (see config.py)::
+
+    [prefix P][frame 1: F][action 1: A][frame 2: F][action 2: A] ...
+
+Action token ``j`` of step ``t`` is predicted from the hidden state at position
+``P + t*(F+A) + F - 1 + j`` (the last frame token for ``j == 0``), over action-token logits only.
+Training (teacher forcing, one no-cache forward) and ``VLASession`` (streaming) share this layout.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from transformers import AutoModelForCausalLM
+
+from kv_vla_ros.vla.config import VLAConfig
+from kv_vla_ros.vla.processor import ImageProcessor
+from kv_vla_ros.vla.tokenization import ActionTokenizer, TextTokenizer, build_text_tokenizer
+
+CONFIG_FILE, WEIGHTS_FILE, TOKENIZER_FILE = "config.json", "model.safetensors", "tokenizer.json"
+FORMAT_VERSION = 1
+
+
+class VisionEncoder(nn.Module):
+    """Normalized frames (T, 3, S, S) -> visual tokens (T, N, D), N = (S / patch)^2."""
+
+    def __init__(self, config: VLAConfig, hidden_size: int):
+        super().__init__()
+        p, vh = config.patch_size, config.vision_hidden
+        self.patch = nn.Conv2d(3, vh, kernel_size=p, stride=p)
+        self.pos = nn.Parameter(torch.randn(config.tokens_per_frame, vh) * 0.02)
+        self.mlp = nn.Sequential(nn.LayerNorm(vh), nn.Linear(vh, hidden_size), nn.GELU(),
+                                 nn.Linear(hidden_size, hidden_size))
+
+    def forward(self, frames: torch.Tensor) -> torch.Tensor:
+        x = self.patch(frames).flatten(2).transpose(1, 2)  # (T, N, vh)
+        return self.mlp(x + self.pos)
+
+
+class VLAModel(nn.Module):
+    """Vision encoder + causal-LM backbone (fed ``inputs_embeds``) + tokenizers + processor."""
+
+    def __init__(self, config: VLAConfig, text_tokenizer: TextTokenizer | None = None):
+        super().__init__()
+        if text_tokenizer is None:
+            text_tokenizer = TextTokenizer(build_text_tokenizer(), config.max_instruction_tokens)
+        if config.text_vocab_size == 0:
+            config.text_vocab_size = text_tokenizer.vocab_size
+        if config.text_vocab_size != text_tokenizer.vocab_size:
+            raise ValueError(f"text_vocab_size: config says {config.text_vocab_size}, "
+                             f"tokenizer.json has {text_tokenizer.vocab_size} words")
+        self.config = config
+        self.text_tokenizer = text_tokenizer
+        self.action_tokenizer = ActionTokenizer(config.action)
+        self.processor = ImageProcessor(config.processor, config.image_size)
+        self.backbone_config = config.backbone_config()
+        # Eager-free default: sdpa is exact against the cached path on CPU and fast.
+        self.backbone = AutoModelForCausalLM.from_config(self.backbone_config, attn_implementation="sdpa")
+        self.vision = VisionEncoder(config, self.backbone_config.hidden_size)
+
+    # ---- embeddings -------------------------------------------------------------------------
+    @property
+    def device(self) -> torch.device:
+        return next(self.parameters()).device
+
+    def embed_ids(self, ids: torch.Tensor) -> torch.Tensor:
+        """Token ids (..., L) -> embeddings (..., L, D) from the backbone's shared table."""
+        return self.backbone.get_input_embeddings()(ids)
+
+    def embed_actions(self, action_tokens: torch.Tensor) -> torch.Tensor:
+        """Action-token indices in [0, action_vocab) (..., A) -> (..., A, D)."""
+        return self.embed_ids(action_tokens + self.config.action_token_offset)
+
+    def action_logits(self, logits: torch.Tensor) -> torch.Tensor:
+        """Full-vocab logits (..., V) -> action-token logits (..., action_vocab)."""
+        off = self.config.action_token_offset
+        return logits[..., off: off + self.config.action.vocab_size]
+
+    def episode_embeds(self, prefix_ids: torch.Tensor, frames: torch.Tensor,
+                       action_tokens: torch.Tensor) -> torch.Tensor:
+        """Build the stream.
+
+        Args:
+            prefix_ids: (B, P) int64 instruction ids.
+            frames: (B, T, 3, S, S) normalized frames.
+            action_tokens: (B, T, A) int64 action-token indices.
+        Returns:
+            (B, P + T*(F+A), D) input embeddings.
+        """
+        b, t = frames.shape[:2]
+        vis = self.vision(frames.flatten(0, 1)).view(b, t, self.config.tokens_per_frame, -1)
+        act = self.embed_actions(action_tokens)  # (B, T, A, D)
+        steps = torch.cat([vis, act], dim=2).flatten(1, 2)
+        return torch.cat([self.embed_ids(prefix_ids), steps], dim=1)
+
+    def action_positions(self, num_steps: int) -> torch.Tensor:
+        """(T, A) stream positions whose hidden states predict each action token."""
+        cfg = self.config
+        p, f, a = cfg.max_instruction_tokens, cfg.tokens_per_frame, cfg.action.tokens_per_action
+        t = torch.arange(num_steps).view(-1, 1)
+        return p + t * (f + a) + f - 1 + torch.arange(a).view(1, -1)
+
+    def forward(self, prefix_ids: torch.Tensor, frames: torch.Tensor,
+                action_tokens: torch.Tensor) -> torch.Tensor:
+        """Teacher-forced action logits (B, T, A, action_vocab), one no-cache forward."""
+        embeds = self.episode_embeds(prefix_ids, frames, action_tokens)
+        pos = self.action_positions(frames.shape[1]).to(embeds.device)
+        out = self.backbone(inputs_embeds=embeds, use_cache=False)
+        return self.action_logits(out.logits[:, pos.flatten()]).unflatten(1, pos.shape)
+
+    def loss(self, prefix_ids, frames, action_tokens, step_mask) -> torch.Tensor:
+        """Mean CE over action tokens of valid steps; step_mask (B, T) bool."""
+        logits = self(prefix_ids, frames, action_tokens)
+        ce = F.cross_entropy(logits.flatten(0, 2), action_tokens.flatten(), reduction="none")
+        mask = step_mask.unsqueeze(-1).expand_as(action_tokens).flatten().float()
+        return (ce * mask).sum() / mask.sum().clamp(min=1.0)
+
+    @torch.inference_mode()
+    def episode_action_logits(self, instruction: str, frames: np.ndarray, actions: np.ndarray) -> torch.Tensor:
+        """Reference (no cache) action logits (T, A, action_vocab) of one episode's history."""
+        prefix = torch.as_tensor(self.text_tokenizer.encode(instruction)).unsqueeze(0).to(self.device)
+        x = self.processor(frames, self.device).unsqueeze(0)
+        tokens = torch.as_tensor(self.action_tokenizer.encode(actions)).unsqueeze(0).to(self.device)
+        return self(prefix, x, tokens)[0]
+
+    # ---- checkpoint I/O ---------------------------------------------------------------------
+    def save_pretrained(self, directory: str | Path) -> Path:
+        """Write config.json, model.safetensors and tokenizer.json (no pickle anywhere)."""
+        from safetensors.torch import save_model
+
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        meta = {"format_version": FORMAT_VERSION, "architecture": "kv_vla_ros.VLAModel", **self.config.to_dict()}
+        (directory / CONFIG_FILE).write_text(json.dumps(meta, indent=2) + "\n")
+        # save_model de-duplicates tied tensors (e.g. Gemma's tied embeddings) safely.
+        save_model(self, str(directory / WEIGHTS_FILE), metadata={"format": "pt"})
+        self.text_tokenizer.save(directory / TOKENIZER_FILE)
+        return directory
+
+    @classmethod
+    def from_pretrained(cls, directory: str | Path, device: str | torch.device = "cpu") -> "VLAModel":
+        """Load a checkpoint directory; clear errors name the missing/bad file or field."""
+        from safetensors import SafetensorError
+        from safetensors.torch import load_model
+
+        directory = Path(directory)
+        if not directory.is_dir():
+            raise FileNotFoundError(f"model_path: checkpoint directory not found: {directory}")
+        for name in (CONFIG_FILE, WEIGHTS_FILE, TOKENIZER_FILE):
+            if not (directory / name).is_file():
+                raise FileNotFoundError(f"{name}: missing from checkpoint directory {directory}")
+        try:
+            meta = json.loads((directory / CONFIG_FILE).read_text())
+        except json.JSONDecodeError as exc:
+            raise ValueError(f"config.json: not valid JSON ({directory}): {exc}") from exc
+        if not isinstance(meta, dict):
+            raise ValueError(f"config.json: expected a JSON object in {directory}")
+        version = meta.pop("format_version", None)
+        meta.pop("architecture", None)
+        if version != FORMAT_VERSION:
+            raise ValueError(f"config.json: format_version {version!r} is not supported (expected {FORMAT_VERSION})")
+        config = VLAConfig.from_dict(meta)
+        text = TextTokenizer.load(directory / TOKENIZER_FILE, config.max_instruction_tokens)
+        model = cls(config, text)
+        try:
+            missing, unexpected = load_model(model, str(directory / WEIGHTS_FILE), strict=False,
+                                             device=str(device))
+        except SafetensorError as exc:
+            raise ValueError(f"model.safetensors: corrupted or not a safetensors file ({directory}): {exc}") from exc
+        except RuntimeError as exc:  # shape mismatch between config.json and the weights
+            raise ValueError(f"model.safetensors: does not match config.json: {exc}") from exc
+        if missing or unexpected:
+            raise ValueError(f"model.safetensors: does not match config.json: missing {sorted(missing)[:5]}, "
+                             f"unexpected {sorted(unexpected)[:5]}")
+        return model.to(device).eval()
+
+    def num_parameters(self) -> int:
+        return sum(p.numel() for p in self.parameters())
+
+
+__all__ = ["VLAModel", "VisionEncoder", "CONFIG_FILE", "WEIGHTS_FILE", "TOKENIZER_FILE"]

@@ -1,0 +1,165 @@
+"""`VLASession`: one long-horizon streaming episode of a VLA over a bounded KV cache.
+
+Per ``step``: the previous step's undelivered action token(s) and the new frame's tokens go
+through the backbone in one forward (appended to the cache, which applies its policy); the action
+is decoded from the last position's action-token logits (argmax), autoregressively per dimension
+for continuous actions. History persists across steps until ``reset``.
+"""
+
+from __future__ import annotations
+
+import time
+import warnings
+
+import numpy as np
+import torch
+
+from kv_vla_ros.cache.config import CacheConfig
+from kv_vla_ros.vla.model import VLAModel
+from kv_vla_ros.vla.processor import check_image
+
+
+def make_session_cache(config: CacheConfig, model_config, gate=None):
+    """The cache object for one episode (``kv_vla_ros.cache.make_cache``; DynamicCache fallback)."""
+    try:
+        from kv_vla_ros.cache import make_cache
+    except ImportError:  # the cache tier is optional while it is being written: full only
+        if config.policy != "full":
+            raise ValueError(f"cache.policy: {config.policy!r} needs kv_vla_ros.cache.make_cache") from None
+        from transformers import DynamicCache
+
+        return DynamicCache(config=model_config)
+    return make_cache(config, model_config, gate=gate)
+
+
+class VLASession:
+    """Streaming inference of ``model`` with one cache per episode.
+
+    Args:
+        model: a ``VLAModel`` (put in eval mode here).
+        cache_config: defaults to ``model.config.cache``; ``sink_tokens`` must equal the prefix
+            length and ``chunk_size`` the tokens per step (so chunks are control steps).
+        device: torch device for inference.
+    """
+
+    def __init__(self, model: VLAModel, cache_config: CacheConfig | None = None, device: str = "cpu"):
+        self.model = model.to(device).eval()
+        self.device = torch.device(device)
+        self.cache_config = self._check_cache_config(cache_config or model.config.cache)
+        self.gate = getattr(model, "gate", None)
+        self.instruction: str | None = None
+        self._cache = None
+        self._pending: list[int] = []  # action tokens decoded but not yet fed to the backbone
+        self.steps = 0
+        self.last_logits: torch.Tensor | None = None  # (A, action_vocab) of the last step
+        self.latency_ms = {"encode": 0.0, "forward": 0.0, "decode": 0.0, "total": 0.0}
+
+    def _check_cache_config(self, cfg: CacheConfig) -> CacheConfig:
+        if not isinstance(cfg, CacheConfig):
+            raise ValueError(f"cache_config: expected a CacheConfig, got {type(cfg).__name__}")
+        mc = self.model.config
+        if cfg.sink_tokens != mc.max_instruction_tokens:
+            raise ValueError(f"cache.sink_tokens: must equal the instruction prefix length "
+                             f"{mc.max_instruction_tokens}, got {cfg.sink_tokens}")
+        if cfg.chunk_size != mc.tokens_per_step:
+            raise ValueError(f"cache.chunk_size: must equal the tokens per step {mc.tokens_per_step}, "
+                             f"got {cfg.chunk_size}")
+        return cfg
+
+    # ---- episode ----------------------------------------------------------------------------
+    @torch.inference_mode()
+    def reset(self, instruction: str) -> None:
+        """Start a new episode: a fresh cache (and gate state) whose prefix is ``instruction``."""
+        if not isinstance(instruction, str) or not instruction.strip():
+            raise ValueError(f"instruction: expected a non-empty string, got {instruction!r}")
+        ids = torch.as_tensor(self.model.text_tokenizer.encode(instruction), device=self.device)
+        self._cache = make_session_cache(self.cache_config, self.model.backbone_config, gate=self.gate)
+        self.model.backbone(inputs_embeds=self.model.embed_ids(ids).unsqueeze(0),
+                            past_key_values=self._cache, use_cache=True)
+        self.instruction = instruction
+        self._pending = []
+        self.steps = 0
+        self.last_logits = None
+
+    @torch.inference_mode()
+    def step(self, image: np.ndarray, state: np.ndarray | None = None) -> np.ndarray:
+        """One control step: frame (H, W, 3) / (H, W) -> action (1,) int64 or (dim,) float32.
+
+        ``state`` (proprioception) is accepted for API compatibility and not used by this model.
+        """
+        if self._cache is None:
+            raise RuntimeError("VLASession.step: call reset(instruction) first")
+        t0 = time.perf_counter()
+        frame = check_image(image)
+        model = self.model
+        embeds = model.vision(model.processor(frame[None], self.device))  # (1, F, D)
+        if self._pending:
+            pend = torch.as_tensor(self._pending, device=self.device).unsqueeze(0)
+            embeds = torch.cat([model.embed_actions(pend), embeds], dim=1)
+        t1 = time.perf_counter()
+        a = model.config.action.tokens_per_action
+        tokens, logits_rows = [], []
+        decode_s = 0.0
+        for j in range(a):
+            out = model.backbone(inputs_embeds=embeds, past_key_values=self._cache, use_cache=True)
+            td = time.perf_counter()
+            logits = model.action_logits(out.logits[0, -1]).float()
+            tok = int(torch.argmax(logits))
+            tokens.append(tok)
+            logits_rows.append(logits)
+            if j + 1 < a:  # feed this dimension's token to predict the next one
+                embeds = model.embed_actions(torch.tensor([[tok]], device=self.device))
+            decode_s += time.perf_counter() - td
+        t2 = time.perf_counter()
+        self._pending = [tokens[-1]]
+        action = model.action_tokenizer.decode(np.asarray(tokens))
+        t3 = time.perf_counter()
+        self.last_logits = torch.stack(logits_rows)
+        self.steps += 1
+        self.latency_ms = {
+            "encode": (t1 - t0) * 1e3,
+            "forward": (t2 - t1 - decode_s) * 1e3,
+            "decode": (t3 - t2 + decode_s) * 1e3,
+            "total": (t3 - t0) * 1e3,
+        }
+        return action
+
+    # ---- introspection / live tuning --------------------------------------------------------
+    def stats(self) -> dict:
+        """Tokens seen/held, KV bytes held, kept chunk ids, last gate scores, latency (ms)."""
+        out = {"steps": self.steps, "tokens_seen": 0, "tokens_held": 0, "bytes_held": 0,
+               "kept_chunks": [], "gate_scores": [], "latency_ms": dict(self.latency_ms),
+               "policy": self.cache_config.policy}
+        cache = self._cache
+        if cache is None:
+            return out
+        if hasattr(cache, "stats"):
+            cs = cache.stats()
+            for key in ("tokens_seen", "tokens_held", "bytes_held", "kept_chunks", "gate_scores"):
+                if key in cs:
+                    out[key] = cs[key]
+        else:  # DynamicCache fallback
+            layers = [(layer.keys, layer.values) for layer in cache.layers if layer.keys is not None]
+            out["tokens_seen"] = cache.get_seq_length()
+            out["tokens_held"] = layers[0][0].shape[-2] if layers else 0
+            out["bytes_held"] = sum(k.numel() * k.element_size() + v.numel() * v.element_size() for k, v in layers)
+        return out
+
+    def set_cache_config(self, cfg: CacheConfig) -> None:
+        """Change cache parameters live; keeps the episode's history when the cache supports it."""
+        cfg = self._check_cache_config(cfg)
+        cache = self._cache
+        if cache is not None:
+            for name in ("set_config", "reconfigure"):
+                if hasattr(cache, name):
+                    getattr(cache, name)(cfg)
+                    break
+            else:
+                # TODO(cache): make_cache's object has no live reconfiguration yet; the new config
+                # applies from the next reset() (history of this episode is kept as is).
+                warnings.warn("cache has no live reconfiguration: the new cache config applies at the next reset()",
+                              RuntimeWarning, stacklevel=2)
+        self.cache_config = cfg
+
+
+__all__ = ["VLASession", "make_session_cache"]
