@@ -59,7 +59,8 @@ def _wrap(base):
     def attention(module, query, key, value, attention_mask, **kwargs):
         attention_mask = _fit_mask(attention_mask, key.shape[-2])
         out, weights = base(module, query, key, value, attention_mask, **kwargs)
-        cache = getattr(ACTIVE, "cache", None)
+        # Consume the marker so that a later forward without this cache never reports into it.
+        cache, ACTIVE.cache = getattr(ACTIVE, "cache", None), None
         layer_idx = getattr(module, "layer_idx", None)
         if cache is not None and cache.policy.wants_attention and layer_idx == getattr(ACTIVE, "layer_idx", None):
             if weights is None:

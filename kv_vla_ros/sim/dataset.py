@@ -22,7 +22,7 @@ _FORMAT_VERSION = 1
 _NPZ_KEYS = ("format_version", "tasks", "seeds", "instructions", "success", "lengths", "frames", "actions")
 
 
-@dataclass
+@dataclass(eq=False)  # ndarray fields: element-wise == would be ambiguous
 class Episode:
     """One expert demonstration.
 
@@ -65,6 +65,9 @@ def generate_episodes(
     look_around: bool = False,
 ) -> list[Episode]:
     """Roll out the expert once per seed; returns one :class:`Episode` per seed, in order.
+
+    ``look_around`` (Memory tasks only) makes the expert walk into the start room and turn
+    a full circle before heading for the goal (longer, more memory-demanding episodes).
 
     Episodes that fail (expert timed out) are kept with ``success=False`` so callers can
     measure the expert; filter on ``ep.success`` before training if needed.

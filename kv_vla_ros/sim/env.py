@@ -10,6 +10,7 @@ RGB, rows top-to-bottom; the agent sits at the bottom centre looking "up" the im
 """
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -24,9 +25,20 @@ SUPPORTED_TASKS: tuple[str, ...] = (
     "MiniGrid-MemoryS13-v0",
     "MiniGrid-MemoryS13Random-v0",
     "MiniGrid-MemoryS17Random-v0",
+    "MiniGrid-MemoryS21Random-v0",
+    "MiniGrid-MemoryS25Random-v0",
     "BabyAI-GoToObj-v0",
     "BabyAI-GoToLocal-v0",
 )
+
+# Larger Memory mazes that minigrid does not register: same MemoryEnv (random hallway
+# length), bigger map. They exist because the registered ones give expert episodes of only
+# ~9-11 steps on average, too short to exercise a long-context policy; a bigger map gives
+# longer hallways, i.e. a longer gap between seeing the cue and using it.
+_UNREGISTERED: dict[str, tuple[str, dict[str, Any]]] = {
+    "MiniGrid-MemoryS21Random-v0": ("MiniGrid-MemoryS17Random-v0", {"size": 21}),
+    "MiniGrid-MemoryS25Random-v0": ("MiniGrid-MemoryS17Random-v0", {"size": 25}),
+}
 
 # MiniGrid's discrete action set; the tuple index is the action id the env expects.
 ACTION_NAMES: tuple[str, ...] = ("left", "right", "forward", "pickup", "drop", "toggle", "done")
@@ -34,6 +46,20 @@ NUM_ACTIONS: int = len(ACTION_NAMES)
 
 # MiniGrid's default agent_view_size; the POV render is always this many tiles square.
 _VIEW_TILES = 7
+
+
+def _quiet_babyai_level_generation() -> None:
+    """Send BabyAI's level-generation chatter ("Sampling rejected: ...") to logging.
+
+    minigrid's roomgrid_level calls the builtin print() on every rejected layout sample,
+    which would interleave with CLI output and ROS logs. Shadowing ``print`` in that one
+    module (not sys.stdout, which other threads share) routes it to a DEBUG logger instead.
+    """
+    from minigrid.envs.babyai.core import roomgrid_level
+
+    if "print" not in vars(roomgrid_level):
+        log = logging.getLogger("kv_vla_ros.sim.babyai")
+        roomgrid_level.print = lambda *args, **_: log.debug(" ".join(str(a) for a in args))
 
 
 def normalize_task(task: str) -> str:
@@ -109,7 +135,10 @@ class SimRobot:
             kwargs["max_steps"] = int(max_steps)
         # We drive the unwrapped env directly: the gymnasium wrappers (order enforcing,
         # passive checker) add overhead per step and we do our own validation below.
-        self.env = gym.make(self.task, **kwargs).unwrapped
+        base_id, extra = _UNREGISTERED.get(self.task, (self.task, {}))
+        if self.task.startswith("BabyAI-"):
+            _quiet_babyai_level_generation()
+        self.env = gym.make(base_id, **extra, **kwargs).unwrapped
         self.num_actions: int = NUM_ACTIONS
         # Render each tile at frame_size // 7 pixels so the 7x7 view is exactly 56 px at the
         # default size; any other size is nearest-resized afterwards.

@@ -67,14 +67,25 @@ class BabyAIExpert(Expert):
     """Wraps ``minigrid.utils.baby_ai_bot.BabyAIBot``.
 
     The bot is told which action was *actually* taken (``robot.last_action``), so it stays
-    correct when a student policy deviates from its advice (DAgger-style relabelling).
+    correct when a student policy deviates from its advice (DAgger-style relabelling). The
+    bot only learns about one action per ``replan``; if steps were taken without asking the
+    expert (or this is the first call of the episode) it is rebuilt from the current state.
     """
 
     def _new_episode(self) -> None:
-        self.bot = BabyAIBot(self.robot.env)
+        self.bot: BabyAIBot | None = None
+        self._bot_step = -1  # robot.steps at the bot's last replan()
 
     def _next_action(self) -> int:
-        return int(self.bot.replan(self.robot.last_action))
+        steps = self.robot.steps
+        if self.bot is None or steps != self._bot_step + 1:
+            # A fresh bot must get action_taken=None: it has no "previous state" to compare with.
+            self.bot = BabyAIBot(self.robot.env)
+            action = self.bot.replan(None)
+        else:
+            action = self.bot.replan(self.robot.last_action)
+        self._bot_step = steps
+        return int(action)
 
 
 class MemoryExpert(Expert):

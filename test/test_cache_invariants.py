@@ -1,0 +1,241 @@
+"""Budgets, held sets, positions, per-layer budgets, summaries, generate, stats, bad configs."""
+
+import pytest
+import torch
+from transformers import AttentionInterface, DynamicCache
+
+from cache_models import explicit_mask, tiny_model
+from kv_vla_ros.cache import (
+    POLICIES,
+    POLICY_NAMES,
+    CacheConfig,
+    ChunkGate,
+    allocate_layer_budgets,
+    chunk_features,
+    make_cache,
+    use_kv_vla_attention,
+)
+from kv_vla_ros.cache.attention import eager_attention
+
+
+def test_registry_matches_config_names():
+    assert sorted(POLICIES) == sorted(POLICY_NAMES)
+
+
+@pytest.mark.parametrize(
+    "policy, block",
+    [(p, 16) for p in POLICY_NAMES if p != "full"] + [("gated", 37), ("h2o", 37), ("window", 37), ("gated", 1)],
+)
+def test_long_stream_never_exceeds_budget_and_keeps_prefix_and_recent(policy, block):
+    model = tiny_model("llama", seed=3)
+    cfg = CacheConfig(policy=policy, chunk_size=16, recent_chunks=3, sink_tokens=8, budget_tokens=128)
+    cache = make_cache(cfg, model.config)
+    ids = torch.randint(0, 97, (1, 2000), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        for start in range(0, 2000, block):
+            model(input_ids=ids[:, start : start + block], past_key_values=cache, use_cache=True)
+            seen = min(2000, start + block)
+            for layer in cache.chunked:
+                pos = cache.held_positions(layer)
+                assert pos.numel() <= cfg.budget_tokens
+                assert cache.layers[layer].keys.shape[-2] == cache.layers[layer].values.shape[-2] == pos.numel()
+                held = set(pos.tolist())
+                prefix = set(range(min(seen, cfg.prefix_tokens)))
+                assert prefix <= held
+                n_chunks = -(-max(0, seen - cfg.prefix_tokens) // cfg.chunk_size)
+                recent_start = cfg.prefix_tokens + max(0, n_chunks - cfg.recent_chunks) * cfg.chunk_size
+                assert set(range(recent_start, seen)) <= held
+    assert cache.get_seq_length() == 2000
+    assert cache.stats()["tokens_seen"] == 2000
+
+
+@pytest.mark.parametrize("policy", ["gated", "key_norm", "h2o"])
+def test_positions_stay_absolute_and_k_v_travel_together(policy):
+    """Layer 0's K/V of a token depend only on the token and its absolute position, so the held
+    K and V must equal DynamicCache's at the held positions."""
+    model = tiny_model("llama", seed=4)
+    cache = make_cache(CacheConfig(policy=policy, chunk_size=16, recent_chunks=2, sink_tokens=8, budget_tokens=72), model.config)
+    dyn = DynamicCache(config=model.config)
+    ids = torch.randint(0, 97, (1, 300), generator=torch.Generator().manual_seed(5))
+    with torch.no_grad():
+        for start in range(0, 300, 16):
+            model(input_ids=ids[:, start : start + 16], past_key_values=cache, use_cache=True)
+            model(input_ids=ids[:, start : start + 16], past_key_values=dyn, use_cache=True)
+    pos = cache.held_positions(0)
+    assert pos.numel() < 300
+    torch.testing.assert_close(cache.layers[0].keys, dyn.layers[0].keys[..., pos, :], rtol=0, atol=1e-6)
+    torch.testing.assert_close(cache.layers[0].values, dyn.layers[0].values[..., pos, :], rtol=0, atol=1e-6)
+
+
+def register_reference_attention(masks: dict):
+    """Eager attention with one explicit mask per layer (the reference for per-layer budgets)."""
+
+    def reference(module, query, key, value, attention_mask, **kwargs):
+        mask = masks[module.layer_idx]
+        additive = torch.zeros(mask.shape, dtype=query.dtype).masked_fill(~mask, torch.finfo(query.dtype).min)
+        return eager_attention(module, query, key, value, additive[None, None], **kwargs)
+
+    AttentionInterface.register("kv_vla_test_reference", reference)
+
+
+@pytest.mark.parametrize("base", ["sdpa", "eager"])
+@pytest.mark.parametrize("block", [1, 16])
+def test_per_layer_budgets_equal_per_layer_explicit_masks(base, block):
+    model = use_kv_vla_attention(tiny_model("llama", seed=6), base)
+    budgets = [56, 120, 88]
+    cfg = CacheConfig(policy="gated", chunk_size=16, recent_chunks=2, sink_tokens=8, budget_tokens=88,
+                      gate_threshold=0.0, layer_budgets=budgets)
+    cache = make_cache(cfg, model.config)
+    length = 200
+    ids = torch.randint(0, 97, (1, length), generator=torch.Generator().manual_seed(7))
+    logits, seen = [], {layer: [] for layer in range(3)}
+    with torch.no_grad():
+        for start in range(0, length, block):
+            for layer in range(3):
+                seen[layer].append((start, sorted(cache.held_positions(layer).tolist()) if start else []))
+            logits.append(model(input_ids=ids[:, start : start + block], past_key_values=cache, use_cache=True).logits)
+    held = [cache.tokens_held(layer) for layer in range(3)]
+    assert all(h <= b for h, b in zip(held, budgets))
+    assert len(set(held)) == 3, "layers must hold different lengths"
+    masks = {layer: explicit_mask(seen[layer], length) for layer in range(3)}
+    register_reference_attention(masks)
+    model.set_attn_implementation("kv_vla_test_reference")
+    with torch.no_grad():
+        ref = model(input_ids=ids, use_cache=False, attention_mask=torch.ones(1, 1, length, length, dtype=torch.bool)).logits
+    assert (torch.cat(logits, dim=1) - ref).abs().max().item() <= 1e-5
+
+
+def test_per_layer_budgets_need_kv_vla_attention():
+    model = tiny_model("llama")
+    with pytest.raises(ValueError, match="layer_budgets"):
+        make_cache(CacheConfig(policy="gated", chunk_size=16, recent_chunks=2, sink_tokens=8, budget_tokens=88,
+                               layer_budgets=[56, 120, 88]), model.config)
+    with pytest.raises(ValueError, match="layer_budgets"):
+        make_cache(CacheConfig(policy="gated", chunk_size=16, recent_chunks=2, sink_tokens=8, budget_tokens=88,
+                               layer_budgets=[88, 88]), model.config)
+
+
+def test_allocate_layer_budgets_favours_dispersed_layers_and_keeps_total():
+    budgets = allocate_layer_budgets([0.8, 0.1, 0.4, 0.1], total=4 * 200, minimum=72, chunk_size=16)
+    assert sum(budgets) <= 800 and sum(budgets) > 800 - 16
+    assert budgets[0] > budgets[2] > budgets[1] and min(budgets) >= 72
+    assert all((b - 72) % 16 == 0 for b in budgets)
+    with pytest.raises(ValueError, match="total"):
+        allocate_layer_budgets([1, 1], total=100, minimum=72, chunk_size=16)
+
+
+def test_summaries_hold_one_token_per_summarised_chunk_within_budget():
+    model = tiny_model("llama", seed=8)
+    cfg = CacheConfig(policy="random", chunk_size=16, recent_chunks=2, sink_tokens=8, budget_tokens=90,
+                      summarize=True, summary_threshold=0.0)
+    cache = make_cache(cfg, model.config)
+    ids = torch.randint(0, 97, (1, 400), generator=torch.Generator().manual_seed(9))
+    with torch.no_grad():
+        for start in range(0, 400, 16):
+            model(input_ids=ids[:, start : start + 16], past_key_values=cache, use_cache=True)
+            assert cache.tokens_held() <= 90
+    pos = cache.held_positions()
+    summaries = (-pos[pos < 0] - 1).tolist()
+    stats = cache.stats()
+    assert sorted(summaries) == stats["summary_chunks"] and len(summaries) > 0
+    # a summary is the mean of its chunk's layer-0 keys (layer 0 is eviction-independent)
+    dyn = DynamicCache(config=model.config)
+    with torch.no_grad():
+        model(input_ids=ids, past_key_values=dyn, use_cache=True)
+    c = summaries[0]
+    start = 8 + 16 * c
+    expected = dyn.layers[0].keys[..., start : start + 16, :].mean(-2)
+    got = cache.layers[0].keys[..., (pos == -(c + 1)).nonzero().item(), :]
+    torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("policy", ["gated", "sink_window", "h2o"])
+def test_generate_equals_manual_greedy_loop(policy):
+    model = tiny_model("qwen2", seed=10)
+    cfg = CacheConfig(policy=policy, chunk_size=8, recent_chunks=2, sink_tokens=4, budget_tokens=36, gate_threshold=0.3)
+    prompt = torch.randint(0, 97, (1, 40), generator=torch.Generator().manual_seed(11))
+    out = model.generate(prompt, past_key_values=make_cache(cfg, model.config), max_new_tokens=40, do_sample=False,
+                         min_new_tokens=40, pad_token_id=0)
+    cache = make_cache(cfg, model.config)
+    tokens, step = prompt, prompt
+    with torch.no_grad():
+        for _ in range(40):
+            nxt = model(input_ids=step, past_key_values=cache, use_cache=True).logits[:, -1].argmax(-1, keepdim=True)
+            tokens, step = torch.cat([tokens, nxt], dim=1), nxt
+    assert cache.tokens_held() <= 36 < cache.get_seq_length()
+    assert torch.equal(out, tokens)
+
+
+def test_stats_report_seen_held_bytes_and_chunks():
+    model = tiny_model("llama")
+    cfg = CacheConfig(policy="gated", chunk_size=16, recent_chunks=2, sink_tokens=8, budget_tokens=88, gate_threshold=0.0)
+    cache = make_cache(cfg, model.config)
+    with torch.no_grad():
+        model(input_ids=torch.randint(0, 97, (1, 200)), past_key_values=cache, use_cache=True)
+    s = cache.stats()
+    assert s["tokens_seen"] == 200 and s["tokens_held"] == 88
+    # bytes: layers x (K + V) x kv_heads x head_dim x held x 4 bytes
+    assert s["bytes_held"] == 3 * 2 * 2 * 16 * 88 * 4
+    assert len(s["kept_chunks"]) == 3 and all(e - b == 16 for b, e in s["kept_ranges"])
+    assert set(s["last_gate_scores"]) == set(range(10)) and all(0 <= v <= 1 for v in s["last_gate_scores"].values())
+    cache.reset()
+    assert cache.get_seq_length() == 0 and cache.stats()["tokens_held"] == 0
+
+
+def test_gate_is_causal_and_roundtrips(tmp_path):
+    gate = ChunkGate.untrained(in_dim=12, seed=1)
+    feats = torch.randn(1, 10, 12)
+    changed = feats.clone()
+    changed[:, 6:] = torch.randn(1, 4, 12)
+    a, _ = gate(feats)
+    b, _ = gate(changed)
+    assert torch.equal(a[:, :6], b[:, :6]) and not torch.equal(a[:, 6:], b[:, 6:])
+    # streaming one chunk at a time equals the whole sequence
+    state, parts = None, []
+    for t in range(10):
+        s, state = gate(feats[:, t : t + 1], state)
+        parts.append(s)
+    torch.testing.assert_close(torch.cat(parts, 1), a)
+    loaded = ChunkGate.load(gate.save(str(tmp_path)), expected_in_dim=12)
+    assert torch.equal(loaded(feats)[0], a)
+    with pytest.raises(ValueError, match="in_dim"):
+        ChunkGate.load(str(tmp_path), expected_in_dim=13)
+    (tmp_path / "gate.safetensors").write_bytes(b"not a safetensors file")
+    with pytest.raises(ValueError, match="gate"):
+        ChunkGate.load(str(tmp_path))
+
+
+def test_chunk_features_shape():
+    states = [(torch.randn(1, 2, 16, 8), torch.randn(1, 2, 16, 8)) for _ in range(3)]
+    assert chunk_features(states).shape == (3 * 2 * 8,)
+
+
+def test_gate_dimension_mismatch_is_rejected():
+    model = tiny_model("llama")
+    with pytest.raises(ValueError, match="in_dim"):
+        make_cache(CacheConfig(policy="gated"), model.config, gate=ChunkGate.untrained(in_dim=5))
+
+
+@pytest.mark.parametrize(
+    "changes, field",
+    [
+        ({"chunk_size": 0}, "chunk_size"),
+        ({"budget_tokens": -1}, "budget_tokens"),
+        ({"budget_tokens": 100}, "budget_tokens"),  # < 32 + 2 x 50
+        ({"policy": "lru"}, "policy"),
+        ({"recent_chunks": 0}, "recent_chunks"),
+        ({"gate_threshold": 1.5}, "gate_threshold"),
+        ({"sink_tokens": -3}, "sink_tokens"),
+        ({"layer_budgets": [512, 10]}, "layer_budgets"),
+        ({"policy": "window", "budget_tokens": None}, "budget_tokens"),
+        ({"chunk_size": 2.5}, "chunk_size"),
+    ],
+)
+def test_bad_config_raises_value_error_naming_the_field(changes, field):
+    with pytest.raises(ValueError, match=field):
+        CacheConfig(**changes)
+
+
+def test_make_cache_rejects_non_config():
+    with pytest.raises(ValueError, match="config"):
+        make_cache({"policy": "full"}, tiny_model().config)
