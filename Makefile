@@ -24,7 +24,8 @@ test: $(STAMP)
 	$(PY) -m pytest $(PYTEST_ARGS) test
 
 demo: $(STAMP)
-	$(VENV)/bin/kv-vla demo
+	@if $(PY) -c "import kv_vla_ros.ros.demo" 2>/dev/null; then $(PY) -m kv_vla_ros.ros.demo; \
+	else echo "make demo: the closed-loop ROS demo is not built yet (it comes with the ROS node work)"; exit 1; fi
 
 bench: $(STAMP)
 	$(VENV)/bin/kv-vla bench cache
