@@ -239,3 +239,45 @@ def test_bad_config_raises_value_error_naming_the_field(changes, field):
 def test_make_cache_rejects_non_config():
     with pytest.raises(ValueError, match="config"):
         make_cache({"policy": "full"}, tiny_model().config)
+
+
+def stream_ids(model, cache, ids, block=16):
+    with torch.no_grad():
+        for start in range(0, ids.shape[1], block):
+            model(input_ids=ids[:, start : start + block], past_key_values=cache, use_cache=True)
+
+
+def test_reconfigure_live_keeps_history_and_applies_at_once():
+    model = tiny_model("llama", seed=12)
+    cfg = CacheConfig(policy="sink_window", chunk_size=16, recent_chunks=2, sink_tokens=8, budget_tokens=200)
+    cache = make_cache(cfg, model.config)
+    ids = torch.randint(0, 97, (1, 400), generator=torch.Generator().manual_seed(13))
+    stream_ids(model, cache, ids[:, :300])
+    assert 200 - 16 < cache.tokens_held() <= 200
+    before = set(cache.held_positions().tolist())
+    cache.reconfigure(cfg.replace(budget_tokens=104))  # tighten: evicted now, oldest first
+    after = set(cache.held_positions().tolist())
+    assert cache.tokens_held() <= 104 and after < before and set(range(8)) <= after
+    cache.reconfigure(cfg.replace(policy="gated", budget_tokens=104, gate_threshold=0.0))
+    assert cache.stats()["policy"] == "gated" and cache.get_seq_length() == 300
+    stream_ids(model, cache, ids[:, 300:])
+    assert cache.tokens_held() <= 104 and cache.get_seq_length() == 400
+    with pytest.raises(ValueError, match="chunk_size"):
+        cache.reconfigure(cfg.replace(chunk_size=8))
+    with pytest.raises(ValueError, match="budget_tokens"):
+        cache.reconfigure(cfg.replace(budget_tokens=10))
+
+
+def test_reconfigure_to_per_layer_budgets_and_back():
+    model = use_kv_vla_attention(tiny_model("llama", seed=14), "sdpa")
+    cfg = CacheConfig(policy="key_norm", chunk_size=16, recent_chunks=2, sink_tokens=8, budget_tokens=120)
+    cache = make_cache(cfg, model.config)
+    ids = torch.randint(0, 97, (1, 320), generator=torch.Generator().manual_seed(15))
+    stream_ids(model, cache, ids[:, :240])
+    cache.reconfigure(cfg.replace(layer_budgets=[120, 72, 88]))
+    held = [cache.tokens_held(i) for i in range(3)]
+    assert all(h <= b for h, b in zip(held, [120, 72, 88])) and held[0] > held[2] > held[1]
+    stream_ids(model, cache, ids[:, 240:])
+    assert all(cache.tokens_held(i) <= b for i, b in enumerate([120, 72, 88]))
+    cache.reconfigure(cfg.replace(budget_tokens=72))
+    assert max(cache.tokens_held(i) for i in range(3)) <= 72

@@ -58,17 +58,8 @@ class ChunkedKVCache(Cache):
         if not self.chunked:
             raise ValueError("model_config.layer_types: the model has no full-attention layer to cache")
         self.head_dim = head_dim_of(cfg)
-        if config.layer_budgets is not None:
-            if len(config.layer_budgets) != len(self.chunked):
-                raise ValueError(
-                    f"layer_budgets: {len(config.layer_budgets)} budgets for {len(self.chunked)} attention layers"
-                )
-            impl = getattr(model_config, "_attn_implementation", None) or ""
-            if len(set(config.layer_budgets)) > 1 and not impl.startswith("kv_vla_"):
-                raise ValueError(
-                    "layer_budgets: layers holding different lengths need the 'kv_vla_sdpa' or 'kv_vla_eager' attention "
-                    f"(model uses {impl!r}); call kv_vla_ros.cache.use_kv_vla_attention(model) first"
-                )
+        self.attn_implementation = getattr(model_config, "_attn_implementation", None) or ""
+        self._check_layer_budgets(config)
         in_dim = gate_input_dim(len(self.chunked), self.head_dim)
         if config.policy == "gated":
             gate = gate if gate is not None else ChunkGate.untrained(in_dim, seed=config.seed)
@@ -79,9 +70,20 @@ class ChunkedKVCache(Cache):
                 )
         self.gate = gate
         # With the kv_vla_* attention the real attention of each step is reported to the policy.
-        self.attention_hooked = (getattr(model_config, "_attn_implementation", None) or "").startswith("kv_vla_")
+        self.attention_hooked = self.attn_implementation.startswith("kv_vla_")
         self.policy = make_policy(config.policy, self)
         self._clear()
+
+    def _check_layer_budgets(self, config: CacheConfig) -> None:
+        if config.layer_budgets is None:
+            return
+        if len(config.layer_budgets) != len(self.chunked):
+            raise ValueError(f"layer_budgets: {len(config.layer_budgets)} budgets for {len(self.chunked)} attention layers")
+        if len(set(config.layer_budgets)) > 1 and not self.attn_implementation.startswith("kv_vla_"):
+            raise ValueError(
+                "layer_budgets: layers holding different lengths need the 'kv_vla_sdpa' or 'kv_vla_eager' attention "
+                f"(model uses {self.attn_implementation!r}); call kv_vla_ros.cache.use_kv_vla_attention(model) first"
+            )
 
     # ----------------------------------------------------------------- bookkeeping
     @property
@@ -136,8 +138,13 @@ class ChunkedKVCache(Cache):
             pad = torch.full((self.states.shape[0], len(new_ids)), KEPT, dtype=torch.int8)
             self.states = torch.cat([self.states, pad], dim=1)
             self.n_old = first_recent
+        self._evict()
+
+    def _evict(self) -> None:
+        """Apply the keep rule to every old chunk still held, in every layer."""
         if not self.policy.evicts or self.n_old == 0:
             return
+        cfg, seen, sink = self.config, self.tokens_seen, self.sink
         scores = self.policy.rescore(list(range(self.n_old)), self.scores)
         recent_start = sink + self.n_old * cfg.chunk_size
         fixed = min(seen, sink) + max(0, seen - recent_start)  # prefix + recent window
@@ -146,6 +153,41 @@ class ChunkedKVCache(Cache):
             new_summaries = self._decide(g, scores, None if budget is None else budget - fixed)
             for layer_idx in group:
                 self._apply(layer_idx, g, recent_start, new_summaries, scores)
+
+    def reconfigure(self, config: CacheConfig) -> None:
+        """Change the policy, budgets, window or thresholds live, keeping the episode's history.
+
+        Tightening takes effect at once (the excess is evicted now); evicted tokens never come
+        back. A new policy re-scores the old chunks that every layer still holds (in chunk order)
+        and ranks the others lowest. ``chunk_size`` and ``sink_tokens`` define the chunk layout
+        of the history, so they change only with a new cache (next episode): ``ValueError``.
+        """
+        config.validate()
+        for name in ("chunk_size", "sink_tokens"):
+            if getattr(config, name) != getattr(self.config, name) and self.tokens_seen > 0:
+                raise ValueError(f"{name}: cannot change in the middle of an episode (applies to a new cache)")
+        if (config.policy == "window") != (self.config.policy == "window") and self.tokens_seen > 0:
+            raise ValueError("policy: switching to or from 'window' changes the prefix layout; it applies to a new cache")
+        self._check_layer_budgets(config)
+        n_groups_old = self.states.shape[0]
+        old_policy = self.config.policy
+        self.config = config
+        n_groups = len(self._groups())
+        if n_groups != n_groups_old:
+            # Shared -> per layer: every layer starts from the shared decision. Per layer ->
+            # shared: a chunk counts as held if any layer still holds it (the best state).
+            self.states = (self.states.expand(n_groups, -1).clone() if n_groups_old == 1
+                           else self.states.min(dim=0, keepdim=True).values)
+        if config.policy != old_policy:
+            if config.policy == "gated" and self.gate is None:
+                in_dim = gate_input_dim(len(self.chunked), self.head_dim)
+                self.gate = ChunkGate.untrained(in_dim, seed=config.seed)
+            self.policy = make_policy(config.policy, self)
+            held_everywhere = [c for c in range(self.n_old) if bool((self.states[:, c] == KEPT).all())]
+            self.scores = torch.full((self.n_old,), float("-inf"))
+            if held_everywhere:
+                self.scores[held_everywhere] = self.policy.score(held_everywhere).float()
+        self._evict()
 
     def _decide(self, g: int, scores: torch.Tensor, room: int | None) -> list[int]:
         """Update ``states[g]``; return chunks that just became summaries (their K/V still held)."""
