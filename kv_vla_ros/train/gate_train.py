@@ -1,0 +1,130 @@
+"""`kv-vla train-gate`: train the chunk gate with the VLA frozen.
+
+Target: future utility (see `gate_data`), as a per-episode percentile, with a logit BCE loss. The
+gate reads chunks in order through its LSTM exactly as the cache feeds it online, so training and
+inference see the same causal sequence. The trained gate is saved as `gate.safetensors` beside
+the checkpoint and is loaded with it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import time
+from pathlib import Path
+
+import torch
+from torch.nn import functional as F
+
+from kv_vla_ros.cache import ChunkGate, GateConfig, gate_input_dim
+
+
+def configure(parser: argparse.ArgumentParser) -> None:
+    from kv_vla_ros.vla import DEFAULT_MODEL_PATH
+
+    parser.add_argument("--model", default=str(DEFAULT_MODEL_PATH), help="VLA checkpoint directory (frozen)")
+    parser.add_argument("--tasks", nargs="+", default=None, help="tasks to roll out (default: the eval tasks)")
+    parser.add_argument("--episodes", type=int, default=120, help="rollouts per task (default 120)")
+    parser.add_argument("--epochs", type=int, default=40, help="passes over the rollouts (default 40)")
+    parser.add_argument("--lr", type=float, default=3e-3)
+    parser.add_argument("--hidden", type=int, default=64, help="gate LSTM width (default 64)")
+    parser.add_argument("--reduce", choices=("mean", "max"), default="mean",
+                        help="how heads/layers are combined in the utility target (default mean)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seed-offset", type=int, default=500_000,
+                        help="first train seed of the rollouts (train range, apart from the BC demonstrations)")
+    parser.add_argument("--out", default=None, help="where gate.safetensors goes (default: the checkpoint directory)")
+    parser.add_argument("--threads", type=int, default=2)
+
+
+def train_gate(items: list, recent_chunks: int, in_dim: int, epochs: int, lr: float, hidden: int,
+               reduce: str = "mean", seed: int = 0, progress: bool = True) -> tuple[ChunkGate, dict]:
+    """Fit a gate on ``items`` (`EpisodeAttention`); returns the gate and its training log."""
+    from tqdm import tqdm
+
+    from kv_vla_ros.train.gate_data import future_utility, rank_targets
+
+    data = []
+    for item in items:
+        target = rank_targets(future_utility(item.mass, recent_chunks, reduce))
+        if (~torch.isnan(target)).any():
+            # clone: the rollouts were made under inference_mode, autograd needs normal tensors
+            data.append((item.features.clone().unsqueeze(0), target.clone().unsqueeze(0)))
+    if len(data) < 2:
+        raise ValueError("episodes: need at least two rollouts with chunks that leave the recent window")
+    rng = random.Random(seed)
+    rng.shuffle(data)
+    n_val = max(1, len(data) // 5)
+    val, train = data[:n_val], data[n_val:]
+    torch.manual_seed(seed)
+    gate = ChunkGate(GateConfig(in_dim=in_dim, hidden=hidden))
+    opt = torch.optim.Adam(gate.parameters(), lr=lr)
+
+    def loss_of(feats, target):
+        logits, _ = gate.logits(feats)
+        valid = ~torch.isnan(target)
+        return F.binary_cross_entropy_with_logits(logits[valid], target[valid])
+
+    def evaluate(split):
+        with torch.no_grad():
+            return sum(float(loss_of(f, t)) for f, t in split) / len(split)
+
+    log = {"train_loss": [evaluate(train)], "val_loss": [evaluate(val)]}
+    bar = tqdm(range(epochs), desc="train-gate", disable=not progress)
+    for _ in bar:
+        gate.train()
+        rng.shuffle(train)
+        for feats, target in train:
+            opt.zero_grad()
+            loss = loss_of(feats, target)
+            loss.backward()
+            opt.step()
+        gate.eval()
+        log["train_loss"].append(evaluate(train))
+        log["val_loss"].append(evaluate(val))
+        bar.set_postfix(train=f"{log['train_loss'][-1]:.4f}", val=f"{log['val_loss'][-1]:.4f}")
+    log.update(episodes_train=len(train), episodes_val=len(val), parameters=gate.num_parameters())
+    return gate.eval(), log
+
+
+def collect(model, tasks: list[str], episodes: int, seed_offset: int, progress: bool = True) -> list:
+    from tqdm import tqdm
+
+    from kv_vla_ros.sim import train_seeds
+    from kv_vla_ros.train.gate_data import episode_attention, policy_rollouts
+
+    items = []
+    for task in tasks:
+        rollouts = policy_rollouts(model, task, train_seeds(episodes, offset=seed_offset), progress=progress)
+        for ep in tqdm(rollouts, desc=f"attention {task}", disable=not progress, leave=False):
+            items.append(episode_attention(model, ep))
+    return items
+
+
+def run(args: argparse.Namespace) -> int:
+    from kv_vla_ros.eval.closed_loop import DEFAULT_TASKS
+    from kv_vla_ros.vla import VLAModel
+
+    for name in ("episodes", "epochs", "hidden", "threads"):
+        if getattr(args, name) < 1:
+            raise SystemExit(f"kv-vla train-gate: --{name} must be >= 1")
+    torch.set_num_threads(args.threads)
+    try:
+        model = VLAModel.from_pretrained(args.model)
+    except (FileNotFoundError, ValueError) as exc:
+        raise SystemExit(f"kv-vla train-gate: {exc}") from None
+    t0 = time.time()
+    items = collect(model, args.tasks or DEFAULT_TASKS, args.episodes, args.seed_offset)
+    bb = model.backbone_config
+    in_dim = gate_input_dim(bb.num_hidden_layers, getattr(bb, "head_dim", None) or bb.hidden_size // bb.num_attention_heads)
+    gate, log = train_gate(items, model.config.cache.recent_chunks, in_dim, args.epochs, args.lr, args.hidden,
+                           args.reduce, args.seed)
+    out = Path(args.out or args.model)
+    path = gate.save(str(out))
+    log.update(seconds=time.time() - t0, tasks=args.tasks or DEFAULT_TASKS, episodes_per_task=args.episodes,
+               reduce=args.reduce, target="future attention utility (percentile), BCE")
+    (out / "gate_training.json").write_text(json.dumps(log, indent=1) + "\n")
+    print(f"gate: {log['parameters']} parameters, train loss {log['train_loss'][0]:.4f} -> {log['train_loss'][-1]:.4f}, "
+          f"val loss {log['val_loss'][0]:.4f} -> {log['val_loss'][-1]:.4f}; wrote {path}")
+    return 0
