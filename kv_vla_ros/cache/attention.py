@@ -57,12 +57,17 @@ def eager_attention(module, query, key, value, attention_mask, scaling=None, dro
 
 def _wrap(base):
     def attention(module, query, key, value, attention_mask, **kwargs):
-        attention_mask = _fit_mask(attention_mask, key.shape[-2])
-        out, weights = base(module, query, key, value, attention_mask, **kwargs)
         # Consume the marker so that a later forward without this cache never reports into it.
         cache, ACTIVE.cache = getattr(ACTIVE, "cache", None), None
         layer_idx = getattr(module, "layer_idx", None)
-        if cache is not None and cache.policy.wants_attention and layer_idx == getattr(ACTIVE, "layer_idx", None):
+        mine = cache is not None and layer_idx == getattr(ACTIVE, "layer_idx", None)
+        layer_mask = getattr(cache.layers[layer_idx], "attention_mask", None) if mine else None
+        if layer_mask is not None:  # static slots: the mask follows the slots' positions
+            attention_mask = layer_mask(query.shape[-2], query.dtype, boolean=base is sdpa_attention_forward)
+        else:
+            attention_mask = _fit_mask(attention_mask, key.shape[-2])
+        out, weights = base(module, query, key, value, attention_mask, **kwargs)
+        if mine and cache.policy.wants_attention:
             if weights is None:
                 scaling = kwargs.get("scaling") or query.shape[-1] ** -0.5
                 weights = _probabilities(query, key, attention_mask, scaling, kwargs.get("softcap"))

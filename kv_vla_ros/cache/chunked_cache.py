@@ -18,6 +18,7 @@ from transformers.cache_utils import Cache, DynamicSlidingWindowLayer
 from .config import CacheConfig
 from .gate import ChunkGate, gate_input_dim
 from .layer import ChunkedLayer
+from .static_layer import StaticChunkedLayer
 from .policies import make_policy
 
 KEPT, SUMMARY, DROPPED = 0, 1, 2
@@ -44,9 +45,12 @@ class ChunkedKVCache(Cache):
         n_layers = cfg.num_hidden_layers
         layer_types = list(getattr(cfg, "layer_types", None) or ["full_attention"] * n_layers)
         layers = []
+        # Static slots: the largest budget plus the largest block fed at once (the prefix, or
+        # one chunk: a control step).
+        capacity = max(config.layer_budgets or [config.budget_tokens or 0]) + max(config.sink_tokens, config.chunk_size)
         for i, kind in enumerate(layer_types[:n_layers]):
             if kind == "full_attention":
-                layers.append(ChunkedLayer())
+                layers.append(StaticChunkedLayer(capacity) if config.static else ChunkedLayer())
             elif kind == "sliding_attention":
                 # Already bounded by the model's own window; its mask relies on contiguous positions.
                 layers.append(DynamicSlidingWindowLayer(sliding_window=cfg.sliding_window))
@@ -54,12 +58,17 @@ class ChunkedKVCache(Cache):
                 raise ValueError(f"model_config.layer_types[{i}]: {kind!r} layers are not supported by the chunked cache")
         super().__init__(layers=layers)
         self.config = config
-        self.chunked = [i for i, layer in enumerate(layers) if isinstance(layer, ChunkedLayer)]
+        self.chunked = [i for i, layer in enumerate(layers) if isinstance(layer, (ChunkedLayer, StaticChunkedLayer))]
         if not self.chunked:
             raise ValueError("model_config.layer_types: the model has no full-attention layer to cache")
         self.head_dim = head_dim_of(cfg)
         self.attn_implementation = getattr(model_config, "_attn_implementation", None) or ""
         self._check_layer_budgets(config)
+        if config.static and not self.attn_implementation.startswith("kv_vla_"):
+            raise ValueError(
+                "static: the static-shape cache needs the 'kv_vla_sdpa' or 'kv_vla_eager' attention "
+                f"(model uses {self.attn_implementation!r}); call kv_vla_ros.cache.use_kv_vla_attention(model) first"
+            )
         in_dim = gate_input_dim(len(self.chunked), self.head_dim)
         if config.policy == "gated":
             gate = gate if gate is not None else ChunkGate.untrained(in_dim, seed=config.seed)
@@ -163,7 +172,7 @@ class ChunkedKVCache(Cache):
         of the history, so they change only with a new cache (next episode): ``ValueError``.
         """
         config.validate()
-        for name in ("chunk_size", "sink_tokens"):
+        for name in ("chunk_size", "sink_tokens", "static"):
             if getattr(config, name) != getattr(self.config, name) and self.tokens_seen > 0:
                 raise ValueError(f"{name}: cannot change in the middle of an episode (applies to a new cache)")
         if (config.policy == "window") != (self.config.policy == "window") and self.tokens_seen > 0:
@@ -243,8 +252,7 @@ class ChunkedKVCache(Cache):
     def _chunk_kv(self, layer: ChunkedLayer, chunk_id: int):
         start = self.sink + chunk_id * self.config.chunk_size
         pos = layer.positions
-        idx = ((pos >= start) & (pos < start + self.config.chunk_size)).nonzero().flatten()
-        return layer.keys.index_select(-2, idx), layer.values.index_select(-2, idx)
+        return layer.select(((pos >= start) & (pos < start + self.config.chunk_size)).nonzero().flatten())
 
     def chunk_states(self, chunk_id: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
         """Per attention layer ``(keys, values)`` ``[b, h, tokens, d]`` of a chunk that is held."""
@@ -261,7 +269,7 @@ class ChunkedKVCache(Cache):
     def nbytes(self) -> int:
         total = 0
         for layer in self.layers:
-            if isinstance(layer, ChunkedLayer):
+            if isinstance(layer, (ChunkedLayer, StaticChunkedLayer)):
                 total += layer.nbytes()
             elif layer.is_initialized and layer.keys is not None:
                 total += layer.keys.numel() * layer.keys.element_size() * 2

@@ -34,6 +34,8 @@ class CacheConfig:
             least prefix + recent window; the ranking stays shared, each layer keeps its own top
             chunks. Needs the ``kv_vla_sdpa``/``kv_vla_eager`` attention (``use_kv_vla_attention``).
         seed: seed of the ``random`` policy and of an untrained gate's initialisation.
+        static: preallocated slots and a keep mask instead of growing tensors: fixed shapes per
+            step (constant cost, compile friendly). Needs a budget and the ``kv_vla_*`` attention.
     """
 
     policy: str = "gated"
@@ -46,6 +48,7 @@ class CacheConfig:
     summary_threshold: float = 0.25
     layer_budgets: list[int] | None = None
     seed: int = 0
+    static: bool = False
 
     def __post_init__(self) -> None:
         self.validate()
@@ -82,8 +85,11 @@ class CacheConfig:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= value <= 1.0:
                 raise ValueError(f"{name}: must be a number in [0, 1], got {value!r}")
-        if not isinstance(self.summarize, bool):
-            raise ValueError(f"summarize: expected a bool, got {self.summarize!r}")
+        for name in ("summarize", "static"):
+            if not isinstance(getattr(self, name), bool):
+                raise ValueError(f"{name}: expected a bool, got {getattr(self, name)!r}")
+        if self.static and (self.budget_tokens is None or not self.evicts):
+            raise ValueError("static: the static-shape cache needs an evicting policy and a budget_tokens")
         budget = self.budget_tokens
         if budget is not None:
             if isinstance(budget, bool) or not isinstance(budget, int):

@@ -56,6 +56,16 @@ class ChunkedLayer(DynamicLayer):
         held = self.held
         return held + query_length, self.seen - held
 
+    @property
+    def attention_positions(self) -> torch.Tensor:
+        """``[held]`` position of each key returned by the last update (the physical order)."""
+        return self.positions
+
+    def select(self, index: torch.Tensor):
+        """K/V ``[batch, kv_heads, n, head_dim]`` of the held tokens at physical ``index``."""
+        index = index.to(self.keys.device)
+        return self.keys.index_select(-2, index), self.values.index_select(-2, index)
+
     def keep(self, index: torch.Tensor) -> None:
         """Keep only the held tokens at physical ``index`` (``[n]`` int64), in that order."""
         if index.numel() == self.held:

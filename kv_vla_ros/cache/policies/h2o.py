@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import torch
 
+from ..static_layer import EMPTY
 from .base import ChunkPolicy, register_policy
 
 
@@ -27,14 +28,17 @@ class H2OPolicy(ChunkPolicy):
 
     def observe_update(self, layer_idx: int, keys: torch.Tensor, q: int) -> None:
         """``keys`` ``[b, h, held + q, d]`` just returned by the layer's update."""
-        self.positions[layer_idx] = self.cache.layers[layer_idx].positions
+        self.positions[layer_idx] = self.cache.layers[layer_idx].attention_positions
         if self.cache.attention_hooked:
             return  # the real attention will be reported by observe_attention
         k = keys.float()
         logits = k[..., -q:, :] @ k.transpose(-1, -2) / k.shape[-1] ** 0.5  # [b, h, q, held + q]
-        held = k.shape[-2] - q
-        causal = torch.ones(q, q, dtype=torch.bool, device=k.device).triu(1)
-        logits[..., held:] = logits[..., held:].masked_fill(causal, float("-inf"))
+        pos = self.positions[layer_idx].to(k.device)
+        before = self.cache.layers[layer_idx].seen - q
+        q_pos = torch.arange(before, before + q, device=k.device)
+        # visible: held (static layers have empty slots) and not after the query (causal block)
+        visible = (pos.view(1, -1) <= q_pos.view(-1, 1)) & (pos.view(1, -1) > EMPTY)
+        logits = logits.masked_fill(~visible, float("-inf"))
         self._accumulate(layer_idx, logits.softmax(-1).sum(dim=(0, 1, 2)))
 
     def observe_attention(self, layer_idx: int, token_mass: torch.Tensor) -> None:
