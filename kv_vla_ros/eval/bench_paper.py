@@ -1,0 +1,227 @@
+"""Paper-scale benchmark: per-step latency, KV bytes and FLOPs against history length for full,
+window and gated caches (dynamic and static), as ratios against full measured in the same run,
+side by side with the figures KV-Efficient VLA reports.
+
+Backbones: ``default`` (the shipped model's backbone), ``openvla`` (Llama-2-7B dimensions, 256
+visual + 7 action tokens per step, random weights, bf16; for a GPU), ``openvla-small`` (the same
+shape scaled down so that it runs on a CPU in a few minutes).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import time
+
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+from tqdm import tqdm
+
+from kv_vla_ros.cache import CacheConfig, make_cache, use_kv_vla_attention
+
+PAPER = {  # KV-Efficient VLA (arXiv 2509.21354): v2 measured, v1 theoretical, the paper's cost model
+    "speedup": {"v2": 1.34, "v1": 1.21, "cost model": 1.61},
+    "kv_memory_reduction": {"v2": 1.87, "v1": 1 / 0.36, "cost model": 2.44},
+    "flops_reduction_pct": {"v2": 24.6},
+}
+
+BACKBONES = {
+    "openvla": dict(hidden_size=4096, intermediate_size=11008, num_hidden_layers=32, num_attention_heads=32,
+                    num_key_value_heads=32, frame_tokens=256, action_tokens=7, dtype="bfloat16"),
+    # 1/16 of the width, 1/8 of the depth and 1/4 of the visual tokens: minutes on 2 CPU cores
+    "openvla-small": dict(hidden_size=256, intermediate_size=688, num_hidden_layers=4, num_attention_heads=8,
+                          num_key_value_heads=8, frame_tokens=64, action_tokens=7, dtype="float32"),
+}
+PREFIX = 32
+
+
+def configure(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--backbone", choices=["default", *BACKBONES], default="openvla-small")
+    parser.add_argument("--model", default=None, help="checkpoint for --backbone default (default: the shipped one)")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--history", default="16,64,256,1024", help="history lengths in frames to measure at")
+    parser.add_argument("--max-full-frames", type=int, default=None,
+                        help="stop the full cache here (its cost grows without bound; default: CPU 256, GPU all)")
+    parser.add_argument("--budget-frames", type=int, default=8, help="budget: this many steps' tokens (default 8)")
+    parser.add_argument("--policies", default="full,window,gated,gated-static")
+    parser.add_argument("--repeats", type=int, default=5, help="timed steps per history length (median)")
+    parser.add_argument("--out", default="runs/bench_paper")
+    parser.add_argument("--threads", type=int, default=2)
+
+
+def build_backbone(name: str, model_path: str | None, device: str):
+    """(transformers causal LM, tokens per step, dtype) with random weights (or the shipped ones)."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    if name == "default":
+        from kv_vla_ros.vla import DEFAULT_MODEL_PATH, VLAModel
+
+        vla = VLAModel.from_pretrained(model_path or DEFAULT_MODEL_PATH, device=device)
+        return vla.backbone, vla.config.tokens_per_step, torch.float32
+    spec = dict(BACKBONES[name])
+    frame, action, dtype = spec.pop("frame_tokens"), spec.pop("action_tokens"), getattr(torch, spec.pop("dtype"))
+    config = LlamaConfig(vocab_size=32000, max_position_embeddings=1 << 20, **spec)
+    torch.manual_seed(0)
+    with torch.device(device):
+        model = LlamaForCausalLM(config).to(dtype).eval()
+    return model, frame + action, dtype
+
+
+def cache_configs(policies: list[str], step: int, budget_frames: int) -> dict[str, CacheConfig]:
+    budget = budget_frames * step  # "a budget of N frames' tokens", prefix included
+    out = {}
+    for name in policies:
+        policy, static = name.removesuffix("-static"), name.endswith("-static")
+        if policy == "full":
+            out[name] = CacheConfig(policy="full", chunk_size=step, recent_chunks=2, sink_tokens=PREFIX, budget_tokens=None)
+        else:
+            out[name] = CacheConfig(policy=policy, chunk_size=step, recent_chunks=2, sink_tokens=PREFIX,
+                                    budget_tokens=budget, gate_threshold=0.0, static=static)
+    return out
+
+
+def sync(device: str) -> None:
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+
+
+@torch.inference_mode()
+def measure(model, configs, step: int, checkpoints: list[int], repeats: int, max_full: int, device: str, dtype):
+    """Stream steps of ``step`` random embeddings per policy; at each checkpoint time ``repeats``
+    steps (median) and count one step's FLOPs. Returns ``{policy: {frames: row}}``."""
+    hidden = model.config.hidden_size
+    gen = torch.Generator(device="cpu").manual_seed(0)
+    results = {}
+    for name, cfg in configs.items():
+        cache = make_cache(cfg, model.config)
+        model(inputs_embeds=torch.randn(1, PREFIX, hidden, generator=gen).to(device, dtype), past_key_values=cache)
+        rows, done = {}, 0
+        limit = max_full if cfg.policy == "full" else max(checkpoints)
+        bar = tqdm(total=min(limit, max(checkpoints)), desc=name, unit="frame")
+        for target in checkpoints:
+            if target > limit:
+                break
+            while done < target - repeats - 1:
+                model(inputs_embeds=torch.randn(1, step, hidden, generator=gen).to(device, dtype), past_key_values=cache)
+                done += 1
+                bar.update()
+            times = []
+            for _ in range(repeats):
+                x = torch.randn(1, step, hidden, generator=gen).to(device, dtype)
+                sync(device)
+                t0 = time.perf_counter()
+                model(inputs_embeds=x, past_key_values=cache)
+                sync(device)
+                times.append(time.perf_counter() - t0)
+                done += 1
+                bar.update()
+            # FLOPs of one more step, counted with the matmul-based eager attention (FlopCounterMode
+            # does not see every fused sdpa kernel); the cache state carries on unchanged.
+            model.set_attn_implementation("kv_vla_eager")
+            with FlopCounterMode(display=False) as counter:
+                model(inputs_embeds=torch.randn(1, step, hidden, generator=gen).to(device, dtype), past_key_values=cache)
+            model.set_attn_implementation("kv_vla_sdpa")
+            done += 1
+            bar.update()
+            s = cache.stats()
+            rows[target] = {"ms": statistics.median(times) * 1e3, "flops": counter.get_total_flops(),
+                            "tokens_seen": s["tokens_seen"], "tokens_held": s["tokens_held"], "kv_bytes": s["bytes_held"]}
+        bar.close()
+        results[name] = rows
+        del cache
+    return results
+
+
+def ratios(results: dict) -> list[dict]:
+    table = []
+    full = results.get("full", {})
+    for name, rows in results.items():
+        for frames, r in rows.items():
+            row = {"policy": name, "frames": frames, **r}
+            if name != "full" and frames in full:
+                f = full[frames]
+                row.update(speedup=f["ms"] / r["ms"], kv_reduction=f["kv_bytes"] / max(1, r["kv_bytes"]),
+                           flops_saved_pct=100 * (1 - r["flops"] / f["flops"]))
+            table.append(row)
+    return table
+
+
+def markdown(table: list[dict], title: str) -> str:
+    lines = [f"**{title}**", "", "| policy | history (frames) | tokens seen | tokens held | ms/step | KV MiB | GFLOP/step "
+             "| speedup vs full | KV bytes vs full | FLOPs saved |", "|---|---|---|---|---|---|---|---|---|---|"]
+    for r in table:
+        extra = (f"{r['speedup']:.2f}x | {r['kv_reduction']:.2f}x | {r['flops_saved_pct']:.1f}%" if "speedup" in r
+                 else "— | — | —")
+        lines.append(f"| {r['policy']} | {r['frames']} | {r['tokens_seen']} | {r['tokens_held']} | {r['ms']:.2f} | "
+                     f"{r['kv_bytes'] / 2**20:.1f} | {r['flops'] / 1e9:.2f} | {extra} |")
+    lines += ["", "| figure | KV-Efficient VLA paper | this run (gated, best history measured against full) |",
+              "|---|---|---|"]
+    gated = [r for r in table if r["policy"].startswith("gated") and "speedup" in r]
+    best = max(gated, key=lambda r: r["frames"]) if gated else None
+    ours = ({k: "—" for k in ("speedup", "kv", "flops")} if best is None else {
+        "speedup": "%.2fx at %d frames" % (best["speedup"], best["frames"]),
+        "kv": "%.2fx less" % best["kv_reduction"],
+        "flops": "%.1f%% fewer" % best["flops_saved_pct"],
+    })
+    lines.append(f"| speedup | 1.34x (v2), 1.21x (v1), 1.61x (cost model) | {ours['speedup']} |")
+    lines.append(f"| KV memory | 1.87x less (v2), 2.44x (cost model) | {ours['kv']} |")
+    lines.append(f"| FLOPs | 24.6% fewer (v2) | {ours['flops']} |")
+    return "\n".join(lines)
+
+
+def plot(results: dict, path: str, title: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6.5, 4))
+    for name, rows in results.items():
+        xs = sorted(rows)
+        ax.plot(xs, [rows[x]["ms"] for x in xs], marker="o", label=name)
+    ax.set(xscale="log", yscale="log", xlabel="history (frames)", ylabel="ms per step", title=title)
+    ax.grid(alpha=0.3, which="both")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def run(args: argparse.Namespace) -> int:
+    try:
+        checkpoints = sorted({int(x) for x in args.history.split(",") if x.strip()})
+    except ValueError:
+        raise SystemExit(f"kv-vla bench paper: --history must be comma-separated integers, got {args.history!r}") from None
+    if not checkpoints or checkpoints[0] < args.repeats + 2 or args.repeats < 1 or args.budget_frames < 3:
+        raise SystemExit("kv-vla bench paper: need --repeats >= 1, history lengths > repeats + 1, --budget-frames >= 3")
+    if args.device.startswith("cuda") and not torch.cuda.is_available():
+        raise SystemExit("kv-vla bench paper: --device cuda but no GPU is available")
+    torch.set_num_threads(args.threads)
+    max_full = args.max_full_frames or (max(checkpoints) if args.device.startswith("cuda") else 256)
+    try:
+        model, step, dtype = build_backbone(args.backbone, args.model, args.device)
+    except (FileNotFoundError, ValueError) as exc:
+        raise SystemExit(f"kv-vla bench paper: {exc}") from None
+    use_kv_vla_attention(model, "sdpa")
+    policies = [p.strip() for p in args.policies.split(",") if p.strip()]
+    try:
+        configs = cache_configs(policies, step, args.budget_frames)
+    except ValueError as exc:
+        raise SystemExit(f"kv-vla bench paper: {exc}") from None
+    results = measure(model, configs, step, checkpoints, args.repeats, max_full, args.device, dtype)
+    title = (f"{args.backbone} backbone ({model.config.num_hidden_layers} layers, hidden {model.config.hidden_size}, "
+             f"{step} tokens/step, {str(dtype).removeprefix('torch.')}, {args.device}), budget {args.budget_frames} steps")
+    table = ratios(results)
+    md = markdown(table, title)
+    os.makedirs(args.out, exist_ok=True)
+    stem = os.path.join(args.out, f"bench_{args.backbone}")
+    with open(stem + ".json", "w") as f:
+        json.dump({"args": vars(args), "tokens_per_step": step, "table": table, "paper": PAPER}, f, indent=1)
+    with open(stem + ".md", "w") as f:
+        f.write(md + "\n")
+    plot(results, stem + ".png", title)
+    print(md)
+    print(f"wrote {stem}.json, .md, .png")
+    return 0
