@@ -14,6 +14,15 @@ import sys
 # (command, module, one-line help). Nested groups ("bench cache") use a space.
 COMMANDS: list[tuple[str, str, str]] = [
     ("bench cache", "kv_vla_ros.eval.bench_cache", "per-step latency and KV bytes of cache policies vs full"),
+    ("bench paper", "kv_vla_ros.eval.bench_paper", "latency, KV bytes, FLOPs vs history at paper scale, vs the paper"),
+    ("train", "kv_vla_ros.train.cli", "behaviour-clone the VLA on simulator expert demonstrations"),
+    ("train-gate", "kv_vla_ros.train.gate_train", "train the chunk gate on rollouts of a frozen VLA"),
+    ("calibrate", "kv_vla_ros.train.calibrate", "per-layer attention selectivity and per-layer budgets (ScaleKV)"),
+    ("eval", "kv_vla_ros.eval.closed_loop", "closed-loop success and cache cost per task and cache policy"),
+    ("bag generate", "kv_vla_ros.bags.generate", "write simulator expert episodes into a bag (no ROS graph)"),
+    ("bag eval", "kv_vla_ros.bags.eval_cli", "replay a bag offline through VLASession under several cache configs"),
+    ("bag record", "kv_vla_ros.bags.record", "record live topics into a bag (rclpy, raw CDR)"),
+    ("bag play", "kv_vla_ros.bags.play", "publish a bag onto live topics with its original timing"),
 ]
 
 
