@@ -1,0 +1,144 @@
+"""A bag as a stream of episodes: instruction, frames (in bag time order) and the recorded actions
+aligned to the frames they answer. Numpy + rosbags only.
+
+Episode boundaries: every message on the instruction topic starts a new episode (the simulator
+publishes one per episode, even when the text repeats); with ``reset_topic`` a message there ends
+the episode instead, and the next frame starts one with the latest instruction.
+
+Frames: a frame whose header stamp equals the previous frame's (a simulator re-sending its view
+while it waits for an action) is the same observation and is skipped, as the policy node does.
+
+Recorded actions -> frames: an action labelled ``frame_stamp=`` (the policy node's and
+``bag generate``'s convention) belongs to the frame with that header stamp; an unlabelled action
+belongs to the newest frame before it that has none yet. Stop commands (empty arrays) are skipped.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Iterator
+
+import numpy as np
+
+from kv_vla_ros.bags.bagio import BagReader
+from kv_vla_ros.bags.errors import BagError
+from kv_vla_ros.bags.messages import (FLOAT32_ARRAY, IMAGE_TYPES, STRING, action_source_stamp_ns, action_vector,
+                                      frame_to_rgb, header_stamp_ns)
+
+
+@dataclass
+class BagTopics:
+    """Which topics hold what. ``action`` None: the bag has no recorded actions to compare with."""
+
+    image: str = "/image"
+    instruction: str = "/instruction"
+    action: str | None = "/action"
+    reset: str | None = None
+
+
+@dataclass
+class BagFrame:
+    rgb: np.ndarray
+    bag_ns: int
+    stamp_ns: int | None  # header stamp (None or 0: unknown)
+
+
+@dataclass
+class EpisodeActions:
+    """Collects one episode's frames and recorded actions; `aligned()` pairs them."""
+
+    frames: list[tuple[int, int | None]] = field(default_factory=list)  # (bag_ns, stamp_ns)
+    actions: list[tuple[int, int | None, np.ndarray]] = field(default_factory=list)
+
+    def aligned(self) -> list[np.ndarray | None]:
+        out: list[np.ndarray | None] = [None] * len(self.frames)
+        by_stamp = {stamp: i for i, (_, stamp) in enumerate(self.frames) if stamp}
+        for bag_ns, source, vec in self.actions:
+            if source is not None and source in by_stamp:
+                i = by_stamp[source]
+            elif source is None:
+                i = _newest_frame_before(self.frames, bag_ns)
+            else:
+                continue  # labelled with a frame of another episode (or a dropped frame)
+            if i is not None and out[i] is None:  # repeats of a held action keep the first
+                out[i] = vec
+        return out
+
+
+def _newest_frame_before(frames: list[tuple[int, int | None]], bag_ns: int) -> int | None:
+    best = None
+    for i, (frame_ns, _) in enumerate(frames):
+        if frame_ns <= bag_ns:
+            best = i
+        else:
+            break
+    return best
+
+
+def check_topics(bag: BagReader, topics: BagTopics) -> dict[str, str]:
+    """Message type per role; `BagError` naming the first missing or mistyped topic."""
+    types = {"image": bag.require_topic(topics.image, IMAGE_TYPES, "image")}
+    if topics.reset:
+        types["reset"] = bag.require_topic(topics.reset, None, "reset")
+    types["instruction"] = bag.require_topic(topics.instruction, (STRING,), "instruction")
+    if topics.action:
+        types["action"] = bag.require_topic(topics.action, (FLOAT32_ARRAY,), "action")
+    return types
+
+
+def iter_episode_events(bag: BagReader, topics: BagTopics, image_size: int | None,
+                        counters: dict | None = None) -> Iterator[tuple]:
+    """Yields ``("start", instruction)``, ``("frame", BagFrame)`` and ``("end", EpisodeActions)``.
+
+    ``counters`` (optional) receives ``frames_without_instruction`` and ``repeated_frames``.
+    """
+    types = check_topics(bag, topics)
+    counters = counters if counters is not None else {}
+    counters.setdefault("frames_without_instruction", 0)
+    counters.setdefault("repeated_frames", 0)
+    wanted = [t for t in (topics.image, topics.instruction, topics.action, topics.reset) if t]
+    instruction: str | None = None
+    episode: EpisodeActions | None = None
+    last_stamp: int | None = None
+    n_frames = 0
+    for topic, bag_ns, msg in bag.messages(wanted):
+        if topic == topics.image:
+            n_frames += 1
+            stamp = header_stamp_ns(msg)
+            if episode is None:
+                if instruction is None:
+                    counters["frames_without_instruction"] += 1
+                    continue
+                episode, last_stamp = EpisodeActions(), None
+                yield "start", instruction
+            if stamp and stamp == last_stamp:
+                counters["repeated_frames"] += 1
+                continue
+            last_stamp = stamp
+            rgb = frame_to_rgb(msg, types["image"], image_size, f"bag {bag.path}: {topics.image} message #{n_frames}")
+            episode.frames.append((bag_ns, stamp))
+            yield "frame", BagFrame(rgb, bag_ns, stamp)
+        elif topic == topics.instruction:
+            text = str(msg.data)
+            if not text.strip():
+                continue  # an empty instruction carries no task: keep the current one
+            instruction = text
+            if not topics.reset:
+                if episode is not None:
+                    yield "end", episode
+                episode = None  # the next frame opens the episode of this instruction
+        elif topic == topics.reset:
+            if episode is not None:
+                yield "end", episode
+            episode = None
+        elif topic == topics.action and episode is not None:
+            vec = action_vector(msg)
+            if vec is not None:
+                episode.actions.append((bag_ns, action_source_stamp_ns(msg), vec))
+    if episode is not None:
+        yield "end", episode
+    if n_frames == 0:
+        raise BagError(f"bag {bag.path}: image topic {topics.image} has no readable frames")
+
+
+__all__ = ["BagTopics", "BagFrame", "EpisodeActions", "check_topics", "iter_episode_events"]

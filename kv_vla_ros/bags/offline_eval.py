@@ -1,0 +1,194 @@
+"""Offline evaluation of a checkpoint on a bag: every cache config steps through the same frames in
+lockstep (so machine load hits them alike), open loop, faster than real time, no ROS graph.
+
+Per config: agreement with the recorded actions (exact match for discrete actions, mean L1 and L2
+distance for continuous ones) and with the full cache (the reference run, added when no ``full``
+spec is given), tokens seen/held, KV bytes held, latency p50/p99, FLOPs per step counted with
+``torch.utils.flop_counter.FlopCounterMode`` on every ``flops_every``-th step (those steps are left
+out of the latency figures, since counting slows them down).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from kv_vla_ros.bags.bagio import BagReader
+from kv_vla_ros.bags.episodes import BagTopics, iter_episode_events
+from kv_vla_ros.bags.errors import BagError
+
+
+@dataclass
+class PolicyRun:
+    """One cache config's session and everything measured on it."""
+
+    label: str
+    cache_config: object
+    session: object
+    actions: list[list[np.ndarray]] = field(default_factory=list)  # per episode, per step
+    tokens_held: list[int] = field(default_factory=list)  # per step, over the whole bag
+    bytes_held: list[int] = field(default_factory=list)
+    tokens_seen_end: list[int] = field(default_factory=list)  # per episode
+    latency_ms: list[float] = field(default_factory=list)
+    flops: list[int] = field(default_factory=list)
+    gate_scores: list[tuple[int, int, float]] = field(default_factory=list)  # (episode, chunk, score)
+
+
+def build_configs(model, specs: list[str]) -> list[tuple[str, object]]:
+    """``["full", "gated:budget_tokens=256"]`` -> [(label, CacheConfig)], full reference first.
+
+    Specs are parsed by ``kv_vla_ros.eval.closed_loop.parse_spec`` (the one spec syntax of the CLI);
+    ``budget_frac`` needs the mean history length, unknown until the bag is read: use budget_tokens.
+    """
+    from kv_vla_ros.eval.closed_loop import parse_spec
+
+    base = model.config.cache
+    out, seen = [], set()
+    for spec in specs or ["full"]:
+        changes, frac = parse_spec(spec, base)
+        if frac is not None:
+            raise ValueError(f"--policy {spec}: budget_frac is not supported by bag eval; give budget_tokens")
+        if spec in seen:
+            raise ValueError(f"--policy {spec}: given twice")
+        seen.add(spec)
+        out.append((spec, base.replace(**changes)))
+    if not any(cfg.policy == "full" for _, cfg in out):
+        out.insert(0, ("full", base.replace(policy="full")))
+    out.sort(key=lambda item: item[1].policy != "full")  # stable: the first full is the reference
+    return out
+
+
+def flop_counter():
+    """A ``FlopCounterMode`` that also counts CPU SDPA: torch registers a formula for the CUDA
+    flash/efficient kernels only, so on CPU the attention FLOPs (the part a bounded cache
+    shrinks) would be missing. Same count as torch's ``sdpa_flop`` (QK^T and PV matmuls, masking
+    ignored), with grouped-query heads allowed."""
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+
+    aten = torch.ops.aten
+    extra = {}
+    if hasattr(aten, "_scaled_dot_product_flash_attention_for_cpu"):
+        extra[aten._scaled_dot_product_flash_attention_for_cpu] = _sdpa_flops
+    return FlopCounterMode(display=False, custom_mapping=extra)
+
+
+def _sdpa_flops(query_shape, key_shape, value_shape, *args, out_shape=None, **kwargs) -> int:
+    *batch, s_q, d_q = query_shape
+    s_k, d_v = key_shape[-2], value_shape[-1]
+    return 2 * int(np.prod(batch)) * s_q * s_k * (d_q + d_v)
+
+
+def _step(run: PolicyRun, rgb: np.ndarray, count_flops: bool) -> None:
+    if count_flops:
+        with flop_counter() as counter:
+            action = run.session.step(rgb)
+        run.flops.append(int(counter.get_total_flops()))
+    else:
+        action = run.session.step(rgb)
+    st = run.session.stats()
+    if not count_flops:
+        run.latency_ms.append(float(st["latency_ms"]["total"]))
+    run.actions[-1].append(np.asarray(action).reshape(-1).copy())
+    run.tokens_held.append(int(st["tokens_held"]))
+    run.bytes_held.append(int(st["bytes_held"]))
+    if run.cache_config.policy != "gated":
+        return  # other policies report their ranking utility there (recency, norms), not a gate score
+    episode = len(run.actions) - 1
+    scored = {c for e, c, _ in run.gate_scores[-64:] if e == episode}
+    for chunk, score in (st.get("gate_scores") or {}).items():
+        if int(chunk) not in scored:
+            run.gate_scores.append((episode, int(chunk), float(score)))
+
+
+def evaluate_bag(bag_path, model, specs: list[str], topics: BagTopics | None = None, flops_every: int = 25,
+                 max_episodes: int | None = None, progress: bool = True) -> dict:
+    """Replay ``bag_path`` through one ``VLASession`` per cache spec; returns the result dict
+    (``results`` rows, ``series`` for the plots, and per-episode ``actions``/``recorded`` arrays)."""
+    from tqdm import tqdm
+
+    from kv_vla_ros.vla import VLASession
+
+    topics = topics or BagTopics()
+    if flops_every < 0:
+        raise ValueError(f"flops_every: must be >= 0, got {flops_every}")
+    runs = [PolicyRun(label, cfg, VLASession(model, cfg)) for label, cfg in build_configs(model, specs)]
+    counters: dict = {}
+    recorded: list[list[np.ndarray | None]] = []
+    instructions: list[str] = []
+    step_index = 0
+    with BagReader(bag_path) as bag:
+        total = bag.topics.get(topics.image, (None, 0))[1]
+        bar = tqdm(total=total, desc=f"bag eval {len(runs)} configs", unit="frame", disable=not progress)
+        for kind, payload in iter_episode_events(bag, topics, model.config.image_size, counters):
+            if kind == "start":
+                if max_episodes is not None and len(instructions) >= max_episodes:
+                    break
+                instructions.append(payload)
+                for run in runs:
+                    run.session.reset(payload)
+                    run.actions.append([])
+            elif kind == "frame":
+                count = flops_every > 0 and step_index % flops_every == 0
+                for run in runs:
+                    _step(run, payload.rgb, count)
+                step_index += 1
+                bar.update(1)
+            else:  # end
+                recorded.append(payload.aligned())
+                for run in runs:
+                    run.tokens_seen_end.append(int(run.session.stats()["tokens_seen"]))
+        bar.close()
+        meta = {"bag": str(bag.path), "bag_duration_s": bag.duration_ns / 1e9,
+                "typestore": bag.store_name, "ros_distro": bag.distro,
+                "image_topic": topics.image, "instruction_topic": topics.instruction,
+                "action_topic": topics.action, "reset_topic": topics.reset}
+    if step_index == 0:
+        raise BagError(f"bag {bag_path}: no frame follows an instruction on {topics.instruction}; nothing to evaluate")
+    recorded = recorded[: len(instructions)]
+    for run in runs:  # an episode cut by max_episodes has no "end": close its bookkeeping
+        while len(run.tokens_seen_end) < len(run.actions):
+            run.tokens_seen_end.append(int(run.session.stats()["tokens_seen"]))
+    while len(recorded) < len(instructions):
+        recorded.append([None] * len(runs[0].actions[len(recorded)]))
+    discrete = model.config.action.kind == "discrete"
+    rows = [_summarize(run, runs[0], recorded, discrete) for run in runs]
+    meta.update({"episodes": len(instructions), "steps": step_index, "action_kind": model.config.action.kind,
+                 "flops_every": flops_every, **counters})
+    return {"meta": meta, "results": rows, "instructions": instructions,
+            "series": {run.label: {"tokens_held": run.tokens_held, "gate_scores": run.gate_scores} for run in runs},
+            "actions": {run.label: run.actions for run in runs}, "recorded": recorded}
+
+
+def _agreement(pred: list[np.ndarray], ref: list[np.ndarray | None], discrete: bool) -> dict:
+    pairs = [(p, r) for p, r in zip(pred, ref) if r is not None]
+    if not pairs:
+        return {"n": 0}
+    p = np.stack([a for a, _ in pairs]).astype(np.float64)
+    r = np.stack([b.reshape(-1) for _, b in pairs]).astype(np.float64)
+    if p.shape != r.shape:
+        raise BagError(f"action: recorded actions have {r.shape[1]} values, the model's have {p.shape[1]}")
+    if discrete:
+        return {"n": len(pairs), "match": float(np.mean(np.all(np.rint(r) == p, axis=1)))}
+    return {"n": len(pairs), "l1": float(np.mean(np.abs(p - r))), "l2": float(np.mean(np.linalg.norm(p - r, axis=1)))}
+
+
+def _summarize(run: PolicyRun, ref: PolicyRun, recorded, discrete: bool) -> dict:
+    pred = [a for ep in run.actions for a in ep]
+    rec = [a for ep in recorded for a in ep]
+    full = [a for ep in ref.actions for a in ep]
+    lat = run.latency_ms or [float("nan")]
+    return {
+        "policy": run.label, "cache": run.cache_config.to_dict(), "steps": len(pred), "episodes": len(run.actions),
+        "agreement_recorded": _agreement(pred, rec, discrete),
+        "agreement_full": _agreement(pred, full, discrete),
+        "mean_tokens_seen": float(np.mean(run.tokens_seen_end)) if run.tokens_seen_end else 0.0,
+        "mean_tokens_held": float(np.mean(run.tokens_held)), "peak_tokens_held": int(np.max(run.tokens_held)),
+        "mean_kv_bytes": float(np.mean(run.bytes_held)), "peak_kv_bytes": int(np.max(run.bytes_held)),
+        "latency_p50_ms": float(np.percentile(lat, 50)), "latency_p99_ms": float(np.percentile(lat, 99)),
+        "flops_per_step": float(np.mean(run.flops)) if run.flops else None, "flops_steps": len(run.flops),
+    }
+
+
+__all__ = ["PolicyRun", "build_configs", "evaluate_bag"]
