@@ -1,0 +1,61 @@
+"""What the policy node reports on /diagnostics, as plain key/value strings (no rclpy)."""
+
+from __future__ import annotations
+
+import json
+import math
+
+# diagnostic_msgs/DiagnosticStatus levels (bytes in the message; ints here)
+OK, WARN, ERROR = 0, 1, 2
+
+_LEVELS = {"running": OK, "disabled": OK, "waiting": WARN, "stale": WARN, "error": ERROR}
+
+
+def _fmt(value) -> str:
+    if isinstance(value, float):
+        return "nan" if math.isnan(value) else f"{value:.3f}"
+    return str(value)
+
+
+def policy_status(state: str, reason: str, worker, control_rate_hz: float, tick_interval_ms, ticks: int,
+                  cache_config, extra: dict | None = None) -> tuple[int, str, list[tuple[str, str]]]:
+    """-> (level, message, [(key, value)]) for the node's DiagnosticStatus.
+
+    ``worker``: the InferenceWorker (counters, latency, last session stats);
+    ``tick_interval_ms``: RollingStats of the intervals between published commands.
+    """
+    stats = dict(worker.last_stats or {})
+    seen, held = int(stats.get("tokens_seen", 0)), int(stats.get("tokens_held", 0))
+    achieved = 1e3 / tick_interval_ms.mean() if len(tick_interval_ms) else float("nan")
+    values = {
+        "state": state,
+        "reason": reason,
+        "instruction": worker.episode_instruction or "",
+        "episodes": worker.episodes,
+        "steps": stats.get("steps", 0),
+        "latency_p50_ms": worker.latency_ms.percentile(50),
+        "latency_p99_ms": worker.latency_ms.percentile(99),
+        "tokens_seen": seen,
+        "tokens_held": held,
+        "kv_bytes": int(stats.get("bytes_held", 0)),
+        "keep_ratio": held / seen if seen else 1.0,
+        "frames_received": worker.frames_submitted,
+        "frames_dropped": worker.frames_dropped,
+        "frames_rejected": worker.frames_rejected,
+        "frames_without_episode": worker.frames_without_episode,
+        "inferences": worker.inferences,
+        "inference_errors": worker.inference_errors,
+        "control_rate_hz": float(control_rate_hz),
+        "control_rate_achieved_hz": achieved,
+        "publish_interval_p50_ms": tick_interval_ms.percentile(50),
+        "publish_interval_p99_ms": tick_interval_ms.percentile(99),
+        "control_ticks": ticks,
+        "cache_config": json.dumps(cache_config.to_dict(), sort_keys=True),
+    }
+    values.update(extra or {})
+    level = _LEVELS.get(state, WARN)
+    message = state if not reason else f"{state}: {reason}"
+    return level, message, [(k, _fmt(v)) for k, v in values.items()]
+
+
+__all__ = ["policy_status", "OK", "WARN", "ERROR"]

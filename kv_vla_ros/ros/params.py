@@ -1,0 +1,198 @@
+"""The policy node's parameters as plain data (no rclpy): names, types, defaults, ranges, docs and
+when a change takes effect. The node declares exactly these; config/kv_vla.yaml lists exactly
+these (a test checks both ways).
+
+The ``cache.*`` parameters are generated from ``dataclasses.fields(CacheConfig)`` (types from
+the annotations, descriptions from the class docstring), so they cannot drift from the config.
+ROS parameters have no null: ``cache.budget_tokens: -1`` and ``cache.layer_budgets: [-1]`` (or an
+empty list) mean ``None``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import re
+from dataclasses import dataclass
+from typing import Any
+
+from kv_vla_ros.cache.config import CacheConfig
+
+NONE_INT = -1  # ROS value standing for None in int / int-array cache fields
+
+
+@dataclass(frozen=True)
+class ParamSpec:
+    """One declared parameter.
+
+    kind: ``bool``, ``int``, ``double``, ``string``, ``int_array`` or ``double_array``.
+    bounds: inclusive (low, high) for ``int`` / ``double``; None when unbounded.
+    applies: when a change takes effect: ``live``, ``next episode`` or ``restart`` (read-only).
+    """
+
+    name: str
+    kind: str
+    default: Any
+    description: str
+    bounds: tuple[float, float] | None = None
+    applies: str = "live"
+
+    @property
+    def read_only(self) -> bool:
+        return self.applies == "restart"
+
+
+# MiniGrid actions: left, right, forward, pickup, drop, toggle, done. Left turns counter-clockwise
+# (positive angular.z, REP 103); only forward moves.
+MINIGRID_LINEAR = [0.0, 0.0, 0.2, 0.0, 0.0, 0.0, 0.0]
+MINIGRID_ANGULAR = [0.5, -0.5, 0.0, 0.0, 0.0, 0.0, 0.0]
+
+NODE_PARAMS: list[ParamSpec] = [
+    ParamSpec("model_path", "string", "", "checkpoint directory (from_pretrained layout); empty: the shipped "
+              "model kv_vla_ros.vla.DEFAULT_MODEL_PATH", applies="restart"),
+    ParamSpec("device", "string", "cpu", "torch device for inference (cpu, cuda, cuda:1, ...)", applies="restart"),
+    ParamSpec("dtype", "string", "float32", "model weights dtype (float32; bfloat16/float16 await VLASession "
+              "support)", applies="restart"),
+    ParamSpec("num_threads", "int", 1, "torch CPU threads for inference (0: torch's default)", (0, 256),
+              applies="restart"),
+    ParamSpec("use_compressed", "bool", False, "also subscribe image/compressed (sensor_msgs/CompressedImage)",
+              applies="restart"),
+    ParamSpec("instruction", "string", "", "instruction to start with when none arrives on the instruction "
+              "topic; setting it starts a new episode"),
+    ParamSpec("control_rate_hz", "double", 20.0, "rate of action/cmd_vel publishing", (0.1, 1000.0)),
+    ParamSpec("stale_timeout_s", "double", 1.0, "publish stop (and report WARN) after this long without a fresh "
+              "frame or a fresh action", (0.001, 3600.0)),
+    ParamSpec("enabled", "bool", True, "false: publish stop commands only (inference keeps running)"),
+    ParamSpec("max_image_pixels", "int", 4096 * 4096, "frames with more pixels are rejected", (1, 1 << 30)),
+    ParamSpec("action.min", "double_array", [-math.inf], "lower clamp of continuous actions, one value per "
+              "dimension or one for all"),
+    ParamSpec("action.max", "double_array", [math.inf], "upper clamp of continuous actions, one value per "
+              "dimension or one for all"),
+    ParamSpec("max_linear", "double", 0.5, "cmd_vel |linear.x| limit (m/s)", (0.0, 100.0)),
+    ParamSpec("max_angular", "double", 1.5, "cmd_vel |angular.z| limit (rad/s)", (0.0, 100.0)),
+    ParamSpec("twist.discrete_linear", "double_array", MINIGRID_LINEAR, "discrete actions: linear.x per action "
+              "index (indices past the end: 0)"),
+    ParamSpec("twist.discrete_angular", "double_array", MINIGRID_ANGULAR, "discrete actions: angular.z per "
+              "action index (indices past the end: 0)"),
+    ParamSpec("twist.linear_index", "int", -1, "continuous actions: dimension sent as linear.x (-1: none)",
+              (-1, 1 << 16)),
+    ParamSpec("twist.angular_index", "int", -1, "continuous actions: dimension sent as angular.z (-1: none)",
+              (-1, 1 << 16)),
+]
+
+# Bounds the ROS descriptors enforce before CacheConfig.validate sees the value.
+_CACHE_BOUNDS: dict[str, tuple[float, float]] = {
+    "chunk_size": (1, 1 << 20), "recent_chunks": (1, 1 << 20), "sink_tokens": (0, 1 << 20),
+    "budget_tokens": (NONE_INT, 1 << 30), "gate_threshold": (0.0, 1.0), "summary_threshold": (0.0, 1.0),
+    "seed": (0, (1 << 31) - 1),
+}
+# The VLA session fixes these to the model (instruction length, tokens per step): other values
+# are rejected; they are parameters so that the node mirrors CacheConfig one to one.
+_CACHE_FIXED_BY_MODEL = ("chunk_size", "sink_tokens")
+
+
+def _cache_field_docs() -> dict[str, str]:
+    """``name: description`` pairs from the Attributes section of CacheConfig's docstring."""
+    doc = (CacheConfig.__doc__ or "").split("Attributes:", 1)[-1]
+    docs: dict[str, str] = {}
+    current = None
+    for line in doc.splitlines():
+        match = re.match(r"^\s{8}(\w+): (.*)$", line)
+        if match:
+            current = match.group(1)
+            docs[current] = match.group(2).strip()
+        elif current and line.strip():
+            docs[current] += " " + line.strip()
+    return docs
+
+
+def _cache_kind(annotation: str) -> str:
+    kinds = {"str": "string", "int": "int", "int | None": "int", "float": "double", "bool": "bool",
+             "list[int] | None": "int_array"}
+    if annotation not in kinds:  # a new CacheConfig field type: teach this table, do not guess
+        raise ValueError(f"cache: no ROS parameter type for CacheConfig annotation {annotation!r}")
+    return kinds[annotation]
+
+
+def cache_param_specs(defaults: CacheConfig | None = None) -> list[ParamSpec]:
+    """One ``cache.<field>`` spec per CacheConfig field, defaults from ``defaults``."""
+    defaults = defaults or CacheConfig()
+    docs = _cache_field_docs()
+    specs = []
+    for f in dataclasses.fields(CacheConfig):
+        kind = _cache_kind(str(f.type))
+        description = docs.get(f.name, f.name)
+        if f.name == "budget_tokens":
+            description += " (-1: None)"
+        if f.name == "layer_budgets":
+            description += " ([-1] or []: None)"
+        applies = "live"  # VLASession.set_cache_config reconfigures the running cache
+        if f.name in _CACHE_FIXED_BY_MODEL:
+            description += " (fixed by the model: other values are rejected)"
+        specs.append(ParamSpec(f"cache.{f.name}", kind, cache_value_to_param(f.name, getattr(defaults, f.name)),
+                               description, _CACHE_BOUNDS.get(f.name), applies))
+    return specs
+
+
+def all_param_specs(cache_defaults: CacheConfig | None = None) -> list[ParamSpec]:
+    return NODE_PARAMS + cache_param_specs(cache_defaults)
+
+
+def cache_value_to_param(field: str, value: Any) -> Any:
+    """CacheConfig value -> ROS parameter value (None becomes -1 / [-1])."""
+    if value is None:
+        return [NONE_INT] if field == "layer_budgets" else NONE_INT
+    if isinstance(value, (list, tuple)):
+        return [int(v) for v in value]
+    return value
+
+
+def param_to_cache_value(field: str, value: Any) -> Any:
+    """ROS parameter value -> CacheConfig value (-1 / [-1] / [] become None)."""
+    if field == "budget_tokens" and value == NONE_INT:
+        return None
+    if field == "layer_budgets":
+        values = [int(v) for v in (value or [])]
+        return None if values in ([], [NONE_INT]) else values
+    if field in ("gate_threshold", "summary_threshold") and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    return value
+
+
+def cache_changes_from_params(params: dict[str, Any]) -> dict[str, Any]:
+    """``{"cache.x": v, "other": w}`` -> ``{"x": CacheConfig value}`` for the cache entries only."""
+    return {name[len("cache."):]: param_to_cache_value(name[len("cache."):], value)
+            for name, value in params.items() if name.startswith("cache.")}
+
+
+__all__ = ["ParamSpec", "NODE_PARAMS", "NONE_INT", "cache_param_specs", "all_param_specs", "cache_value_to_param",
+           "param_to_cache_value", "cache_changes_from_params", "render_params_yaml", "MINIGRID_LINEAR",
+           "MINIGRID_ANGULAR"]
+
+
+def render_params_yaml(specs: list[ParamSpec], node_name: str = "kv_vla_node") -> str:
+    """A ``ros__parameters`` file listing ``specs`` with their defaults, one comment per entry."""
+    import json
+
+    lines = [f"{node_name}:", "  ros__parameters:"]
+    for spec in specs:
+        value = spec.default
+        if isinstance(value, bool):
+            text = "true" if value else "false"
+        elif isinstance(value, str):
+            text = json.dumps(value)
+        elif isinstance(value, (list, tuple)):
+            text = "[" + ", ".join(_yaml_number(v) for v in value) + "]"
+        else:
+            text = _yaml_number(value)
+        lines.append(f"    # {spec.description} [{spec.applies}]")
+        lines.append(f"    {spec.name}: {text}")
+    return "\n".join(lines) + "\n"
+
+
+def _yaml_number(value) -> str:
+    if isinstance(value, float):
+        if math.isinf(value):
+            return ".inf" if value > 0 else "-.inf"
+        return repr(value)
+    return str(value)

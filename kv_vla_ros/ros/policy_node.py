@@ -1,0 +1,344 @@
+"""`kv_vla_node`: a VLA policy as a ROS 2 control node (see docs/ros.md for the interface).
+
+Threads: the control timer ticks in its own callback group at ``control_rate_hz`` whatever the
+inference rate; an `InferenceWorker` thread runs the model on the newest frame; subscriptions
+only hand frames over. Everything decided per tick lives in `ControlLoop` (pure, tested alone).
+"""
+
+from __future__ import annotations
+
+import math
+import signal
+import sys
+import threading
+import time
+import warnings
+
+import rclpy
+from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
+from geometry_msgs.msg import Twist
+from rcl_interfaces.msg import SetParametersResult
+from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
+from rclpy.executors import MultiThreadedExecutor
+from rclpy.node import Node
+from rclpy.parameter import Parameter
+from rclpy.qos import QoSDurabilityPolicy, QoSProfile, QoSReliabilityPolicy, qos_profile_sensor_data
+from rclpy.signals import SignalHandlerOptions
+from sensor_msgs.msg import CompressedImage, Image
+from std_msgs.msg import Float32MultiArray, MultiArrayDimension, String
+from std_srvs.srv import Trigger
+
+from kv_vla_ros.ros.control import ControlLoop, RollingStats, TwistAdapter, broadcast_limits, format_source_stamp
+from kv_vla_ros.ros.diagnostics import policy_status
+from kv_vla_ros.ros.image_conversion import compressed_to_rgb, image_to_rgb, shrink_for_model
+from kv_vla_ros.ros.inference import InferenceWorker
+from kv_vla_ros.ros.params import NODE_PARAMS, cache_changes_from_params, cache_param_specs
+from kv_vla_ros.ros.ros_params import declare_specs
+
+NODE_NAME = "kv_vla_node"
+INSTRUCTION_QOS = QoSProfile(depth=1, reliability=QoSReliabilityPolicy.RELIABLE,
+                             durability=QoSDurabilityPolicy.TRANSIENT_LOCAL)
+_DTYPES = ("float32", "bfloat16", "float16")
+
+
+class StartupError(RuntimeError):
+    """The node cannot start (model missing or broken, bad parameters): one line, exit 1."""
+
+
+def attach_trained_gate(model, directory):
+    """Give ``model`` the gate `kv-vla train-gate` saved beside its checkpoint, unless it has one.
+
+    VLAModel.from_pretrained does not load gate.safetensors (yet); without this the ``gated``
+    policy would run an untrained gate. The demo's offline check does the same, so online and
+    offline runs keep the same gate.
+    """
+    from pathlib import Path
+
+    from kv_vla_ros.cache import GATE_FILE, ChunkGate
+
+    if getattr(model, "gate", None) is None and (Path(directory) / GATE_FILE).is_file():
+        model.gate = ChunkGate.load(str(directory)).to(model.device).eval()
+    return model
+
+
+def load_session(model_path: str, device: str, dtype: str, num_threads: int, session_factory=None):
+    """Model + VLASession; every failure becomes a one-line StartupError."""
+    import torch
+
+    from kv_vla_ros.vla import DEFAULT_MODEL_PATH, VLAModel, VLASession
+
+    if dtype not in _DTYPES:
+        raise StartupError(f"dtype: expected one of {', '.join(_DTYPES)}, got {dtype!r}")
+    if dtype != "float32":  # VLASession's processor feeds float32 frames into the vision encoder
+        raise StartupError(f"dtype: {dtype} is not supported by VLASession yet (float32 only)")
+    if num_threads > 0:
+        torch.set_num_threads(num_threads)
+    path = model_path or str(DEFAULT_MODEL_PATH)
+    try:
+        model = attach_trained_gate(VLAModel.from_pretrained(path, device=device), path).to(getattr(torch, dtype))
+        session = (session_factory or VLASession)(model, model.config.cache, device)
+    except Exception as exc:  # FileNotFoundError, ValueError, RuntimeError (bad device), ...
+        raise StartupError(f"cannot load model from {path}: {exc}") from None
+    return model, session
+
+
+def _reconfigure(session, cfg) -> None:
+    """session.set_cache_config under inference mode: the live cache holds inference tensors
+    (a live eviction outside it raises); failures other than ValueError become ValueError."""
+    import torch
+
+    try:
+        with torch.inference_mode():
+            session.set_cache_config(cfg)
+    except ValueError:
+        raise
+    except Exception as exc:
+        raise ValueError(f"cache: live reconfiguration failed: {type(exc).__name__}: {exc}") from None
+
+
+class KVVLANode(Node):
+    def __init__(self, session_factory=None, **node_kwargs):
+        super().__init__(NODE_NAME, **node_kwargs)
+        self._now = time.monotonic
+        p = self._declare(NODE_PARAMS)
+        self.model, self.session = load_session(p["model_path"], p["device"], p["dtype"], p["num_threads"],
+                                                session_factory)
+        action_cfg = self.model.config.action
+        self.discrete = action_cfg.kind == "discrete"
+        action_dim = 1 if self.discrete else action_cfg.dim
+        cache_values = self._declare(cache_param_specs(self.session.cache_config))
+        try:  # parameter overrides (params file, command line) on top of the model's cache config
+            cfg = self.session.cache_config.replace(**cache_changes_from_params(cache_values))
+            self.session.set_cache_config(cfg)
+            self.loop = ControlLoop(self.discrete, action_cfg.num_actions, action_dim, p["stale_timeout_s"],
+                                    p["enabled"], p["action.min"], p["action.max"])
+        except ValueError as exc:
+            raise StartupError(f"bad parameter: {exc}") from None
+        self.twist = TwistAdapter(self.discrete, p["twist.discrete_linear"], p["twist.discrete_angular"],
+                                  p["twist.linear_index"], p["twist.angular_index"], p["max_linear"], p["max_angular"])
+        self.control_rate_hz = p["control_rate_hz"]
+        self.max_pixels = p["max_image_pixels"]
+        self.tick_interval_ms = RollingStats()
+        self._ticks, self._last_tick, self._last_state = 0, None, ""
+        self._last_cmd = None
+        self._last_stamp = None
+        self.frames_repeated = 0
+        self.worker = InferenceWorker(self.session, self._to_rgb, self._on_action, self._on_error, self._now)
+
+        control_group = MutuallyExclusiveCallbackGroup()  # the tick never waits behind anything
+        io_group = MutuallyExclusiveCallbackGroup()
+        self.action_pub = self.create_publisher(Float32MultiArray, "action", 10)
+        self.cmd_vel_pub = self.create_publisher(Twist, "cmd_vel", 10)
+        self.diag_pub = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
+        self.create_subscription(Image, "image", self._on_image, qos_profile_sensor_data, callback_group=io_group)
+        if p["use_compressed"]:
+            self.create_subscription(CompressedImage, "image/compressed", self._on_image, qos_profile_sensor_data,
+                                     callback_group=io_group)
+        self.create_subscription(String, "instruction", self._on_instruction, INSTRUCTION_QOS,
+                                 callback_group=io_group)
+        self.create_service(Trigger, "~/reset", self._on_reset, callback_group=io_group)
+        self.control_timer = self.create_timer(1.0 / self.control_rate_hz, self._tick, callback_group=control_group)
+        self.create_timer(1.0, self._publish_diagnostics, callback_group=MutuallyExclusiveCallbackGroup())
+        self.add_on_set_parameters_callback(self._on_set_parameters)
+        self.worker.start()
+        if p["instruction"]:
+            self._start_episode(p["instruction"])
+        self.get_logger().info(
+            f"ready: model {p['model_path'] or 'shipped'} ({action_cfg.kind} actions), cache "
+            f"{self.session.cache_config.policy}, {self.control_rate_hz:g} Hz")
+
+    def _declare(self, specs) -> dict:
+        try:
+            return declare_specs(self, specs)
+        except ValueError as exc:
+            raise StartupError(f"bad parameter {exc}") from None
+
+    # ---- inputs -----------------------------------------------------------------------------
+    def _on_image(self, msg) -> None:
+        stamp = (msg.header.stamp.sec, msg.header.stamp.nanosec)
+        if stamp != (0, 0) and stamp == self._last_stamp:  # the same frame again (a waiting simulator)
+            self.frames_repeated += 1
+            return
+        self._last_stamp = stamp
+        self.loop.frame_received(self._now())
+        self.worker.submit(msg, stamp)
+
+    def _to_rgb(self, msg):
+        if hasattr(msg, "encoding"):
+            rgb = image_to_rgb(msg, self.max_pixels)
+        else:
+            rgb = compressed_to_rgb(msg, self.max_pixels)
+        return shrink_for_model(rgb, self.model.config.image_size)
+
+    def _on_instruction(self, msg: String) -> None:
+        if not msg.data.strip():
+            self.get_logger().error("instruction: empty instruction ignored", throttle_duration_sec=2.0)
+            return
+        self._start_episode(msg.data)
+
+    def _on_reset(self, request, response):
+        instruction = self.worker.episode_instruction or self.get_parameter("instruction").value
+        if not instruction:
+            response.success, response.message = False, "no instruction yet: nothing to reset"
+            return response
+        self._start_episode(instruction)
+        response.success, response.message = True, f"new episode: {instruction!r}"
+        return response
+
+    def _start_episode(self, instruction: str) -> None:
+        self.loop.episode_started(self._now())
+        self.worker.start_episode(instruction)
+        self.get_logger().info(f"new episode: {instruction!r}")
+
+    # ---- worker callbacks (inference thread) ------------------------------------------------
+    def _on_action(self, action, source_stamp, now: float) -> None:
+        reason = self.loop.action_ready(action, source_stamp, now)
+        if reason:
+            self.get_logger().error(f"{reason}: publishing stop instead", throttle_duration_sec=2.0)
+
+    def _on_error(self, kind: str, message: str) -> None:
+        if kind == "inference":
+            self.loop.inference_failed(message)
+            self.get_logger().error(f"inference failed, publishing stop: {message}", throttle_duration_sec=2.0)
+        else:
+            self.get_logger().error(f"bad frame dropped: {message}", throttle_duration_sec=2.0)
+
+    # ---- control tick -----------------------------------------------------------------------
+    def _tick(self) -> None:
+        now = self._now()
+        cmd = self.loop.tick(now)
+        self.publish_command(cmd.action, cmd.source_stamp)
+        if self._last_tick is not None:
+            self.tick_interval_ms.add((now - self._last_tick) * 1e3)
+        self._last_tick, self._ticks, self._last_cmd = now, self._ticks + 1, cmd
+        if cmd.state != self._last_state:
+            text = f"state {self._last_state or 'start'} -> {cmd.state}" + (f": {cmd.reason}" if cmd.reason else "")
+            if cmd.state in ("stale", "error"):  # rclpy pins one severity per call site: two calls
+                self.get_logger().warning(text)
+            else:
+                self.get_logger().info(text)
+            self._last_state = cmd.state
+
+    def publish_command(self, action, source_stamp=None) -> None:
+        """Publish ``action`` (None: stop = an empty array and a zero twist)."""
+        msg = Float32MultiArray()
+        if action is not None:
+            msg.data = [float(v) for v in action]
+            msg.layout.dim = [MultiArrayDimension(label="action", size=len(msg.data), stride=len(msg.data))]
+            if source_stamp is not None:
+                msg.layout.dim.append(MultiArrayDimension(label=format_source_stamp(*source_stamp), size=1, stride=1))
+        twist = Twist()
+        twist.linear.x, twist.angular.z = self.twist(action)
+        self.action_pub.publish(msg)
+        self.cmd_vel_pub.publish(twist)
+
+    def _publish_diagnostics(self) -> None:
+        cmd = self._last_cmd
+        level, message, values = policy_status(
+            cmd.state if cmd else "waiting", cmd.reason if cmd else "starting", self.worker, self.control_rate_hz,
+            self.tick_interval_ms, self._ticks, self.session.cache_config,
+            {"frames_repeated": self.frames_repeated, "rejected_actions": self.loop.rejected_actions,
+             "enabled": self.loop.enabled})
+        status = DiagnosticStatus(level=bytes([level]), name=f"{self.get_name()}: policy", message=message,
+                                  hardware_id=self.get_fully_qualified_name(),
+                                  values=[KeyValue(key=k, value=v) for k, v in values])
+        array = DiagnosticArray(status=[status])
+        array.header.stamp = self.get_clock().now().to_msg()
+        self.diag_pub.publish(array)
+
+    # ---- live parameters --------------------------------------------------------------------
+    def _on_set_parameters(self, params: list[Parameter]) -> SetParametersResult:
+        values = {p.name: p.value for p in params}
+        try:
+            note = self._apply_parameters(values)
+        except ValueError as exc:
+            self.get_logger().warning(f"parameter change rejected: {exc}")
+            return SetParametersResult(successful=False, reason=str(exc))
+        return SetParametersResult(successful=True, reason=note)
+
+    def _apply_parameters(self, values: dict) -> str:
+        """Validate everything first, then apply; raises ValueError (naming the field) to reject."""
+        get = lambda name: values.get(name, self.get_parameter(name).value)  # noqa: E731
+        lo, hi = get("action.min"), get("action.max")
+        dim = self.loop.action_dim
+        lo_arr, hi_arr = broadcast_limits("action.min", lo, dim), broadcast_limits("action.max", hi, dim)
+        if any(math.isnan(v) for v in list(lo) + list(hi)) or any(a > b for a, b in zip(lo_arr, hi_arr)):
+            raise ValueError(f"action.min: must be <= action.max (and not NaN), got {list(lo)} / {list(hi)}")
+        note = ""
+        changes = cache_changes_from_params(values)
+        if changes:  # last check that can fail: the session validates against the model
+            try:
+                cfg = self.session.cache_config.replace(**changes)
+            except ValueError as exc:  # CacheConfig names its field; the ROS name has the prefix
+                raise ValueError(f"cache.{exc}") from None
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always")
+                self.worker.call(lambda session: _reconfigure(session, cfg))
+            if any("next reset" in str(w.message) for w in caught):
+                note = "cache change applies at the next episode (this cache has no live reconfiguration)"
+            self.get_logger().info(f"cache config: {', '.join(f'{k}={v}' for k, v in changes.items())}"
+                                   + (f" ({note})" if note else " (live)"))
+        if "action.min" in values or "action.max" in values:
+            self.loop.set_limits(lo, hi)
+        if "control_rate_hz" in values:
+            self.control_rate_hz = float(values["control_rate_hz"])
+            self.control_timer.timer_period_ns = int(1e9 / self.control_rate_hz)
+            self.tick_interval_ms = RollingStats()
+        if "stale_timeout_s" in values:
+            self.loop.stale_timeout_s = float(values["stale_timeout_s"])
+        if "enabled" in values:
+            self.loop.enabled = bool(values["enabled"])
+        if "max_image_pixels" in values:
+            self.max_pixels = int(values["max_image_pixels"])
+        twist_fields = {"twist.discrete_linear": "discrete_linear", "twist.discrete_angular": "discrete_angular",
+                        "twist.linear_index": "linear_index", "twist.angular_index": "angular_index",
+                        "max_linear": "max_linear", "max_angular": "max_angular"}
+        for name, attr in twist_fields.items():
+            if name in values:
+                value = values[name]
+                setattr(self.twist, attr, [float(v) for v in value] if isinstance(value, (list, tuple)) else value)
+        if values.get("instruction"):
+            self._start_episode(values["instruction"])
+        return note
+
+    def shutdown(self) -> None:
+        """Stop the robot, then the worker (called before the context goes down)."""
+        try:
+            self.control_timer.cancel()
+            self.publish_command(None)
+        finally:
+            self.worker.stop()
+
+
+def main(argv: list[str] | None = None, session_factory=None) -> int:
+    """Console script ``kv_vla_node``; exit 1 with one error line when the node cannot start."""
+    rclpy.init(args=argv if argv is not None else sys.argv, signal_handler_options=SignalHandlerOptions.NO)
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+    try:
+        node = KVVLANode(session_factory=session_factory)
+    except StartupError as exc:
+        rclpy.logging.get_logger(NODE_NAME).error(str(exc))
+        rclpy.try_shutdown()
+        return 1
+    # The inference thread runs Python (transformers) between torch kernels; with the default
+    # 5 ms GIL switch interval a waking timer thread waits behind it long enough that rcl skips
+    # ticks under load (measured: 47.2 Hz at 50 Hz); 1 ms keeps the rate (49.8 Hz).
+    sys.setswitchinterval(0.001)
+    executor = MultiThreadedExecutor(num_threads=4)
+    executor.add_node(node)
+    spinner = threading.Thread(target=executor.spin, daemon=True)
+    spinner.start()
+    while not stop.wait(0.2) and spinner.is_alive():
+        pass
+    node.shutdown()  # publishes stop while the context is still up
+    time.sleep(0.1)  # let the stop command leave before the publishers go
+    executor.shutdown(timeout_sec=2.0)
+    node.destroy_node()
+    rclpy.try_shutdown()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

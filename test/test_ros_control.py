@@ -1,0 +1,174 @@
+"""Pure control logic and parameter specs (no DDS): hold, clamp, stop, watchdog, NaN, twist, params."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import numpy as np
+import pytest
+import yaml
+
+from kv_vla_ros.cache.config import CacheConfig
+from kv_vla_ros.ros.control import ControlLoop, TwistAdapter, format_source_stamp, parse_source_stamp
+from kv_vla_ros.ros.params import (NODE_PARAMS, all_param_specs, cache_changes_from_params, cache_param_specs,
+                                   cache_value_to_param)
+from ros_helpers import PARAMS_FILE
+
+
+def running_loop(**kw) -> ControlLoop:
+    loop = ControlLoop(discrete=False, num_actions=0, action_dim=2, stale_timeout_s=0.5, **kw)
+    loop.episode_started(0.0)
+    loop.frame_received(0.0)
+    return loop
+
+
+def test_holds_last_action_and_clamps_live():
+    loop = running_loop(action_min=[-1.0], action_max=[1.0, 0.5])
+    assert loop.tick(0.01).is_stop and loop.tick(0.01).state == "waiting"
+    assert loop.action_ready([3.0, -0.2], (1, 2), 0.1) == ""
+    for t in (0.11, 0.2, 0.3):  # held between inferences
+        cmd = loop.tick(t)
+        assert cmd.state == "running" and cmd.action.tolist() == pytest.approx([1.0, -0.2]) and cmd.source_stamp == (1, 2)
+    loop.set_limits([-0.1], [0.1])
+    assert loop.tick(0.3).action.tolist() == pytest.approx([0.1, -0.1])
+    with pytest.raises(ValueError, match="action.min"):
+        loop.set_limits([1.0], [0.0])
+    with pytest.raises(ValueError, match="action.max"):
+        loop.set_limits([0.0], [1.0, 2.0, 3.0])
+
+
+def test_watchdog_stops_after_timeout_without_frames_or_actions():
+    loop = running_loop()
+    loop.action_ready([0.1, 0.1], None, 0.0)
+    assert loop.tick(0.5).state == "running"
+    cmd = loop.tick(0.51)
+    assert cmd.is_stop and cmd.state == "stale" and "frame" in cmd.reason
+    loop.frame_received(0.6)  # frames again, but no fresh action since 0.0
+    cmd = loop.tick(0.61)
+    assert cmd.is_stop and "action" in cmd.reason
+    loop.action_ready([0.2, 0.2], None, 0.62)
+    assert loop.tick(0.63).state == "running"
+
+
+def test_nonfinite_and_bad_actions_never_held():
+    loop = running_loop()
+    loop.action_ready([0.1, 0.1], None, 0.0)
+    assert "non-finite" in loop.action_ready([np.nan, 0.0], None, 0.1)
+    cmd = loop.tick(0.1)
+    assert cmd.is_stop and cmd.state == "error" and loop.rejected_actions == 1
+    assert "expected 2" in loop.action_ready([1.0], None, 0.2)
+    discrete = ControlLoop(discrete=True, num_actions=3, action_dim=1)
+    discrete.frame_received(0.0)
+    for bad in ([3.0], [-1.0], [1.5], [np.inf]):
+        assert discrete.action_ready(bad, None, 0.0)
+        assert discrete.tick(0.0).is_stop
+    assert discrete.action_ready([2.0], None, 0.0) == "" and discrete.tick(0.0).action.tolist() == [2.0]
+
+
+def test_disabled_and_inference_failure_stop():
+    loop = running_loop()
+    loop.action_ready([0.1, 0.1], None, 0.0)
+    loop.enabled = False
+    assert loop.tick(0.1).state == "disabled" and loop.tick(0.1).is_stop
+    loop.enabled = True
+    loop.inference_failed("boom")
+    assert loop.tick(0.1).is_stop and loop.tick(0.1).state == "error"
+    loop.action_ready([0.1, 0.1], None, 0.2)
+    assert not loop.tick(0.2).is_stop
+    loop.episode_started(0.3)  # a new episode forgets the held action
+    assert loop.tick(0.31).is_stop
+
+
+def test_twist_adapter():
+    disc = TwistAdapter(True, [0.0, 0.0, 0.2], [0.5, -0.5, 0.0], max_linear=0.1, max_angular=0.4)
+    assert disc(np.array([2.0])) == (0.1, 0.0) and disc(np.array([0.0])) == (0.0, 0.4)
+    assert disc(np.array([6.0])) == (0.0, 0.0) and disc(None) == (0.0, 0.0)
+    cont = TwistAdapter(False, [], [], linear_index=1, angular_index=0, max_linear=1.0, max_angular=1.0)
+    assert cont(np.array([-3.0, 0.5])) == (0.5, -1.0)
+    assert cont(np.array([np.nan, 0.5])) == (0.0, 0.0)
+
+
+def test_source_stamp_label_round_trip():
+    assert parse_source_stamp(format_source_stamp(12, 345)) == (12, 345)
+    assert parse_source_stamp("action") is None and parse_source_stamp("frame_stamp=x.y") is None
+
+
+def test_cache_params_mirror_every_cache_field():
+    names = [s.name for s in cache_param_specs()]
+    assert names == [f"cache.{f.name}" for f in dataclasses.fields(CacheConfig)]
+    specs = {s.name: s for s in cache_param_specs()}
+    assert specs["cache.budget_tokens"].bounds[0] == -1 and specs["cache.gate_threshold"].bounds == (0.0, 1.0)
+    assert all(s.description for s in specs.values())
+    cfg = CacheConfig(policy="gated", chunk_size=50, sink_tokens=32, budget_tokens=None, layer_budgets=[300, 400])
+    params = {f"cache.{f}": cache_value_to_param(f, getattr(cfg, f)) for f in cfg.to_dict()}
+    assert params["cache.budget_tokens"] == -1
+    assert CacheConfig().replace(**cache_changes_from_params(params)) == cfg  # round trip through ROS values
+    assert cache_changes_from_params({"cache.layer_budgets": [-1], "enabled": True}) == {"layer_budgets": None}
+
+
+def test_params_file_lists_exactly_the_declared_parameters():
+    data = yaml.safe_load(PARAMS_FILE.read_text())
+    params = data["kv_vla_node"]["ros__parameters"]
+    assert set(params) == {s.name for s in all_param_specs()}
+    for spec in NODE_PARAMS:  # types agree with the declarations (rclpy rejects a mismatch at start-up)
+        value = params[spec.name]
+        kinds = {"bool": bool, "int": int, "double": float, "string": str}
+        if spec.kind in kinds:
+            assert type(value) is kinds[spec.kind], spec.name
+        else:
+            assert isinstance(value, list) and value, spec.name
+    assert math.isinf(params["action.max"][0])
+    CacheConfig.from_dict(cache_changes_from_params({k: v for k, v in params.items()}))  # a valid cache config
+
+
+class _SlowSession:
+    """A stand-in session for the worker's own logic (the DDS tests use a real VLASession)."""
+
+    def __init__(self):
+        self.calls = []
+
+    def reset(self, instruction):
+        self.calls.append(("reset", instruction))
+
+    def step(self, image):
+        import time
+
+        time.sleep(0.05)
+        self.calls.append(("step", int(image[0, 0, 0])))
+        return np.array([1])
+
+    def stats(self):
+        return {"steps": len(self.calls)}
+
+
+def test_inference_worker_takes_the_newest_frame_and_counts_drops():
+    import time
+
+    from kv_vla_ros.ros.inference import InferenceWorker
+
+    session, actions, errors = _SlowSession(), [], []
+    worker = InferenceWorker(session, lambda f: np.full((2, 2, 3), f, np.uint8),
+                             lambda a, stamp, now: actions.append(stamp), lambda kind, msg: errors.append(kind))
+    worker.start()
+    try:
+        worker.submit(1, "before any episode")
+        time.sleep(0.05)
+        assert worker.frames_without_episode == 1 and not actions
+        worker.start_episode("go")
+        for k in range(2, 8):  # 6 frames in a burst while the first one is being inferred
+            worker.submit(k, k)
+            time.sleep(0.005)
+        time.sleep(0.3)
+        steps = [c[1] for c in session.calls if c[0] == "step"]
+        assert steps[0] == 2 and steps[-1] == 7 and len(steps) == 2  # the first, then only the newest
+        assert worker.frames_dropped == 4 and actions == [2, 7]
+        worker.submit("not a number", 8)  # to_rgb raises: a bad frame, counted, worker alive
+        time.sleep(0.05)
+        assert errors == ["frame"] and worker.frames_rejected == 1
+        worker.submit(9, 9)
+        worker.start_episode("again")  # frames of the old episode not yet taken are dropped
+        time.sleep(0.2)
+        assert session.calls[-1] == ("reset", "again") and worker.episodes == 2
+    finally:
+        worker.stop()
