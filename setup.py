@@ -18,6 +18,8 @@ setup(
         ("share/" + package_name, ["package.xml"]),
         ("share/" + package_name + "/launch", glob("launch/*.launch.py")),
         ("share/" + package_name + "/config", glob("config/*.yaml")),
+        # The shipped default model (DEFAULT_MODEL_PATH falls back to share/ on a colcon install).
+        ("share/" + package_name + "/models/kv-vla-minigrid", glob("models/kv-vla-minigrid/*")),
     ],
     package_data={package_name: ["py.typed"]},
     install_requires=["setuptools"],
