@@ -95,3 +95,28 @@ def test_calibration_keeps_total_and_writes_config(model, rollouts, tmp_path):
     meta = json.loads((tmp_path / "config.json").read_text())
     assert meta["cache"]["layer_budgets"] == budgets
     assert VLAModel.from_pretrained(tmp_path).config.cache.layer_budgets == budgets
+
+
+def test_checkpoint_loads_its_gate_and_session_runs_per_layer_budgets(model, rollouts, tmp_path):
+    from kv_vla_ros.cache import gate_input_dim
+
+    in_dim = gate_input_dim(2, 8)
+    model.attach_gate(ChunkGate.untrained(in_dim, seed=5))
+    try:
+        model.save_pretrained(tmp_path)
+    finally:
+        model.attach_gate(None)
+    loaded = VLAModel.from_pretrained(tmp_path)
+    assert loaded.gate is not None and torch.equal(
+        loaded.gate.head.weight, ChunkGate.untrained(in_dim, seed=5).head.weight)
+    cfg = loaded.config.cache
+    budgets = [cfg.min_budget, cfg.min_budget + 2 * cfg.chunk_size]
+    session = VLASession(loaded, cfg.replace(policy="gated", gate_threshold=0.0, budget_tokens=budgets[1],
+                                             layer_budgets=budgets))
+    assert loaded.backbone.config._attn_implementation == "kv_vla_sdpa"
+    ep = max(rollouts, key=lambda e: len(e.actions))
+    session.reset(ep.instruction)
+    for frame in ep.frames:
+        session.step(frame)
+    held = session._cache.stats()["tokens_held_per_layer"]
+    assert held[0] <= budgets[0] < held[1] <= budgets[1]

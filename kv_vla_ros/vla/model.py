@@ -38,10 +38,27 @@ class VisionEncoder(nn.Module):
         self.pos = nn.Parameter(torch.randn(config.tokens_per_frame, vh) * 0.02)
         self.mlp = nn.Sequential(nn.LayerNorm(vh), nn.Linear(vh, hidden_size), nn.GELU(),
                                  nn.Linear(hidden_size, hidden_size))
+        # Every token also carries a summary of its whole frame, so a later query can recall
+        # "what that frame showed" from any of its 49 tokens (memory tasks learn much faster).
+        self.frame_context = nn.Linear(vh, vh) if config.vision_frame_context else None
 
     def forward(self, frames: torch.Tensor) -> torch.Tensor:
-        x = self.patch(frames).flatten(2).transpose(1, 2)  # (T, N, vh)
-        return self.mlp(x + self.pos)
+        x = self.patch(frames).flatten(2).transpose(1, 2) + self.pos  # (T, N, vh)
+        if self.frame_context is not None:
+            x = x + self.frame_context(x.mean(dim=1, keepdim=True))
+        return self.mlp(x)
+
+
+def load_gate(directory: Path, backbone_config):
+    """The trained gate beside a checkpoint (``gate.safetensors``), checked against the backbone;
+    None when there is none (policy ``gated`` then uses an untrained gate)."""
+    from kv_vla_ros.cache import GATE_FILE, ChunkGate, gate_input_dim
+
+    path = Path(directory) / GATE_FILE
+    if not path.is_file():
+        return None
+    head_dim = getattr(backbone_config, "head_dim", None) or backbone_config.hidden_size // backbone_config.num_attention_heads
+    return ChunkGate.load(str(path), expected_in_dim=gate_input_dim(backbone_config.num_hidden_layers, head_dim))
 
 
 class VLAModel(nn.Module):
@@ -115,10 +132,16 @@ class VLAModel(nn.Module):
         out = self.backbone(inputs_embeds=embeds, use_cache=False)
         return self.action_logits(out.logits[:, pos.flatten()]).unflatten(1, pos.shape)
 
-    def loss(self, prefix_ids, frames, action_tokens, step_mask) -> torch.Tensor:
-        """Mean CE over action tokens of valid steps; step_mask (B, T) bool."""
+    def loss(self, prefix_ids, frames, action_tokens, step_mask, focal_gamma: float = 0.0) -> torch.Tensor:
+        """Mean CE over action tokens of valid steps; step_mask (B, T) bool.
+
+        ``focal_gamma > 0`` weights each token by ``(1 - p_target)^gamma`` (focal loss): the few
+        decisions that need memory keep their weight once the many easy steps are learned.
+        """
         logits = self(prefix_ids, frames, action_tokens)
         ce = F.cross_entropy(logits.flatten(0, 2), action_tokens.flatten(), reduction="none")
+        if focal_gamma > 0:
+            ce = ce * (1.0 - torch.exp(-ce.detach())).pow(focal_gamma)
         mask = step_mask.unsqueeze(-1).expand_as(action_tokens).flatten().float()
         return (ce * mask).sum() / mask.sum().clamp(min=1.0)
 
@@ -142,6 +165,8 @@ class VLAModel(nn.Module):
         # save_model de-duplicates tied tensors (e.g. Gemma's tied embeddings) safely.
         save_model(self, str(directory / WEIGHTS_FILE), metadata={"format": "pt"})
         self.text_tokenizer.save(directory / TOKENIZER_FILE)
+        if getattr(self, "gate", None) is not None:
+            self.gate.save(str(directory))
         return directory
 
     @classmethod
@@ -179,7 +204,13 @@ class VLAModel(nn.Module):
         if missing or unexpected:
             raise ValueError(f"model.safetensors: does not match config.json: missing {sorted(missing)[:5]}, "
                              f"unexpected {sorted(unexpected)[:5]}")
+        model.attach_gate(load_gate(directory, model.backbone_config))
         return model.to(device).eval()
+
+    def attach_gate(self, gate) -> None:
+        """Attach a chunk gate (or None). Kept outside the module tree on purpose: the gate has its
+        own file (``gate.safetensors``) and the backbone checkpoint stays loadable without it."""
+        self.__dict__["gate"] = gate
 
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters())

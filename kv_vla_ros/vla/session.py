@@ -46,6 +46,7 @@ class VLASession:
         self.model = model.to(device).eval()
         self.device = torch.device(device)
         self.cache_config = self._check_cache_config(cache_config or model.config.cache)
+        self._ensure_attention(self.cache_config)
         self.gate = getattr(model, "gate", None)
         self.instruction: str | None = None
         self._cache = None
@@ -53,6 +54,16 @@ class VLASession:
         self.steps = 0
         self.last_logits: torch.Tensor | None = None  # (A, action_vocab) of the last step
         self.latency_ms = {"encode": 0.0, "forward": 0.0, "decode": 0.0, "total": 0.0}
+
+    def _ensure_attention(self, cfg: CacheConfig) -> None:
+        """Per-layer budgets and the static cache need the ``kv_vla_*`` attention (registered
+        through transformers' AttentionInterface); switch the backbone to it when asked for."""
+        uneven = cfg.layer_budgets is not None and len(set(cfg.layer_budgets)) > 1
+        impl = self.model.backbone.config._attn_implementation or ""
+        if (uneven or cfg.static) and not impl.startswith("kv_vla_"):
+            from kv_vla_ros.cache import use_kv_vla_attention
+
+            use_kv_vla_attention(self.model.backbone, "eager" if impl == "eager" else "sdpa")
 
     def _check_cache_config(self, cfg: CacheConfig) -> CacheConfig:
         if not isinstance(cfg, CacheConfig):
@@ -73,7 +84,8 @@ class VLASession:
         if not isinstance(instruction, str) or not instruction.strip():
             raise ValueError(f"instruction: expected a non-empty string, got {instruction!r}")
         ids = torch.as_tensor(self.model.text_tokenizer.encode(instruction), device=self.device)
-        self._cache = make_session_cache(self.cache_config, self.model.backbone_config, gate=self.gate)
+        # backbone.config carries the attention implementation the cache must know about
+        self._cache = make_session_cache(self.cache_config, self.model.backbone.config, gate=self.gate)
         self.model.backbone(inputs_embeds=self.model.embed_ids(ids).unsqueeze(0),
                             past_key_values=self._cache, use_cache=True)
         self.instruction = instruction
@@ -101,7 +113,8 @@ class VLASession:
         tokens, logits_rows = [], []
         decode_s = 0.0
         for j in range(a):
-            out = model.backbone(inputs_embeds=embeds, past_key_values=self._cache, use_cache=True)
+            # logits_to_keep=1: only the last position predicts; skip the LM head elsewhere
+            out = model.backbone(inputs_embeds=embeds, past_key_values=self._cache, use_cache=True, logits_to_keep=1)
             td = time.perf_counter()
             logits = model.action_logits(out.logits[0, -1]).float()
             tok = int(torch.argmax(logits))
@@ -134,10 +147,11 @@ class VLASession:
         if cache is None:
             return out
         if hasattr(cache, "stats"):
-            cs = cache.stats()
-            for key in ("tokens_seen", "tokens_held", "bytes_held", "kept_chunks", "gate_scores"):
-                if key in cs:
-                    out[key] = cs[key]
+            cs = dict(cache.stats())
+            cs.pop("policy", None)
+            if "gate_scores" not in cs and "last_gate_scores" in cs:
+                cs["gate_scores"] = cs["last_gate_scores"]
+            out.update(cs)
         else:  # DynamicCache fallback
             layers = [(layer.keys, layer.values) for layer in cache.layers if layer.keys is not None]
             out["tokens_seen"] = cache.get_seq_length()
@@ -145,18 +159,19 @@ class VLASession:
             out["bytes_held"] = sum(k.numel() * k.element_size() + v.numel() * v.element_size() for k, v in layers)
         return out
 
+    @torch.inference_mode()  # the cache's tensors were made under inference mode
+    @torch.inference_mode()
     def set_cache_config(self, cfg: CacheConfig) -> None:
         """Change cache parameters live; keeps the episode's history when the cache supports it."""
         cfg = self._check_cache_config(cfg)
+        self._ensure_attention(cfg)
         cache = self._cache
-        if cache is not None:
-            for name in ("set_config", "reconfigure"):
-                if hasattr(cache, name):
-                    getattr(cache, name)(cfg)
-                    break
+        if cache is not None and cache.get_seq_length() > 0:
+            if hasattr(cache, "reconfigure"):  # kv_vla_ros.cache: evicts/re-scores, keeps history
+                cache.reconfigure(cfg)
             else:
-                # TODO(cache): make_cache's object has no live reconfiguration yet; the new config
-                # applies from the next reset() (history of this episode is kept as is).
+                # DynamicCache fallback (no chunked cache tier): it cannot evict; the new config
+                # takes effect at the next reset().
                 warnings.warn("cache has no live reconfiguration: the new cache config applies at the next reset()",
                               RuntimeWarning, stacklevel=2)
         self.cache_config = cfg
