@@ -15,6 +15,6 @@ def test_bench_paper_smoke(tmp_path, capsys):
     assert rows[("full", 12)]["tokens_held"] == rows[("full", 12)]["tokens_seen"]
     for policy in ("gated", "gated-static"):
         r = rows[(policy, 12)]
-        assert r["tokens_held"] <= 3 * 71 and r["kv_reduction"] > 2 and r["flops_saved_pct"] > 0
+        assert r["tokens_held"] <= 3 * 263 and r["kv_reduction"] > 2 and r["flops_saved_pct"] > 0
     assert (out / "bench_openvla-small.png").stat().st_size > 1000
     assert "KV-Efficient VLA paper" in capsys.readouterr().out

@@ -30,9 +30,9 @@ PAPER = {  # KV-Efficient VLA (arXiv 2509.21354): v2 measured, v1 theoretical, t
 BACKBONES = {
     "openvla": dict(hidden_size=4096, intermediate_size=11008, num_hidden_layers=32, num_attention_heads=32,
                     num_key_value_heads=32, frame_tokens=256, action_tokens=7, dtype="bfloat16"),
-    # 1/16 of the width, 1/8 of the depth and 1/4 of the visual tokens: minutes on 2 CPU cores
+    # OpenVLA's token layout with 1/16 of the width and 1/8 of the depth: minutes on 2 CPU cores
     "openvla-small": dict(hidden_size=256, intermediate_size=688, num_hidden_layers=4, num_attention_heads=8,
-                          num_key_value_heads=8, frame_tokens=64, action_tokens=7, dtype="float32"),
+                          num_key_value_heads=8, frame_tokens=256, action_tokens=7, dtype="float32"),
 }
 PREFIX = 32
 
@@ -90,13 +90,15 @@ def sync(device: str) -> None:
 @torch.inference_mode()
 def measure(model, configs, step: int, checkpoints: list[int], repeats: int, max_full: int, device: str, dtype):
     """Stream steps of ``step`` random embeddings per policy; at each checkpoint time ``repeats``
-    steps (median) and count one step's FLOPs. Returns ``{policy: {frames: row}}``."""
+    steps (median) and count one step's FLOPs. Only the last position's logits are computed, as a
+    VLA decoding its action does. Returns ``{policy: {frames: row}}``."""
     hidden = model.config.hidden_size
     gen = torch.Generator(device="cpu").manual_seed(0)
     results = {}
     for name, cfg in configs.items():
         cache = make_cache(cfg, model.config)
-        model(inputs_embeds=torch.randn(1, PREFIX, hidden, generator=gen).to(device, dtype), past_key_values=cache)
+        model(inputs_embeds=torch.randn(1, PREFIX, hidden, generator=gen).to(device, dtype), past_key_values=cache,
+              logits_to_keep=1)
         rows, done = {}, 0
         limit = max_full if cfg.policy == "full" else max(checkpoints)
         bar = tqdm(total=min(limit, max(checkpoints)), desc=name, unit="frame")
@@ -104,7 +106,8 @@ def measure(model, configs, step: int, checkpoints: list[int], repeats: int, max
             if target > limit:
                 break
             while done < target - repeats - 1:
-                model(inputs_embeds=torch.randn(1, step, hidden, generator=gen).to(device, dtype), past_key_values=cache)
+                model(inputs_embeds=torch.randn(1, step, hidden, generator=gen).to(device, dtype), past_key_values=cache,
+                      logits_to_keep=1)
                 done += 1
                 bar.update()
             times = []
@@ -112,7 +115,7 @@ def measure(model, configs, step: int, checkpoints: list[int], repeats: int, max
                 x = torch.randn(1, step, hidden, generator=gen).to(device, dtype)
                 sync(device)
                 t0 = time.perf_counter()
-                model(inputs_embeds=x, past_key_values=cache)
+                model(inputs_embeds=x, past_key_values=cache, logits_to_keep=1)
                 sync(device)
                 times.append(time.perf_counter() - t0)
                 done += 1
@@ -121,7 +124,8 @@ def measure(model, configs, step: int, checkpoints: list[int], repeats: int, max
             # does not see every fused sdpa kernel); the cache state carries on unchanged.
             model.set_attn_implementation("kv_vla_eager")
             with FlopCounterMode(display=False) as counter:
-                model(inputs_embeds=torch.randn(1, step, hidden, generator=gen).to(device, dtype), past_key_values=cache)
+                model(inputs_embeds=torch.randn(1, step, hidden, generator=gen).to(device, dtype), past_key_values=cache,
+                      logits_to_keep=1)
             model.set_attn_implementation("kv_vla_sdpa")
             done += 1
             bar.update()
