@@ -89,52 +89,60 @@ def sync(device: str) -> None:
 
 @torch.inference_mode()
 def measure(model, configs, step: int, checkpoints: list[int], repeats: int, max_full: int, device: str, dtype):
-    """Stream steps of ``step`` random embeddings per policy; at each checkpoint time ``repeats``
-    steps (median) and count one step's FLOPs. Only the last position's logits are computed, as a
-    VLA decoding its action does. Returns ``{policy: {frames: row}}``."""
+    """Stream steps of ``step`` random embeddings through one cache per policy, in lockstep (the
+    policies take turns step by step, so background load hits them alike); at each checkpoint
+    time ``repeats`` steps per policy (median) and count one step's FLOPs. Only the last
+    position's logits are computed, as a VLA decoding its action does.
+    Returns ``{policy: {frames: row}}``."""
     hidden = model.config.hidden_size
     gen = torch.Generator(device="cpu").manual_seed(0)
-    results = {}
-    for name, cfg in configs.items():
-        cache = make_cache(cfg, model.config)
-        model(inputs_embeds=torch.randn(1, PREFIX, hidden, generator=gen).to(device, dtype), past_key_values=cache,
-              logits_to_keep=1)
-        rows, done = {}, 0
-        limit = max_full if cfg.policy == "full" else max(checkpoints)
-        bar = tqdm(total=min(limit, max(checkpoints)), desc=name, unit="frame")
-        for target in checkpoints:
-            if target > limit:
-                break
-            while done < target - repeats - 1:
-                model(inputs_embeds=torch.randn(1, step, hidden, generator=gen).to(device, dtype), past_key_values=cache,
-                      logits_to_keep=1)
-                done += 1
-                bar.update()
-            times = []
-            for _ in range(repeats):
-                x = torch.randn(1, step, hidden, generator=gen).to(device, dtype)
+
+    def embeds(n):
+        return torch.randn(1, n, hidden, generator=gen).to(device, dtype)
+
+    caches = {name: make_cache(cfg, model.config) for name, cfg in configs.items()}
+    limits = {name: max_full if cfg.policy == "full" else max(checkpoints) for name, cfg in configs.items()}
+    for cache in caches.values():
+        model(inputs_embeds=embeds(PREFIX), past_key_values=cache, logits_to_keep=1)
+    results = {name: {} for name in configs}
+    done = 0
+    bar = tqdm(total=max(checkpoints), desc="history", unit="frame")
+    for target in checkpoints:
+        active = {n: c for n, c in caches.items() if target <= limits[n]}
+        while done < target - repeats - 1:
+            x = embeds(step)
+            for cache in active.values():
+                model(inputs_embeds=x, past_key_values=cache, logits_to_keep=1)
+            done += 1
+            bar.update()
+        times = {n: [] for n in active}
+        for _ in range(repeats):
+            x = embeds(step)
+            for n, cache in active.items():
                 sync(device)
                 t0 = time.perf_counter()
                 model(inputs_embeds=x, past_key_values=cache, logits_to_keep=1)
                 sync(device)
-                times.append(time.perf_counter() - t0)
-                done += 1
-                bar.update()
-            # FLOPs of one more step, counted with the matmul-based eager attention (FlopCounterMode
-            # does not see every fused sdpa kernel); the cache state carries on unchanged.
-            model.set_attn_implementation("kv_vla_eager")
-            with FlopCounterMode(display=False) as counter:
-                model(inputs_embeds=torch.randn(1, step, hidden, generator=gen).to(device, dtype), past_key_values=cache,
-                      logits_to_keep=1)
-            model.set_attn_implementation("kv_vla_sdpa")
+                times[n].append(time.perf_counter() - t0)
             done += 1
             bar.update()
+        # FLOPs of one more step, counted with the matmul-based eager attention (FlopCounterMode
+        # does not see every fused sdpa kernel); the cache state carries on unchanged.
+        x = embeds(step)
+        model.set_attn_implementation("kv_vla_eager")
+        for n, cache in active.items():
+            with FlopCounterMode(display=False) as counter:
+                model(inputs_embeds=x, past_key_values=cache, logits_to_keep=1)
             s = cache.stats()
-            rows[target] = {"ms": statistics.median(times) * 1e3, "flops": counter.get_total_flops(),
-                            "tokens_seen": s["tokens_seen"], "tokens_held": s["tokens_held"], "kv_bytes": s["bytes_held"]}
-        bar.close()
-        results[name] = rows
-        del cache
+            results[n][target] = {"ms": statistics.median(times[n]) * 1e3, "flops": counter.get_total_flops(),
+                                  "tokens_seen": s["tokens_seen"], "tokens_held": s["tokens_held"],
+                                  "kv_bytes": s["bytes_held"]}
+        model.set_attn_implementation("kv_vla_sdpa")
+        done += 1
+        bar.update()
+        for n in [n for n in caches if limits[n] < target]:
+            del caches[n]  # free the full cache's memory once it stops
+    bar.close()
     return results
 
 
