@@ -120,6 +120,8 @@ class VLAConfig:
         image_size: frames are resized to ``image_size`` x ``image_size``.
         patch_size: square patches; ``(image_size // patch_size) ** 2`` visual tokens per frame.
         vision_hidden: width of the patch MLP.
+        vision_frame_context: add a learned projection of the frame's mean patch feature to
+            every token of the frame (a frame summary each token carries).
         action: the action space (see ``ActionSpaceConfig``).
         processor: frame normalization stats.
         max_instruction_tokens: the instruction prefix is padded/truncated to exactly this
@@ -132,6 +134,7 @@ class VLAConfig:
     image_size: int = 56
     patch_size: int = 8
     vision_hidden: int = 256
+    vision_frame_context: bool = False
     action: ActionSpaceConfig = field(default_factory=ActionSpaceConfig)
     processor: ProcessorConfig = field(default_factory=ProcessorConfig)
     max_instruction_tokens: int = 32

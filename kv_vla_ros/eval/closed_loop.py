@@ -1,0 +1,169 @@
+"""Closed-loop evaluation of a VLA checkpoint on held-out simulator seeds, per task and per cache
+configuration: success rate, episode length, tokens seen / held, KV bytes, step latency p50/p99.
+Writes results.json, results.md (a Markdown table) and results.png into --out.
+
+Cache specs: ``POLICY[:field=value,...]`` applied to the model's default cache config, e.g.
+``full``, ``window:budget_tokens=300``, ``gated:budget_tokens=400,gate_threshold=0.3``.
+``budget_frac=F`` sets ``budget_tokens`` to F x the mean tokens seen by the previous ``full``
+run on the same task (so ``window:budget_frac=0.25`` is "a quarter of the mean history").
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+
+DEFAULT_TASKS = ["MiniGrid-MemoryS13Random-v0", "MiniGrid-MemoryS17Random-v0", "BabyAI-GoToLocal-v0"]
+
+
+def parse_spec(spec: str, base) -> tuple[dict, float | None]:
+    """``"window:budget_tokens=300"`` -> (changes for ``base.replace``, budget_frac or None)."""
+    from kv_vla_ros.cache.config import CacheConfig, field_names
+
+    policy, _, rest = spec.partition(":")
+    changes: dict = {"policy": policy.strip()}
+    frac = None
+    types = {f: type(getattr(base, f)) for f in field_names()}
+    for item in filter(None, (s.strip() for s in rest.split(","))):
+        key, eq, raw = item.partition("=")
+        key = key.strip()
+        if not eq:
+            raise ValueError(f"--policy: expected FIELD=VALUE in {spec!r}, got {item!r}")
+        if key == "budget_frac":
+            frac = float(raw)
+            continue
+        if key not in types:
+            raise ValueError(f"--policy: unknown cache field {key!r} in {spec!r} (known: {', '.join(types)})")
+        raw = raw.strip()
+        if raw.lower() == "none":
+            value = None
+        elif key in ("budget_tokens", "chunk_size", "recent_chunks", "sink_tokens", "seed"):
+            value = int(raw)
+        elif key in ("gate_threshold", "summary_threshold"):
+            value = float(raw)
+        elif key == "summarize":
+            value = raw.lower() in ("1", "true", "yes")
+        elif key == "layer_budgets":
+            value = [int(v) for v in raw.split("/")]
+        else:
+            value = raw
+        changes[key] = value
+    if changes["policy"] != "full" and "budget_tokens" not in changes and frac is None and base.budget_tokens is None:
+        changes["budget_tokens"] = CacheConfig(policy="full").budget_tokens
+    return changes, frac
+
+
+def evaluate_task(model, task: str, cache_config, seeds: list[int], max_steps: int | None = None,
+                  progress: bool = True, label: str = "") -> dict:
+    """Run one task under one cache config; returns the aggregate metrics (+ per-episode lists)."""
+    from tqdm import tqdm
+
+    from kv_vla_ros.sim import SimRobot
+    from kv_vla_ros.vla import VLASession
+
+    robot = SimRobot(task)
+    if max_steps and max_steps < robot.max_steps:  # a cap only ever shortens the env's own limit
+        robot.close()
+        robot = SimRobot(task, max_steps=max_steps)
+    session = VLASession(model, cache_config)
+    succ, lengths, seen, mean_held, peak_held, peak_bytes, lat = [], [], [], [], [], [], []
+    for seed in tqdm(seeds, desc=f"{label or cache_config.policy} {task}", disable=not progress, leave=False):
+        frame, instruction = robot.reset(seed)
+        session.reset(instruction)
+        held = []
+        bytes_max = 0
+        while not robot.done:
+            action = session.step(frame)
+            st = session.stats()
+            held.append(st["tokens_held"])
+            bytes_max = max(bytes_max, st["bytes_held"])
+            lat.append(st["latency_ms"]["total"])
+            frame = robot.step(int(action[0])).frame
+        st = session.stats()
+        succ.append(bool(robot.success))
+        lengths.append(len(held))
+        seen.append(st["tokens_seen"])
+        mean_held.append(float(np.mean(held)) if held else 0.0)
+        peak_held.append(max(held) if held else 0)
+        peak_bytes.append(bytes_max)
+    robot.close()
+    return {
+        "task": task, "policy": label or cache_config.policy, "cache": cache_config.to_dict(),
+        "episodes": len(seeds), "success_rate": float(np.mean(succ)), "mean_length": float(np.mean(lengths)),
+        "mean_tokens_seen": float(np.mean(seen)), "mean_tokens_held": float(np.mean(mean_held)),
+        "peak_tokens_held": float(np.max(peak_held)), "peak_kv_bytes": float(np.max(peak_bytes)),
+        "latency_p50_ms": float(np.percentile(lat, 50)), "latency_p99_ms": float(np.percentile(lat, 99)),
+        "per_episode": {"seed": list(map(int, seeds)), "success": succ, "length": lengths, "tokens_seen": seen},
+    }
+
+
+def configure(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--model", default=None, help="checkpoint directory (default: the shipped model)")
+    parser.add_argument("--tasks", nargs="+", default=DEFAULT_TASKS)
+    parser.add_argument("--episodes", type=int, default=200, help="held-out eval seeds per task")
+    parser.add_argument("--policy", action="append", default=None, metavar="SPEC",
+                        help="cache spec POLICY[:field=value,...] (repeatable; default: full)")
+    parser.add_argument("--max-steps", type=int, default=100, help="episode step cap, applied only below the env's own limit (a timeout is a failure)")
+    parser.add_argument("--seed-offset", type=int, default=0, help="offset into the eval seed range")
+    parser.add_argument("--threads", type=int, default=1, help="torch CPU threads")
+    parser.add_argument("--out", required=True, help="output directory for results.json/.md/.png")
+    parser.add_argument("--no-progress", action="store_true")
+
+
+def run(args: argparse.Namespace) -> int:
+    import torch
+
+    from kv_vla_ros.eval.report import markdown_table, plot_results
+    from kv_vla_ros.sim import eval_seeds, normalize_task
+    from kv_vla_ros.vla import DEFAULT_MODEL_PATH, VLAModel
+
+    torch.set_num_threads(args.threads)
+    model_path = args.model or str(DEFAULT_MODEL_PATH)
+    model = VLAModel.from_pretrained(model_path)
+    base = model.config.cache
+    specs = args.policy or ["full"]
+    parsed = [(spec, *parse_spec(spec, base)) for spec in specs]  # fail fast on a bad spec
+    seeds = eval_seeds(args.episodes, args.seed_offset)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    rows = []
+    t0 = time.perf_counter()
+    for task in [normalize_task(t) for t in args.tasks]:
+        full_seen = None
+        for spec, changes, frac in parsed:
+            changes = dict(changes)
+            if frac is not None:
+                if full_seen is None:
+                    raise ValueError(f"--policy {spec}: budget_frac needs an earlier 'full' spec")
+                changes["budget_tokens"] = int(round(frac * full_seen))
+            try:
+                cfg = base.replace(**changes)
+                cfg.budget_tokens = max(cfg.budget_tokens, cfg.min_budget) if cfg.budget_tokens else cfg.budget_tokens
+                label = spec if frac is None else f"{spec} ({cfg.budget_tokens} tok)"
+                row = evaluate_task(model, task, cfg, seeds, args.max_steps, not args.no_progress, spec)
+                row["cache_label"] = label
+            except (ValueError, NotImplementedError) as exc:
+                row = {"task": task, "policy": spec, "error": str(exc)}
+            rows.append(row)
+            if changes["policy"] == "full" and "mean_tokens_seen" in row:
+                full_seen = row["mean_tokens_seen"]
+            if "success_rate" in row:
+                print(f"{task:32s} {row['cache_label']:40s} success {row['success_rate']:.1%} "
+                      f"seen {row['mean_tokens_seen']:.0f} held {row['mean_tokens_held']:.0f}", flush=True)
+            else:
+                print(f"{task:32s} {spec:40s} ERROR {row['error']}", flush=True)
+    meta = {"model": model_path, "episodes": args.episodes, "seed_offset": args.seed_offset,
+            "max_steps": args.max_steps, "threads": args.threads, "wall_s": time.perf_counter() - t0}
+    (out / "results.json").write_text(json.dumps({"meta": meta, "results": rows}, indent=2) + "\n")
+    table = markdown_table(rows)
+    (out / "results.md").write_text(table)
+    plot_results(rows, out / "results.png")
+    print(table)
+    return 0
+
+
+__all__ = ["parse_spec", "evaluate_task", "configure", "run", "DEFAULT_TASKS"]

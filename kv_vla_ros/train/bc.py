@@ -1,0 +1,200 @@
+"""Behaviour cloning of the VLA on expert demonstrations over a task mixture (+ DAgger rounds).
+
+One step = one batch of whole episodes under a token budget, one no-cache forward, CE on the
+action positions (the same stream layout ``VLASession`` streams). The learning rate follows a
+cosine over ``progress = max(step / max_steps, elapsed / minutes)`` so a run always finishes
+inside its time cap; DAgger rounds (policy drives, expert labels) start at fixed progress points.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from kv_vla_ros.sim import load_episodes, save_episodes, train_seeds
+from kv_vla_ros.train.checkpoint import load_optimizer, load_progress, save_checkpoint
+from kv_vla_ros.train.data import DEFAULT_SCAN_TURNS, EpisodeSampler, demonstrations, expert_for, rollout
+from kv_vla_ros.vla import VLAConfig, VLAModel, VLASession, default_backbone
+from kv_vla_ros.vla.processor import ImageProcessor
+
+DEFAULT_TASKS = {
+    # Short hallways first in number: the cue -> exit association costs fewer tokens to find there.
+    "MiniGrid-MemoryS7-v0": 3000,
+    "MiniGrid-MemoryS9-v0": 2000,
+    "MiniGrid-MemoryS11-v0": 1500,
+    "MiniGrid-MemoryS13Random-v0": 1500,
+    "MiniGrid-MemoryS17Random-v0": 1500,
+    "BabyAI-GoToObj-v0": 500,
+    "BabyAI-GoToLocal-v0": 7000,
+}
+
+
+@dataclass
+class TrainConfig:
+    """Hyper-parameters of ``kv-vla train`` (saved as train_config.json next to the model)."""
+
+    tasks: dict[str, int] = field(default_factory=lambda: dict(DEFAULT_TASKS))
+    scan_turns: int = DEFAULT_SCAN_TURNS
+    backbone: dict = field(default_factory=default_backbone)
+    vla: dict = field(default_factory=lambda: {"vision_frame_context": True})  # other VLAConfig fields
+    lr: float = 3e-3
+    min_lr_ratio: float = 0.05
+    warmup_steps: int = 50
+    weight_decay: float = 0.01
+    focal_gamma: float = 2.0
+    batch_tokens: int = 8192
+    max_steps: int = 100000
+    minutes: float = 55.0
+    seed: int = 0
+    threads: int = 1
+    checkpoint_minutes: float = 5.0
+    dagger_at: list[float] = field(default_factory=lambda: [0.45, 0.7])
+    dagger_episodes: int = 150  # per task per round
+    # Compounding errors hurt the BabyAI search most; on Memory tasks a wrong exit ends the episode.
+    dagger_tasks: list[str] | None = field(default_factory=lambda: ["BabyAI-GoToLocal-v0"])
+    dagger_max_steps: int = 64
+    data_dir: str = "runs/data"
+
+    def validate(self) -> None:
+        if not self.tasks:
+            raise ValueError("tasks: at least one task is needed")
+        for name in ("lr", "minutes", "batch_tokens", "max_steps"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"{name}: must be > 0, got {getattr(self, name)}")
+
+
+def lr_at(cfg: TrainConfig, step: int, progress: float) -> float:
+    warm = min(1.0, (step + 1) / max(1, cfg.warmup_steps))
+    cos = 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+    return cfg.lr * warm * (cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * cos)
+
+
+def build_model(cfg: TrainConfig, episodes) -> VLAModel:
+    frames = np.concatenate([e.frames[:: max(1, len(e.frames) // 4)] for e in episodes[:2000]])
+    vcfg = VLAConfig(backbone=dict(cfg.backbone), processor=ImageProcessor.stats(frames), **cfg.vla)
+    return VLAModel(vcfg)
+
+
+def dagger_round(model: VLAModel, cfg: TrainConfig, round_idx: int, out: Path) -> list:
+    """Roll out the current policy on fresh train seeds; label every visited state with the expert."""
+    from kv_vla_ros.sim import SimRobot
+
+    path = out / f"dagger{round_idx}.npz"
+    if path.is_file():
+        return load_episodes(path)
+    model.eval()
+    session = VLASession(model)
+    episodes = []
+    for task_idx, task in enumerate(cfg.tasks):
+        if cfg.dagger_tasks is not None and task not in cfg.dagger_tasks:
+            continue
+        robot = SimRobot(task)
+        expert = expert_for(robot, cfg.scan_turns)
+
+        def policy(frame, instruction, t):
+            if t == 0:
+                session.reset(instruction)
+            return int(session.step(frame)[0])
+
+        # Seeds beyond every demonstration block: offset 500k + round/task blocks.
+        seeds = train_seeds(cfg.dagger_episodes, 500_000 + (round_idx * 16 + task_idx) * 10_000)
+        for s in tqdm(seeds, desc=f"dagger{round_idx} {task}", leave=False):
+            episodes.append(rollout(robot, expert, s, policy=policy, max_steps=cfg.dagger_max_steps))
+        robot.close()
+    model.train()
+    save_episodes(path, episodes)
+    return episodes
+
+
+def train(cfg: TrainConfig, out: str | Path, resume: bool = False, progress_bar: bool = True) -> VLAModel:
+    """Train; writes ``out/checkpoint`` periodically and the final model to ``out``."""
+    cfg.validate()
+    torch.set_num_threads(cfg.threads)
+    torch.manual_seed(cfg.seed)
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "train_config.json").write_text(json.dumps(dataclasses.asdict(cfg), indent=2) + "\n")
+    t_data = time.perf_counter()
+    episodes = []
+    for task, n in cfg.tasks.items():
+        episodes += demonstrations(task, n, scan_turns=cfg.scan_turns, cache_dir=cfg.data_dir)
+    data_s = time.perf_counter() - t_data
+
+    ckpt = out / "checkpoint"
+    state = {"step": 0, "elapsed_s": 0.0, "episodes_seen": 0, "dagger_done": 0, "losses": []}
+    if resume and (ckpt / "train_state.json").is_file():
+        model = VLAModel.from_pretrained(ckpt)
+        state.update(load_progress(ckpt))
+    else:
+        model = build_model(cfg, episodes)
+    model.train()
+    decay = [p for n, p in model.named_parameters() if p.ndim >= 2]
+    no_decay = [p for n, p in model.named_parameters() if p.ndim < 2]
+    opt = torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
+                             {"params": no_decay, "weight_decay": 0.0}], lr=cfg.lr, betas=(0.9, 0.95))
+    if "param_groups" in state:
+        groups = state.pop("param_groups")
+        load_optimizer(opt, ckpt / "optimizer.safetensors", groups)
+    sampler = EpisodeSampler(model, episodes, cfg.batch_tokens, seed=cfg.seed + state["step"])
+    for r in range(state["dagger_done"]):
+        sampler.add(model, dagger_round(model, cfg, r, out))
+
+    budget_s = cfg.minutes * 60.0 - data_s
+    start = time.perf_counter() - state["elapsed_s"]
+    last_ckpt = time.perf_counter()
+    bar = tqdm(total=cfg.max_steps, initial=state["step"], desc="train", disable=not progress_bar)
+    ema = None
+    while True:
+        elapsed = time.perf_counter() - start
+        progress = max(state["step"] / cfg.max_steps, elapsed / budget_s)
+        if progress >= 1.0:
+            break
+        if state["dagger_done"] < len(cfg.dagger_at) and progress >= cfg.dagger_at[state["dagger_done"]]:
+            sampler.add(model, dagger_round(model, cfg, state["dagger_done"], out))
+            state["dagger_done"] += 1
+            continue
+        lr = lr_at(cfg, state["step"], progress)
+        for g in opt.param_groups:
+            g["lr"] = lr
+        batch = sampler.sample()
+        b, t = batch.frames.shape[:2]
+        frames = model.processor(batch.frames.flatten(0, 1)).unflatten(0, (b, t))
+        loss = model.loss(batch.prefix, frames, batch.actions, batch.mask, cfg.focal_gamma)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        state["step"] += 1
+        state["episodes_seen"] += b
+        if ema is None:
+            state.setdefault("first_loss", loss.item())
+        ema = loss.item() if ema is None else 0.98 * ema + 0.02 * loss.item()
+        if state["step"] % 20 == 0:
+            state["losses"].append([state["step"], round(ema, 5)])
+        bar.update(1)
+        bar.set_postfix(loss=f"{ema:.4f}", lr=f"{lr:.2e}", eps=state["episodes_seen"], data=len(sampler))
+        if time.perf_counter() - last_ckpt > cfg.checkpoint_minutes * 60:
+            state["elapsed_s"] = time.perf_counter() - start
+            save_checkpoint(ckpt, model, opt, state)
+            last_ckpt = time.perf_counter()
+    bar.close()
+    state["elapsed_s"] = time.perf_counter() - start
+    state["data_s"] = data_s
+    save_checkpoint(ckpt, model, opt, state)
+    model.eval()
+    model.save_pretrained(out)
+    summary = {k: v for k, v in state.items() if k != "losses"}
+    summary["final_loss"] = ema
+    (out / "train_summary.json").write_text(json.dumps({**summary, "losses": state["losses"]}, indent=2) + "\n")
+    return model
+
+
+__all__ = ["TrainConfig", "train", "lr_at", "DEFAULT_TASKS", "dagger_round", "build_model"]

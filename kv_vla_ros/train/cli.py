@@ -1,0 +1,72 @@
+"""Behaviour-clone the VLA on expert demonstrations (MiniGrid Memory + BabyAI mixture), with
+DAgger rounds, periodic checkpoints and a wall-clock cap."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+
+def configure(parser: argparse.ArgumentParser) -> None:
+    from kv_vla_ros.train.bc import DEFAULT_TASKS
+
+    parser.add_argument("--out", required=True, help="output directory (model + checkpoint/ + logs)")
+    parser.add_argument("--minutes", type=float, default=55.0, help="wall-clock cap, data generation included")
+    parser.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint")
+    parser.add_argument("--tasks", nargs="+", metavar="TASK=N",
+                        default=[f"{t}={n}" for t, n in DEFAULT_TASKS.items()],
+                        help="tasks and demonstration counts (train seeds 0..N-1)")
+    parser.add_argument("--lr", type=float, default=3e-3)
+    parser.add_argument("--batch-tokens", type=int, default=8192)
+    parser.add_argument("--max-steps", type=int, default=100000)
+    parser.add_argument("--threads", type=int, default=1, help="torch CPU threads")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--scan-turns", type=int, default=None, help="Memory expert start-room scan turns")
+    parser.add_argument("--backbone", type=json.loads, default=None,
+                        help='backbone overrides as JSON, e.g. \'{"hidden_size": 192}\'')
+    parser.add_argument("--dagger-at", type=float, nargs="*", default=None,
+                        help="progress points (0..1) of DAgger rounds; none to disable")
+    parser.add_argument("--dagger-episodes", type=int, default=None, help="episodes per task per DAgger round")
+    parser.add_argument("--dagger-tasks", nargs="*", default=None, help="tasks of DAgger rounds (default: all)")
+    parser.add_argument("--focal-gamma", type=float, default=2.0, help="focal-loss exponent (0: plain CE)")
+    parser.add_argument("--data-dir", default="runs/data", help="cache of expert demonstrations (.npz)")
+    parser.add_argument("--checkpoint-minutes", type=float, default=5.0)
+    parser.add_argument("--no-progress", action="store_true")
+
+
+def parse_tasks(items: list[str]) -> dict[str, int]:
+    from kv_vla_ros.sim import normalize_task
+
+    tasks = {}
+    for item in items:
+        name, _, n = item.partition("=")
+        try:
+            count = int(n) if n else 1000
+        except ValueError:
+            raise ValueError(f"--tasks: bad count in {item!r} (expected TASK=N)") from None
+        tasks[normalize_task(name)] = count
+    return tasks
+
+
+def run(args: argparse.Namespace) -> int:
+    from kv_vla_ros.sim import normalize_task
+    from kv_vla_ros.train.bc import TrainConfig, train
+    from kv_vla_ros.vla import default_backbone
+
+    cfg = TrainConfig(tasks=parse_tasks(args.tasks), lr=args.lr, batch_tokens=args.batch_tokens,
+                      max_steps=args.max_steps, minutes=args.minutes, seed=args.seed, threads=args.threads,
+                      data_dir=args.data_dir, checkpoint_minutes=args.checkpoint_minutes)
+    if args.scan_turns is not None:
+        cfg.scan_turns = args.scan_turns
+    if args.backbone:
+        cfg.backbone = {**default_backbone(), **args.backbone}
+    if args.dagger_at is not None:
+        cfg.dagger_at = list(args.dagger_at)
+    if args.dagger_tasks is not None:
+        cfg.dagger_tasks = [normalize_task(t) for t in args.dagger_tasks]
+    cfg.focal_gamma = args.focal_gamma
+    if args.dagger_episodes is not None:
+        cfg.dagger_episodes = args.dagger_episodes
+    train(cfg, args.out, resume=args.resume, progress_bar=not args.no_progress)
+    print(f"model written to {args.out}")
+    return 0

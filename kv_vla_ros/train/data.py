@@ -1,0 +1,147 @@
+"""Demonstrations for behaviour cloning: expert rollouts on TRAIN seeds, cached as .npz.
+
+Memory tasks use the scanning expert (``scan_turns`` left turns in the start room before
+anything else): the episodes get long (>= 20 steps, >= 1000 tokens on S13/S17) while the cue
+stays only in the first frames, which is what a long-horizon KV cache must remember.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from kv_vla_ros.sim import (Episode, MemoryExpert, SimRobot, is_memory_task, load_episodes, make_expert,
+                            save_episodes, train_seeds)
+
+DEFAULT_SCAN_TURNS = 8  # two full circles: S13 ~20 steps, S17 ~23 steps (measured)
+
+
+class ScanningMemoryExpert(MemoryExpert):
+    """``MemoryExpert`` whose start-room scan lasts ``scan_turns`` left turns (4 = one circle)."""
+
+    def __init__(self, robot: SimRobot, scan_turns: int = DEFAULT_SCAN_TURNS):
+        self.scan_turns = int(scan_turns)
+        super().__init__(robot, look_around=scan_turns > 0)
+
+    def _new_episode(self) -> None:
+        super()._new_episode()
+        self.turns_left = self.scan_turns
+
+
+def expert_for(robot: SimRobot, scan_turns: int = DEFAULT_SCAN_TURNS):
+    """The demonstrator of ``robot.task`` (scanning expert on Memory tasks, BabyAI bot otherwise)."""
+    if is_memory_task(robot.task):
+        return ScanningMemoryExpert(robot, scan_turns)
+    return make_expert(robot)
+
+
+def rollout(robot: SimRobot, expert, seed: int, policy=None, max_steps: int | None = None) -> Episode:
+    """One episode; actions are the EXPERT's labels, taken by ``policy`` if given (DAgger).
+
+    ``policy`` is a callable ``(frame, instruction, t) -> int`` or None (expert drives).
+    """
+    frame, instruction = robot.reset(seed)
+    frames, labels = [], []
+    limit = min(max_steps, robot.max_steps) if max_steps else robot.max_steps
+    while not robot.done and len(frames) < limit:
+        label = expert.act()
+        frames.append(frame)
+        labels.append(label)
+        taken = label if policy is None else int(policy(frame, instruction, len(frames) - 1))
+        frame = robot.step(taken).frame
+    return Episode(task=robot.task, seed=int(seed), instruction=instruction,
+                   frames=np.stack(frames).astype(np.uint8), actions=np.asarray(labels, dtype=np.int64),
+                   success=robot.success)
+
+
+def demonstrations(task: str, n: int, offset: int = 0, scan_turns: int = DEFAULT_SCAN_TURNS,
+                   cache_dir: str | Path | None = None) -> list[Episode]:
+    """``n`` successful expert episodes on train seeds ``[offset, offset+n)`` (cached as .npz)."""
+    path = None
+    if cache_dir is not None:
+        path = Path(cache_dir) / f"{task}-n{n}-o{offset}-scan{scan_turns}.npz"
+        if path.is_file():
+            return load_episodes(path)
+    robot = SimRobot(task)
+    expert = expert_for(robot, scan_turns)
+    episodes = [rollout(robot, expert, s) for s in train_seeds(n, offset)]
+    robot.close()
+    episodes = [e for e in episodes if e.success]
+    if path is not None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        save_episodes(path, episodes)
+    return episodes
+
+
+@dataclass
+class Batch:
+    """prefix (B, P) int64; frames (B, T, H, W, 3) uint8; actions (B, T, A) int64; mask (B, T) bool."""
+
+    prefix: torch.Tensor
+    frames: torch.Tensor
+    actions: torch.Tensor
+    mask: torch.Tensor
+
+
+class EpisodeSampler:
+    """Random batches under a token budget; episodes of similar length go together (less padding).
+
+    Episodes are pre-encoded once (instruction ids, action tokens) and frames kept as uint8.
+    """
+
+    def __init__(self, model, episodes: list[Episode], batch_tokens: int, seed: int = 0):
+        if not episodes:
+            raise ValueError("episodes: the training set is empty")
+        self.batch_tokens = batch_tokens
+        self.rng = np.random.default_rng(seed)
+        self.items = []
+        for ep in episodes:
+            self.items.append((model.text_tokenizer.encode(ep.instruction), ep.frames,
+                               model.action_tokenizer.encode(ep.actions)))
+        self.lengths = np.array([len(it[1]) for it in self.items])
+        self.step_tokens = model.config.tokens_per_step
+        self.prefix_tokens = model.config.max_instruction_tokens
+
+    def add(self, model, episodes: list[Episode]) -> None:
+        for ep in episodes:
+            self.items.append((model.text_tokenizer.encode(ep.instruction), ep.frames,
+                               model.action_tokenizer.encode(ep.actions)))
+        self.lengths = np.array([len(it[1]) for it in self.items])
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def sample(self) -> Batch:
+        # Anchor on a random episode, then fill with the episodes closest in length.
+        anchor = int(self.rng.integers(len(self.items)))
+        t_anchor = self.lengths[anchor]
+        near = np.argsort(np.abs(self.lengths - t_anchor) + self.rng.random(len(self.items)) * 2.0)
+        chosen, t_max = [], 0
+        for i in near:
+            t = max(t_max, int(self.lengths[i]))
+            if chosen and (len(chosen) + 1) * (self.prefix_tokens + t * self.step_tokens) > self.batch_tokens:
+                break
+            chosen.append(int(i))
+            t_max = t
+        return self.collate([self.items[i] for i in chosen])
+
+    @staticmethod
+    def collate(items) -> Batch:
+        b, t = len(items), max(len(it[1]) for it in items)
+        h, w = items[0][1].shape[1:3]
+        a = items[0][2].shape[1]
+        frames = np.zeros((b, t, h, w, 3), dtype=np.uint8)
+        actions = np.zeros((b, t, a), dtype=np.int64)
+        mask = np.zeros((b, t), dtype=bool)
+        for i, (_, f, act) in enumerate(items):
+            frames[i, : len(f)], actions[i, : len(f)], mask[i, : len(f)] = f, act, True
+        prefix = np.stack([it[0] for it in items])
+        return Batch(torch.from_numpy(prefix), torch.from_numpy(frames), torch.from_numpy(actions),
+                     torch.from_numpy(mask))
+
+
+__all__ = ["ScanningMemoryExpert", "expert_for", "rollout", "demonstrations", "EpisodeSampler", "Batch",
+           "DEFAULT_SCAN_TURNS"]
