@@ -1,0 +1,10 @@
+"""Test-wide settings: one torch thread. The tests run tiny models, where a second thread only adds
+contention on CI's 2 cores (measured: steps of a tiny model up to ~20x slower on a busy machine)."""
+
+import os
+import sys
+
+import torch
+
+torch.set_num_threads(1)
+sys.path.insert(0, os.path.dirname(__file__))  # shared helpers (cache_models, ros_helpers)
