@@ -26,9 +26,11 @@ def tiny_cfg(tmp_path, **kw) -> TrainConfig:
 
 def test_smoke_training_lowers_loss_and_resumes(tmp_path):
     out = tmp_path / "run"
-    model = train(tiny_cfg(tmp_path), out, progress_bar=False)
+    model = train(tiny_cfg(tmp_path, dagger_at=[0.5], dagger_episodes=2, dagger_max_steps=6,
+                           dagger_tasks=["BabyAI-GoToObj-v0"]), out, progress_bar=False)
+    assert (out / "dagger0.npz").is_file()  # a DAgger round ran (policy drives, expert labels)
     summary = json.loads((out / "train_summary.json").read_text())
-    assert summary["step"] == 40
+    assert summary["step"] == 40 and summary["dagger_done"] == 1
     assert summary["final_loss"] < 0.8 * summary["first_loss"], summary
     for name in ("config.json", "model.safetensors", "tokenizer.json"):
         assert (out / name).is_file()

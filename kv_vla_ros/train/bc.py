@@ -83,7 +83,7 @@ def build_model(cfg: TrainConfig, episodes) -> VLAModel:
     return VLAModel(vcfg)
 
 
-def dagger_round(model: VLAModel, cfg: TrainConfig, round_idx: int, out: Path) -> list:
+def dagger_round(model: VLAModel, cfg: TrainConfig, round_idx: int, out: Path, progress: bool = True) -> list:
     """Roll out the current policy on fresh train seeds; label every visited state with the expert."""
     from kv_vla_ros.sim import SimRobot
 
@@ -106,7 +106,8 @@ def dagger_round(model: VLAModel, cfg: TrainConfig, round_idx: int, out: Path) -
 
         # Seeds beyond every demonstration block: offset 500k + round/task blocks.
         seeds = train_seeds(cfg.dagger_episodes, 500_000 + (round_idx * 16 + task_idx) * 10_000)
-        for s in tqdm(seeds, desc=f"dagger{round_idx} {task}", leave=False):
+        for s in tqdm(seeds, desc=f"dagger{round_idx} {task}", leave=False,
+                      disable=not progress):
             episodes.append(rollout(robot, expert, s, policy=policy, max_steps=cfg.dagger_max_steps))
         robot.close()
     model.train()
@@ -145,7 +146,7 @@ def train(cfg: TrainConfig, out: str | Path, resume: bool = False, progress_bar:
         load_optimizer(opt, ckpt / "optimizer.safetensors", groups)
     sampler = EpisodeSampler(model, episodes, cfg.batch_tokens, seed=cfg.seed + state["step"])
     for r in range(state["dagger_done"]):
-        sampler.add(model, dagger_round(model, cfg, r, out))
+        sampler.add(model, dagger_round(model, cfg, r, out, progress_bar))
 
     budget_s = cfg.minutes * 60.0 - data_s
     start = time.perf_counter() - state["elapsed_s"]
@@ -158,7 +159,7 @@ def train(cfg: TrainConfig, out: str | Path, resume: bool = False, progress_bar:
         if progress >= 1.0:
             break
         if state["dagger_done"] < len(cfg.dagger_at) and progress >= cfg.dagger_at[state["dagger_done"]]:
-            sampler.add(model, dagger_round(model, cfg, state["dagger_done"], out))
+            sampler.add(model, dagger_round(model, cfg, state["dagger_done"], out, progress_bar))
             state["dagger_done"] += 1
             continue
         lr = lr_at(cfg, state["step"], progress)

@@ -24,10 +24,12 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--scan-turns", type=int, default=None, help="Memory expert start-room scan turns")
     parser.add_argument("--backbone", type=json.loads, default=None,
                         help='backbone overrides as JSON, e.g. \'{"hidden_size": 192}\'')
+    parser.add_argument("--vla", type=json.loads, default=None,
+                        help='other VLAConfig fields as JSON, e.g. \'{"vision_frame_context": false}\'')
     parser.add_argument("--dagger-at", type=float, nargs="*", default=None,
                         help="progress points (0..1) of DAgger rounds; none to disable")
     parser.add_argument("--dagger-episodes", type=int, default=None, help="episodes per task per DAgger round")
-    parser.add_argument("--dagger-tasks", nargs="*", default=None, help="tasks of DAgger rounds (default: all)")
+    parser.add_argument("--dagger-tasks", nargs="*", default=None, help="tasks of DAgger rounds (default: BabyAI-GoToLocal)")
     parser.add_argument("--focal-gamma", type=float, default=2.0, help="focal-loss exponent (0: plain CE)")
     parser.add_argument("--data-dir", default="runs/data", help="cache of expert demonstrations (.npz)")
     parser.add_argument("--checkpoint-minutes", type=float, default=5.0)
@@ -60,6 +62,8 @@ def run(args: argparse.Namespace) -> int:
         cfg.scan_turns = args.scan_turns
     if args.backbone:
         cfg.backbone = {**default_backbone(), **args.backbone}
+    if args.vla is not None:
+        cfg.vla = {**cfg.vla, **args.vla}
     if args.dagger_at is not None:
         cfg.dagger_at = list(args.dagger_at)
     if args.dagger_tasks is not None:
