@@ -161,7 +161,7 @@ class ChunkedKVCache(Cache):
             budget = cfg.layer_budgets[g] if cfg.layer_budgets is not None else cfg.budget_tokens
             new_summaries = self._decide(g, scores, None if budget is None else budget - fixed)
             for layer_idx in group:
-                self._apply(layer_idx, g, recent_start, new_summaries, scores)
+                self._apply(layer_idx, g, recent_start, new_summaries)
 
     def reconfigure(self, config: CacheConfig) -> None:
         """Change the policy, budgets, window or thresholds live, keeping the episode's history.
@@ -225,9 +225,9 @@ class ChunkedKVCache(Cache):
             new_summaries = [c for c in new_summaries if state[c] == SUMMARY]
         return new_summaries
 
-    def _apply(self, layer_idx: int, g: int, recent_start: int, new_summaries: list[int], scores) -> None:
+    def _apply(self, layer_idx: int, g: int, recent_start: int, new_summaries: list[int]) -> None:
         layer, cfg, sink = self.layers[layer_idx], self.config, self.sink
-        summary_kv = [self._summary(layer, c, float(scores[c])) for c in new_summaries]
+        summary_kv = [self._summary(layer, c) for c in new_summaries]
         pos = layer.positions
         state = self.states[g].to(pos.device)
         keep = ((pos >= 0) & (pos < sink)) | (pos >= recent_start)
@@ -240,7 +240,7 @@ class ChunkedKVCache(Cache):
         for c, (k, v) in zip(new_summaries, summary_kv):
             layer.append_summary(c, k, v)
 
-    def _summary(self, layer: ChunkedLayer, chunk_id: int, score: float):
+    def _summary(self, layer: ChunkedLayer, chunk_id: int):
         """One token ``[b, h, 1, d]`` standing for a chunk: the mean of its keys and of its values.
 
         The chunk has one utility score, so the "score-weighted" mean of METHOD.md reduces to a

@@ -62,7 +62,7 @@ def stream_lockstep(model, configs: dict[str, CacheConfig], frames: torch.Tensor
     return results
 
 
-def summarize(results: dict, frame_tokens: int, window: int = 8) -> list[dict]:
+def summarize(results: dict, window: int = 8) -> list[dict]:
     """Median latency over ``window`` steps ending at checkpoints of history (in frames)."""
     n = len(next(iter(results.values())))
     checkpoints = [c for c in (16, 32, 64, 128, 256, 512, 1024) if c <= n] or [n]
@@ -144,7 +144,7 @@ def run(args: argparse.Namespace) -> int:
     # Warm-up so that the first steps do not pay for allocator and kernel start-up.
     stream_lockstep(model, configs, frames[:4], prefix)
     results = stream_lockstep(model, configs, frames, prefix)
-    table = summarize(results, args.frame_tokens)
+    table = summarize(results)
     os.makedirs(args.out, exist_ok=True)
     md = markdown(table, policies)
     with open(os.path.join(args.out, "bench_cache.json"), "w") as f:

@@ -140,8 +140,8 @@ def measure(model, configs, step: int, checkpoints: list[int], repeats: int, max
         model.set_attn_implementation("kv_vla_sdpa")
         done += 1
         bar.update()
-        for n in [n for n in caches if limits[n] < target]:
-            del caches[n]  # free the full cache's memory once it stops
+        for n in [n for n in caches if limits[n] <= target]:
+            del caches[n]  # free the full cache's memory once it has reached its last checkpoint
     bar.close()
     return results
 

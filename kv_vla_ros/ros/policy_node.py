@@ -83,13 +83,10 @@ def load_session(model_path: str, device: str, dtype: str, num_threads: int, ses
 
 
 def _reconfigure(session, cfg) -> None:
-    """session.set_cache_config under inference mode: the live cache holds inference tensors
-    (a live eviction outside it raises); failures other than ValueError become ValueError."""
-    import torch
-
+    """session.set_cache_config (which runs under inference mode, as the live cache's tensors
+    need); failures other than ValueError become ValueError, the parameter callback's reason."""
     try:
-        with torch.inference_mode():
-            session.set_cache_config(cfg)
+        session.set_cache_config(cfg)
     except ValueError:
         raise
     except Exception as exc:
