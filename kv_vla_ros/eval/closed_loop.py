@@ -62,28 +62,42 @@ def evaluate_task(model, task: str, cache_config, seeds: list[int], max_steps: i
     """Run one task under one cache config; returns the aggregate metrics (+ per-episode lists)."""
     from tqdm import tqdm
 
-    from kv_vla_ros.sim import SimRobot
+    from kv_vla_ros.sim import SimRobot, is_memory_task
+    from kv_vla_ros.sim.memory import MemoryEpisodeProbe
     from kv_vla_ros.vla import VLASession
 
+    memory = is_memory_task(task)
     robot = SimRobot(task)
     if max_steps and max_steps < robot.max_steps:  # a cap only ever shortens the env's own limit
         robot.close()
         robot = SimRobot(task, max_steps=max_steps)
     session = VLASession(model, cache_config)
     succ, lengths, seen, mean_held, peak_held, peak_bytes, lat = [], [], [], [], [], [], []
+    decisions, cue_held = [], []
     for seed in tqdm(seeds, desc=f"{label or cache_config.policy} {task}", disable=not progress, leave=False):
         frame, instruction = robot.reset(seed)
         session.reset(instruction)
-        held = []
+        probe = MemoryEpisodeProbe(robot) if memory else None
+        held, cue_held_at = [], []
         bytes_max = 0
+        st = session.stats()
         while not robot.done:
+            if probe is not None:
+                # what the step's attention can read: held after the previous step's eviction
+                probe.observe(len(held))
+                cue_held_at.append(cue_chunk_held(st, probe.cue_steps, len(held)))
             action = session.step(frame)
             st = session.stats()
             held.append(st["tokens_held"])
             bytes_max = max(bytes_max, st["bytes_held"])
             lat.append(st["latency_ms"]["total"])
             frame = robot.step(int(action[0])).frame
-        st = session.stats()
+            if probe is not None:
+                probe.after_step()
+        if probe is not None:
+            decided = probe.decision_step is not None
+            decisions.append(bool(probe.decision_correct) if decided else None)
+            cue_held.append(cue_held_at[probe.decision_step] if decided else None)
         succ.append(bool(robot.success))
         lengths.append(len(held))
         seen.append(st["tokens_seen"])
@@ -91,14 +105,34 @@ def evaluate_task(model, task: str, cache_config, seeds: list[int], max_steps: i
         peak_held.append(max(held) if held else 0)
         peak_bytes.append(bytes_max)
     robot.close()
+    memory_metrics = {}
+    if memory:
+        made = [d for d in decisions if d is not None]
+        known = [c for c in cue_held if c is not None]
+        memory_metrics = {"decision_accuracy": float(np.mean(made)) if made else float("nan"),
+                          "decisions": len(made),
+                          "cue_held_at_decision": float(np.mean(known)) if known else float("nan")}
     return {
-        "task": task, "policy": label or cache_config.policy, "cache": cache_config.to_dict(),
+        "task": task, "policy": label or cache_config.policy, "cache": cache_config.to_dict(), **memory_metrics,
         "episodes": len(seeds), "success_rate": float(np.mean(succ)), "mean_length": float(np.mean(lengths)),
         "mean_tokens_seen": float(np.mean(seen)), "mean_tokens_held": float(np.mean(mean_held)),
         "peak_tokens_held": float(np.max(peak_held)), "peak_kv_bytes": float(np.max(peak_bytes)),
         "latency_p50_ms": float(np.percentile(lat, 50)), "latency_p99_ms": float(np.percentile(lat, 99)),
-        "per_episode": {"seed": list(map(int, seeds)), "success": succ, "length": lengths, "tokens_seen": seen},
+        "per_episode": {"seed": list(map(int, seeds)), "success": succ, "length": lengths, "tokens_seen": seen,
+                        **({"decision_correct": decisions, "cue_held_at_decision": cue_held} if memory else {})},
     }
+
+
+def cue_chunk_held(stats: dict, cue_steps: list[int], step: int) -> bool | None:
+    """Whether the cache (``stats`` of a session) holds the chunk of at least one earlier frame
+    that showed the cue; None when no earlier frame did. Chunk ``k`` is control step ``k``:
+    chunks not yet scored are in the recent window (held); scored ones are held if kept."""
+    earlier = [c for c in cue_steps if c < step]
+    if not earlier:
+        return None
+    kept = set(stats.get("kept_chunks", []))
+    scored = stats.get("chunks_scored", 0)
+    return any(c >= scored or c in kept for c in earlier)
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
@@ -152,8 +186,10 @@ def run(args: argparse.Namespace) -> int:
             if changes["policy"] == "full" and "mean_tokens_seen" in row:
                 full_seen = row["mean_tokens_seen"]
             if "success_rate" in row:
+                memory = (f" decision {row['decision_accuracy']:.1%} cue held {row['cue_held_at_decision']:.1%}"
+                          if "decision_accuracy" in row else "")
                 print(f"{task:32s} {row['cache_label']:40s} success {row['success_rate']:.1%} "
-                      f"seen {row['mean_tokens_seen']:.0f} held {row['mean_tokens_held']:.0f}", flush=True)
+                      f"seen {row['mean_tokens_seen']:.0f} held {row['mean_tokens_held']:.0f}{memory}", flush=True)
             else:
                 print(f"{task:32s} {spec:40s} ERROR {row['error']}", flush=True)
     meta = {"model": model_path, "episodes": args.episodes, "seed_offset": args.seed_offset,
@@ -166,4 +202,4 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-__all__ = ["parse_spec", "evaluate_task", "configure", "run", "DEFAULT_TASKS"]
+__all__ = ["cue_chunk_held", "parse_spec", "evaluate_task", "configure", "run", "DEFAULT_TASKS"]

@@ -9,6 +9,8 @@ COLUMNS = [
     ("policy", "cache", "{}"),
     ("episodes", "episodes", "{}"),
     ("success_rate", "success", "{:.1%}"),
+    ("decision_accuracy", "decision acc", "{:.1%}"),
+    ("cue_held_at_decision", "cue held", "{:.1%}"),
     ("mean_length", "mean steps", "{:.1f}"),
     ("mean_tokens_seen", "tokens seen", "{:.0f}"),
     ("mean_tokens_held", "mean held", "{:.0f}"),
@@ -36,7 +38,7 @@ def markdown_table(rows: list[dict]) -> str:
         cells = []
         for key, _, fmt in COLUMNS:
             value = row.get("cache_label", row.get(key)) if key == "policy" else row.get(key)
-            if value is None:
+            if value is None or value != value:  # absent, or NaN (e.g. decisions on a BabyAI task)
                 cells.append(str(row.get("error", "-")) if key == "success_rate" else "-")
             elif key == "peak_kv_bytes":
                 cells.append(human_bytes(value))

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 from tqdm import tqdm
@@ -19,6 +19,7 @@ from .experts import make_expert
 TRAIN_SEED_RANGE = (0, 1_000_000)            # [start, stop)
 EVAL_SEED_RANGE = (1_000_000, 2_000_000)     # [start, stop)
 _FORMAT_VERSION = 1
+_AUX_PREFIX = "aux_"  # optional keys: auxiliary labels (files without them still load)
 _NPZ_KEYS = ("format_version", "tasks", "seeds", "instructions", "success", "lengths", "frames", "actions")
 
 
@@ -29,6 +30,8 @@ class Episode:
     frames: uint8 (T, H, W, 3) -- the RGB frame observed *before* each action.
     actions: int64 (T,) -- the expert action taken after seeing ``frames[t]``.
     success: whether the episode ended with positive reward.
+    aux: privileged per-step auxiliary labels, name -> int64 (T,) class ids, -1 where the step
+        has no label (its mask is ``labels >= 0``); see ``kv_vla_ros.sim.memory.aux_targets``.
     """
 
     task: str
@@ -37,6 +40,7 @@ class Episode:
     frames: np.ndarray
     actions: np.ndarray
     success: bool
+    aux: dict[str, np.ndarray] = field(default_factory=dict)
 
     def __len__(self) -> int:
         return int(self.actions.shape[0])
@@ -54,6 +58,10 @@ def _validate_episode(ep: Episode, where: str) -> None:
         raise ValueError(f"{where}.actions has length {a.shape[0]} but frames has {f.shape[0]}")
     if a.size and (a.min() < 0 or a.max() >= NUM_ACTIONS):
         raise ValueError(f"{where}.actions must lie in [0, {NUM_ACTIONS})")
+    for name, labels in ep.aux.items():
+        if not isinstance(labels, np.ndarray) or labels.dtype != np.int64 or labels.shape != a.shape:
+            raise ValueError(f"{where}.aux[{name!r}] must be int64 {a.shape} (-1 = no label), got "
+                             f"{getattr(labels, 'dtype', type(labels))} {getattr(labels, 'shape', '')}")
 
 
 # -- generation ------------------------------------------------------------------------------
@@ -153,6 +161,11 @@ def save_episodes(path: str | os.PathLike, episodes: Sequence[Episode], compress
         frames=frames,
         actions=actions,
     )
+    # Auxiliary labels: one key per target, concatenated like the actions; an episode without a
+    # target stores -1 (no label) on every step of it.
+    for name in sorted({k for ep in episodes for k in ep.aux}):
+        arrays[_AUX_PREFIX + name] = np.concatenate(
+            [ep.aux.get(name, np.full(len(ep), -1, dtype=np.int64)) for ep in episodes]) if episodes else actions
     (np.savez_compressed if compress else np.savez)(path, **arrays)
 
 
@@ -164,6 +177,7 @@ def load_episodes(path: str | os.PathLike) -> list[Episode]:
             if key not in data.files:
                 raise ValueError(f"{path}: missing key {key!r}")
         arr = {key: data[key] for key in _NPZ_KEYS}
+        aux_all = {key[len(_AUX_PREFIX):]: data[key] for key in data.files if key.startswith(_AUX_PREFIX)}
     if int(arr["format_version"]) != _FORMAT_VERSION:
         raise ValueError(f"{path}: key 'format_version' is {int(arr['format_version'])}, expected {_FORMAT_VERSION}")
     n = arr["lengths"].shape[0]
@@ -181,6 +195,9 @@ def load_episodes(path: str | os.PathLike) -> list[Episode]:
         raise ValueError(
             f"{path}: key 'lengths' sums to {total} but 'frames' has {frames.shape[0]} and 'actions' {actions.shape[0]} rows"
         )
+    for name, labels in aux_all.items():
+        if labels.dtype.kind != "i" or labels.shape != (total,):
+            raise ValueError(f"{path}: key {_AUX_PREFIX + name!r} must be integer ({total},), got {labels.dtype} {labels.shape}")
     bounds = np.concatenate([[0], np.cumsum(lengths)])
     episodes = []
     for i in range(n):
@@ -196,6 +213,7 @@ def load_episodes(path: str | os.PathLike) -> list[Episode]:
             frames=frames[lo:hi],
             actions=actions[lo:hi].astype(np.int64, copy=False),
             success=bool(arr["success"][i]),
+            aux={name: labels[lo:hi].astype(np.int64, copy=False) for name, labels in aux_all.items()},
         )
         _validate_episode(ep, f"{path}: episode {i}")
         episodes.append(ep)

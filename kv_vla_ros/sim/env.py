@@ -27,6 +27,7 @@ SUPPORTED_TASKS: tuple[str, ...] = (
     "MiniGrid-MemoryS17Random-v0",
     "MiniGrid-MemoryS21Random-v0",
     "MiniGrid-MemoryS25Random-v0",
+    "MiniGrid-MemoryS37-v0",
     "BabyAI-GoToObj-v0",
     "BabyAI-GoToLocal-v0",
 )
@@ -38,7 +39,24 @@ SUPPORTED_TASKS: tuple[str, ...] = (
 _UNREGISTERED: dict[str, tuple[str, dict[str, Any]]] = {
     "MiniGrid-MemoryS21Random-v0": ("MiniGrid-MemoryS17Random-v0", {"size": 21}),
     "MiniGrid-MemoryS25Random-v0": ("MiniGrid-MemoryS17Random-v0", {"size": 25}),
+    # Fixed hallway length (MemoryS13-v0's layout, 37 wide): the cue is seen at least 34 steps
+    # before the decision in every episode (the scanning expert: 63 steps on average, 42-77), long
+    # enough that a budget of a quarter of the history must choose what to keep.
+    "MiniGrid-MemoryS37-v0": ("MiniGrid-MemoryS13-v0", {"size": 37}),
 }
+
+
+
+def _register_package_envs() -> None:
+    """Register the maps above with gymnasium (``gym.make("MiniGrid-MemoryS37-v0")`` works once
+    ``kv_vla_ros.sim`` is imported); each is minigrid's own MemoryEnv with another size."""
+    for name, (base, extra) in _UNREGISTERED.items():
+        if name not in gym.registry:
+            spec = gym.spec(base)
+            gym.register(id=name, entry_point=spec.entry_point, kwargs={**spec.kwargs, **extra})
+
+
+_register_package_envs()
 
 # MiniGrid's discrete action set; the tuple index is the action id the env expects.
 ACTION_NAMES: tuple[str, ...] = ("left", "right", "forward", "pickup", "drop", "toggle", "done")

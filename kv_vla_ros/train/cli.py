@@ -31,6 +31,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--dagger-episodes", type=int, default=None, help="episodes per task per DAgger round")
     parser.add_argument("--dagger-tasks", nargs="*", default=None, help="tasks of DAgger rounds (default: BabyAI-GoToLocal)")
     parser.add_argument("--focal-gamma", type=float, default=2.0, help="focal-loss exponent (0: plain CE)")
+    parser.add_argument("--aux-weight", type=float, default=1.0,
+                        help="weight of the auxiliary-target loss (privileged labels, e.g. the Memory cue); 0: off")
     parser.add_argument("--data-dir", default="runs/data", help="cache of expert demonstrations (.npz)")
     parser.add_argument("--checkpoint-minutes", type=float, default=5.0)
     parser.add_argument("--no-progress", action="store_true")
@@ -69,6 +71,7 @@ def run(args: argparse.Namespace) -> int:
     if args.dagger_tasks is not None:
         cfg.dagger_tasks = [normalize_task(t) for t in args.dagger_tasks]
     cfg.focal_gamma = args.focal_gamma
+    cfg.aux_weight = args.aux_weight
     if args.dagger_episodes is not None:
         cfg.dagger_episodes = args.dagger_episodes
     train(cfg, args.out, resume=args.resume, progress_bar=not args.no_progress)

@@ -118,7 +118,11 @@ class VLAConfig:
         backbone: a transformers config as a dict (``model_type`` + kwargs); ``vocab_size`` is
             set from the tokenizers, never taken from here.
         image_size: frames are resized to ``image_size`` x ``image_size``.
-        patch_size: square patches; ``(image_size // patch_size) ** 2`` visual tokens per frame.
+        patch_size: square patches; ``(image_size // patch_size) ** 2`` patch features per frame.
+        frame_tokens: visual tokens per frame fed to the backbone: ``None`` feeds every patch
+            feature; ``K`` pools the patch features into ``K`` tokens (learned queries attending
+            over the patches). Few tokens per frame make long histories cheap and, measured on
+            the Memory tasks, let a small policy learn to recall a cue at all.
         vision_hidden: width of the patch MLP.
         vision_frame_context: add a learned projection of the frame's mean patch feature to
             every token of the frame (a frame summary each token carries).
@@ -133,6 +137,7 @@ class VLAConfig:
     backbone: dict[str, Any] = field(default_factory=default_backbone)
     image_size: int = 56
     patch_size: int = 8
+    frame_tokens: int | None = None
     vision_hidden: int = 256
     vision_frame_context: bool = False
     action: ActionSpaceConfig = field(default_factory=ActionSpaceConfig)
@@ -166,6 +171,11 @@ class VLAConfig:
                 raise ValueError(f"{name}: must be an int >= 1, got {value!r}")
         if self.image_size % self.patch_size:
             raise ValueError(f"patch_size: {self.patch_size} does not divide image_size {self.image_size}")
+        if self.frame_tokens is not None:
+            ft = self.frame_tokens
+            if isinstance(ft, bool) or not isinstance(ft, int) or not 1 <= ft <= self.patches_per_frame:
+                raise ValueError(f"frame_tokens: must be None or an int in [1, {self.patches_per_frame}] "
+                                 f"(the patches per frame), got {ft!r}")
         if self.cache is not None:
             if self.cache.sink_tokens != self.max_instruction_tokens:
                 raise ValueError(
@@ -178,8 +188,13 @@ class VLAConfig:
                 )
 
     @property
-    def tokens_per_frame(self) -> int:
+    def patches_per_frame(self) -> int:
         return (self.image_size // self.patch_size) ** 2
+
+    @property
+    def tokens_per_frame(self) -> int:
+        """Visual tokens per frame in the backbone's stream."""
+        return self.frame_tokens or self.patches_per_frame
 
     @property
     def tokens_per_step(self) -> int:

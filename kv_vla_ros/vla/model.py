@@ -28,24 +28,44 @@ CONFIG_FILE, WEIGHTS_FILE, TOKENIZER_FILE = "config.json", "model.safetensors", 
 FORMAT_VERSION = 1
 
 
+class FramePooling(nn.Module):
+    """Patch features (T, N, vh) -> K tokens (T, K, vh): K learned queries attend over the patches
+    (multi-head attention pooling, as in Perceiver / Set Transformer's PMA)."""
+
+    def __init__(self, num_tokens: int, width: int, heads: int = 4):
+        super().__init__()
+        self.queries = nn.Parameter(torch.randn(num_tokens, width) * width ** -0.5)
+        self.norm = nn.LayerNorm(width)
+        self.attn = nn.MultiheadAttention(width, heads, batch_first=True)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        q = self.queries.unsqueeze(0).expand(x.shape[0], -1, -1)
+        kv = self.norm(x)
+        return q + self.attn(q, kv, kv, need_weights=False)[0]
+
+
 class VisionEncoder(nn.Module):
-    """Normalized frames (T, 3, S, S) -> visual tokens (T, N, D), N = (S / patch)^2."""
+    """Normalized frames (T, 3, S, S) -> visual tokens (T, F, D): the N = (S / patch)^2 patch
+    features, or ``config.frame_tokens`` tokens pooled from them."""
 
     def __init__(self, config: VLAConfig, hidden_size: int):
         super().__init__()
         p, vh = config.patch_size, config.vision_hidden
         self.patch = nn.Conv2d(3, vh, kernel_size=p, stride=p)
-        self.pos = nn.Parameter(torch.randn(config.tokens_per_frame, vh) * 0.02)
+        self.pos = nn.Parameter(torch.randn(config.patches_per_frame, vh) * 0.02)
         self.mlp = nn.Sequential(nn.LayerNorm(vh), nn.Linear(vh, hidden_size), nn.GELU(),
                                  nn.Linear(hidden_size, hidden_size))
         # Every token also carries a summary of its whole frame, so a later query can recall
         # "what that frame showed" from any of its 49 tokens (memory tasks learn much faster).
         self.frame_context = nn.Linear(vh, vh) if config.vision_frame_context else None
+        self.pool = FramePooling(config.frame_tokens, vh) if config.frame_tokens else None
 
     def forward(self, frames: torch.Tensor) -> torch.Tensor:
         x = self.patch(frames).flatten(2).transpose(1, 2) + self.pos  # (T, N, vh)
         if self.frame_context is not None:
             x = x + self.frame_context(x.mean(dim=1, keepdim=True))
+        if self.pool is not None:
+            x = self.pool(x)  # (T, K, vh)
         return self.mlp(x)
 
 
@@ -124,26 +144,36 @@ class VLAModel(nn.Module):
         t = torch.arange(num_steps).view(-1, 1)
         return p + t * (f + a) + f - 1 + torch.arange(a).view(1, -1)
 
-    def forward(self, prefix_ids: torch.Tensor, frames: torch.Tensor,
-                action_tokens: torch.Tensor) -> torch.Tensor:
-        """Teacher-forced action logits (B, T, A, action_vocab), one no-cache forward."""
+    def forward(self, prefix_ids: torch.Tensor, frames: torch.Tensor, action_tokens: torch.Tensor,
+                return_hidden: bool = False):
+        """Teacher-forced action logits (B, T, A, action_vocab), one no-cache forward; with
+        ``return_hidden`` also the backbone's last hidden states at the positions predicting each
+        step's first action token (B, T, D), where auxiliary heads read during training."""
         embeds = self.episode_embeds(prefix_ids, frames, action_tokens)
         pos = self.action_positions(frames.shape[1]).to(embeds.device)
-        out = self.backbone(inputs_embeds=embeds, use_cache=False)
-        return self.action_logits(out.logits[:, pos.flatten()]).unflatten(1, pos.shape)
+        out = self.backbone(inputs_embeds=embeds, use_cache=False, output_hidden_states=return_hidden)
+        logits = self.action_logits(out.logits[:, pos.flatten()]).unflatten(1, pos.shape)
+        if not return_hidden:
+            return logits
+        return logits, out.hidden_states[-1][:, pos[:, 0]]
 
-    def loss(self, prefix_ids, frames, action_tokens, step_mask, focal_gamma: float = 0.0) -> torch.Tensor:
-        """Mean CE over action tokens of valid steps; step_mask (B, T) bool.
+    @staticmethod
+    def action_loss(logits: torch.Tensor, action_tokens: torch.Tensor, step_mask: torch.Tensor,
+                    focal_gamma: float = 0.0) -> torch.Tensor:
+        """Mean CE over action tokens of valid steps: logits (B, T, A, V), tokens (B, T, A), step_mask (B, T) bool.
 
         ``focal_gamma > 0`` weights each token by ``(1 - p_target)^gamma`` (focal loss): the few
         decisions that need memory keep their weight once the many easy steps are learned.
         """
-        logits = self(prefix_ids, frames, action_tokens)
         ce = F.cross_entropy(logits.flatten(0, 2), action_tokens.flatten(), reduction="none")
         if focal_gamma > 0:
             ce = ce * (1.0 - torch.exp(-ce.detach())).pow(focal_gamma)
         mask = step_mask.unsqueeze(-1).expand_as(action_tokens).flatten().float()
         return (ce * mask).sum() / mask.sum().clamp(min=1.0)
+
+    def loss(self, prefix_ids, frames, action_tokens, step_mask, focal_gamma: float = 0.0) -> torch.Tensor:
+        """Behaviour-cloning loss of one batch (see ``action_loss``)."""
+        return self.action_loss(self(prefix_ids, frames, action_tokens), action_tokens, step_mask, focal_gamma)
 
     @torch.inference_mode()
     def episode_action_logits(self, instruction: str, frames: np.ndarray, actions: np.ndarray) -> torch.Tensor:
