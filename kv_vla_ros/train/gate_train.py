@@ -31,6 +31,13 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--hidden", type=int, default=64, help="gate LSTM width (default 64)")
     parser.add_argument("--reduce", choices=("mean", "max"), default="mean",
                         help="how heads/layers are combined in the utility target (default mean)")
+    parser.add_argument("--target", choices=("utility", "distill"), default="utility",
+                        help="utility: future attention utility (percentile, BCE); distill: end-to-end KL to the "
+                             "full-cache actions under a budget penalty (see README)")
+    parser.add_argument("--budget-weight", type=float, default=0.05,
+                        help="distill only: weight of the mean-score (budget) penalty (default 0.05)")
+    parser.add_argument("--recent-chunks", type=int, default=None,
+                        help="recent window the gate is trained for (default: the checkpoint's cache config)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--seed-offset", type=int, default=500_000,
                         help="first train seed of the rollouts (train range, apart from the BC demonstrations)")
@@ -88,7 +95,9 @@ def train_gate(items: list, recent_chunks: int, in_dim: int, epochs: int, lr: fl
     return gate.eval(), log
 
 
-def collect(model, tasks: list[str], episodes: int, seed_offset: int, progress: bool = True) -> list:
+def collect(model, tasks: list[str], episodes: int, seed_offset: int, progress: bool = True,
+            with_episodes: bool = False) -> list:
+    """``EpisodeAttention`` per full-cache rollout (``(episode, attention)`` pairs with ``with_episodes``)."""
     from tqdm import tqdm
 
     from kv_vla_ros.sim import train_seeds
@@ -98,7 +107,8 @@ def collect(model, tasks: list[str], episodes: int, seed_offset: int, progress: 
     for task in tasks:
         rollouts = policy_rollouts(model, task, train_seeds(episodes, offset=seed_offset), progress=progress)
         for ep in tqdm(rollouts, desc=f"attention {task}", disable=not progress, leave=False):
-            items.append(episode_attention(model, ep))
+            att = episode_attention(model, ep)
+            items.append((ep, att) if with_episodes else att)
     return items
 
 
@@ -115,16 +125,26 @@ def run(args: argparse.Namespace) -> int:
     except (FileNotFoundError, ValueError) as exc:
         raise SystemExit(f"kv-vla train-gate: {exc}") from None
     t0 = time.time()
-    items = collect(model, args.tasks or DEFAULT_TASKS, args.episodes, args.seed_offset)
+    pairs = collect(model, args.tasks or DEFAULT_TASKS, args.episodes, args.seed_offset, with_episodes=True)
     bb = model.backbone_config
     in_dim = gate_input_dim(bb.num_hidden_layers, getattr(bb, "head_dim", None) or bb.hidden_size // bb.num_attention_heads)
-    gate, log = train_gate(items, model.config.cache.recent_chunks, in_dim, args.epochs, args.lr, args.hidden,
-                           args.reduce, args.seed)
+    recent = model.config.cache.recent_chunks if args.recent_chunks is None else args.recent_chunks
+    if args.target == "distill":
+        from kv_vla_ros.train.gate_distill import distill_item, train_gate_distill
+
+        items = [distill_item(model, ep, att.features) for ep, att in pairs]
+        gate, log = train_gate_distill(model, items, recent, in_dim, args.epochs, args.lr, args.hidden,
+                                       args.budget_weight, args.seed)
+        target = f"end-to-end distillation (KL to full-cache actions + {args.budget_weight} x mean score)"
+    else:
+        gate, log = train_gate([att for _, att in pairs], recent, in_dim, args.epochs, args.lr, args.hidden,
+                               args.reduce, args.seed)
+        target = "future attention utility (percentile), BCE"
     out = Path(args.out or args.model)
     path = gate.save(str(out))
     log.update(seconds=time.time() - t0, tasks=args.tasks or DEFAULT_TASKS, episodes_per_task=args.episodes,
-               reduce=args.reduce, target="future attention utility (percentile), BCE")
+               reduce=args.reduce, target=target, recent_chunks=recent)
     (out / "gate_training.json").write_text(json.dumps(log, indent=1) + "\n")
-    print(f"gate: {log['parameters']} parameters, train loss {log['train_loss'][0]:.4f} -> {log['train_loss'][-1]:.4f}, "
-          f"val loss {log['val_loss'][0]:.4f} -> {log['val_loss'][-1]:.4f}; wrote {path}")
+    print(f"gate ({args.target}): {log['parameters']} parameters, val loss {log['val_loss'][0]:.4f} -> "
+          f"{log['val_loss'][-1]:.4f}; wrote {path}")
     return 0
