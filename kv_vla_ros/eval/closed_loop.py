@@ -6,6 +6,10 @@ Cache specs: ``POLICY[:field=value,...]`` applied to the model's default cache c
 ``full``, ``window:budget_tokens=300``, ``gated:budget_tokens=400,gate_threshold=0.3``.
 ``budget_frac=F`` sets ``budget_tokens`` to F x the mean tokens seen by the previous ``full``
 run on the same task (so ``window:budget_frac=0.25`` is "a quarter of the mean history").
+Two keys choose what the cache is paired with rather than a cache field: ``gate=untrained``
+(``gated`` with a randomly initialised gate instead of the checkpoint's ``gate.safetensors``) and
+``layer_budgets=calibrated`` (per-layer budgets from the checkpoint's ``calibration.json``, same
+total as the uniform budget).
 """
 
 from __future__ import annotations
@@ -36,6 +40,14 @@ def parse_spec(spec: str, base) -> tuple[dict, float | None]:
         if key == "budget_frac":
             frac = float(raw)
             continue
+        if key == "gate":
+            if raw.strip() not in ("untrained", "trained"):
+                raise ValueError(f"--policy: gate must be 'trained' or 'untrained' in {spec!r}, got {raw!r}")
+            changes["_gate"] = raw.strip()
+            continue
+        if key == "layer_budgets" and raw.strip() == "calibrated":
+            changes["_layer_budgets"] = "calibrated"
+            continue
         if key not in types:
             raise ValueError(f"--policy: unknown cache field {key!r} in {spec!r} (known: {', '.join(types)})")
         raw = raw.strip()
@@ -58,8 +70,11 @@ def parse_spec(spec: str, base) -> tuple[dict, float | None]:
 
 
 def evaluate_task(model, task: str, cache_config, seeds: list[int], max_steps: int | None = None,
-                  progress: bool = True, label: str = "") -> dict:
-    """Run one task under one cache config; returns the aggregate metrics (+ per-episode lists)."""
+                  progress: bool = True, label: str = "", untrained_gate: bool = False) -> dict:
+    """Run one task under one cache config; returns the aggregate metrics (+ per-episode lists).
+
+    ``untrained_gate``: ``gated`` scores with a randomly initialised gate (seeded by
+    ``cache_config.seed``), the baseline of the paper's released code, not the checkpoint's."""
     from tqdm import tqdm
 
     from kv_vla_ros.sim import SimRobot, is_memory_task
@@ -72,6 +87,8 @@ def evaluate_task(model, task: str, cache_config, seeds: list[int], max_steps: i
         robot.close()
         robot = SimRobot(task, max_steps=max_steps)
     session = VLASession(model, cache_config)
+    if untrained_gate:
+        session.gate = None  # the cache then builds ChunkGate.untrained(seed=cache_config.seed)
     succ, lengths, seen, mean_held, peak_held, peak_bytes, lat = [], [], [], [], [], [], []
     decisions, cue_held = [], []
     for seed in tqdm(seeds, desc=f"{label or cache_config.policy} {task}", disable=not progress, leave=False):
@@ -121,6 +138,18 @@ def evaluate_task(model, task: str, cache_config, seeds: list[int], max_steps: i
         "per_episode": {"seed": list(map(int, seeds)), "success": succ, "length": lengths, "tokens_seen": seen,
                         **({"decision_correct": decisions, "cue_held_at_decision": cue_held} if memory else {})},
     }
+
+
+def calibrated_budgets(model_path: str, cfg) -> list[int]:
+    """Per-layer budgets for ``cfg.budget_tokens`` from ``calibration.json`` (``kv-vla calibrate``)."""
+    from kv_vla_ros.train.calibrate import CALIBRATION_FILE, budgets_for
+
+    path = Path(model_path) / CALIBRATION_FILE
+    if not path.is_file():
+        raise ValueError(f"layer_budgets=calibrated: no {CALIBRATION_FILE} in {model_path} (run kv-vla calibrate)")
+    if cfg.budget_tokens is None:
+        raise ValueError("layer_budgets=calibrated: needs a budget (budget_tokens or budget_frac)")
+    return budgets_for(json.loads(path.read_text())["dispersion"], cfg, cfg.budget_tokens)
 
 
 def cue_chunk_held(stats: dict, cue_steps: list[int], step: int) -> bool | None:
@@ -173,12 +202,21 @@ def run(args: argparse.Namespace) -> int:
             if frac is not None:
                 if full_seen is None:
                     raise ValueError(f"--policy {spec}: budget_frac needs an earlier 'full' spec")
-                changes["budget_tokens"] = int(round(frac * full_seen))
+                # never below prefix + recent window (a short history's fraction can be)
+                layout = base.replace(policy="full", budget_tokens=None, layer_budgets=None,
+                                      **{k: v for k, v in changes.items()
+                                         if k in ("recent_chunks", "chunk_size", "sink_tokens")})
+                changes["budget_tokens"] = max(int(round(frac * full_seen)), layout.min_budget)
+            gate_choice = changes.pop("_gate", "trained")
+            calibrated = changes.pop("_layer_budgets", None) == "calibrated"
             try:
                 cfg = base.replace(**changes)
                 cfg.budget_tokens = max(cfg.budget_tokens, cfg.min_budget) if cfg.budget_tokens else cfg.budget_tokens
+                if calibrated:
+                    cfg = cfg.replace(layer_budgets=calibrated_budgets(model_path, cfg))
                 label = spec if frac is None else f"{spec} ({cfg.budget_tokens} tok)"
-                row = evaluate_task(model, task, cfg, seeds, args.max_steps, not args.no_progress, spec)
+                row = evaluate_task(model, task, cfg, seeds, args.max_steps, not args.no_progress, spec,
+                                    untrained_gate=gate_choice == "untrained")
                 row["cache_label"] = label
             except (ValueError, NotImplementedError) as exc:
                 row = {"task": task, "policy": spec, "error": str(exc)}
