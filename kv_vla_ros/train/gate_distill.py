@@ -10,13 +10,12 @@ chunks whose loss changes the actions earn high scores, the rest sink.
 
 from __future__ import annotations
 
-import random
 from dataclasses import dataclass
 
 import torch
 from torch.nn import functional as F
 
-from kv_vla_ros.cache import ChunkGate, GateConfig
+from kv_vla_ros.cache import ChunkGate
 
 
 @dataclass
@@ -91,13 +90,9 @@ def train_gate_distill(model, items: list[DistillItem], recent_chunks: int, in_d
         raise ValueError("episodes: need at least two rollouts to train and validate the gate")
     if budget_weight < 0:
         raise ValueError(f"budget_weight: must be >= 0, got {budget_weight}")
-    rng = random.Random(seed)
-    items = list(items)
-    rng.shuffle(items)
-    n_val = max(1, len(items) // 5)
-    val, train = items[:n_val], items[n_val:]
-    torch.manual_seed(seed)
-    gate = ChunkGate(GateConfig(in_dim=in_dim, hidden=hidden))
+    from kv_vla_ros.train.gate_train import split_and_init
+
+    rng, train, val, gate = split_and_init(items, seed, in_dim, hidden)
     opt = torch.optim.Adam(gate.parameters(), lr=lr)
     backbone = model.backbone
     previous = backbone.config._attn_implementation

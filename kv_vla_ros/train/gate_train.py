@@ -45,6 +45,17 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--threads", type=int, default=2)
 
 
+def split_and_init(items: list, seed: int, in_dim: int, hidden: int):
+    """Seeded shuffle, a fifth (at least one rollout) held out, a fresh gate:
+    ``(rng, train, val, gate)``. Shared by both gate targets so they are compared on equal terms."""
+    rng = random.Random(seed)
+    items = list(items)
+    rng.shuffle(items)
+    n_val = max(1, len(items) // 5)
+    torch.manual_seed(seed)
+    return rng, items[n_val:], items[:n_val], ChunkGate(GateConfig(in_dim=in_dim, hidden=hidden))
+
+
 def train_gate(items: list, recent_chunks: int, in_dim: int, epochs: int, lr: float, hidden: int,
                reduce: str = "mean", seed: int = 0, progress: bool = True) -> tuple[ChunkGate, dict]:
     """Fit a gate on ``items`` (`EpisodeAttention`); returns the gate and its training log."""
@@ -60,12 +71,7 @@ def train_gate(items: list, recent_chunks: int, in_dim: int, epochs: int, lr: fl
             data.append((item.features.clone().unsqueeze(0), target.clone().unsqueeze(0)))
     if len(data) < 2:
         raise ValueError("episodes: need at least two rollouts with chunks that leave the recent window")
-    rng = random.Random(seed)
-    rng.shuffle(data)
-    n_val = max(1, len(data) // 5)
-    val, train = data[:n_val], data[n_val:]
-    torch.manual_seed(seed)
-    gate = ChunkGate(GateConfig(in_dim=in_dim, hidden=hidden))
+    rng, train, val, gate = split_and_init(data, seed, in_dim, hidden)
     opt = torch.optim.Adam(gate.parameters(), lr=lr)
 
     def loss_of(feats, target):
