@@ -42,8 +42,9 @@ class StreamingPolicy:
 
     model (nn.Module), gate (``ChunkGate`` or None), device, num_cameras (images per step),
     state_dim (0: no state input), action_dim, chunk_length (actions per inference),
-    default_actions_per_inference, image_size (frames are resized to it, for bag decoding),
-    discrete (actions are ids), action_names.
+    default_actions_per_inference, discrete (actions are ids), action_names, frame_size (frames
+    may be shrunk to this square when decoded, as the model resizes them anyway; None: keep the
+    camera's size, the policy's processor resizes).
     """
 
     model_type = "base"
@@ -53,6 +54,7 @@ class StreamingPolicy:
     default_actions_per_inference = 1
     discrete = False
     action_names: list[str] | None = None
+    frame_size: int | None = None
 
     # ---- cache ------------------------------------------------------------------------------
     def default_cache_config(self) -> CacheConfig:
@@ -122,7 +124,7 @@ class KVVLAPolicy(StreamingPolicy):
         self.discrete = cfg.action.kind == "discrete"
         self.action_dim = 1 if self.discrete else cfg.action.dim
         self.action_names = cfg.action.names
-        self.image_size = cfg.image_size
+        self.frame_size = cfg.image_size
         self.last_logits: torch.Tensor | None = None  # (A, action_vocab) of the last step
 
     @classmethod
