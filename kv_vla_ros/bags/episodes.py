@@ -5,6 +5,11 @@ Episode boundaries: every message on the instruction topic starts a new episode 
 publishes one per episode, even when the text repeats); with ``reset_topic`` a message there ends
 the episode instead, and the next frame starts one with the latest instruction.
 
+Cameras and state: the first image topic drives the steps; every further camera (``extra_images``)
+and the robot state (``state``: JointState or Float32MultiArray) contribute their newest message
+at or before that frame; a frame for which one of them has none yet is skipped and counted
+(``frames_missing_inputs``), as the node stops on a missing input.
+
 Frames: a frame whose header stamp equals the previous frame's (a simulator re-sending its view
 while it waits for an action) is the same observation and is skipped, as the policy node does.
 
@@ -22,8 +27,8 @@ import numpy as np
 
 from kv_vla_ros.bags.bagio import BagReader
 from kv_vla_ros.bags.errors import BagError
-from kv_vla_ros.bags.messages import (FLOAT32_ARRAY, IMAGE_TYPES, STRING, action_source_stamp_ns, action_vector,
-                                      frame_to_rgb, header_stamp_ns)
+from kv_vla_ros.bags.messages import (FLOAT32_ARRAY, IMAGE_TYPES, STATE_TYPES, STRING, action_source_stamp_ns,
+                                      action_vector, frame_to_rgb, header_stamp_ns, state_vector)
 
 
 @dataclass
@@ -34,6 +39,8 @@ class BagTopics:
     instruction: str = "/instruction"
     action: str | None = "/action"
     reset: str | None = None
+    extra_images: tuple[str, ...] = ()
+    state: str | None = None
 
 
 @dataclass
@@ -41,6 +48,13 @@ class BagFrame:
     rgb: np.ndarray
     bag_ns: int
     stamp_ns: int | None  # header stamp (None or 0: unknown)
+    cameras: list[np.ndarray] | None = None  # every camera's frame (first: ``rgb``) with extra_images
+    state: np.ndarray | None = None
+
+    @property
+    def images(self):
+        """What a policy's step takes: one frame, or the list of cameras."""
+        return self.cameras if self.cameras is not None else self.rgb
 
 
 @dataclass
@@ -80,6 +94,10 @@ def check_topics(bag: BagReader, topics: BagTopics) -> dict[str, str]:
     types = {"image": bag.require_topic(topics.image, IMAGE_TYPES, "image")}
     if topics.reset:
         types["reset"] = bag.require_topic(topics.reset, None, "reset")
+    for i, topic in enumerate(topics.extra_images):
+        types[f"camera{i + 1}"] = bag.require_topic(topic, IMAGE_TYPES, "image")
+    if topics.state:
+        types["state"] = bag.require_topic(topics.state, STATE_TYPES, "state")
     types["instruction"] = bag.require_topic(topics.instruction, (STRING,), "instruction")
     if topics.action:
         types["action"] = bag.require_topic(topics.action, (FLOAT32_ARRAY,), "action")
@@ -96,7 +114,10 @@ def iter_episode_events(bag: BagReader, topics: BagTopics, image_size: int | Non
     counters = counters if counters is not None else {}
     counters.setdefault("frames_without_instruction", 0)
     counters.setdefault("repeated_frames", 0)
-    wanted = [t for t in (topics.image, topics.instruction, topics.action, topics.reset) if t]
+    counters.setdefault("frames_missing_inputs", 0)
+    extras = {topic: f"camera{i + 1}" for i, topic in enumerate(topics.extra_images)}
+    wanted = [t for t in (topics.image, topics.instruction, topics.action, topics.reset, topics.state, *extras) if t]
+    latest: dict[str, object] = {}  # newest raw message per extra camera / state topic
     instruction: str | None = None
     episode: EpisodeActions | None = None
     last_stamp: int | None = None
@@ -115,9 +136,17 @@ def iter_episode_events(bag: BagReader, topics: BagTopics, image_size: int | Non
                 counters["repeated_frames"] += 1
                 continue
             last_stamp = stamp
+            if any(t not in latest for t in (*extras, topics.state) if t):
+                counters["frames_missing_inputs"] += 1
+                continue
             rgb = frame_to_rgb(msg, types["image"], image_size, f"bag {bag.path}: {topics.image} message #{n_frames}")
+            cameras = [rgb] + [frame_to_rgb(latest[t], types[role], image_size, f"bag {bag.path}: {t}")
+                               for t, role in extras.items()] if extras else None
+            state = state_vector(latest[topics.state], types["state"]) if topics.state else None
             episode.frames.append((bag_ns, stamp))
-            yield "frame", BagFrame(rgb, bag_ns, stamp)
+            yield "frame", BagFrame(rgb, bag_ns, stamp, cameras, state)
+        elif topic in extras or topic == topics.state:
+            latest[topic] = msg
         elif topic == topics.instruction:
             text = str(msg.data)
             if not text.strip():

@@ -1,4 +1,5 @@
-"""Replay a bag offline through `VLASession` under several cache configs, faster than real time
+"""Replay a bag offline through `VLASession` (any policy: the package's own VLA or π0, with one or
+more cameras and a robot state) under several cache configs, faster than real time
 and with no ROS graph: agreement with the recorded actions and with the full cache, tokens and KV
 bytes held, latency p50/p99 and FLOPs per step. Writes bag_eval.json, bag_eval.md and PNG plots
 (tokens_held.png, gate_scores.png, agreement.png) into --out.
@@ -20,7 +21,11 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", default=None, help="checkpoint directory (default: the shipped model)")
     parser.add_argument("--policy", action="append", default=None, metavar="SPEC",
                         help="cache spec POLICY[:field=value,...] (repeatable; default: full)")
-    parser.add_argument("--image-topic", default="/image", help="sensor_msgs/Image or CompressedImage topic")
+    parser.add_argument("--image-topic", action="append", default=None,
+                        help="sensor_msgs/Image or CompressedImage topic (default /image); repeat it for more "
+                             "cameras, in the policy's camera order (the first one drives the steps)")
+    parser.add_argument("--state-topic", default=None,
+                        help="robot state: sensor_msgs/JointState (positions) or std_msgs/Float32MultiArray")
     parser.add_argument("--instruction-topic", default="/instruction",
                         help="std_msgs/String; each message starts an episode")
     parser.add_argument("--action-topic", default="/action",
@@ -43,8 +48,10 @@ def run(args: argparse.Namespace) -> int:
     from kv_vla_ros.bags.offline_eval import build_configs, evaluate_bag
     from kv_vla_ros.bags.report import markdown_table, write_report
 
+    images = [normalize_topic(t, "--image-topic") for t in (args.image_topic or ["/image"])]
     topics = BagTopics(
-        image=normalize_topic(args.image_topic, "--image-topic"),
+        image=images[0], extra_images=tuple(images[1:]),
+        state=normalize_topic(args.state_topic, "--state-topic") if args.state_topic else None,
         instruction=normalize_topic(args.instruction_topic, "--instruction-topic"),
         action=normalize_topic(args.action_topic, "--action-topic") if args.action_topic else None,
         reset=normalize_topic(args.reset_topic, "--reset-topic") if args.reset_topic else None)
@@ -54,13 +61,13 @@ def run(args: argparse.Namespace) -> int:
         check_topics(bag, topics)
     import torch
 
-    from kv_vla_ros.vla import DEFAULT_MODEL_PATH, VLAModel
+    from kv_vla_ros.vla import DEFAULT_MODEL_PATH, load_policy
 
     torch.set_num_threads(args.threads)
     model_path = Path(args.model or DEFAULT_MODEL_PATH)
     if not (model_path / "config.json").is_file():
         raise ValueError(f"--model: no checkpoint at {model_path} (expected config.json there)")
-    model = VLAModel.from_pretrained(str(model_path))
+    model = load_policy(str(model_path))  # the package's own VLA or π0, by config.json model_type
     build_configs(model, args.policy or ["full"])  # a bad spec fails before the bag is read
     t0 = time.perf_counter()
     result = evaluate_bag(args.bag, model, args.policy or ["full"], topics, args.flops_every,

@@ -18,6 +18,8 @@ IMAGE = "sensor_msgs/msg/Image"
 COMPRESSED_IMAGE = "sensor_msgs/msg/CompressedImage"
 STRING = "std_msgs/msg/String"
 FLOAT32_ARRAY = "std_msgs/msg/Float32MultiArray"
+JOINT_STATE = "sensor_msgs/msg/JointState"
+STATE_TYPES = (JOINT_STATE, FLOAT32_ARRAY)
 IMAGE_TYPES = (IMAGE, COMPRESSED_IMAGE)
 SOURCE_STAMP_PREFIX = "frame_stamp="  # = kv_vla_ros.ros.control.SOURCE_STAMP_PREFIX (rclpy-free copy)
 
@@ -61,6 +63,15 @@ def make_action(typestore, action, source_stamp_ns: int | None = None):
     return types[FLOAT32_ARRAY](layout=layout, data=data)
 
 
+def make_joint_state(typestore, position, stamp_ns: int, names: list[str] | None = None):
+    """Robot state -> ``sensor_msgs/JointState`` (positions only)."""
+    pos = np.asarray(position, dtype=np.float64).reshape(-1)
+    names = names or [f"joint_{i}" for i in range(pos.size)]
+    empty = np.zeros(0, dtype=np.float64)
+    return typestore.types[JOINT_STATE](header=make_header(typestore, stamp_ns, "base"), name=list(names),
+                                        position=pos, velocity=empty, effort=empty)
+
+
 # ---- reading ------------------------------------------------------------------------------
 def header_stamp_ns(msg) -> int | None:
     header = getattr(msg, "header", None)
@@ -88,6 +99,12 @@ def action_vector(msg) -> np.ndarray | None:
     return data if data.size else None
 
 
+def state_vector(msg, msgtype: str) -> np.ndarray:
+    """JointState (its positions) or Float32MultiArray (its data) -> float32 state vector."""
+    data = msg.position if msgtype == JOINT_STATE else msg.data
+    return np.asarray(data, dtype=np.float32).reshape(-1)
+
+
 def frame_to_rgb(msg, msgtype: str, image_size: int | None, where: str) -> np.ndarray:
     """Image / CompressedImage -> uint8 (H, W, 3) RGB (shrunk as the node does when ``image_size``)."""
     from kv_vla_ros.ros.image_conversion import compressed_to_rgb, image_to_rgb, shrink_for_model
@@ -99,6 +116,7 @@ def frame_to_rgb(msg, msgtype: str, image_size: int | None, where: str) -> np.nd
     return shrink_for_model(rgb, image_size) if image_size else rgb
 
 
-__all__ = ["IMAGE", "COMPRESSED_IMAGE", "STRING", "FLOAT32_ARRAY", "IMAGE_TYPES", "make_header", "make_image",
+__all__ = ["IMAGE", "COMPRESSED_IMAGE", "STRING", "FLOAT32_ARRAY", "JOINT_STATE", "STATE_TYPES", "IMAGE_TYPES",
+           "make_header", "make_image", "make_joint_state", "state_vector",
            "make_string", "make_action", "header_stamp_ns", "action_source_stamp_ns", "action_vector",
            "frame_to_rgb", "split_ns"]

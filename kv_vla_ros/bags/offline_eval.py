@@ -35,7 +35,7 @@ class PolicyRun:
     gate_scores: list[tuple[int, int, float]] = field(default_factory=list)  # (episode, chunk, score)
 
 
-def build_configs(model, specs: list[str]) -> list[tuple[str, object]]:
+def build_configs(policy, specs: list[str]) -> list[tuple[str, object]]:
     """``["full", "gated:budget_tokens=256"]`` -> [(label, CacheConfig)], full reference first.
 
     Specs are parsed by ``kv_vla_ros.eval.closed_loop.parse_spec`` (the one spec syntax of the CLI);
@@ -43,7 +43,9 @@ def build_configs(model, specs: list[str]) -> list[tuple[str, object]]:
     """
     from kv_vla_ros.eval.closed_loop import parse_spec
 
-    base = model.config.cache
+    from kv_vla_ros.vla.policy import as_policy
+
+    base = as_policy(policy).default_cache_config()
     out, seen = [], set()
     for spec in specs or ["full"]:
         changes, frac = parse_spec(spec, base)
@@ -80,13 +82,15 @@ def _sdpa_flops(query_shape, key_shape, value_shape, *args, out_shape=None, **kw
     return 2 * int(np.prod(batch)) * s_q * s_k * (d_q + d_v)
 
 
-def _step(run: PolicyRun, rgb: np.ndarray, count_flops: bool) -> None:
+def _step(run: PolicyRun, frame, count_flops: bool) -> None:
+    """One inference per recorded frame (every camera, and the state); the chunk's first action is
+    the one compared with the recorded action of that frame."""
     if count_flops:
         with flop_counter() as counter:
-            action = run.session.step(rgb)
+            action = run.session.step(frame.images, frame.state)
         run.flops.append(int(counter.get_total_flops()))
     else:
-        action = run.session.step(rgb)
+        action = run.session.step(frame.images, frame.state)
     st = run.session.stats()
     if not count_flops:
         run.latency_ms.append(float(st["latency_ms"]["total"]))
@@ -109,11 +113,19 @@ def evaluate_bag(bag_path, model, specs: list[str], topics: BagTopics | None = N
     from tqdm import tqdm
 
     from kv_vla_ros.vla import VLASession
+    from kv_vla_ros.vla.policy import as_policy
 
+    policy = as_policy(model)
     topics = topics or BagTopics()
     if flops_every < 0:
         raise ValueError(f"flops_every: must be >= 0, got {flops_every}")
-    runs = [PolicyRun(label, cfg, VLASession(model, cfg)) for label, cfg in build_configs(model, specs)]
+    if 1 + len(topics.extra_images) != policy.num_cameras:
+        raise ValueError(f"image topics: {1 + len(topics.extra_images)} given, the policy takes {policy.num_cameras} "
+                         "camera(s) per step")
+    if policy.state_dim and not topics.state:
+        raise ValueError(f"state topic: the policy takes a robot state of dimension {policy.state_dim}; "
+                         "give the bag's JointState or Float32MultiArray topic")
+    runs = [PolicyRun(label, cfg, VLASession(policy, cfg)) for label, cfg in build_configs(policy, specs)]
     counters: dict = {}
     recorded: list[list[np.ndarray | None]] = []
     instructions: list[str] = []
@@ -121,7 +133,7 @@ def evaluate_bag(bag_path, model, specs: list[str], topics: BagTopics | None = N
     with BagReader(bag_path) as bag:
         total = bag.topics.get(topics.image, (None, 0))[1]
         bar = tqdm(total=total, desc=f"bag eval {len(runs)} configs", unit="frame", disable=not progress)
-        for kind, payload in iter_episode_events(bag, topics, model.config.image_size, counters):
+        for kind, payload in iter_episode_events(bag, topics, policy.frame_size, counters):
             if kind == "start":
                 if max_episodes is not None and len(instructions) >= max_episodes:
                     break
@@ -132,7 +144,7 @@ def evaluate_bag(bag_path, model, specs: list[str], topics: BagTopics | None = N
             elif kind == "frame":
                 count = flops_every > 0 and step_index % flops_every == 0
                 for run in runs:
-                    _step(run, payload.rgb, count)
+                    _step(run, payload, count)
                 step_index += 1
                 bar.update(1)
             else:  # end
@@ -142,7 +154,8 @@ def evaluate_bag(bag_path, model, specs: list[str], topics: BagTopics | None = N
         bar.close()
         meta = {"bag": str(bag.path), "bag_duration_s": bag.duration_ns / 1e9,
                 "typestore": bag.store_name, "ros_distro": bag.distro,
-                "image_topic": topics.image, "instruction_topic": topics.instruction,
+                "image_topic": topics.image, "extra_image_topics": list(topics.extra_images),
+                "state_topic": topics.state, "instruction_topic": topics.instruction,
                 "action_topic": topics.action, "reset_topic": topics.reset}
     if step_index == 0:
         raise BagError(f"bag {bag_path}: no frame follows an instruction on {topics.instruction}; nothing to evaluate")
@@ -152,9 +165,10 @@ def evaluate_bag(bag_path, model, specs: list[str], topics: BagTopics | None = N
             run.tokens_seen_end.append(int(run.session.stats()["tokens_seen"]))
     while len(recorded) < len(instructions):
         recorded.append([None] * len(runs[0].actions[len(recorded)]))
-    discrete = model.config.action.kind == "discrete"
+    discrete = policy.discrete
     rows = [_summarize(run, runs[0], recorded, discrete) for run in runs]
-    meta.update({"episodes": len(instructions), "steps": step_index, "action_kind": model.config.action.kind,
+    meta.update({"episodes": len(instructions), "steps": step_index, "policy_type": policy.model_type,
+                 "action_kind": "discrete" if discrete else "continuous",
                  "flops_every": flops_every, **counters})
     return {"meta": meta, "results": rows, "instructions": instructions,
             "series": {run.label: {"tokens_held": run.tokens_held, "gate_scores": run.gate_scores} for run in runs},

@@ -12,6 +12,7 @@ from .config import POLICY_NAMES, CacheConfig
 from .gate import GATE_FILE, ChunkGate, GateConfig, chunk_features, gate_input_dim
 from .layer import ChunkedLayer
 from .policies import POLICIES, ChunkPolicy, make_policy, register_policy
+from .transient import TransientView
 
 __all__ = [
     "CacheConfig",
@@ -23,6 +24,7 @@ __all__ = [
     "GateConfig",
     "POLICIES",
     "POLICY_NAMES",
+    "TransientView",
     "allocate_layer_budgets",
     "chunk_features",
     "gate_input_dim",

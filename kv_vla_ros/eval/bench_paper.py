@@ -4,7 +4,9 @@ side by side with the figures KV-Efficient VLA reports.
 
 Backbones: ``default`` (the shipped model's backbone), ``openvla`` (Llama-2-7B dimensions, 256
 visual + 7 action tokens per step, random weights, bf16; for a GPU), ``openvla-small`` (the same
-shape scaled down so that it runs on a CPU in a few minutes).
+shape scaled down so that it runs on a CPU in a few minutes), ``pi0`` (transformers' π0 streamed as
+``PI0Policy`` streams it, the denoising steps included in every step's figures; π0's real size in
+bfloat16 on a GPU, a scaled-down config on a CPU: see ``bench_pi0``).
 """
 
 from __future__ import annotations
@@ -38,14 +40,15 @@ PREFIX = 32
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--backbone", choices=["default", *BACKBONES], default="openvla-small")
+    parser.add_argument("--backbone", choices=["default", *BACKBONES, "pi0"], default="openvla-small")
     parser.add_argument("--model", default=None, help="checkpoint for --backbone default (default: the shipped one)")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--history", default="16,64,256,1024", help="history lengths in frames to measure at")
     parser.add_argument("--max-full-frames", type=int, default=None,
                         help="stop the full cache here (its cost grows without bound; default: CPU 256, GPU all)")
     parser.add_argument("--budget-frames", type=int, default=8, help="budget: this many steps' tokens (default 8)")
-    parser.add_argument("--policies", default="full,window,gated,gated-static")
+    parser.add_argument("--policies", default="full,window,gated,gated-static",
+                        help="static variants are skipped for pi0 (its bidirectional blocks need the dynamic cache)")
     parser.add_argument("--repeats", type=int, default=5, help="timed steps per history length (median)")
     parser.add_argument("--out", default="runs/bench_paper")
     parser.add_argument("--threads", type=int, default=2)
@@ -69,15 +72,15 @@ def build_backbone(name: str, model_path: str | None, device: str):
     return model, frame + action, dtype
 
 
-def cache_configs(policies: list[str], step: int, budget_frames: int) -> dict[str, CacheConfig]:
+def cache_configs(policies: list[str], step: int, budget_frames: int, prefix: int = PREFIX) -> dict[str, CacheConfig]:
     budget = budget_frames * step  # "a budget of N frames' tokens", prefix included
     out = {}
     for name in policies:
         policy, static = name.removesuffix("-static"), name.endswith("-static")
         if policy == "full":
-            out[name] = CacheConfig(policy="full", chunk_size=step, recent_chunks=2, sink_tokens=PREFIX, budget_tokens=None)
+            out[name] = CacheConfig(policy="full", chunk_size=step, recent_chunks=2, sink_tokens=prefix, budget_tokens=None)
         else:
-            out[name] = CacheConfig(policy=policy, chunk_size=step, recent_chunks=2, sink_tokens=PREFIX,
+            out[name] = CacheConfig(policy=policy, chunk_size=step, recent_chunks=2, sink_tokens=prefix,
                                     budget_tokens=budget, gate_threshold=0.0, static=static)
     return out
 
@@ -88,22 +91,25 @@ def sync(device: str) -> None:
 
 
 @torch.inference_mode()
-def measure(model, configs, step: int, checkpoints: list[int], repeats: int, max_full: int, device: str, dtype):
+def measure(model, configs, step: int, checkpoints: list[int], repeats: int, max_full: int, device: str, dtype,
+            forward=None, prefix: int = PREFIX, cache_model_config=None, hidden: int | None = None):
     """Stream steps of ``step`` random embeddings through one cache per policy, in lockstep (the
     policies take turns step by step, so background load hits them alike); at each checkpoint
     time ``repeats`` steps per policy (median) and count one step's FLOPs. Only the last
     position's logits are computed, as a VLA decoding its action does.
+    ``forward(x, cache)`` runs one step (default: the causal LM, last position's logits only).
     Returns ``{policy: {frames: row}}``."""
-    hidden = model.config.hidden_size
+    hidden = hidden or model.config.hidden_size
+    forward = forward or (lambda x, cache: model(inputs_embeds=x, past_key_values=cache, logits_to_keep=1))
     gen = torch.Generator(device="cpu").manual_seed(0)
 
     def embeds(n):
         return torch.randn(1, n, hidden, generator=gen).to(device, dtype)
 
-    caches = {name: make_cache(cfg, model.config) for name, cfg in configs.items()}
+    caches = {name: make_cache(cfg, cache_model_config or model.config) for name, cfg in configs.items()}
     limits = {name: max_full if cfg.policy == "full" else max(checkpoints) for name, cfg in configs.items()}
     for cache in caches.values():
-        model(inputs_embeds=embeds(PREFIX), past_key_values=cache, logits_to_keep=1)
+        forward(embeds(prefix), cache)
     results = {name: {} for name in configs}
     done = 0
     bar = tqdm(total=max(checkpoints), desc="history", unit="frame")
@@ -112,7 +118,7 @@ def measure(model, configs, step: int, checkpoints: list[int], repeats: int, max
         while done < target - repeats - 1:
             x = embeds(step)
             for cache in active.values():
-                model(inputs_embeds=x, past_key_values=cache, logits_to_keep=1)
+                forward(x, cache)
             done += 1
             bar.update()
         times = {n: [] for n in active}
@@ -121,7 +127,7 @@ def measure(model, configs, step: int, checkpoints: list[int], repeats: int, max
             for n, cache in active.items():
                 sync(device)
                 t0 = time.perf_counter()
-                model(inputs_embeds=x, past_key_values=cache, logits_to_keep=1)
+                forward(x, cache)
                 sync(device)
                 times[n].append(time.perf_counter() - t0)
             done += 1
@@ -132,7 +138,7 @@ def measure(model, configs, step: int, checkpoints: list[int], repeats: int, max
         model.set_attn_implementation("kv_vla_eager")
         for n, cache in active.items():
             with FlopCounterMode(display=False) as counter:
-                model(inputs_embeds=x, past_key_values=cache, logits_to_keep=1)
+                forward(x, cache)
             s = cache.stats()
             results[n][target] = {"ms": statistics.median(times[n]) * 1e3, "flops": counter.get_total_flops(),
                                   "tokens_seen": s["tokens_seen"], "tokens_held": s["tokens_held"],
@@ -212,18 +218,33 @@ def run(args: argparse.Namespace) -> int:
         raise SystemExit("kv-vla bench paper: --device cuda but no GPU is available")
     torch.set_num_threads(args.threads)
     max_full = args.max_full_frames or (max(checkpoints) if args.device.startswith("cuda") else 256)
-    try:
-        model, step, dtype = build_backbone(args.backbone, args.model, args.device)
-    except (FileNotFoundError, ValueError) as exc:
-        raise SystemExit(f"kv-vla bench paper: {exc}") from None
-    use_kv_vla_attention(model, "sdpa")
     policies = [p.strip() for p in args.policies.split(",") if p.strip()]
+    extra, prefix, name = {}, PREFIX, args.backbone
+    if args.backbone == "pi0":
+        from kv_vla_ros.eval.bench_pi0 import PROMPT_TOKENS, build_pi0, pi0_forward
+
+        model, step, dtype, scale = build_pi0(args.device)
+        text = model.config.vlm_config.text_config
+        extra = dict(forward=pi0_forward(model, dtype, args.device), cache_model_config=text, hidden=text.hidden_size)
+        prefix, name = PROMPT_TOKENS, f"pi0 ({scale}; + {model.config.num_inference_steps} denoising steps)"
+        skipped = [p for p in policies if p.endswith("-static")]
+        policies = [p for p in policies if not p.endswith("-static")]
+        if skipped:
+            print(f"note: {', '.join(skipped)} skipped: π0's bidirectional blocks need the dynamic cache")
+    else:
+        try:
+            model, step, dtype = build_backbone(args.backbone, args.model, args.device)
+        except (FileNotFoundError, ValueError) as exc:
+            raise SystemExit(f"kv-vla bench paper: {exc}") from None
+        text = model.config
+    use_kv_vla_attention(model, "sdpa")
     try:
-        configs = cache_configs(policies, step, args.budget_frames)
+        configs = cache_configs(policies, step, args.budget_frames, prefix)
     except ValueError as exc:
         raise SystemExit(f"kv-vla bench paper: {exc}") from None
-    results = measure(model, configs, step, checkpoints, args.repeats, max_full, args.device, dtype)
-    title = (f"{args.backbone} backbone ({model.config.num_hidden_layers} layers, hidden {model.config.hidden_size}, "
+    results = measure(model, configs, step, checkpoints, args.repeats, max_full, args.device, dtype, prefix=prefix,
+                      **extra)
+    title = (f"{name} backbone ({text.num_hidden_layers} layers, hidden {text.hidden_size}, "
              f"{step} tokens/step, {str(dtype).removeprefix('torch.')}, {args.device}), budget {args.budget_frames} steps")
     table = ratios(results)
     md = markdown(table, title)

@@ -80,6 +80,7 @@ def evaluate_task(model, task: str, cache_config, seeds: list[int], max_steps: i
     from kv_vla_ros.sim import SimRobot, is_memory_task
     from kv_vla_ros.sim.memory import MemoryEpisodeProbe
     from kv_vla_ros.vla import VLASession
+    from kv_vla_ros.vla.action_queue import ActionQueue
 
     memory = is_memory_task(task)
     robot = SimRobot(task)
@@ -89,11 +90,17 @@ def evaluate_task(model, task: str, cache_config, seeds: list[int], max_steps: i
     session = VLASession(model, cache_config)
     if untrained_gate:
         session.gate = None  # the cache then builds ChunkGate.untrained(seed=cache_config.seed)
+    if not session.policy.discrete:
+        robot.close()
+        raise ValueError(f"model: MiniGrid tasks take discrete actions; this {session.policy.model_type} checkpoint "
+                         "has continuous ones (evaluate it on a bag: kv-vla bag eval)")
+    queue = ActionQueue(session.policy.default_actions_per_inference)  # chunked policies: one chunk, many steps
     succ, lengths, seen, mean_held, peak_held, peak_bytes, lat = [], [], [], [], [], [], []
     decisions, cue_held = [], []
     for seed in tqdm(seeds, desc=f"{label or cache_config.policy} {task}", disable=not progress, leave=False):
         frame, instruction = robot.reset(seed)
         session.reset(instruction)
+        queue.clear()
         probe = MemoryEpisodeProbe(robot) if memory else None
         held, cue_held_at = [], []
         bytes_max = 0
@@ -103,11 +110,13 @@ def evaluate_task(model, task: str, cache_config, seeds: list[int], max_steps: i
                 # what the step's attention can read: held after the previous step's eviction
                 probe.observe(len(held))
                 cue_held_at.append(cue_chunk_held(st, probe.cue_steps, len(held)))
-            action = session.step(frame)
+            if queue.needs_inference:
+                queue.push(session.step_chunk(frame))
+                lat.append(session.stats()["latency_ms"]["total"])
+            action = queue.pop()
             st = session.stats()
             held.append(st["tokens_held"])
             bytes_max = max(bytes_max, st["bytes_held"])
-            lat.append(st["latency_ms"]["total"])
             frame = robot.step(int(action[0])).frame
             if probe is not None:
                 probe.after_step()
@@ -182,12 +191,12 @@ def run(args: argparse.Namespace) -> int:
 
     from kv_vla_ros.eval.report import markdown_table, plot_results
     from kv_vla_ros.sim import eval_seeds, normalize_task
-    from kv_vla_ros.vla import DEFAULT_MODEL_PATH, VLAModel
+    from kv_vla_ros.vla import DEFAULT_MODEL_PATH, load_policy
 
     torch.set_num_threads(args.threads)
     model_path = args.model or str(DEFAULT_MODEL_PATH)
-    model = VLAModel.from_pretrained(model_path)
-    base = model.config.cache
+    model = load_policy(model_path)  # by config.json model_type: the package's own VLA or π0
+    base = model.default_cache_config()
     specs = args.policy or ["full"]
     parsed = [(spec, *parse_spec(spec, base)) for spec in specs]  # fail fast on a bad spec
     seeds = eval_seeds(args.episodes, args.seed_offset)

@@ -9,7 +9,8 @@ from pathlib import Path
 from kv_vla_ros.vla.config import ActionSpaceConfig, ProcessorConfig, VLAConfig, default_backbone
 from kv_vla_ros.vla.model import VLAModel
 from kv_vla_ros.vla.processor import ImageProcessor, check_image
-from kv_vla_ros.vla.session import VLASession, make_session_cache
+from kv_vla_ros.vla.policy import Episode, KVVLAPolicy, StreamingPolicy, load_policy
+from kv_vla_ros.vla.session import VLASession
 from kv_vla_ros.vla.tokenization import ActionTokenizer, TextTokenizer, build_text_tokenizer
 
 
@@ -31,6 +32,6 @@ DEFAULT_MODEL_PATH: Path = _default_model_path()
 
 __all__ = [
     "VLAConfig", "ActionSpaceConfig", "ProcessorConfig", "default_backbone", "VLAModel", "VLASession",
-    "make_session_cache", "ImageProcessor", "check_image", "ActionTokenizer", "TextTokenizer",
+    "StreamingPolicy", "KVVLAPolicy", "Episode", "load_policy", "ImageProcessor", "check_image", "ActionTokenizer", "TextTokenizer",
     "build_text_tokenizer", "DEFAULT_MODEL_PATH",
 ]

@@ -1,81 +1,61 @@
-"""`VLASession`: one long-horizon streaming episode of a VLA over a bounded KV cache.
+"""`VLASession`: one long-horizon streaming episode of a policy over a bounded KV cache.
 
-Per ``step``: the previous step's undelivered action token(s) and the new frame's tokens go
-through the backbone in one forward (appended to the cache, which applies its policy); the action
-is decoded from the last position's action-token logits (argmax), autoregressively per dimension
-for continuous actions. History persists across steps until ``reset``.
+The session owns the episode's ``ChunkedKVCache`` (``kv_vla_ros.cache``), its live
+reconfiguration and the statistics; the policy (``kv_vla_ros.vla.policy``: the package's own VLA,
+or π0) does the model's forward for each control step. One control step is one cache chunk;
+history persists across steps until ``reset``.
 """
 
 from __future__ import annotations
 
-import time
-import warnings
-
 import numpy as np
 import torch
 
+from kv_vla_ros.cache import make_cache, use_kv_vla_attention
 from kv_vla_ros.cache.config import CacheConfig
-from kv_vla_ros.vla.model import VLAModel
-from kv_vla_ros.vla.processor import check_image
-
-
-def make_session_cache(config: CacheConfig, model_config, gate=None):
-    """The cache object for one episode (``kv_vla_ros.cache.make_cache``; DynamicCache fallback)."""
-    try:
-        from kv_vla_ros.cache import make_cache
-    except ImportError:  # the cache tier is optional while it is being written: full only
-        if config.policy != "full":
-            raise ValueError(f"cache.policy: {config.policy!r} needs kv_vla_ros.cache.make_cache") from None
-        from transformers import DynamicCache
-
-        return DynamicCache(config=model_config)
-    return make_cache(config, model_config, gate=gate)
+from kv_vla_ros.vla.policy import Episode, StreamingPolicy, as_policy
 
 
 class VLASession:
-    """Streaming inference of ``model`` with one cache per episode.
+    """Streaming inference of a policy with one cache per episode.
 
     Args:
-        model: a ``VLAModel`` (put in eval mode here).
-        cache_config: defaults to ``model.config.cache``; ``sink_tokens`` must equal the prefix
-            length and ``chunk_size`` the tokens per step (so chunks are control steps).
-        device: torch device for inference.
+        model: a ``StreamingPolicy`` (``load_policy``), or a ``VLAModel`` (wrapped in ``KVVLAPolicy``).
+        cache_config: defaults to the policy's; ``chunk_size`` must equal the tokens per step (so
+            chunks are control steps) and ``sink_tokens`` the instruction prefix (π0: its maximum).
+        device: torch device for inference (used when ``model`` is a ``VLAModel``).
     """
 
-    def __init__(self, model: VLAModel, cache_config: CacheConfig | None = None, device: str = "cpu"):
-        self.model = model.to(device).eval()
-        self.device = torch.device(device)
-        self.cache_config = self._check_cache_config(cache_config or model.config.cache)
+    def __init__(self, model, cache_config: CacheConfig | None = None, device: str = "cpu"):
+        self.policy: StreamingPolicy = as_policy(model, device)
+        self.model = self.policy.model
+        self.device = self.policy.device
+        self.cache_config = self.policy.check_cache_config(cache_config or self.policy.default_cache_config())
         self._ensure_attention(self.cache_config)
-        self.gate = getattr(model, "gate", None)
+        self.gate = self.policy.gate
         self.instruction: str | None = None
+        self._episode: Episode | None = None
         self._cache = None
-        self._pending: list[int] = []  # action tokens decoded but not yet fed to the backbone
         self.steps = 0
-        self.last_logits: torch.Tensor | None = None  # (A, action_vocab) of the last step
         self.latency_ms = {"encode": 0.0, "forward": 0.0, "decode": 0.0, "total": 0.0}
+
+    @property
+    def last_logits(self) -> torch.Tensor | None:
+        """(A, action_vocab) action-token logits of the last step (the package's own VLA only)."""
+        return getattr(self.policy, "last_logits", None)
 
     def _ensure_attention(self, cfg: CacheConfig) -> None:
         """Per-layer budgets and the static cache need the ``kv_vla_*`` attention (registered
-        through transformers' AttentionInterface); switch the backbone to it when asked for."""
+        through transformers' AttentionInterface); switch the model to it when asked for."""
         uneven = cfg.layer_budgets is not None and len(set(cfg.layer_budgets)) > 1
-        impl = self.model.backbone.config._attn_implementation or ""
+        impl = self.policy.cache_model_config()._attn_implementation or ""
         if (uneven or cfg.static) and not impl.startswith("kv_vla_"):
-            from kv_vla_ros.cache import use_kv_vla_attention
+            use_kv_vla_attention(self.policy.attention_model(), "eager" if impl == "eager" else "sdpa")
 
-            use_kv_vla_attention(self.model.backbone, "eager" if impl == "eager" else "sdpa")
-
-    def _check_cache_config(self, cfg: CacheConfig) -> CacheConfig:
-        if not isinstance(cfg, CacheConfig):
-            raise ValueError(f"cache_config: expected a CacheConfig, got {type(cfg).__name__}")
-        mc = self.model.config
-        if cfg.sink_tokens != mc.max_instruction_tokens:
-            raise ValueError(f"cache.sink_tokens: must equal the instruction prefix length "
-                             f"{mc.max_instruction_tokens}, got {cfg.sink_tokens}")
-        if cfg.chunk_size != mc.tokens_per_step:
-            raise ValueError(f"cache.chunk_size: must equal the tokens per step {mc.tokens_per_step}, "
-                             f"got {cfg.chunk_size}")
-        return cfg
+    def _episode_config(self, cfg: CacheConfig) -> CacheConfig:
+        """``cfg`` with the episode's prefix as the sink (π0's prompt length varies by instruction)."""
+        n = self._episode.prefix_tokens
+        return cfg if cfg.sink_tokens == n else cfg.replace(sink_tokens=n)
 
     # ---- episode ----------------------------------------------------------------------------
     @torch.inference_mode()
@@ -83,59 +63,34 @@ class VLASession:
         """Start a new episode: a fresh cache (and gate state) whose prefix is ``instruction``."""
         if not isinstance(instruction, str) or not instruction.strip():
             raise ValueError(f"instruction: expected a non-empty string, got {instruction!r}")
-        ids = torch.as_tensor(self.model.text_tokenizer.encode(instruction), device=self.device)
-        # backbone.config carries the attention implementation the cache must know about
-        self._cache = make_session_cache(self.cache_config, self.model.backbone.config, gate=self.gate)
-        self.model.backbone(inputs_embeds=self.model.embed_ids(ids).unsqueeze(0),
-                            past_key_values=self._cache, use_cache=True)
+        self._episode = self.policy.new_episode(instruction)
+        self._cache = make_cache(self._episode_config(self.cache_config), self.policy.cache_model_config(),
+                                 gate=self.gate)
+        self.policy.start(self._cache, self._episode)
         self.instruction = instruction
-        self._pending = []
         self.steps = 0
-        self.last_logits = None
 
     @torch.inference_mode()
-    def step(self, image: np.ndarray, state: np.ndarray | None = None) -> np.ndarray:
-        """One control step: frame (H, W, 3) / (H, W) -> action (1,) int64 or (dim,) float32.
+    def step_chunk(self, images, state: np.ndarray | None = None, **kwargs) -> np.ndarray:
+        """One control step: camera frame(s) (+ robot state) -> the policy's action chunk
+        ``(chunk_length, action_dim)`` (the package's own VLA: one action).
 
-        ``state`` (proprioception) is accepted for API compatibility and not used by this model.
+        Args:
+            images: one frame (H, W, 3) / (H, W), or a list of ``policy.num_cameras`` frames.
+            state: (state_dim,) robot state, for policies that take one (π0).
+            kwargs: policy options (π0: ``noise`` (1, chunk, max_action_dim)).
         """
         if self._cache is None:
             raise RuntimeError("VLASession.step: call reset(instruction) first")
-        t0 = time.perf_counter()
-        frame = check_image(image)
-        model = self.model
-        embeds = model.vision(model.processor(frame[None], self.device))  # (1, F, D)
-        if self._pending:
-            pend = torch.as_tensor(self._pending, device=self.device).unsqueeze(0)
-            embeds = torch.cat([model.embed_actions(pend), embeds], dim=1)
-        t1 = time.perf_counter()
-        a = model.config.action.tokens_per_action
-        tokens, logits_rows = [], []
-        decode_s = 0.0
-        for j in range(a):
-            # logits_to_keep=1: only the last position predicts; skip the LM head elsewhere
-            out = model.backbone(inputs_embeds=embeds, past_key_values=self._cache, use_cache=True, logits_to_keep=1)
-            td = time.perf_counter()
-            logits = model.action_logits(out.logits[0, -1]).float()
-            tok = int(torch.argmax(logits))
-            tokens.append(tok)
-            logits_rows.append(logits)
-            if j + 1 < a:  # feed this dimension's token to predict the next one
-                embeds = model.embed_actions(torch.tensor([[tok]], device=self.device))
-            decode_s += time.perf_counter() - td
-        t2 = time.perf_counter()
-        self._pending = [tokens[-1]]
-        action = model.action_tokenizer.decode(np.asarray(tokens))
-        t3 = time.perf_counter()
-        self.last_logits = torch.stack(logits_rows)
+        actions, timings = self.policy.step(self._cache, self._episode, images, state, **kwargs)
+        self._episode.steps += 1
         self.steps += 1
-        self.latency_ms = {
-            "encode": (t1 - t0) * 1e3,
-            "forward": (t2 - t1 - decode_s) * 1e3,
-            "decode": (t3 - t2 + decode_s) * 1e3,
-            "total": (t3 - t0) * 1e3,
-        }
-        return action
+        self.latency_ms = timings
+        return actions
+
+    def step(self, image, state: np.ndarray | None = None, **kwargs) -> np.ndarray:
+        """One control step -> the first action of the chunk (dim,): int64 (discrete) or float32."""
+        return self.step_chunk(image, state, **kwargs)[0]
 
     # ---- introspection / live tuning --------------------------------------------------------
     def stats(self) -> dict:
@@ -143,38 +98,23 @@ class VLASession:
         out = {"steps": self.steps, "tokens_seen": 0, "tokens_held": 0, "bytes_held": 0,
                "kept_chunks": [], "gate_scores": [], "latency_ms": dict(self.latency_ms),
                "policy": self.cache_config.policy}
-        cache = self._cache
-        if cache is None:
-            return out
-        if hasattr(cache, "stats"):
-            cs = dict(cache.stats())
+        if self._cache is not None:
+            cs = dict(self._cache.stats())
             cs.pop("policy", None)
-            if "gate_scores" not in cs and "last_gate_scores" in cs:
-                cs["gate_scores"] = cs["last_gate_scores"]
+            cs["gate_scores"] = cs["last_gate_scores"]
             out.update(cs)
-        else:  # DynamicCache fallback
-            layers = [(layer.keys, layer.values) for layer in cache.layers if layer.keys is not None]
-            out["tokens_seen"] = cache.get_seq_length()
-            out["tokens_held"] = layers[0][0].shape[-2] if layers else 0
-            out["bytes_held"] = sum(k.numel() * k.element_size() + v.numel() * v.element_size() for k, v in layers)
         return out
 
     @torch.inference_mode()  # the cache's tensors were made under inference mode
-    @torch.inference_mode()
     def set_cache_config(self, cfg: CacheConfig) -> None:
-        """Change cache parameters live; keeps the episode's history when the cache supports it."""
-        cfg = self._check_cache_config(cfg)
+        """Change cache parameters live, keeping the episode's history (see ``ChunkedKVCache.reconfigure``)."""
+        cfg = self.policy.check_cache_config(cfg)
         self._ensure_attention(cfg)
-        cache = self._cache
-        if cache is not None and cache.get_seq_length() > 0:
-            if hasattr(cache, "reconfigure"):  # kv_vla_ros.cache: evicts/re-scores, keeps history
-                cache.reconfigure(cfg)
-            else:
-                # DynamicCache fallback (no chunked cache tier): it cannot evict; the new config
-                # takes effect at the next reset().
-                warnings.warn("cache has no live reconfiguration: the new cache config applies at the next reset()",
-                              RuntimeWarning, stacklevel=2)
+        if self._cache is not None and self._cache.tokens_seen > 0:
+            self._cache.reconfigure(self._episode_config(cfg))
+        elif self._cache is not None:  # nothing streamed yet (π0 before its first frame): a new cache
+            self._cache = make_cache(self._episode_config(cfg), self.policy.cache_model_config(), gate=self.gate)
         self.cache_config = cfg
 
 
-__all__ = ["VLASession", "make_session_cache"]
+__all__ = ["VLASession"]

@@ -1,0 +1,106 @@
+"""`PI0PolicyConfig`: how this package streams a π0 checkpoint (``kv_vla_policy.json`` beside
+transformers' own files; optional: a bare π0 checkpoint gets the defaults below).
+
+The token stream of an episode (one cache chunk per control step)::
+
+    [prompt: <bos> instruction \\n][step 1: cameras x image_seq_length][step 2: ...] ...
+
+so ``cache.chunk_size = num_cameras x image_seq_length`` and ``cache.sink_tokens`` is the most
+prompt tokens an instruction may take (each episode's sink is its own prompt's length).
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from kv_vla_ros.cache.config import CacheConfig
+
+POLICY_FILE = "kv_vla_policy.json"
+
+
+@dataclass
+class PI0PolicyConfig:
+    """Attributes:
+        num_cameras: camera frames per control step (the node's image topics), <= max_cameras.
+        max_cameras: most cameras the checkpoint was trained with (π0: base + two wrists).
+        state_dim: robot state size fed to π0 (0: the checkpoint's processor statistics decide,
+            or no state, then zeros).
+        action_dim: actions dimensions returned (None: the processor's statistics, else max_action_dim).
+        actions_per_inference: actions of a chunk executed before the next inference (LeRobot's
+            ``n_action_steps``; None: the whole chunk).
+        num_inference_steps: denoising steps (None: the checkpoint's config).
+        max_prompt_tokens: longest prompt (== cache.sink_tokens; the processor pads to 48).
+        noise_seed: seed of each episode's noise generator (sessions of one episode draw alike).
+        action_names: optional names of the action dimensions.
+        cache: default cache of a session (None: full, sized from the above).
+    """
+
+    num_cameras: int = 1
+    max_cameras: int = 3
+    state_dim: int = 0
+    action_dim: int | None = None
+    actions_per_inference: int | None = None
+    num_inference_steps: int | None = None
+    max_prompt_tokens: int = 48
+    noise_seed: int = 0
+    action_names: list[str] | None = None
+    cache: CacheConfig | None = None
+
+    def __post_init__(self) -> None:
+        if isinstance(self.cache, dict):
+            self.cache = CacheConfig.from_dict(self.cache)
+        self.validate()
+
+    def validate(self) -> None:
+        for name in ("num_cameras", "max_cameras", "max_prompt_tokens"):
+            _check_int(name, getattr(self, name), 1)
+        _check_int("state_dim", self.state_dim, 0)
+        _check_int("noise_seed", self.noise_seed, 0)
+        for name in ("action_dim", "actions_per_inference", "num_inference_steps"):
+            if getattr(self, name) is not None:
+                _check_int(name, getattr(self, name), 1)
+        if self.num_cameras > self.max_cameras:
+            raise ValueError(f"num_cameras: {self.num_cameras} cameras, the checkpoint allows at most "
+                             f"{self.max_cameras} (max_cameras in {POLICY_FILE})")
+        if self.cache is not None and not isinstance(self.cache, CacheConfig):
+            raise ValueError(f"cache: expected a CacheConfig or a dict, got {type(self.cache).__name__}")
+
+    def to_dict(self) -> dict[str, Any]:
+        out = dataclasses.asdict(self)
+        out["cache"] = self.cache.to_dict() if self.cache is not None else None
+        return out
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "PI0PolicyConfig":
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ValueError(f"{unknown[0]}: unknown {POLICY_FILE} field (known: {', '.join(sorted(known))})")
+        return cls(**copy.deepcopy(data))
+
+    def save(self, directory: str | Path) -> Path:
+        path = Path(directory) / POLICY_FILE
+        path.write_text(json.dumps(self.to_dict(), indent=2) + "\n")
+        return path
+
+    @classmethod
+    def load(cls, directory: str | Path) -> "PI0PolicyConfig":
+        path = Path(directory) / POLICY_FILE
+        if not path.is_file():
+            return cls()
+        from kv_vla_ros.vla.policy import read_json_object
+
+        return cls.from_dict(read_json_object(path))
+
+
+def _check_int(name: str, value, minimum: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise ValueError(f"{name}: must be an int >= {minimum}, got {value!r}")
+
+
+__all__ = ["PI0PolicyConfig", "POLICY_FILE"]

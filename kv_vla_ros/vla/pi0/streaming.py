@@ -1,0 +1,64 @@
+"""Long-horizon π0 on the chunked cache: the two forwards of a control step.
+
+1. ``vlm_block``: the step's block of prefix tokens (the prompt on the first step, then the
+   cameras' image tokens) goes through the VLM's language model into the cache, at absolute
+   positions ``tokens_seen ...``. π0 attends bidirectionally over its prefix; a stream cannot let
+   an old frame see a newer one, so here attention is bidirectional within a step's block and
+   causal across steps: every held token and every token of the block is visible to the block,
+   nothing later exists yet. The cache then applies its policy (one frame = one chunk).
+2. ``denoise``: the action expert's tokens (state + noisy chunk) attend to the held prefix through
+   a ``TransientView``: they are never stored, scored, evicted or counted as history. π0's own
+   ``forward`` runs each denoising step (its block mask: the state token sees the prefix and
+   itself, the action tokens see everything).
+
+With one frame of history this is ``sample_actions`` on ``[prompt][image tokens]`` (same noise).
+"""
+
+from __future__ import annotations
+
+import torch
+
+from kv_vla_ros.cache.transient import TransientView
+
+
+def held_tokens(cache) -> int:
+    """Tokens held by the first attention layer (every layer, unless per-layer budgets)."""
+    return cache.tokens_held()
+
+
+def visible_mask(q: int, held: int, dtype: torch.dtype, device) -> torch.Tensor:
+    """``[1, 1, q, held + q]`` additive mask with every key visible (an expanded zero, no memory).
+    The ``kv_vla_*`` attention widens it per layer when layers hold different lengths."""
+    return torch.zeros(1, 1, 1, 1, dtype=dtype, device=device).expand(1, 1, q, held + q)
+
+
+def vlm_block(model, cache, embeds: torch.Tensor) -> None:
+    """Append one block ``embeds (1, q, D)`` of prefix tokens to ``cache`` through π0's VLM."""
+    q = embeds.shape[1]
+    seen = cache.get_seq_length()
+    pos = torch.arange(seen, seen + q, device=embeds.device).unsqueeze(0)
+    mask = visible_mask(q, held_tokens(cache), embeds.dtype, embeds.device)
+    model.model.vlm.language_model(inputs_embeds=embeds, attention_mask=mask, position_ids=pos,
+                                   past_key_values=cache, use_cache=True)
+
+
+def denoise(model, cache, state: torch.Tensor, noise: torch.Tensor, num_steps: int) -> torch.Tensor:
+    """Flow matching from ``noise (1, chunk, max_action_dim)`` at t=1 to actions at t=0, Euler steps
+    as in ``sample_actions``, reading ``cache`` without changing it.
+
+    Args:
+        state: (1, max_state_dim) normalized, padded state in the model's dtype.
+    Returns:
+        (1, chunk, max_action_dim) normalized actions (``noise``'s dtype).
+    """
+    view = TransientView(cache)
+    dt = -1.0 / num_steps
+    x = noise
+    for k in range(num_steps):
+        t = torch.full((1,), 1.0 + k * dt, dtype=torch.float32, device=noise.device)
+        out = model(state=state, noise=x.to(state.dtype), timestep=t, past_key_values=view)
+        x = x + dt * out.logits.to(x.dtype)
+    return x
+
+
+__all__ = ["held_tokens", "visible_mask", "vlm_block", "denoise"]

@@ -1,0 +1,198 @@
+"""π0 (transformers' PI0ForConditionalGeneration, tiny random configs) as a long-horizon policy on
+the chunked cache: checkpoint round trip, equality with sample_actions and with an explicit-mask
+forward under eviction, rollback of the denoising tokens, per-layer budgets and the gate, bad input."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from pi0_models import held_per_layer, random_frames, reference_actions, reference_model
+
+from kv_vla_ros.cache import ChunkGate, gate_input_dim
+from kv_vla_ros.vla import VLASession, load_policy
+from kv_vla_ros.vla.pi0 import PI0Policy, processing, write_pi0_checkpoint
+from kv_vla_ros.vla.pi0.streaming import denoise, vlm_block
+
+INSTRUCTION = "pick up the red cube"
+
+
+@pytest.fixture(scope="module")
+def ckpt(tmp_path_factory):
+    return write_pi0_checkpoint(tmp_path_factory.mktemp("pi0") / "tiny", num_cameras=1, state_dim=3, action_dim=2)
+
+
+@pytest.fixture(scope="module")
+def policy(ckpt):
+    return load_policy(ckpt)
+
+
+def _noise(policy, seed=1):
+    mc = policy.model.config
+    return torch.randn(1, mc.chunk_size, mc.max_action_dim, generator=torch.Generator().manual_seed(seed))
+
+
+def test_checkpoint_round_trip_through_load_policy(policy, tmp_path):
+    assert isinstance(policy, PI0Policy) and policy.state_dim == 3 and policy.action_dim == 2
+    out = policy.save_pretrained(tmp_path / "copy")
+    again = load_policy(out)
+    for (name, a), (_, b) in zip(policy.model.state_dict().items(), again.model.state_dict().items()):
+        assert torch.equal(a, b), name
+    assert again.processor.actions_std == policy.processor.actions_std
+    frames, state = random_frames(2, 1), np.array([0.1, -0.2, 0.3])
+    runs = []
+    for pol in (policy, again):
+        session = VLASession(pol)
+        session.reset(INSTRUCTION)
+        runs.append([session.step_chunk(f, state, noise=_noise(pol, s)) for s, f in enumerate(frames)])
+    for a, b in zip(*runs):
+        assert a.shape == (policy.chunk_length, 2) and a.dtype == np.float32
+        np.testing.assert_array_equal(a, b)
+
+
+def test_one_frame_history_equals_sample_actions(policy):
+    """Measured difference: 0.0 (float32, CPU): the streamed step is sample_actions' computation."""
+    frames, state, noise = random_frames(1, 1, seed=3)[0], np.array([0.5, 0.0, -1.0]), _noise(policy)
+    session = VLASession(policy)
+    session.reset(INSTRUCTION)
+    got = session.step_chunk(frames, state, noise=noise.clone())
+    proc, mc = policy.processor, policy.model.config
+    ids = torch.tensor([processing.prompt_ids(proc, INSTRUCTION) + [policy.image_token_id] * policy.tokens_per_step])
+    pix = processing.pixel_values(proc, [f.astype(np.float32) / 255 for f in frames], torch.float32, "cpu")
+    st = processing.normalized_state(proc, state, mc.max_state_dim, torch.float32, "cpu")
+    ref = policy.model.sample_actions(state=st, input_ids=ids, pixel_values=pix, noise=noise.clone(),
+                                      attention_mask=torch.ones_like(ids),
+                                      pixel_attention_mask=torch.ones(1, 1, dtype=torch.bool))
+    ref = processing.unnormalize_actions(proc, ref[0, :, :2])
+    assert np.abs(got - ref).max() <= 1e-6
+
+
+def _stream(session, frames, state, noise):
+    held_before, out = [], None
+    session.reset(INSTRUCTION)
+    for t, cams in enumerate(frames):
+        held_before.append(held_per_layer(session._cache) if t else [set()] * len(session._cache.chunked))
+        out = session.step_chunk(cams, state, noise=noise.clone() if t == len(frames) - 1 else None)
+    return out, held_before, held_per_layer(session._cache)
+
+
+@pytest.mark.parametrize("changes", [
+    {"policy": "window", "budget_tokens": 80},
+    {"policy": "gated", "budget_tokens": 96, "gate_threshold": 0.0},
+    {"policy": "key_norm", "budget_tokens": 96, "layer_budgets": [80, 112]},
+], ids=["window", "gated", "per-layer"])
+def test_eviction_equals_explicit_mask_forward(policy, changes):
+    cfg = policy.default_cache_config().replace(**changes)
+    session = VLASession(policy, cfg)
+    frames, state, noise = random_frames(9, 1, seed=5), np.array([0.2, 0.1, 0.0]), _noise(policy, 7)
+    got, held_before, held_after = _stream(session, frames, state, noise)
+    st = session.stats()
+    assert st["tokens_seen"] > max(cfg.layer_budgets or [cfg.budget_tokens])  # eviction happened
+    budgets = cfg.layer_budgets or [cfg.budget_tokens] * len(held_after)
+    assert all(len(h) <= b for h, b in zip(held_after, budgets))
+    if cfg.layer_budgets:
+        assert len(held_after[0]) < len(held_after[1])
+    ref = reference_actions(reference_model(policy.model), policy, INSTRUCTION, frames, np.array([0.2, 0.1, 0.0]),
+                            noise, held_before, held_after)
+    np.testing.assert_allclose(got, ref, atol=2e-5, rtol=1e-4)
+    # the evicted history mattered: the full cache's last chunk differs
+    full = VLASession(policy)
+    assert np.abs(_stream(full, frames, state, noise)[0] - got).max() > 1e-4
+    policy.model.set_attn_implementation("sdpa")  # per-layer budgets switched it; later tests start plain
+
+
+def _snapshot(cache):
+    layers = [(cache.layers[i].keys.clone(), cache.layers[i].values.clone(), cache.layers[i].positions.clone(),
+               cache.layers[i].seen) for i in cache.chunked]
+    return layers, cache.scores.clone(), cache.states.clone(), cache.n_old
+
+
+def test_rollback_leaves_the_cache_exactly_as_before(policy):
+    cfg = policy.default_cache_config().replace(policy="gated", budget_tokens=96, gate_threshold=0.0)
+    session = VLASession(policy, cfg)
+    session.reset(INSTRUCTION)
+    for cams in random_frames(6, 1):
+        session.step_chunk(cams, np.zeros(3))
+    cache, ep = session._cache, session._episode
+    embeds = policy.model.model.embed_prefix(
+        policy.block_ids(ep), processing.pixel_values(policy.processor, [np.full((8, 8, 3), 0.5, np.float32)],
+                                                      torch.float32, "cpu"), torch.ones(1, 1, dtype=torch.bool))
+    with torch.inference_mode():
+        vlm_block(policy.model, cache, embeds)
+        before, gate_state = _snapshot(cache), [s.clone() for s in cache.policy.state]
+        st = torch.zeros(1, policy.model.config.max_state_dim)
+        x = denoise(policy.model, cache, st, _noise(policy), 3)
+        after = _snapshot(cache)
+    assert torch.isfinite(x).all()
+    for (k0, v0, p0, s0), (k1, v1, p1, s1) in zip(before[0], after[0]):
+        assert torch.equal(k0, k1) and torch.equal(v0, v1) and torch.equal(p0, p1) and s0 == s1
+    assert torch.equal(before[1], after[1]) and torch.equal(before[2], after[2]) and before[3] == after[3]
+    assert all(torch.equal(a, b) for a, b in zip(gate_state, cache.policy.state))
+
+
+def test_gate_file_loads_with_the_pi0_checkpoint_and_scores_frames(ckpt, tmp_path):
+    import shutil
+
+    directory = shutil.copytree(ckpt, tmp_path / "gated")
+    text = load_policy(directory).model.config.vlm_config.text_config
+    ChunkGate.untrained(gate_input_dim(text.num_hidden_layers, text.head_dim), seed=3).save(str(directory))
+    policy = load_policy(directory)
+    assert policy.gate is not None
+    session = VLASession(policy, policy.default_cache_config().replace(policy="gated", budget_tokens=96))
+    session.reset(INSTRUCTION)
+    scored = {}
+    for cams in random_frames(8, 1):
+        session.step_chunk(cams, np.zeros(3))
+        scored.update(session.stats()["gate_scores"])
+    assert scored and all(0.0 <= s <= 1.0 for s in scored.values())
+    st = session.stats()
+    assert st["tokens_held"] <= 96 < st["tokens_seen"] and st["chunks_scored"] > 0
+
+
+def test_live_reconfiguration_keeps_the_pi0_history(policy):
+    session = VLASession(policy)
+    session.reset(INSTRUCTION)
+    for cams in random_frames(6, 1):
+        session.step_chunk(cams, np.zeros(3))
+    seen = session.stats()["tokens_seen"]
+    session.set_cache_config(session.cache_config.replace(policy="sink_window", budget_tokens=80))
+    st = session.stats()
+    assert st["tokens_seen"] == seen and st["tokens_held"] <= 80
+    assert np.isfinite(session.step_chunk(random_frames(1, 1)[0], np.zeros(3))).all()
+
+
+def test_bad_inputs_give_clear_errors(ckpt, policy, tmp_path):
+    import shutil
+
+    bare = shutil.copytree(ckpt, tmp_path / "bare")
+    (bare / "processor_config.json").unlink()
+    with pytest.raises(FileNotFoundError, match="processor_config.json"):
+        load_policy(bare)
+    wrong = shutil.copytree(ckpt, tmp_path / "wrong")
+    meta = json.loads((wrong / "kv_vla_policy.json").read_text())
+    (wrong / "kv_vla_policy.json").write_text(json.dumps({**meta, "num_cameras": 4}))
+    with pytest.raises(ValueError, match="num_cameras: 4 cameras, the checkpoint allows at most 3"):
+        load_policy(wrong)
+    session = VLASession(policy)
+    session.reset(INSTRUCTION)
+    frame = random_frames(1, 1)[0][0]
+    with pytest.raises(ValueError, match="images: expected 1 camera"):
+        session.step_chunk([frame, frame], np.zeros(3))
+    with pytest.raises(ValueError, match="state: expected a vector of dimension 3"):
+        session.step_chunk(frame, np.zeros(5))
+    with pytest.raises(ValueError, match="state: this checkpoint expects"):
+        session.step_chunk(frame, None)
+    with pytest.raises(ValueError, match="state: contains NaN"):
+        session.step_chunk(frame, np.array([0.0, np.nan, 0.0]))
+    with pytest.raises(ValueError, match="cache.chunk_size"):
+        VLASession(policy, policy.default_cache_config().replace(chunk_size=7))
+    with pytest.raises(ValueError, match="cache.static"):
+        VLASession(policy, policy.default_cache_config().replace(policy="window", budget_tokens=80, static=True))
+    assert np.isfinite(session.step_chunk(frame, np.zeros(3))).all()  # still usable after the errors
+    odd = shutil.copytree(ckpt, tmp_path / "odd")
+    meta = json.loads((odd / "config.json").read_text())
+    (odd / "config.json").write_text(json.dumps({**meta, "model_type": "not_a_vla"}))
+    with pytest.raises(ValueError, match="model_type 'not_a_vla' is not a supported policy"):
+        load_policy(odd)
