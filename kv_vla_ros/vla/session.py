@@ -46,6 +46,7 @@ class VLASession:
         self.model = model.to(device).eval()
         self.device = torch.device(device)
         self.cache_config = self._check_cache_config(cache_config or model.config.cache)
+        self.pending_cache_config: CacheConfig | None = None  # set_cache_config's change for the next reset
         self._ensure_attention(self.cache_config)
         self.gate = getattr(model, "gate", None)
         self.instruction: str | None = None
@@ -84,6 +85,9 @@ class VLASession:
         if not isinstance(instruction, str) or not instruction.strip():
             raise ValueError(f"instruction: expected a non-empty string, got {instruction!r}")
         ids = torch.as_tensor(self.model.text_tokenizer.encode(instruction), device=self.device)
+        if self.pending_cache_config is not None:  # a change that waited for a new cache
+            self._ensure_attention(self.pending_cache_config)
+            self.cache_config, self.pending_cache_config = self.pending_cache_config, None
         # backbone.config carries the attention implementation the cache must know about
         self._cache = make_session_cache(self.cache_config, self.model.backbone.config, gate=self.gate)
         self.model.backbone(inputs_embeds=self.model.embed_ids(ids).unsqueeze(0),
@@ -159,22 +163,34 @@ class VLASession:
             out["bytes_held"] = sum(k.numel() * k.element_size() + v.numel() * v.element_size() for k, v in layers)
         return out
 
+    @property
+    def requested_cache_config(self) -> CacheConfig:
+        """The config the next episode will use: a pending change if any, else the active one."""
+        return self.pending_cache_config or self.cache_config
+
     @torch.inference_mode()  # the cache's tensors were made under inference mode
-    @torch.inference_mode()
-    def set_cache_config(self, cfg: CacheConfig) -> None:
-        """Change cache parameters live; keeps the episode's history when the cache supports it."""
+    def set_cache_config(self, cfg: CacheConfig) -> bool:
+        """Change cache parameters; returns True when applied live (history kept), False when the
+        change waits for the next ``reset`` (a layout change: policy to or from ``window``,
+        ``static``; or a cache without live reconfiguration). ``cache_config`` is always the
+        config of the running cache; ``pending_cache_config`` the one waiting."""
         cfg = self._check_cache_config(cfg)
-        self._ensure_attention(cfg)
         cache = self._cache
         if cache is not None and cache.get_seq_length() > 0:
-            if hasattr(cache, "reconfigure"):  # kv_vla_ros.cache: evicts/re-scores, keeps history
-                cache.reconfigure(cfg)
-            else:
-                # DynamicCache fallback (no chunked cache tier): it cannot evict; the new config
-                # takes effect at the next reset().
-                warnings.warn("cache has no live reconfiguration: the new cache config applies at the next reset()",
-                              RuntimeWarning, stacklevel=2)
+            if not hasattr(cache, "reconfigure") or self.cache_config.needs_new_cache(cfg):
+                # DynamicCache fallback (no chunked cache tier) cannot evict; a layout change
+                # cannot apply to the history held: both take effect at the next reset().
+                self.pending_cache_config = cfg
+                warnings.warn("the new cache config applies at the next reset() (the running cache cannot take "
+                              "it live)", RuntimeWarning, stacklevel=2)
+                return False
+            self._ensure_attention(cfg)
+            cache.reconfigure(cfg)  # kv_vla_ros.cache: evicts/re-scores, keeps history
+        else:
+            self._ensure_attention(cfg)
         self.cache_config = cfg
+        self.pending_cache_config = None
+        return True
 
 
 __all__ = ["VLASession", "make_session_cache"]
