@@ -66,10 +66,10 @@ def test_setup_py_data_files_exist():
     tree = ast.parse((REPO / "setup.py").read_text())
     package_data = next((kw.value for node in ast.walk(tree) if isinstance(node, ast.Call)
                          for kw in node.keywords if kw.arg == "package_data"), None)
-    if package_data is not None:
-        for package, files in ast.literal_eval(package_data).items():
-            for name in files:
-                assert (REPO / package.replace(".", "/") / name).exists(), f"setup.py package_data: {name}"
+    if package_data is not None:  # {package_name: [files]}: the keys are the package (a name or a string)
+        for files in package_data.values:
+            for name in ast.literal_eval(files):
+                assert (REPO / "kv_vla_ros" / name).exists(), f"setup.py package_data: {name} does not exist"
     data_files = re.findall(r'\["(resource/[^"]+|package\.xml)"\]', (REPO / "setup.py").read_text())
     assert data_files and all((REPO / f).exists() for f in data_files)
 

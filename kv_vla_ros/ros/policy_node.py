@@ -40,13 +40,15 @@ from kv_vla_ros.ros.session_setup import (StartupError, cache_error, load_sessio
 
 NODE_NAME = "kv_vla_node"
 # Two subscriptions on `instruction`: a volatile one matches every reliable publisher (a plain
-# `ros2 topic pub` offers volatile durability, which a transient-local subscription refuses), and a
-# transient-local one also receives the instruction a latched publisher sent before this node
-# started. A latched message arrives on both: deduplicated by its source timestamp.
+# `ros2 topic pub` offers volatile durability, which a transient-local subscription refuses), and,
+# for the first LATCHED_WINDOW_S after start-up, a transient-local one that also receives the
+# instruction a latched publisher sent before this node started. A latched message arrives on
+# both: deduplicated by its source timestamp.
 INSTRUCTION_QOS = QoSProfile(depth=10, reliability=QoSReliabilityPolicy.RELIABLE,
                              durability=QoSDurabilityPolicy.VOLATILE)
 LATCHED_INSTRUCTION_QOS = QoSProfile(depth=1, reliability=QoSReliabilityPolicy.RELIABLE,
                                      durability=QoSDurabilityPolicy.TRANSIENT_LOCAL)
+LATCHED_WINDOW_S = 5.0  # how long after start-up the transient-local subscription listens
 
 
 class KVVLANode(Node):
@@ -96,11 +98,14 @@ class KVVLANode(Node):
                                      callback_group=io_group)
         self.create_subscription(String, "instruction", self._on_instruction, INSTRUCTION_QOS,
                                  callback_group=io_group)
-        # a volatile publisher (ros2 topic pub) cannot match this one; it does match the one above,
-        # so rclpy's "incompatible QoS" warning would only mislead: silenced for this subscription
-        self.create_subscription(String, "instruction", self._on_instruction, LATCHED_INSTRUCTION_QOS,
-                                 callback_group=io_group,
-                                 event_callbacks=SubscriptionEventCallbacks(incompatible_qos=lambda _event: None))
+        # The latched instruction a publisher sent before this node started arrives within discovery;
+        # the transient-local subscription then goes, so that a later `ros2 topic pub` (volatile)
+        # does not warn "incompatible QoS" on the publisher's side. Its own such events are muted:
+        # a volatile publisher matches the subscription above.
+        self._latched_sub = self.create_subscription(
+            String, "instruction", self._on_instruction, LATCHED_INSTRUCTION_QOS, callback_group=io_group,
+            event_callbacks=SubscriptionEventCallbacks(incompatible_qos=lambda _event: None))
+        self._latched_timer = self.create_timer(LATCHED_WINDOW_S, self._end_latched_window, callback_group=io_group)
         self.create_service(Trigger, "~/reset", self._on_reset, callback_group=io_group)
         self.control_timer = self.create_timer(1.0 / self.control_rate_hz, self._tick, callback_group=control_group)
         self.create_timer(1.0, self._publish_diagnostics, callback_group=MutuallyExclusiveCallbackGroup())
@@ -143,6 +148,12 @@ class KVVLANode(Node):
         else:
             rgb = compressed_to_rgb(msg, self.max_pixels)
         return shrink_for_model(rgb, self.model.config.image_size)
+
+    def _end_latched_window(self) -> None:
+        self._latched_timer.cancel()
+        if self._latched_sub is not None:
+            self.destroy_subscription(self._latched_sub)
+            self._latched_sub = None
 
     def _on_instruction(self, msg: String, info) -> None:
         key = (info["source_timestamp"], msg.data)
@@ -258,7 +269,7 @@ class KVVLANode(Node):
                 raise cache_error(exc) from None
             live = self.worker.call(lambda session: reconfigure(session, cfg))
             if not live:
-                note = "cache change applies from the next episode (the running cache cannot take it live)"
+                note = "applies from the next episode: the running cache cannot take it live"
             self.get_logger().info(f"cache config: {', '.join(f'{k}={v}' for k, v in changes.items())}"
                                    + (f" ({note})" if note else " (live)"))
             self._warn_if_unbounded(cfg)
