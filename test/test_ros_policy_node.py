@@ -20,7 +20,7 @@ from PIL import Image as PILImage
 pytest.importorskip("rclpy")
 
 from kv_vla_ros.ros.params import all_param_specs  # noqa: E402
-from kv_vla_ros.ros.processes import POLICY_MODULE, pick_domain_id, pick_free_domain_id, spawn_node, stop_node  # noqa: E402,E501
+from kv_vla_ros.ros.processes import POLICY_MODULE, pick_domain_id, pick_free_domain_id, spawn_node  # noqa: E402
 from ros_helpers import PARAMS_FILE, REPO, Probe, build_tiny_model, serving  # noqa: E402
 
 RATE_HZ, STEP_DELAY_S, STALE_S = 20.0, 0.08, 0.5
