@@ -21,7 +21,6 @@ setup(
         # The shipped default model (DEFAULT_MODEL_PATH falls back to share/ on a colcon install).
         ("share/" + package_name + "/models/kv-vla-minigrid", glob("models/kv-vla-minigrid/*")),
     ],
-    package_data={package_name: ["py.typed"]},
     install_requires=["setuptools"],
     zip_safe=True,
     maintainer="kv_vla_ros maintainers",

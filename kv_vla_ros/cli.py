@@ -15,6 +15,8 @@ import sys
 COMMANDS: list[tuple[str, str, str]] = [
     ("bench cache", "kv_vla_ros.eval.bench_cache", "per-step latency and KV bytes of cache policies vs full"),
     ("bench ros", "kv_vla_ros.ros.bench_ros", "policy node publish intervals p50/p99 at 20/50 Hz and frames dropped"),
+    ("bench image", "kv_vla_ros.ros.bench_image", "per-frame decode/convert/resize: the node's OpenCV path vs pillow"),
+    ("bench soak", "kv_vla_ros.ros.soak", "drive the policy node over DDS for hours: memory, tokens, latency start vs end"),
     ("bench paper", "kv_vla_ros.eval.bench_paper", "latency, KV bytes, FLOPs vs history at paper scale, vs the paper"),
     ("train", "kv_vla_ros.train.cli", "behaviour-clone the VLA on simulator expert demonstrations"),
     ("train-gate", "kv_vla_ros.train.gate_train", "train the chunk gate on rollouts of a frozen VLA"),

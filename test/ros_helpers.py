@@ -3,6 +3,7 @@ real DDS on a private domain), and image message builders."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import threading
 import time
@@ -45,7 +46,7 @@ class Probe:
     """A node in the test process: publishes frames/instructions, records actions, cmd_vel and
     diagnostics with arrival times, sets parameters and calls services. Spins in a thread."""
 
-    def __init__(self, domain_id: int, name: str = "test_probe"):
+    def __init__(self, domain_id: int, name: str = "test_probe", namespace: str = ""):
         import rclpy
         from diagnostic_msgs.msg import DiagnosticArray
         from geometry_msgs.msg import Twist
@@ -60,7 +61,8 @@ class Probe:
         os.environ.pop("ROS_LOCALHOST_ONLY", None)
         self.context = rclpy.Context()
         rclpy.init(context=self.context, domain_id=domain_id)
-        self.node = rclpy.create_node(name, context=self.context)
+        self.ns = namespace.rstrip("/")  # the policy node's namespace: relative topics and its services
+        self.node = rclpy.create_node(name, context=self.context, namespace=namespace or None)
         self.lock = threading.Lock()
         self.actions: list[tuple[float, list[float], list[str]]] = []
         self.twists: list[tuple[float, float, float]] = []
@@ -150,24 +152,24 @@ class Probe:
 
         request = SetParameters.Request(parameters=[Parameter(k.replace("__", "."), value=v).to_parameter_msg()
                                                     for k, v in values.items()])
-        return self._call(SetParameters, f"/{node_name}/set_parameters", request).results
+        return self._call(SetParameters, f"{self.ns}/{node_name}/set_parameters", request).results
 
     def get_params(self, names: list[str], node_name: str = "kv_vla_node") -> dict:
         from rcl_interfaces.srv import GetParameters
         from rclpy.parameter import parameter_value_to_python
 
-        result = self._call(GetParameters, f"/{node_name}/get_parameters", GetParameters.Request(names=names))
+        result = self._call(GetParameters, f"{self.ns}/{node_name}/get_parameters", GetParameters.Request(names=names))
         return {n: parameter_value_to_python(v) for n, v in zip(names, result.values)}
 
     def list_params(self, node_name: str = "kv_vla_node") -> list[str]:
         from rcl_interfaces.srv import ListParameters
 
-        return list(self._call(ListParameters, f"/{node_name}/list_parameters", ListParameters.Request()).result.names)
+        return list(self._call(ListParameters, f"{self.ns}/{node_name}/list_parameters", ListParameters.Request()).result.names)
 
     def reset(self, node_name: str = "kv_vla_node"):
         from std_srvs.srv import Trigger
 
-        return self._call(Trigger, f"/{node_name}/reset", Trigger.Request())
+        return self._call(Trigger, f"{self.ns}/{node_name}/reset", Trigger.Request())
 
     # ---- reading ----------------------------------------------------------------------------
     def actions_since(self, t: float):
@@ -197,3 +199,29 @@ class Probe:
         self.executor.shutdown(timeout_sec=2.0)
         self.node.destroy_node()
         self.context.try_shutdown()
+
+
+def wait_until_up(probe: Probe, proc, log: Path, timeout: float = 90.0) -> None:
+    """Wait for the node's first diagnostics; fail with its log if it exits or never reports."""
+    import pytest
+
+    if not probe.wait_for(lambda: probe.diagnostics or proc.poll() is not None, timeout=timeout):
+        pytest.fail("kv_vla_node did not come up:\n" + log.read_text())
+    assert proc.poll() is None, log.read_text()
+
+
+@contextlib.contextmanager
+def serving(probe: Probe, proc, log: Path, timeout: float = 90.0):
+    """The node process ``proc`` up, as ``probe`` (with ``.proc`` and ``.log``); on exit: probe
+    closed, node stopped with SIGINT, its log tail printed, and a clean exit checked."""
+    from kv_vla_ros.ros.processes import stop_node
+
+    try:
+        wait_until_up(probe, proc, log, timeout)
+        probe.proc, probe.log = proc, log
+        yield probe
+    finally:
+        probe.close()
+        rc = stop_node(proc)
+        print(log.read_text()[-3000:])
+        assert rc == 0, f"kv_vla_node exited with {rc} on SIGINT"

@@ -109,7 +109,7 @@ def test_cache_params_mirror_every_cache_field():
 
 def test_params_file_lists_exactly_the_declared_parameters():
     data = yaml.safe_load(PARAMS_FILE.read_text())
-    params = data["kv_vla_node"]["ros__parameters"]
+    params = data["/**/kv_vla_node"]["ros__parameters"]
     assert set(params) == {s.name for s in all_param_specs()}
     for spec in NODE_PARAMS:  # types agree with the declarations (rclpy rejects a mismatch at start-up)
         value = params[spec.name]

@@ -129,3 +129,61 @@ def test_fill_image_msg_round_trip():
     assert np.array_equal(image_to_rgb(msg), RGB)
     with pytest.raises(ImageConversionError, match="^rgb"):
         fill_image_msg(msg, RGB.astype(np.float32))
+
+
+# ---- OpenCV and cv_bridge (issue 12) ------------------------------------------------------------
+
+_ALL_ENCODINGS = ["rgb8", "bgr8", "rgba8", "bgra8", "mono8", "8UC1", "rgb16", "bgr16", "rgba16", "bgra16", "mono16",
+                  "16UC1"]
+
+
+def _ros_image(encoding: str, pad: int, big: bool, seed: int = 0):
+    """A real sensor_msgs/Image (what cv_bridge takes) and the RGB frame it must give."""
+    Image = pytest.importorskip("sensor_msgs.msg").Image
+    from kv_vla_ros.ros.image_conversion import ENCODINGS
+
+    channels, depth, order = ENCODINGS[encoding.lower()]
+    rng = np.random.default_rng(seed)
+    pixels = rng.integers(0, 256 ** depth, (5, 7, channels), dtype=np.uint16 if depth == 2 else np.uint8)
+    fake = make(encoding, pixels, pad=pad, big=big)
+    msg = Image(height=fake.height, width=fake.width, encoding=encoding, is_bigendian=fake.is_bigendian,
+                step=fake.step, data=fake.data)
+    values = ((pixels.astype(np.uint32) * 255 + 32767) // 65535).astype(np.uint8) if depth == 2 else pixels
+    rgb = {"mono": np.repeat(values, 3, axis=2), "rgb": values[:, :, :3], "rgba": values[:, :, :3],
+           "bgr": values[:, :, 2::-1], "bgra": values[:, :, 2::-1]}[order]
+    return msg, rgb
+
+
+_CASES = [(e, pad, big) for e in _ALL_ENCODINGS for pad, big in [(0, False), (4, False), (0, True)]
+          if not big or "16" in e]  # endianness only matters for 16-bit encodings
+
+
+@pytest.mark.parametrize("encoding, pad, big", _CASES)
+def test_own_conversion_gives_the_reference_frames(encoding, pad, big):
+    msg, expected = _ros_image(encoding, pad, big)
+    assert np.array_equal(image_to_rgb(msg, use_cv_bridge=False), expected)
+    assert np.array_equal(image_to_rgb(msg), expected)  # the default path (cv_bridge where it imports)
+
+
+def _has_cv_bridge() -> bool:
+    from kv_vla_ros.ros.image_conversion import cv_bridge_available
+
+    return cv_bridge_available()
+
+
+@pytest.mark.skipif(not _has_cv_bridge(), reason="cv_bridge (ROS 2 vision_opencv) does not import here")
+@pytest.mark.parametrize("encoding, pad, big", _CASES)
+def test_cv_bridge_and_own_conversion_give_the_same_frames(encoding, pad, big):
+    msg, _ = _ros_image(encoding, pad, big)
+    assert np.array_equal(image_to_rgb(msg, use_cv_bridge=True), image_to_rgb(msg, use_cv_bridge=False))
+
+
+def test_decoding_and_resizing_are_opencv():
+    cv2 = pytest.importorskip("cv2")
+    rgb = np.random.default_rng(1).integers(0, 256, (480, 640, 3), dtype=np.uint8)
+    ok, jpeg = cv2.imencode(".jpg", rgb[:, :, ::-1])
+    assert ok
+    decoded = compressed_to_rgb(FakeCompressed(jpeg.tobytes()))
+    assert np.array_equal(decoded, cv2.imdecode(jpeg, cv2.IMREAD_COLOR)[:, :, ::-1])  # cv2.imdecode, bit for bit
+    small = shrink_for_model(decoded, 56)
+    assert np.array_equal(small, cv2.resize(decoded, (160, 120), interpolation=cv2.INTER_AREA))

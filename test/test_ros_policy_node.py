@@ -20,10 +20,11 @@ from PIL import Image as PILImage
 pytest.importorskip("rclpy")
 
 from kv_vla_ros.ros.params import all_param_specs  # noqa: E402
-from kv_vla_ros.ros.processes import POLICY_MODULE, pick_domain_id, pick_free_domain_id, spawn_node, stop_node  # noqa: E402,E501
-from ros_helpers import PARAMS_FILE, REPO, Probe, build_tiny_model  # noqa: E402
+from kv_vla_ros.ros.processes import POLICY_MODULE, pick_domain_id, pick_free_domain_id, spawn_node  # noqa: E402
+from ros_helpers import PARAMS_FILE, REPO, Probe, build_tiny_model, serving  # noqa: E402
 
 RATE_HZ, STEP_DELAY_S, STALE_S = 20.0, 0.08, 0.5
+NAMESPACE = "/robot1"  # as `ros2 launch ... namespace:=robot1`: the shipped params file must still apply
 
 
 @pytest.fixture(scope="module")
@@ -34,19 +35,9 @@ def node(tmp_path_factory):
     proc = spawn_node(POLICY_MODULE, domain, {"model_path": str(model), "use_compressed": True,
                                               "control_rate_hz": RATE_HZ, "stale_timeout_s": STALE_S},
                       PARAMS_FILE, tmp / "node.log", script=REPO / "test" / "ros_policy_runner.py",
-                      env_extra={"KV_VLA_TEST_STEP_DELAY_S": str(STEP_DELAY_S)})
-    probe = Probe(domain)
-    try:
-        if not probe.wait_for(lambda: probe.diagnostics or proc.poll() is not None, timeout=60):
-            pytest.fail("kv_vla_node did not come up:\n" + (tmp / "node.log").read_text())
-        assert proc.poll() is None, (tmp / "node.log").read_text()
-        probe.proc, probe.log = proc, tmp / "node.log"
+                      env_extra={"KV_VLA_TEST_STEP_DELAY_S": str(STEP_DELAY_S)}, extra_args=["-r", f"__ns:={NAMESPACE}"])
+    with serving(Probe(domain, namespace=NAMESPACE), proc, tmp / "node.log", timeout=60) as probe:
         yield probe
-    finally:
-        probe.close()
-        rc = stop_node(proc)
-        print((tmp / "node.log").read_text()[-3000:])
-        assert rc == 0, f"kv_vla_node exited with {rc} on SIGINT"
 
 
 def stream_in_background(probe: Probe, seconds: float, rate_hz: float = 30.0) -> threading.Thread:
@@ -66,6 +57,8 @@ RATE_TOLERANCE = 0.25
 
 
 def test_params_file_loads_and_matches_declarations(node):
+    """Under a namespace too: the file is keyed ``/**/kv_vla_node`` (the tiny model's own cache
+    config is full / no budget, so gated / 512 can only come from the file)."""
     declared = set(node.list_params()) - {"use_sim_time", "start_type_description_service"}
     assert declared == {s.name for s in all_param_specs()}
     values = node.get_params(["cache.policy", "cache.budget_tokens", "use_compressed", "twist.discrete_linear"])

@@ -7,7 +7,7 @@ attention that per-layer budgets need (`use_kv_vla_attention`).
 
 from .attention import register_kv_vla_attention, use_kv_vla_attention
 from .budgets import allocate_layer_budgets
-from .chunked_cache import ChunkedKVCache, make_cache
+from .chunked_cache import ChunkedKVCache, kv_bytes_per_token, make_cache
 from .config import POLICY_NAMES, CacheConfig
 from .gate import GATE_FILE, ChunkGate, GateConfig, chunk_features, gate_input_dim
 from .layer import ChunkedLayer
@@ -28,6 +28,7 @@ __all__ = [
     "allocate_layer_budgets",
     "chunk_features",
     "gate_input_dim",
+    "kv_bytes_per_token",
     "make_cache",
     "make_policy",
     "register_kv_vla_attention",

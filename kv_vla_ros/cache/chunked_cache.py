@@ -36,6 +36,14 @@ def head_dim_of(cfg) -> int:
     return getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
 
 
+def kv_bytes_per_token(model_config, element_size: int = 4) -> int:
+    """Bytes one token adds to a full KV cache of ``model_config``: K and V of
+    ``[kv_heads, head_dim]`` per attention layer, ``element_size`` bytes per value."""
+    cfg = text_config(model_config)
+    kv_heads = getattr(cfg, "num_key_value_heads", None) or cfg.num_attention_heads
+    return 2 * cfg.num_hidden_layers * kv_heads * head_dim_of(cfg) * element_size
+
+
 class ChunkedKVCache(Cache):
     """See the module docstring. Build it with `make_cache`."""
 

@@ -67,6 +67,20 @@ class CacheConfig:
     def evicts(self) -> bool:
         return self.policy != "full"
 
+    @property
+    def bounded(self) -> bool:
+        """True when a hard cap holds the cache (an evicting policy with a budget); False when it
+        can grow by a chunk per step for the whole episode (``full``, or a thresholded gate
+        without ``budget_tokens``)."""
+        return self.evicts and (self.budget_tokens is not None or self.layer_budgets is not None)
+
+    def needs_new_cache(self, other: "CacheConfig") -> bool:
+        """Whether switching from this config to ``other`` changes the layout of a running cache
+        (chunk size, prefix, static slots, to or from the prefix-less ``window``), so that it can
+        only apply to a new cache (the next episode)."""
+        return (self.chunk_size != other.chunk_size or self.sink_tokens != other.sink_tokens
+                or self.static != other.static or (self.policy == "window") != (other.policy == "window"))
+
     def validate(self) -> None:
         """Raise ``ValueError`` naming the first bad field."""
         if self.policy not in POLICY_NAMES:

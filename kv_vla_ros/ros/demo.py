@@ -109,7 +109,7 @@ def offline_check(model_path: str, task: str, cache: dict, seeds: list[int], max
     from kv_vla_ros.vla import VLAModel
 
     torch.set_num_threads(1)  # as the node (num_threads: 1), so the float sums are the same
-    from kv_vla_ros.ros.policy_node import attach_trained_gate
+    from kv_vla_ros.ros.session_setup import attach_trained_gate
 
     model = attach_trained_gate(VLAModel.from_pretrained(model_path), model_path)
     return evaluate_task(model, task, CacheConfig.from_dict(cache), seeds, max_steps, progress=False)

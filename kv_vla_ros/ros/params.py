@@ -165,16 +165,65 @@ def cache_changes_from_params(params: dict[str, Any]) -> dict[str, Any]:
             for name, value in params.items() if name.startswith("cache.")}
 
 
+_KIND_NAMES = {"bool": "a bool", "int": "an integer", "double": "a double", "string": "a string",
+               "int_array": "an integer array", "double_array": "a double array"}
+
+
+def describe_value(value: Any) -> str:
+    """How a parameter value reads to a user: ``an integer (40)``, ``a string ('fast')``, ..."""
+    if value is None:
+        return "no value (parameter not set)"
+    if isinstance(value, bool):
+        return f"a bool ({str(value).lower()})"
+    if isinstance(value, int):
+        return f"an integer ({value})"
+    if isinstance(value, float):
+        return f"a double ({value!r})"
+    if isinstance(value, str):
+        return f"a string ({value!r})"
+    if isinstance(value, (bytes, bytearray)):
+        return "a byte array"
+    items = list(value)
+    if not items:
+        return "an empty array"
+    return f"{describe_value(items[0]).split(' (')[0]} array ({items!r})"
+
+
+def coerce_param(spec: ParamSpec, value: Any) -> Any:
+    """``value`` as ``spec``'s type, or ValueError naming the parameter, the expected and the given
+    type. Integers pass for doubles (``ros2 param set ... control_rate_hz 40`` sends an integer)."""
+    kind = spec.kind
+    ok = {"bool": lambda v: isinstance(v, bool), "string": lambda v: isinstance(v, str),
+          "int": lambda v: isinstance(v, int) and not isinstance(v, bool),
+          "double": lambda v: isinstance(v, (int, float)) and not isinstance(v, bool)}
+    if kind in ok:
+        if value is not None and ok[kind](value):
+            return float(value) if kind == "double" else value
+    elif value is not None and not isinstance(value, (str, bytes, bytearray, bool, int, float)):
+        items = list(value)  # rclpy hands arrays over as array.array or list
+        element = kind[: -len("_array")]
+        if all(ok[element](v) for v in items):
+            return [float(v) for v in items] if element == "double" else [int(v) for v in items]
+    example = {"bool": "true", "int": "3", "double": "1.0", "string": "'text'", "int_array": "[1, 2]",
+               "double_array": "[0.5, 1.0]"}[kind]
+    raise ValueError(f"{spec.name}: expected {_KIND_NAMES[kind]} (e.g. {example}), got {describe_value(value)}")
+
+
 __all__ = ["ParamSpec", "NODE_PARAMS", "NONE_INT", "cache_param_specs", "all_param_specs", "cache_value_to_param",
            "param_to_cache_value", "cache_changes_from_params", "render_params_yaml", "MINIGRID_LINEAR",
-           "MINIGRID_ANGULAR"]
+           "MINIGRID_ANGULAR", "coerce_param", "describe_value", "PARAMS_FILE_KEY"]
+
+# Parameters files are keyed so that they apply under any namespace: ``kv_vla_node:`` alone only
+# matches the node at the root (``/kv_vla_node``), silently ignored under ``namespace:=robot1``.
+PARAMS_FILE_KEY = "/**/{node}"
 
 
 def render_params_yaml(specs: list[ParamSpec], node_name: str = "kv_vla_node") -> str:
-    """A ``ros__parameters`` file listing ``specs`` with their defaults, one comment per entry."""
+    """A ``ros__parameters`` file listing ``specs`` with their defaults, one comment per entry,
+    keyed ``/**/<node_name>`` (applies under any namespace)."""
     import json
 
-    lines = [f"{node_name}:", "  ros__parameters:"]
+    lines = [f"{PARAMS_FILE_KEY.format(node=node_name)}:", "  ros__parameters:"]
     for spec in specs:
         value = spec.default
         if isinstance(value, bool):

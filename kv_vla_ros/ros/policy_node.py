@@ -7,18 +7,19 @@ only hand frames over. Everything decided per tick lives in `ControlLoop` (pure,
 
 from __future__ import annotations
 
+import collections
 import math
 import signal
 import sys
 import threading
 import time
-import warnings
 
 import rclpy
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
 from geometry_msgs.msg import Twist
 from rcl_interfaces.msg import SetParametersResult
 from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
+from rclpy.event_handler import SubscriptionEventCallbacks
 from rclpy.executors import MultiThreadedExecutor
 from rclpy.node import Node
 from rclpy.parameter import Parameter
@@ -32,65 +33,22 @@ from kv_vla_ros.ros.control import ControlLoop, RollingStats, TwistAdapter, broa
 from kv_vla_ros.ros.diagnostics import policy_status
 from kv_vla_ros.ros.image_conversion import compressed_to_rgb, image_to_rgb, shrink_for_model
 from kv_vla_ros.ros.inference import InferenceWorker
-from kv_vla_ros.ros.params import NODE_PARAMS, cache_changes_from_params, cache_param_specs
-from kv_vla_ros.ros.ros_params import declare_specs
+from kv_vla_ros.ros.params import NODE_PARAMS, cache_changes_from_params, cache_param_specs, coerce_param
+from kv_vla_ros.ros.ros_params import coerce_parameters, declare_specs
+from kv_vla_ros.ros.session_setup import (StartupError, cache_error, load_session, pending_json, reconfigure,
+                                          unbounded_cache_warning)
 
 NODE_NAME = "kv_vla_node"
-INSTRUCTION_QOS = QoSProfile(depth=1, reliability=QoSReliabilityPolicy.RELIABLE,
-                             durability=QoSDurabilityPolicy.TRANSIENT_LOCAL)
-_DTYPES = ("float32", "bfloat16", "float16")
-
-
-class StartupError(RuntimeError):
-    """The node cannot start (model missing or broken, bad parameters): one line, exit 1."""
-
-
-def attach_trained_gate(model, directory):
-    """Give ``model`` the gate `kv-vla train-gate` saved beside its checkpoint, unless it has one.
-
-    VLAModel.from_pretrained does not load gate.safetensors (yet); without this the ``gated``
-    policy would run an untrained gate. The demo's offline check does the same, so online and
-    offline runs keep the same gate.
-    """
-    from pathlib import Path
-
-    from kv_vla_ros.cache import GATE_FILE, ChunkGate
-
-    if getattr(model, "gate", None) is None and (Path(directory) / GATE_FILE).is_file():
-        model.gate = ChunkGate.load(str(directory)).to(model.device).eval()
-    return model
-
-
-def load_session(model_path: str, device: str, dtype: str, num_threads: int, session_factory=None):
-    """Model + VLASession; every failure becomes a one-line StartupError."""
-    import torch
-
-    from kv_vla_ros.vla import DEFAULT_MODEL_PATH, VLAModel, VLASession
-
-    if dtype not in _DTYPES:
-        raise StartupError(f"dtype: expected one of {', '.join(_DTYPES)}, got {dtype!r}")
-    if dtype != "float32":  # VLASession's processor feeds float32 frames into the vision encoder
-        raise StartupError(f"dtype: {dtype} is not supported by VLASession yet (float32 only)")
-    if num_threads > 0:
-        torch.set_num_threads(num_threads)
-    path = model_path or str(DEFAULT_MODEL_PATH)
-    try:
-        model = attach_trained_gate(VLAModel.from_pretrained(path, device=device), path).to(getattr(torch, dtype))
-        session = (session_factory or VLASession)(model, model.config.cache, device)
-    except Exception as exc:  # FileNotFoundError, ValueError, RuntimeError (bad device), ...
-        raise StartupError(f"cannot load model from {path}: {exc}") from None
-    return model, session
-
-
-def _reconfigure(session, cfg) -> None:
-    """session.set_cache_config (which runs under inference mode, as the live cache's tensors
-    need); failures other than ValueError become ValueError, the parameter callback's reason."""
-    try:
-        session.set_cache_config(cfg)
-    except ValueError:
-        raise
-    except Exception as exc:
-        raise ValueError(f"cache: live reconfiguration failed: {type(exc).__name__}: {exc}") from None
+# Two subscriptions on `instruction`: a volatile one matches every reliable publisher (a plain
+# `ros2 topic pub` offers volatile durability, which a transient-local subscription refuses), and,
+# for the first LATCHED_WINDOW_S after start-up, a transient-local one that also receives the
+# instruction a latched publisher sent before this node started. A latched message arrives on
+# both: deduplicated by its source timestamp.
+INSTRUCTION_QOS = QoSProfile(depth=10, reliability=QoSReliabilityPolicy.RELIABLE,
+                             durability=QoSDurabilityPolicy.VOLATILE)
+LATCHED_INSTRUCTION_QOS = QoSProfile(depth=1, reliability=QoSReliabilityPolicy.RELIABLE,
+                                     durability=QoSDurabilityPolicy.TRANSIENT_LOCAL)
+LATCHED_WINDOW_S = 5.0  # how long after start-up the transient-local subscription listens
 
 
 class KVVLANode(Node):
@@ -98,15 +56,21 @@ class KVVLANode(Node):
         super().__init__(NODE_NAME, **node_kwargs)
         self._now = time.monotonic
         p = self._declare(NODE_PARAMS)
+        self._stamp_lock = threading.Lock()
         self.model, self.session = load_session(p["model_path"], p["device"], p["dtype"], p["num_threads"],
                                                 session_factory)
         action_cfg = self.model.config.action
         self.discrete = action_cfg.kind == "discrete"
         action_dim = 1 if self.discrete else action_cfg.dim
-        cache_values = self._declare(cache_param_specs(self.session.cache_config))
+        cache_specs = cache_param_specs(self.session.cache_config)
+        self._specs = {spec.name: spec for spec in NODE_PARAMS + cache_specs}
+        cache_values = self._declare(cache_specs)
         try:  # parameter overrides (params file, command line) on top of the model's cache config
-            cfg = self.session.cache_config.replace(**cache_changes_from_params(cache_values))
-            self.session.set_cache_config(cfg)
+            try:
+                self.session.set_cache_config(self.session.cache_config.replace(
+                    **cache_changes_from_params(cache_values)))
+            except ValueError as exc:
+                raise cache_error(exc) from None
             self.loop = ControlLoop(self.discrete, action_cfg.num_actions, action_dim, p["stale_timeout_s"],
                                     p["enabled"], p["action.min"], p["action.max"])
         except ValueError as exc:
@@ -120,6 +84,7 @@ class KVVLANode(Node):
         self._last_cmd = None
         self._last_stamp = None
         self.frames_repeated = 0
+        self._recent_instructions: collections.deque = collections.deque(maxlen=16)
         self.worker = InferenceWorker(self.session, self._to_rgb, self._on_action, self._on_error, self._now)
 
         control_group = MutuallyExclusiveCallbackGroup()  # the tick never waits behind anything
@@ -133,16 +98,32 @@ class KVVLANode(Node):
                                      callback_group=io_group)
         self.create_subscription(String, "instruction", self._on_instruction, INSTRUCTION_QOS,
                                  callback_group=io_group)
+        # The latched instruction a publisher sent before this node started arrives within discovery;
+        # the transient-local subscription then goes, so that a later `ros2 topic pub` (volatile)
+        # does not warn "incompatible QoS" on the publisher's side. Its own such events are muted:
+        # a volatile publisher matches the subscription above.
+        self._latched_sub = self.create_subscription(
+            String, "instruction", self._on_instruction, LATCHED_INSTRUCTION_QOS, callback_group=io_group,
+            event_callbacks=SubscriptionEventCallbacks(incompatible_qos=lambda _event: None))
+        self._latched_timer = self.create_timer(LATCHED_WINDOW_S, self._end_latched_window, callback_group=io_group)
         self.create_service(Trigger, "~/reset", self._on_reset, callback_group=io_group)
         self.control_timer = self.create_timer(1.0 / self.control_rate_hz, self._tick, callback_group=control_group)
         self.create_timer(1.0, self._publish_diagnostics, callback_group=MutuallyExclusiveCallbackGroup())
+        self.add_pre_set_parameters_callback(lambda params: coerce_parameters(params, self._specs))
         self.add_on_set_parameters_callback(self._on_set_parameters)
         self.worker.start()
         if p["instruction"]:
             self._start_episode(p["instruction"])
+        cfg = self.session.cache_config
         self.get_logger().info(
-            f"ready: model {p['model_path'] or 'shipped'} ({action_cfg.kind} actions), cache "
-            f"{self.session.cache_config.policy}, {self.control_rate_hz:g} Hz")
+            f"ready: model {p['model_path'] or 'shipped'} ({action_cfg.kind} actions), cache {cfg.policy} "
+            f"(budget {cfg.budget_tokens if cfg.budget_tokens is not None else 'none'}), {self.control_rate_hz:g} Hz")
+        self._warn_if_unbounded(cfg)
+
+    def _warn_if_unbounded(self, cfg) -> None:
+        text = unbounded_cache_warning(cfg, self.model)
+        if text:
+            self.get_logger().warning(text)
 
     def _declare(self, specs) -> dict:
         try:
@@ -153,12 +134,13 @@ class KVVLANode(Node):
     # ---- inputs -----------------------------------------------------------------------------
     def _on_image(self, msg) -> None:
         stamp = (msg.header.stamp.sec, msg.header.stamp.nanosec)
-        if stamp != (0, 0) and stamp == self._last_stamp:  # the same frame again (a waiting simulator)
-            self.frames_repeated += 1
-            return
-        self._last_stamp = stamp
+        with self._stamp_lock:
+            if stamp != (0, 0) and stamp == self._last_stamp:  # the same frame again (a waiting simulator)
+                self.frames_repeated += 1
+                return
+            self._last_stamp = stamp
+            self.worker.submit(msg, stamp)
         self.loop.frame_received(self._now())
-        self.worker.submit(msg, stamp)
 
     def _to_rgb(self, msg):
         if hasattr(msg, "encoding"):
@@ -167,7 +149,17 @@ class KVVLANode(Node):
             rgb = compressed_to_rgb(msg, self.max_pixels)
         return shrink_for_model(rgb, self.model.config.image_size)
 
-    def _on_instruction(self, msg: String) -> None:
+    def _end_latched_window(self) -> None:
+        self._latched_timer.cancel()
+        if self._latched_sub is not None:
+            self.destroy_subscription(self._latched_sub)
+            self._latched_sub = None
+
+    def _on_instruction(self, msg: String, info) -> None:
+        key = (info["source_timestamp"], msg.data)
+        if key in self._recent_instructions:  # the same latched message, on the second subscription
+            return
+        self._recent_instructions.append(key)
         if not msg.data.strip():
             self.get_logger().error("instruction: empty instruction ignored", throttle_duration_sec=2.0)
             return
@@ -184,7 +176,12 @@ class KVVLANode(Node):
 
     def _start_episode(self, instruction: str) -> None:
         self.loop.episode_started(self._now())
-        self.worker.start_episode(instruction)
+        with self._stamp_lock:
+            # The worker drops the frame it has not taken (it belongs to the old episode); a
+            # waiting camera (the simulator) re-sends that view with the same stamp, which the
+            # repeat filter would then ignore for ever: forget the stamp so it counts as new.
+            self.worker.start_episode(instruction)
+            self._last_stamp = None
         self.get_logger().info(f"new episode: {instruction!r}")
 
     # ---- worker callbacks (inference thread) ------------------------------------------------
@@ -235,7 +232,7 @@ class KVVLANode(Node):
             cmd.state if cmd else "waiting", cmd.reason if cmd else "starting", self.worker, self.control_rate_hz,
             self.tick_interval_ms, self._ticks, self.session.cache_config,
             {"frames_repeated": self.frames_repeated, "rejected_actions": self.loop.rejected_actions,
-             "enabled": self.loop.enabled})
+             "enabled": self.loop.enabled, "cache_config_pending": pending_json(self.session)})
         status = DiagnosticStatus(level=bytes([level]), name=f"{self.get_name()}: policy", message=message,
                                   hardware_id=self.get_fully_qualified_name(),
                                   values=[KeyValue(key=k, value=v) for k, v in values])
@@ -255,6 +252,8 @@ class KVVLANode(Node):
 
     def _apply_parameters(self, values: dict) -> str:
         """Validate everything first, then apply; raises ValueError (naming the field) to reject."""
+        values = {name: coerce_param(self._specs[name], value) if name in self._specs else value
+                  for name, value in values.items()}
         get = lambda name: values.get(name, self.get_parameter(name).value)  # noqa: E731
         lo, hi = get("action.min"), get("action.max")
         dim = self.loop.action_dim
@@ -264,17 +263,16 @@ class KVVLANode(Node):
         note = ""
         changes = cache_changes_from_params(values)
         if changes:  # last check that can fail: the session validates against the model
-            try:
-                cfg = self.session.cache_config.replace(**changes)
-            except ValueError as exc:  # CacheConfig names its field; the ROS name has the prefix
-                raise ValueError(f"cache.{exc}") from None
-            with warnings.catch_warnings(record=True) as caught:
-                warnings.simplefilter("always")
-                self.worker.call(lambda session: _reconfigure(session, cfg))
-            if any("next reset" in str(w.message) for w in caught):
-                note = "cache change applies at the next episode (this cache has no live reconfiguration)"
+            try:  # on top of a change still waiting for the next episode, if any
+                cfg = self.session.requested_cache_config.replace(**changes)
+            except ValueError as exc:
+                raise cache_error(exc) from None
+            live = self.worker.call(lambda session: reconfigure(session, cfg))
+            if not live:
+                note = "applies from the next episode: the running cache cannot take it live"
             self.get_logger().info(f"cache config: {', '.join(f'{k}={v}' for k, v in changes.items())}"
                                    + (f" ({note})" if note else " (live)"))
+            self._warn_if_unbounded(cfg)
         if "action.min" in values or "action.max" in values:
             self.loop.set_limits(lo, hi)
         if "control_rate_hz" in values:

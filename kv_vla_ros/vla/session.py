@@ -8,6 +8,8 @@ history persists across steps until ``reset``.
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import torch
 
@@ -31,6 +33,7 @@ class VLASession:
         self.model = self.policy.model
         self.device = self.policy.device
         self.cache_config = self.policy.check_cache_config(cache_config or self.policy.default_cache_config())
+        self.pending_cache_config: CacheConfig | None = None  # set_cache_config's change for the next reset
         self._ensure_attention(self.cache_config)
         self.gate = self.policy.gate
         self.instruction: str | None = None
@@ -63,6 +66,9 @@ class VLASession:
         """Start a new episode: a fresh cache (and gate state) whose prefix is ``instruction``."""
         if not isinstance(instruction, str) or not instruction.strip():
             raise ValueError(f"instruction: expected a non-empty string, got {instruction!r}")
+        if self.pending_cache_config is not None:  # a change that waited for a new cache
+            self._ensure_attention(self.pending_cache_config)
+            self.cache_config, self.pending_cache_config = self.pending_cache_config, None
         self._episode = self.policy.new_episode(instruction)
         self._cache = make_cache(self._episode_config(self.cache_config), self.policy.cache_model_config(),
                                  gate=self.gate)
@@ -105,16 +111,36 @@ class VLASession:
             out.update(cs)
         return out
 
+    @property
+    def requested_cache_config(self) -> CacheConfig:
+        """The config the next episode will use: a pending change if any, else the active one."""
+        return self.pending_cache_config or self.cache_config
+
     @torch.inference_mode()  # the cache's tensors were made under inference mode
-    def set_cache_config(self, cfg: CacheConfig) -> None:
-        """Change cache parameters live, keeping the episode's history (see ``ChunkedKVCache.reconfigure``)."""
+    def set_cache_config(self, cfg: CacheConfig) -> bool:
+        """Change cache parameters; returns True when applied live (history kept, see
+        ``ChunkedKVCache.reconfigure``), False when the change waits for the next ``reset`` (a
+        layout change: policy to or from ``window``, ``static``). ``cache_config`` is always the
+        config of the running cache; ``pending_cache_config`` the one waiting."""
         cfg = self.policy.check_cache_config(cfg)
-        self._ensure_attention(cfg)
-        if self._cache is not None and self._cache.tokens_seen > 0:
-            self._cache.reconfigure(self._episode_config(cfg))
-        elif self._cache is not None:  # nothing streamed yet (π0 before its first frame): a new cache
+        cache = self._cache
+        if cache is not None and cache.tokens_seen > 0:
+            if self.cache_config.needs_new_cache(cfg):
+                # a layout change cannot apply to the history held: it takes effect at reset()
+                self.pending_cache_config = cfg
+                warnings.warn("the new cache config applies at the next reset() (the running cache cannot take "
+                              "it live)", RuntimeWarning, stacklevel=2)
+                return False
+            self._ensure_attention(cfg)
+            cache.reconfigure(self._episode_config(cfg))
+        elif cache is not None:  # nothing streamed yet (π0 before its first frame): a new cache
+            self._ensure_attention(cfg)
             self._cache = make_cache(self._episode_config(cfg), self.policy.cache_model_config(), gate=self.gate)
+        else:
+            self._ensure_attention(cfg)
         self.cache_config = cfg
+        self.pending_cache_config = None
+        return True
 
 
 __all__ = ["VLASession"]
