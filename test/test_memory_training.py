@@ -106,10 +106,26 @@ def test_demonstrations_carry_cue_labels_that_survive_save_and_load(tmp_path):
         seen = labels >= 0
         assert seen.any() and not seen[: np.argmax(seen)].any() and seen[np.argmax(seen):].all()  # from first sight on
         assert set(labels[seen]) == {cue_class(robot.env)}
+        view = ep.aux["cue_view"]  # every step: 0 = no cue in view, 1 + type = in view
+        assert (view >= 0).all() and set(view[view > 0]) == {1 + cue_class(robot.env)}
+        assert np.argmax(view > 0) == np.argmax(seen)  # the first sighting starts the recall labels
     save_episodes(tmp_path / "d.npz", eps + demonstrations("BabyAI-GoToObj-v0", 2))
     again = load_episodes(tmp_path / "d.npz")
     assert all(np.array_equal(a.aux["cue"], b.aux["cue"]) for a, b in zip(eps, again))
     assert (again[-1].aux["cue"] == -1).all()  # a task without the target: no label anywhere
+
+
+def test_demonstrations_saved_before_a_target_existed_are_relabelled_by_replay(tmp_path):
+    eps = demonstrations("MiniGrid-MemoryS7-v0", 3, scan_turns=4, cache_dir=tmp_path)
+    path = next(tmp_path.glob("*.npz"))
+    stripped = [ep for ep in eps]
+    for ep in stripped:
+        ep.aux = {"cue": ep.aux["cue"]}  # as written before "cue_view" existed
+    save_episodes(path, stripped)
+    again = demonstrations("MiniGrid-MemoryS7-v0", 3, scan_turns=4, cache_dir=tmp_path)
+    fresh = demonstrations("MiniGrid-MemoryS7-v0", 3, scan_turns=4)
+    assert all(np.array_equal(a.aux["cue_view"], b.aux["cue_view"]) for a, b in zip(again, fresh))
+    assert "cue_view" in load_episodes(path)[0].aux  # saved back
 
 
 def test_training_on_a_memory_task_without_its_labels_is_refused():
@@ -129,7 +145,7 @@ def test_negative_aux_weight_is_refused():
 def test_aux_loss_lowers_and_heads_stay_out_of_the_saved_policy(tmp_path):
     cfg = TrainConfig(tasks={"MiniGrid-MemoryS7-v0": 12}, backbone=dict(TINY),
                       vla={"vision_hidden": 32, "frame_tokens": 2, "max_instruction_tokens": 16},
-                      lr=3e-3, warmup_steps=2, batch_tokens=3000, max_steps=40, minutes=3.0, dagger_at=[],
+                      lr=1e-2, warmup_steps=2, batch_tokens=3000, max_steps=60, minutes=3.0, dagger_at=[],
                       data_dir=str(tmp_path / "data"), scan_turns=4, aux_weight=1.0)
     out = tmp_path / "run"
     train(cfg, out, progress_bar=False)

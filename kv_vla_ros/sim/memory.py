@@ -84,16 +84,44 @@ class MemoryEpisodeProbe:
 
 
 def aux_targets(task: str) -> dict[str, int]:
-    """Auxiliary targets a task's demonstrations carry: name -> number of classes."""
-    return {"cue": len(CUE_CLASSES)} if is_memory_task(task) else {}
+    """Auxiliary targets a task's demonstrations carry: name -> number of classes.
+
+    ``cue``: the cue's type, on every step from the first frame that showed it (recall);
+    ``cue_view``: what the current frame shows of the cue (0 nothing, 1 + its type), on every
+    step: the dense, local signal that teaches the encoder to tell a key from a ball (one 8x8
+    sprite in a 56x56 frame) before recall can be learned on top of it.
+    """
+    return {"cue": len(CUE_CLASSES), "cue_view": 1 + len(CUE_CLASSES)} if is_memory_task(task) else {}
 
 
-def aux_labels(robot: SimRobot, seen_cue: bool) -> dict[str, int]:
-    """Per-step labels (-1: no label at this step) for ``aux_targets(robot.task)``: the cue type,
-    from the first step whose frame showed the cue on (``seen_cue``)."""
+def aux_labels(robot: SimRobot, seen_cue: bool, visible: bool) -> dict[str, int]:
+    """Per-step labels (-1: no label at this step) for ``aux_targets(robot.task)``, for the
+    current state: ``seen_cue`` whether a frame up to this one showed the cue, ``visible``
+    whether this one does."""
     if not is_memory_task(robot.task):
         return {}
-    return {"cue": cue_class(robot.env) if seen_cue else -1}
+    cls = cue_class(robot.env)
+    return {"cue": cls if seen_cue else -1, "cue_view": 1 + cls if visible else 0}
 
 
-__all__ = ["CUE_CLASSES", "cue_position", "cue_class", "cue_visible", "MemoryEpisodeProbe", "aux_targets", "aux_labels"]
+def relabel(robot: SimRobot, episode) -> dict[str, "np.ndarray"]:
+    """The auxiliary labels of a recorded episode, by replaying its actions (levels are a pure
+    function of seed and actions): for demonstrations saved before a target existed."""
+    import numpy as np
+
+    robot.reset(episode.seed)
+    labels: dict[str, list[int]] = {name: [] for name in aux_targets(robot.task)}
+    seen = False
+    for action in episode.actions:
+        visible = cue_visible(robot.env)
+        seen = seen or visible
+        for name, value in aux_labels(robot, seen, visible).items():
+            labels[name].append(value)
+        if robot.done:
+            raise ValueError(f"episode: seed {episode.seed} of {robot.task} ended before its recorded actions did")
+        robot.step(int(action))
+    return {name: np.asarray(v, dtype=np.int64) for name, v in labels.items()}
+
+
+__all__ = ["CUE_CLASSES", "cue_position", "cue_class", "cue_visible", "MemoryEpisodeProbe", "aux_targets", "aux_labels",
+           "relabel"]

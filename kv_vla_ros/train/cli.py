@@ -19,7 +19,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--lr", type=float, default=3e-3)
     parser.add_argument("--batch-tokens", type=int, default=8192)
     parser.add_argument("--max-steps", type=int, default=100000)
-    parser.add_argument("--threads", type=int, default=1, help="torch CPU threads")
+    parser.add_argument("--threads", type=int, default=2, help="torch CPU threads")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--scan-turns", type=int, default=None, help="Memory expert start-room scan turns")
     parser.add_argument("--backbone", type=json.loads, default=None,

@@ -15,7 +15,7 @@ import torch
 
 from kv_vla_ros.sim import (Episode, MemoryExpert, SimRobot, is_memory_task, load_episodes, make_expert,
                             save_episodes, train_seeds)
-from kv_vla_ros.sim.memory import aux_labels, aux_targets, cue_visible
+from kv_vla_ros.sim.memory import aux_labels, aux_targets, cue_visible, relabel
 
 DEFAULT_SCAN_TURNS = 8  # two full circles: S13 ~20 steps, S17 ~23 steps (measured)
 
@@ -54,8 +54,9 @@ def rollout(robot: SimRobot, expert, seed: int, policy=None, max_steps: int | No
     while not robot.done and len(frames) < limit:
         label = expert.act()
         if aux:
-            seen_cue = seen_cue or cue_visible(robot.env)
-            for name, value in aux_labels(robot, seen_cue).items():
+            visible = cue_visible(robot.env)
+            seen_cue = seen_cue or visible
+            for name, value in aux_labels(robot, seen_cue, visible).items():
                 aux[name].append(value)
         frames.append(frame)
         labels.append(label)
@@ -73,7 +74,15 @@ def demonstrations(task: str, n: int, offset: int = 0, scan_turns: int = DEFAULT
     if cache_dir is not None:
         path = Path(cache_dir) / f"{task}-n{n}-o{offset}-scan{scan_turns}-aux.npz"
         if path.is_file():
-            return load_episodes(path)
+            episodes = load_episodes(path)
+            missing = set(aux_targets(task)) - (set(episodes[0].aux) if episodes else set())
+            if missing:  # saved before these targets existed: label by replay, save again
+                robot = SimRobot(task)
+                for ep in episodes:
+                    ep.aux.update({k: v for k, v in relabel(robot, ep).items() if k in missing})
+                robot.close()
+                save_episodes(path, episodes)
+            return episodes
     robot = SimRobot(task)
     expert = expert_for(robot, scan_turns)
     episodes = [rollout(robot, expert, s) for s in train_seeds(n, offset)]
