@@ -32,6 +32,12 @@ def text_config(model_config):
     return model_config.get_text_config(decoder=True) if hasattr(model_config, "get_text_config") else model_config
 
 
+def static_capacity(config: CacheConfig) -> int:
+    """Slots per layer of the static cache: the largest budget plus the largest block fed at once
+    (the prefix, or one chunk: a control step)."""
+    return max(config.layer_budgets or [config.budget_tokens or 0]) + max(config.sink_tokens, config.chunk_size)
+
+
 def head_dim_of(cfg) -> int:
     return getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
 
@@ -45,9 +51,7 @@ class ChunkedKVCache(Cache):
         n_layers = cfg.num_hidden_layers
         layer_types = list(getattr(cfg, "layer_types", None) or ["full_attention"] * n_layers)
         layers = []
-        # Static slots: the largest budget plus the largest block fed at once (the prefix, or
-        # one chunk: a control step).
-        capacity = max(config.layer_budgets or [config.budget_tokens or 0]) + max(config.sink_tokens, config.chunk_size)
+        capacity = static_capacity(config)
         for i, kind in enumerate(layer_types[:n_layers]):
             if kind == "full_attention":
                 layers.append(StaticChunkedLayer(capacity) if config.static else ChunkedLayer())
@@ -81,6 +85,7 @@ class ChunkedKVCache(Cache):
         # With the kv_vla_* attention the real attention of each step is reported to the policy.
         self.attention_hooked = self.attn_implementation.startswith("kv_vla_")
         self.policy = make_policy(config.policy, self)
+        self.external_step = False  # a forward prepared by `begin_step` (compiled decode) is under way
         self._clear()
 
     def _check_layer_budgets(self, config: CacheConfig) -> None:
@@ -117,6 +122,7 @@ class ChunkedKVCache(Cache):
     def reset(self) -> None:
         """New episode: drop every token and the gate/policy state."""
         super().reset()
+        self.end_step(evict=False)
         self._clear()
         self.policy.reset()
 
@@ -131,11 +137,39 @@ class ChunkedKVCache(Cache):
             ACTIVE.cache, ACTIVE.layer_idx = self, layer_idx
             if self.policy.wants_attention:
                 self.policy.observe_update(layer_idx, keys, key_states.shape[-2])
-            if layer_idx == self.chunked[-1]:
+            if layer_idx == self.chunked[-1] and not self.external_step:
                 # The returned `keys`/`values` are tensors of their own: evicting now leaves this
                 # layer's attention over the pre-eviction states untouched.
                 self._after_step()
         return keys, values
+
+    # ----------------------------------------------------------------- prepared forwards
+    def begin_step(self, q: int) -> torch.Tensor:
+        """Prepare a forward of ``q`` tokens outside the model (the compiled decode step): every
+        static layer claims its slots and uploads its table now, so the forward is pure device
+        work; eviction waits for `end_step`. Returns the block's absolute positions ``[q]`` (a
+        device buffer with a fixed address, to pass as ``position_ids``)."""
+        if self.external_step:
+            raise RuntimeError("begin_step: the previous prepared step was not ended (end_step)")
+        layers = [self.layers[i] for i in self.chunked]
+        if not self.config.static or len(layers) != len(self.layers):
+            raise ValueError("static: a prepared (compiled) step needs the static cache on every layer")
+        if not all(layer.is_initialized for layer in layers):
+            raise ValueError("begin_step: feed the prefix through the model first (it sizes the slot buffers)")
+        shared = self.config.layer_budgets is None  # one decision for all layers: one table
+        for layer in layers:
+            layer.external = True
+            layer.prepare(q, share=layers[0] if shared and layer is not layers[0] else None)
+        self.external_step = True
+        return layers[0].bound[2]
+
+    def end_step(self, evict: bool = True) -> None:
+        """End a prepared step: apply the cache policy (``evict=False`` after a failed forward)."""
+        for i in self.chunked:
+            self.layers[i].external = False
+        self.external_step = False
+        if evict:
+            self._after_step()
 
     # ----------------------------------------------------------------- eviction
     def _after_step(self) -> None:
@@ -187,12 +221,20 @@ class ChunkedKVCache(Cache):
         of the history, so they change only with a new cache (next episode): ``ValueError``.
         """
         config.validate()
-        for name in ("chunk_size", "sink_tokens", "static"):
+        for name in ("chunk_size", "sink_tokens"):
             if getattr(config, name) != getattr(self.config, name) and self.tokens_seen > 0:
                 raise ValueError(f"{name}: cannot change in the middle of an episode (applies to a new cache)")
+        if config.static != self.config.static:  # the layers' kind is fixed when the cache is built
+            raise ValueError("static: switching the static-shape cache on or off applies to a new cache")
         if (config.policy == "window") != (self.config.policy == "window") and self.tokens_seen > 0:
             raise ValueError("policy: switching to or from 'window' changes the prefix layout; it applies to a new cache")
         self._check_layer_budgets(config)
+        slots = min((getattr(self.layers[i], "capacity", 1 << 62) for i in self.chunked), default=1 << 62)
+        if static_capacity(config) > slots and config.static:
+            raise ValueError(
+                f"budget_tokens: the static cache has {slots} slots per layer, this budget needs "
+                f"{static_capacity(config)}; a larger budget needs a new cache"
+            )
         n_groups_old = self.states.shape[0]
         old_policy = self.config.policy
         self.config = config
