@@ -16,6 +16,7 @@ COMMANDS: list[tuple[str, str, str]] = [
     ("bench cache", "kv_vla_ros.eval.bench_cache", "per-step latency and KV bytes of cache policies vs full"),
     ("bench ros", "kv_vla_ros.ros.bench_ros", "policy node publish intervals p50/p99 at 20/50 Hz and frames dropped"),
     ("bench paper", "kv_vla_ros.eval.bench_paper", "latency, KV bytes, FLOPs vs history at paper scale, vs the paper"),
+    ("bench dtype", "kv_vla_ros.eval.bench_dtype", "action agreement of a bfloat16/float16 (or compiled) session vs float32"),
     ("train", "kv_vla_ros.train.cli", "behaviour-clone the VLA on simulator expert demonstrations"),
     ("train-gate", "kv_vla_ros.train.gate_train", "train the chunk gate on rollouts of a frozen VLA"),
     ("calibrate", "kv_vla_ros.train.calibrate", "per-layer attention selectivity and per-layer budgets (ScaleKV)"),

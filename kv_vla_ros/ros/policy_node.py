@@ -38,7 +38,6 @@ from kv_vla_ros.ros.ros_params import declare_specs
 NODE_NAME = "kv_vla_node"
 INSTRUCTION_QOS = QoSProfile(depth=1, reliability=QoSReliabilityPolicy.RELIABLE,
                              durability=QoSDurabilityPolicy.TRANSIENT_LOCAL)
-_DTYPES = ("float32", "bfloat16", "float16")
 
 
 class StartupError(RuntimeError):
@@ -66,17 +65,18 @@ def load_session(model_path: str, device: str, dtype: str, num_threads: int, ses
     import torch
 
     from kv_vla_ros.vla import DEFAULT_MODEL_PATH, VLAModel, VLASession
+    from kv_vla_ros.vla.session import resolve_device_dtype
 
-    if dtype not in _DTYPES:
-        raise StartupError(f"dtype: expected one of {', '.join(_DTYPES)}, got {dtype!r}")
-    if dtype != "float32":  # VLASession's processor feeds float32 frames into the vision encoder
-        raise StartupError(f"dtype: {dtype} is not supported by VLASession yet (float32 only)")
+    try:  # parameters that do not fit this machine end the node with one line, before any loading
+        resolve_device_dtype(device, dtype)
+    except ValueError as exc:
+        raise StartupError(str(exc)) from None
     if num_threads > 0:
         torch.set_num_threads(num_threads)
     path = model_path or str(DEFAULT_MODEL_PATH)
     try:
-        model = attach_trained_gate(VLAModel.from_pretrained(path, device=device), path).to(getattr(torch, dtype))
-        session = (session_factory or VLASession)(model, model.config.cache, device)
+        model = attach_trained_gate(VLAModel.from_pretrained(path, device=device), path)
+        session = (session_factory or VLASession)(model, model.config.cache, device, dtype=dtype)
     except Exception as exc:  # FileNotFoundError, ValueError, RuntimeError (bad device), ...
         raise StartupError(f"cannot load model from {path}: {exc}") from None
     return model, session
@@ -107,6 +107,7 @@ class KVVLANode(Node):
         try:  # parameter overrides (params file, command line) on top of the model's cache config
             cfg = self.session.cache_config.replace(**cache_changes_from_params(cache_values))
             self.session.set_cache_config(cfg)
+            self.session.set_compile(p["compile"])
             self.loop = ControlLoop(self.discrete, action_cfg.num_actions, action_dim, p["stale_timeout_s"],
                                     p["enabled"], p["action.min"], p["action.max"])
         except ValueError as exc:
