@@ -123,6 +123,8 @@ class VLAConfig:
             feature; ``K`` pools the patch features into ``K`` tokens (learned queries attending
             over the patches). Few tokens per frame make long histories cheap and, measured on
             the Memory tasks, let a small policy learn to recall a cue at all.
+        frame_pooling: how ``frame_tokens`` are pooled: ``"linear"`` (one learned linear map of
+            the whole frame's patch features) or ``"attention"`` (learned queries over the patches).
         vision_hidden: width of the patch MLP.
         vision_frame_context: add a learned projection of the frame's mean patch feature to
             every token of the frame (a frame summary each token carries).
@@ -138,6 +140,7 @@ class VLAConfig:
     image_size: int = 56
     patch_size: int = 8
     frame_tokens: int | None = None
+    frame_pooling: str = "linear"
     vision_hidden: int = 256
     vision_frame_context: bool = False
     action: ActionSpaceConfig = field(default_factory=ActionSpaceConfig)
@@ -171,6 +174,8 @@ class VLAConfig:
                 raise ValueError(f"{name}: must be an int >= 1, got {value!r}")
         if self.image_size % self.patch_size:
             raise ValueError(f"patch_size: {self.patch_size} does not divide image_size {self.image_size}")
+        if self.frame_pooling not in ("linear", "attention"):
+            raise ValueError(f"frame_pooling: expected 'linear' or 'attention', got {self.frame_pooling!r}")
         if self.frame_tokens is not None:
             ft = self.frame_tokens
             if isinstance(ft, bool) or not isinstance(ft, int) or not 1 <= ft <= self.patches_per_frame:

@@ -28,11 +28,11 @@ CONFIG_FILE, WEIGHTS_FILE, TOKENIZER_FILE = "config.json", "model.safetensors", 
 FORMAT_VERSION = 1
 
 
-class FramePooling(nn.Module):
+class AttentionPooling(nn.Module):
     """Patch features (T, N, vh) -> K tokens (T, K, vh): K learned queries attend over the patches
     (multi-head attention pooling, as in Perceiver / Set Transformer's PMA)."""
 
-    def __init__(self, num_tokens: int, width: int, heads: int = 4):
+    def __init__(self, num_tokens: int, num_patches: int, width: int, heads: int = 4):
         super().__init__()
         self.queries = nn.Parameter(torch.randn(num_tokens, width) * width ** -0.5)
         self.norm = nn.LayerNorm(width)
@@ -42,6 +42,25 @@ class FramePooling(nn.Module):
         q = self.queries.unsqueeze(0).expand(x.shape[0], -1, -1)
         kv = self.norm(x)
         return q + self.attn(q, kv, kv, need_weights=False)[0]
+
+
+class LinearPooling(nn.Module):
+    """Patch features (T, N, vh) -> K tokens (T, K, vh) by one learned linear map of the whole
+    frame: nothing is averaged away, so a one-patch object (a MiniGrid key) stays readable.
+    Attention pooling starts near a uniform mean over the patches, where a single object's
+    features are diluted 1/N, and a small policy did not learn to read the cue from it."""
+
+    def __init__(self, num_tokens: int, num_patches: int, width: int):
+        super().__init__()
+        self.num_tokens = num_tokens
+        self.norm = nn.LayerNorm(num_patches * width)
+        self.proj = nn.Linear(num_patches * width, num_tokens * width)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.proj(self.norm(x.flatten(1))).unflatten(1, (self.num_tokens, -1))
+
+
+FRAME_POOLING = {"linear": LinearPooling, "attention": AttentionPooling}
 
 
 class VisionEncoder(nn.Module):
@@ -58,7 +77,8 @@ class VisionEncoder(nn.Module):
         # Every token also carries a summary of its whole frame, so a later query can recall
         # "what that frame showed" from any of its 49 tokens (memory tasks learn much faster).
         self.frame_context = nn.Linear(vh, vh) if config.vision_frame_context else None
-        self.pool = FramePooling(config.frame_tokens, vh) if config.frame_tokens else None
+        self.pool = (FRAME_POOLING[config.frame_pooling](config.frame_tokens, config.patches_per_frame, vh)
+                     if config.frame_tokens else None)
 
     def forward(self, frames: torch.Tensor) -> torch.Tensor:
         x = self.patch(frames).flatten(2).transpose(1, 2) + self.pos  # (T, N, vh)
