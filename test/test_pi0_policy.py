@@ -196,3 +196,25 @@ def test_bad_inputs_give_clear_errors(ckpt, policy, tmp_path):
     (odd / "config.json").write_text(json.dumps({**meta, "model_type": "not_a_vla"}))
     with pytest.raises(ValueError, match="model_type 'not_a_vla' is not a supported policy"):
         load_policy(odd)
+
+
+def test_bfloat16_pi0_tracks_float32_and_compile_is_refused(ckpt, policy):
+    """π0 loaded in bfloat16 streams with half the K/V bytes and actions close to float32's (measured
+    on this tiny config: max difference 1.1e-3 at an action scale of 3.4); π0 has no compiled step."""
+    half = load_policy(ckpt, dtype="bfloat16")
+    runs = []
+    for pol in (policy, half):
+        session = VLASession(pol, pol.default_cache_config().replace(policy="sink_window", budget_tokens=80))
+        session.reset(INSTRUCTION)
+        runs.append(np.stack([session.step_chunk(f, np.zeros(3), noise=_noise(pol, s))
+                              for s, f in enumerate(random_frames(6, 1))]))
+        runs.append(session.stats())
+    (a32, s32), (a16, s16) = runs[:2], runs[2:]
+    assert s16["dtype"] == "bfloat16" and s16["bytes_held"] * 2 == s32["bytes_held"]
+    assert np.isfinite(a16).all() and np.abs(a16 - a32).max() <= 0.02 * np.abs(a32).max()
+    with pytest.raises(ValueError, match="compile: the pi0 policy has no compiled decode step"):
+        VLASession(policy, compile=True)
+    with pytest.raises(ValueError, match="dtype: the pi0 policy was loaded in float32"):
+        VLASession(policy, dtype="bfloat16")
+    with pytest.raises(ValueError, match="dtype: float16 needs a CUDA device"):
+        load_policy(ckpt, dtype="float16")

@@ -217,3 +217,20 @@ def test_model_that_fails_to_load_exits_with_one_line(tmp_path):
     assert proc.returncode == 1, output
     assert "Traceback" not in output and "cannot load model" in output
     assert len([line for line in output.splitlines() if "ERROR" in line]) == 1
+
+
+@pytest.mark.parametrize("params, expected", [
+    (["dtype:=float16"], "dtype: float16 needs a CUDA device"),
+    (["device:=cuda"], "device: cuda requested but CUDA is not available"),
+    (["compile:=true"], "cache.static: compile needs the static-shape cache"),
+])
+def test_parameters_that_do_not_fit_the_device_exit_with_one_line(params, expected):
+    if "device:=cuda" in params and __import__("torch").cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    args = [a for p in params for a in ("-p", p)]
+    proc = subprocess.run([sys.executable, "-m", POLICY_MODULE, "--ros-args", *args], capture_output=True, text=True,
+                          timeout=90, env={**__import__("os").environ, "ROS_DOMAIN_ID": str(pick_domain_id(salt=29))})
+    output = (proc.stdout + proc.stderr).strip()
+    assert proc.returncode == 1, output
+    assert "Traceback" not in output and expected in output
+    assert len([line for line in output.splitlines() if "ERROR" in line]) == 1

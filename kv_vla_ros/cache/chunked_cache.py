@@ -32,6 +32,12 @@ def text_config(model_config):
     return model_config.get_text_config(decoder=True) if hasattr(model_config, "get_text_config") else model_config
 
 
+def static_capacity(config: CacheConfig) -> int:
+    """Slots per layer of the static cache: the largest budget plus the largest block fed at once
+    (the prefix, or one chunk: a control step)."""
+    return max(config.layer_budgets or [config.budget_tokens or 0]) + max(config.sink_tokens, config.chunk_size)
+
+
 def head_dim_of(cfg) -> int:
     return getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
 
@@ -53,9 +59,7 @@ class ChunkedKVCache(Cache):
         n_layers = cfg.num_hidden_layers
         layer_types = list(getattr(cfg, "layer_types", None) or ["full_attention"] * n_layers)
         layers = []
-        # Static slots: the largest budget plus the largest block fed at once (the prefix, or
-        # one chunk: a control step).
-        capacity = max(config.layer_budgets or [config.budget_tokens or 0]) + max(config.sink_tokens, config.chunk_size)
+        capacity = static_capacity(config)
         for i, kind in enumerate(layer_types[:n_layers]):
             if kind == "full_attention":
                 layers.append(StaticChunkedLayer(capacity) if config.static else ChunkedLayer())
@@ -89,6 +93,7 @@ class ChunkedKVCache(Cache):
         # With the kv_vla_* attention the real attention of each step is reported to the policy.
         self.attention_hooked = self.attn_implementation.startswith("kv_vla_")
         self.policy = make_policy(config.policy, self)
+        self.external_step = False  # a forward prepared by `begin_step` (compiled decode) is under way
         self._clear()
 
     def _check_layer_budgets(self, config: CacheConfig) -> None:
@@ -114,14 +119,18 @@ class ChunkedKVCache(Cache):
         return [[i] for i in self.chunked]
 
     def _clear(self) -> None:
-        self.n_old = 0  # chunks that have left the recent window (each scored once)
-        self.scores = torch.zeros(0)  # [n_old] utility per old chunk
-        self.states = torch.zeros(len(self._groups()), 0, dtype=torch.int8)  # [groups, n_old]
+        # Per-step work must not grow with the episode: only the old chunks that some layer still
+        # holds are tracked (``old_ids``); a chunk dropped everywhere is forgotten for good.
+        self.n_old = 0  # chunks that have left the recent window (each scored once): a count only
+        self.old_ids: list[int] = []  # [n_tracked] ascending ids of old chunks held by some group
+        self.scores = torch.zeros(0)  # [n_tracked] utility per tracked chunk
+        self.states = torch.zeros(len(self._groups()), 0, dtype=torch.int8)  # [groups, n_tracked]
         self.last_scores: dict[int, float] = {}
 
     def reset(self) -> None:
         """New episode: drop every token and the gate/policy state."""
         super().reset()
+        self.end_step(evict=False)
         self._clear()
         self.policy.reset()
 
@@ -136,11 +145,39 @@ class ChunkedKVCache(Cache):
             ACTIVE.cache, ACTIVE.layer_idx = self, layer_idx
             if self.policy.wants_attention:
                 self.policy.observe_update(layer_idx, keys, key_states.shape[-2])
-            if layer_idx == self.chunked[-1]:
+            if layer_idx == self.chunked[-1] and not self.external_step:
                 # The returned `keys`/`values` are tensors of their own: evicting now leaves this
                 # layer's attention over the pre-eviction states untouched.
                 self._after_step()
         return keys, values
+
+    # ----------------------------------------------------------------- prepared forwards
+    def begin_step(self, q: int) -> torch.Tensor:
+        """Prepare a forward of ``q`` tokens outside the model (the compiled decode step): every
+        static layer claims its slots and uploads its table now, so the forward is pure device
+        work; eviction waits for `end_step`. Returns the block's absolute positions ``[q]`` (a
+        device buffer with a fixed address, to pass as ``position_ids``)."""
+        if self.external_step:
+            raise RuntimeError("begin_step: the previous prepared step was not ended (end_step)")
+        layers = [self.layers[i] for i in self.chunked]
+        if not self.config.static or len(layers) != len(self.layers):
+            raise ValueError("static: a prepared (compiled) step needs the static cache on every layer")
+        if not all(layer.is_initialized for layer in layers):
+            raise ValueError("begin_step: feed the prefix through the model first (it sizes the slot buffers)")
+        shared = self.config.layer_budgets is None  # one decision for all layers: one table
+        for layer in layers:
+            layer.external = True
+            layer.prepare(q, share=layers[0] if shared and layer is not layers[0] else None)
+        self.external_step = True
+        return layers[0].bound[2]
+
+    def end_step(self, evict: bool = True) -> None:
+        """End a prepared step: apply the cache policy (``evict=False`` after a failed forward)."""
+        for i in self.chunked:
+            self.layers[i].external = False
+        self.external_step = False
+        if evict:
+            self._after_step()
 
     # ----------------------------------------------------------------- eviction
     def _after_step(self) -> None:
@@ -151,6 +188,7 @@ class ChunkedKVCache(Cache):
         if new_ids:
             new_scores = self.policy.score(new_ids).float()
             self.last_scores = dict(zip(new_ids, new_scores.tolist()))
+            self.old_ids += new_ids
             self.scores = torch.cat([self.scores, new_scores])
             pad = torch.full((self.states.shape[0], len(new_ids)), KEPT, dtype=torch.int8)
             self.states = torch.cat([self.states, pad], dim=1)
@@ -159,10 +197,10 @@ class ChunkedKVCache(Cache):
 
     def _evict(self) -> None:
         """Apply the keep rule to every old chunk still held, in every layer."""
-        if not self.policy.evicts or self.n_old == 0:
+        if not self.policy.evicts or not self.old_ids:
             return
         cfg, seen, sink = self.config, self.tokens_seen, self.sink
-        scores = self.policy.rescore(list(range(self.n_old)), self.scores)
+        scores = self.policy.rescore(list(self.old_ids), self.scores)
         recent_start = sink + self.n_old * cfg.chunk_size
         fixed = min(seen, sink) + max(0, seen - recent_start)  # prefix + recent window
         for g, group in enumerate(self._groups()):
@@ -170,6 +208,17 @@ class ChunkedKVCache(Cache):
             new_summaries = self._decide(g, scores, None if budget is None else budget - fixed)
             for layer_idx in group:
                 self._apply(layer_idx, g, recent_start, new_summaries)
+        self._forget_dropped()
+
+    def _forget_dropped(self) -> None:
+        """Stop tracking chunks that no layer holds any more (their tokens are gone for good)."""
+        alive = (self.states != DROPPED).any(dim=0)
+        if bool(alive.all()):
+            return
+        gone = [c for c, a in zip(self.old_ids, alive.tolist()) if not a]
+        self.old_ids = [c for c, a in zip(self.old_ids, alive.tolist()) if a]
+        self.scores, self.states = self.scores[alive], self.states[:, alive]
+        self.policy.forget(gone)
 
     def reconfigure(self, config: CacheConfig) -> None:
         """Change the policy, budgets, window or thresholds live, keeping the episode's history.
@@ -180,12 +229,20 @@ class ChunkedKVCache(Cache):
         of the history, so they change only with a new cache (next episode): ``ValueError``.
         """
         config.validate()
-        for name in ("chunk_size", "sink_tokens", "static"):
+        for name in ("chunk_size", "sink_tokens"):
             if getattr(config, name) != getattr(self.config, name) and self.tokens_seen > 0:
                 raise ValueError(f"{name}: cannot change in the middle of an episode (applies to a new cache)")
+        if config.static != self.config.static:  # the layers' kind is fixed when the cache is built
+            raise ValueError("static: switching the static-shape cache on or off applies to a new cache")
         if (config.policy == "window") != (self.config.policy == "window") and self.tokens_seen > 0:
             raise ValueError("policy: switching to or from 'window' changes the prefix layout; it applies to a new cache")
         self._check_layer_budgets(config)
+        slots = min((getattr(self.layers[i], "capacity", 1 << 62) for i in self.chunked), default=1 << 62)
+        if static_capacity(config) > slots and config.static:
+            raise ValueError(
+                f"budget_tokens: the static cache has {slots} slots per layer, this budget needs "
+                f"{static_capacity(config)}; a larger budget needs a new cache"
+            )
         n_groups_old = self.states.shape[0]
         old_policy = self.config.policy
         self.config = config
@@ -200,50 +257,52 @@ class ChunkedKVCache(Cache):
                 in_dim = gate_input_dim(len(self.chunked), self.head_dim)
                 self.gate = ChunkGate.untrained(in_dim, seed=config.seed)
             self.policy = make_policy(config.policy, self)
-            held_everywhere = [c for c in range(self.n_old) if bool((self.states[:, c] == KEPT).all())]
-            self.scores = torch.full((self.n_old,), float("-inf"))
+            everywhere = (self.states == KEPT).all(dim=0)  # [n_tracked]
+            held_everywhere = [c for c, e in zip(self.old_ids, everywhere.tolist()) if e]
+            self.scores = torch.full((len(self.old_ids),), float("-inf"))
             if held_everywhere:
-                self.scores[held_everywhere] = self.policy.score(held_everywhere).float()
+                self.scores[everywhere] = self.policy.score(held_everywhere).float()
         self._evict()
 
     def _decide(self, g: int, scores: torch.Tensor, room: int | None) -> list[int]:
-        """Update ``states[g]``; return chunks that just became summaries (their K/V still held)."""
-        cfg, state = self.config, self.states[g]
-        kept = (state == KEPT).nonzero().flatten().tolist()
+        """Update ``states[g]`` (columns: ``old_ids``); return the chunk ids that just became
+        summaries (their K/V still held). O(tracked chunks), never O(history)."""
+        cfg, state, ids = self.config, self.states[g], self.old_ids
+        kept = (state == KEPT).nonzero().flatten().tolist()  # column indices
         evicted = []
         if self.policy.uses_threshold:
-            evicted = [c for c in kept if scores[c] < cfg.gate_threshold]
-            kept = [c for c in kept if scores[c] >= cfg.gate_threshold]
+            evicted = [j for j in kept if scores[j] < cfg.gate_threshold]
+            kept = [j for j in kept if scores[j] >= cfg.gate_threshold]
         used = 0
         if room is not None:
             # Highest utility first; among equals, the newer chunk.
-            kept.sort(key=lambda c: (-float(scores[c]), -c))
+            kept.sort(key=lambda j: (-float(scores[j]), -ids[j]))
             fits = room // cfg.chunk_size
             evicted += kept[fits:]
             kept = kept[:fits]
             used = len(kept) * cfg.chunk_size
-        for c in evicted:
-            state[c] = SUMMARY if cfg.summarize and scores[c] >= cfg.summary_threshold else DROPPED
-        new_summaries = [c for c in evicted if state[c] == SUMMARY]
+        for j in evicted:
+            state[j] = SUMMARY if cfg.summarize and scores[j] >= cfg.summary_threshold else DROPPED
+        new_summaries = [j for j in evicted if state[j] == SUMMARY]
         summaries = (state == SUMMARY).nonzero().flatten().tolist()
         if room is not None and len(summaries) > room - used:
-            summaries.sort(key=lambda c: (-float(scores[c]), -c))
-            for c in summaries[max(0, room - used):]:
-                state[c] = DROPPED
-            new_summaries = [c for c in new_summaries if state[c] == SUMMARY]
-        return new_summaries
+            summaries.sort(key=lambda j: (-float(scores[j]), -ids[j]))
+            for j in summaries[max(0, room - used):]:
+                state[j] = DROPPED
+            new_summaries = [j for j in new_summaries if state[j] == SUMMARY]
+        return [ids[j] for j in new_summaries]
 
     def _apply(self, layer_idx: int, g: int, recent_start: int, new_summaries: list[int]) -> None:
         layer, cfg, sink = self.layers[layer_idx], self.config, self.sink
         summary_kv = [self._summary(layer, c) for c in new_summaries]
         pos = layer.positions
-        state = self.states[g].to(pos.device)
+        ids = torch.tensor(self.old_ids, dtype=torch.long)
+        state = self.states[g]
+        kept_ids, summary_ids = ids[state == KEPT].to(pos.device), ids[state == SUMMARY].to(pos.device)
         keep = ((pos >= 0) & (pos < sink)) | (pos >= recent_start)
         old = (pos >= sink) & (pos < recent_start)
-        chunk = ((pos - sink) // cfg.chunk_size).clamp(0, max(0, self.n_old - 1))
-        keep |= old & (state[chunk] == KEPT)
-        summary_chunk = (-pos - 1).clamp(0, max(0, self.n_old - 1))
-        keep |= (pos < 0) & (state[summary_chunk] == SUMMARY)
+        keep |= old & torch.isin((pos - sink) // cfg.chunk_size, kept_ids)
+        keep |= (pos < 0) & torch.isin(-pos - 1, summary_ids)
         layer.keep(keep.nonzero().flatten())
         for c, (k, v) in zip(new_summaries, summary_kv):
             layer.append_summary(c, k, v)
@@ -255,7 +314,9 @@ class ChunkedKVCache(Cache):
         plain mean over its tokens; the score decides whether the summary exists at all.
         """
         k, v = self._chunk_kv(layer, chunk_id)
-        return k.mean(dim=-2, keepdim=True), v.mean(dim=-2, keepdim=True)
+        # Accumulate in float32: a half-precision sum over a chunk loses digits.
+        return (k.mean(dim=-2, keepdim=True, dtype=torch.float32).to(k.dtype),
+                v.mean(dim=-2, keepdim=True, dtype=torch.float32).to(v.dtype))
 
     def _chunk_kv(self, layer: ChunkedLayer, chunk_id: int):
         start = self.sink + chunk_id * self.config.chunk_size
@@ -286,7 +347,7 @@ class ChunkedKVCache(Cache):
     def stats(self) -> dict:
         """Tokens seen and held, bytes held, kept chunks (ids and absolute ranges), last gate scores."""
         cfg = self.config
-        kept = (self.states[0] == KEPT).nonzero().flatten().tolist() if self.n_old else []
+        kept = [c for c, st in zip(self.old_ids, self.states[0].tolist()) if st == KEPT]
         return {
             "policy": cfg.policy,
             "tokens_seen": self.tokens_seen,
@@ -296,7 +357,7 @@ class ChunkedKVCache(Cache):
             "chunks_scored": self.n_old,
             "kept_chunks": kept,
             "kept_ranges": [[self.sink + c * cfg.chunk_size, self.sink + (c + 1) * cfg.chunk_size] for c in kept],
-            "summary_chunks": (self.states[0] == SUMMARY).nonzero().flatten().tolist() if self.n_old else [],
+            "summary_chunks": [c for c, st in zip(self.old_ids, self.states[0].tolist()) if st == SUMMARY],
             "last_gate_scores": dict(self.last_scores),
             "keep_ratio": self.tokens_held() / max(1, self.tokens_seen),
         }

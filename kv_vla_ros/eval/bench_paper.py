@@ -7,6 +7,12 @@ visual + 7 action tokens per step, random weights, bf16; for a GPU), ``openvla-s
 shape scaled down so that it runs on a CPU in a few minutes), ``pi0`` (transformers' π0 streamed as
 ``PI0Policy`` streams it, the denoising steps included in every step's figures; π0's real size in
 bfloat16 on a GPU, a scaled-down config on a CPU: see ``bench_pi0``).
+
+Policies: ``full``, ``window``, ``gated`` (dynamic cache), ``gated-static`` (static-shape cache),
+``gated-static-compiled`` (the static cache's decode step as a CUDA graph; uncompiled on a CPU).
+Each row also gives the step's load-independent work (aten ops, elements touched, Python calls:
+flat in the history when the per-step cost is O(held)) and its floors on this device: bytes read
+(weights + K/V) over the measured memory bandwidth, and FLOPs over the measured matmul rate.
 """
 
 from __future__ import annotations
@@ -22,6 +28,9 @@ from torch.utils.flop_counter import FlopCounterMode
 from tqdm import tqdm
 
 from kv_vla_ros.cache import CacheConfig, make_cache, use_kv_vla_attention
+from kv_vla_ros.cache.compiled import CompiledDecode
+from kv_vla_ros.cache.work import StepWork
+from kv_vla_ros.eval import floors
 
 PAPER = {  # KV-Efficient VLA (arXiv 2509.21354): v2 measured, v1 theoretical, the paper's cost model
     "speedup": {"v2": 1.34, "v1": 1.21, "cost model": 1.61},
@@ -47,24 +56,30 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-full-frames", type=int, default=None,
                         help="stop the full cache here (its cost grows without bound; default: CPU 256, GPU all)")
     parser.add_argument("--budget-frames", type=int, default=8, help="budget: this many steps' tokens (default 8)")
-    parser.add_argument("--policies", default="full,window,gated,gated-static",
-                        help="static variants are skipped for pi0 (its bidirectional blocks need the dynamic cache)")
+    parser.add_argument("--policies", default=None,
+                        help="default: CPU full,window,gated,gated-static; GPU full,gated,gated-static,gated-static-compiled "
+                        "(static variants are skipped for pi0: its bidirectional blocks need the dynamic cache)")
+    parser.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], default=None,
+                        help="weights and K/V dtype (default: the backbone's: openvla and pi0 on a GPU bfloat16, "
+                        "others float32)")
     parser.add_argument("--repeats", type=int, default=5, help="timed steps per history length (median)")
     parser.add_argument("--out", default="runs/bench_paper")
     parser.add_argument("--threads", type=int, default=2)
 
 
-def build_backbone(name: str, model_path: str | None, device: str):
+def build_backbone(name: str, model_path: str | None, device: str, dtype: str | None = None):
     """(transformers causal LM, tokens per step, dtype) with random weights (or the shipped ones)."""
     from transformers import LlamaConfig, LlamaForCausalLM
 
     if name == "default":
         from kv_vla_ros.vla import DEFAULT_MODEL_PATH, VLAModel
 
-        vla = VLAModel.from_pretrained(model_path or DEFAULT_MODEL_PATH, device=device)
-        return vla.backbone, vla.config.tokens_per_step, torch.float32
+        dtype = getattr(torch, dtype or "float32")
+        vla = VLAModel.from_pretrained(model_path or DEFAULT_MODEL_PATH, device=device, dtype=dtype)
+        return vla.backbone, vla.config.tokens_per_step, dtype
     spec = dict(BACKBONES[name])
-    frame, action, dtype = spec.pop("frame_tokens"), spec.pop("action_tokens"), getattr(torch, spec.pop("dtype"))
+    frame, action, dtype = spec.pop("frame_tokens"), spec.pop("action_tokens"), getattr(torch, dtype or spec.pop("dtype"))
+    spec.pop("dtype", None)
     config = LlamaConfig(vocab_size=32000, max_position_embeddings=1 << 20, **spec)
     torch.manual_seed(0)
     with torch.device(device):
@@ -76,7 +91,10 @@ def cache_configs(policies: list[str], step: int, budget_frames: int, prefix: in
     budget = budget_frames * step  # "a budget of N frames' tokens", prefix included
     out = {}
     for name in policies:
-        policy, static = name.removesuffix("-static"), name.endswith("-static")
+        base = name.removesuffix("-compiled")
+        policy, static = base.removesuffix("-static"), base.endswith("-static")
+        if name.endswith("-compiled") and not static:
+            raise ValueError(f"policies: {name!r}: only a static cache compiles (e.g. gated-static-compiled)")
         if policy == "full":
             out[name] = CacheConfig(policy="full", chunk_size=step, recent_chunks=2, sink_tokens=prefix, budget_tokens=None)
         else:
@@ -110,28 +128,42 @@ def measure(model, configs, step: int, checkpoints: list[int], repeats: int, max
     limits = {name: max_full if cfg.policy == "full" else max(checkpoints) for name, cfg in configs.items()}
     for cache in caches.values():
         forward(embeds(prefix), cache)
+    decoders = {name: CompiledDecode(model, caches[name]) for name in configs if name.endswith("-compiled")}
+
+    def step_of(name, x):
+        if name in decoders:
+            decoders[name](x)
+        else:
+            forward(x, caches[name])
     results = {name: {} for name in configs}
     done = 0
     bar = tqdm(total=max(checkpoints), desc="history", unit="frame")
     for target in checkpoints:
         active = {n: c for n, c in caches.items() if target <= limits[n]}
-        while done < target - repeats - 1:
+        while done < target - repeats - 2:
             x = embeds(step)
-            for cache in active.values():
-                forward(x, cache)
+            for n in active:
+                step_of(n, x)
             done += 1
             bar.update()
         times = {n: [] for n in active}
         for _ in range(repeats):
             x = embeds(step)
-            for n, cache in active.items():
+            for n in active:
                 sync(device)
                 t0 = time.perf_counter()
-                forward(x, cache)
+                step_of(n, x)
                 sync(device)
                 times[n].append(time.perf_counter() - t0)
             done += 1
             bar.update()
+        # The work of one more step, counted (not timed: independent of the machine's load).
+        x = embeds(step)
+        work = {}
+        for n in active:
+            with StepWork() as counted:
+                step_of(n, x)
+            work[n] = counted.as_dict()
         # FLOPs of one more step, counted with the matmul-based eager attention (FlopCounterMode
         # does not see every fused sdpa kernel); the cache state carries on unchanged.
         x = embeds(step)
@@ -142,10 +174,10 @@ def measure(model, configs, step: int, checkpoints: list[int], repeats: int, max
             s = cache.stats()
             results[n][target] = {"ms": statistics.median(times[n]) * 1e3, "flops": counter.get_total_flops(),
                                   "tokens_seen": s["tokens_seen"], "tokens_held": s["tokens_held"],
-                                  "kv_bytes": s["bytes_held"]}
+                                  "kv_bytes": s["bytes_held"], "kv_bytes_read": floors.kv_bytes_read(cache), **work[n]}
         model.set_attn_implementation("kv_vla_sdpa")
-        done += 1
-        bar.update()
+        done += 2
+        bar.update(2)
         for n in [n for n in caches if limits[n] <= target]:
             del caches[n]  # free the full cache's memory once it has reached its last checkpoint
     bar.close()
@@ -212,28 +244,33 @@ def run(args: argparse.Namespace) -> int:
         checkpoints = sorted({int(x) for x in args.history.split(",") if x.strip()})
     except ValueError:
         raise SystemExit(f"kv-vla bench paper: --history must be comma-separated integers, got {args.history!r}") from None
-    if not checkpoints or checkpoints[0] < args.repeats + 2 or args.repeats < 1 or args.budget_frames < 3:
-        raise SystemExit("kv-vla bench paper: need --repeats >= 1, history lengths > repeats + 1, --budget-frames >= 3")
+    if not checkpoints or checkpoints[0] < args.repeats + 3 or args.repeats < 1 or args.budget_frames < 3:
+        raise SystemExit("kv-vla bench paper: need --repeats >= 1, history lengths > repeats + 2, --budget-frames >= 3")
     if args.device.startswith("cuda") and not torch.cuda.is_available():
         raise SystemExit("kv-vla bench paper: --device cuda but no GPU is available")
     torch.set_num_threads(args.threads)
     max_full = args.max_full_frames or (max(checkpoints) if args.device.startswith("cuda") else 256)
-    policies = [p.strip() for p in args.policies.split(",") if p.strip()]
-    extra, prefix, name = {}, PREFIX, args.backbone
+    if args.dtype == "float16" and not args.device.startswith("cuda"):
+        raise SystemExit("kv-vla bench paper: --dtype float16 needs a CUDA device; use bfloat16 or float32 on a CPU")
+    default = ("full,gated,gated-static,gated-static-compiled" if args.device.startswith("cuda")
+               else "full,window,gated,gated-static")
+    policies = [p.strip() for p in (args.policies or default).split(",") if p.strip()]
+    extra, prefix, name, weight_bytes = {}, PREFIX, args.backbone, None
     if args.backbone == "pi0":
-        from kv_vla_ros.eval.bench_pi0 import PROMPT_TOKENS, build_pi0, pi0_forward
+        from kv_vla_ros.eval.bench_pi0 import PROMPT_TOKENS, build_pi0, pi0_forward, pi0_weight_bytes
 
-        model, step, dtype, scale = build_pi0(args.device)
+        model, step, dtype, scale = build_pi0(args.device, args.dtype)
         text = model.config.vlm_config.text_config
         extra = dict(forward=pi0_forward(model, dtype, args.device), cache_model_config=text, hidden=text.hidden_size)
         prefix, name = PROMPT_TOKENS, f"pi0 ({scale}; + {model.config.num_inference_steps} denoising steps)"
-        skipped = [p for p in policies if p.endswith("-static")]
-        policies = [p for p in policies if not p.endswith("-static")]
+        weight_bytes = pi0_weight_bytes(model)
+        skipped = [p for p in policies if "-static" in p]
+        policies = [p for p in policies if "-static" not in p]
         if skipped:
             print(f"note: {', '.join(skipped)} skipped: π0's bidirectional blocks need the dynamic cache")
     else:
         try:
-            model, step, dtype = build_backbone(args.backbone, args.model, args.device)
+            model, step, dtype = build_backbone(args.backbone, args.model, args.device, args.dtype)
         except (FileNotFoundError, ValueError) as exc:
             raise SystemExit(f"kv-vla bench paper: {exc}") from None
         text = model.config
@@ -247,11 +284,17 @@ def run(args: argparse.Namespace) -> int:
     title = (f"{name} backbone ({text.num_hidden_layers} layers, hidden {text.hidden_size}, "
              f"{step} tokens/step, {str(dtype).removeprefix('torch.')}, {args.device}), budget {args.budget_frames} steps")
     table = ratios(results)
-    md = markdown(table, title)
+    bandwidth = floors.memory_bandwidth(args.device)
+    flops_per_s = floors.matmul_throughput(args.device, dtype)
+    floors.add_floors(table, weight_bytes or floors.weight_bytes_read(model), bandwidth, flops_per_s)
+    flat = floors.flatness(table)
+    device_name = torch.cuda.get_device_name(args.device) if args.device.startswith("cuda") else f"CPU ({args.threads} threads)"
+    md = markdown(table, title) + "\n" + floors.floors_markdown(table, flat, device_name, bandwidth, flops_per_s)
     os.makedirs(args.out, exist_ok=True)
     stem = os.path.join(args.out, f"bench_{args.backbone}")
     with open(stem + ".json", "w") as f:
-        json.dump({"args": vars(args), "tokens_per_step": step, "table": table, "paper": PAPER}, f, indent=1)
+        json.dump({"args": vars(args), "tokens_per_step": step, "table": table, "paper": PAPER, "device": device_name,
+                   "bandwidth_bytes_per_s": bandwidth, "matmul_flops_per_s": flops_per_s, "flatness": flat}, f, indent=1)
     with open(stem + ".md", "w") as f:
         f.write(md + "\n")
     plot(results, stem + ".png", title)

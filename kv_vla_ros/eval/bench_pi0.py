@@ -16,14 +16,15 @@ import torch
 PROMPT_TOKENS = 48  # PI0Processor pads prompts to 48 tokens
 
 
-def build_pi0(device: str):
-    """(PI0ForConditionalGeneration, tokens per step, dtype, scale name)."""
+def build_pi0(device: str, dtype: str | None = None):
+    """(PI0ForConditionalGeneration, tokens per step, dtype, scale name); ``dtype`` default:
+    bfloat16 at full size, float32 small."""
     from transformers import PI0ForConditionalGeneration
 
     from kv_vla_ros.vla.pi0.tiny import pi0_config
 
     scale = "full" if device.startswith("cuda") else "small"
-    dtype = torch.bfloat16 if scale == "full" else torch.float32
+    dtype = getattr(torch, dtype) if dtype else torch.bfloat16 if scale == "full" else torch.float32
     config = pi0_config(scale)
     vision = config.vlm_config.vision_config
     torch.manual_seed(0)
@@ -51,4 +52,16 @@ def pi0_forward(model, dtype, device):
     return forward
 
 
-__all__ = ["build_pi0", "pi0_forward", "PROMPT_TOKENS"]
+def pi0_weight_bytes(model) -> int:
+    """Weight bytes one streamed step reads, for its bandwidth floor: the VLM's language model once
+    and the action expert (with its projections) once per denoising step; neither embedding table
+    (the blocks come as embeddings) nor the vision tower (left out here, see above)."""
+    def nbytes(module) -> int:
+        return sum(p.numel() * p.element_size() for p in module.parameters())
+
+    vlm, lm, dit = model.model.vlm, model.model.vlm.language_model, model.model.dit
+    expert = nbytes(model) - nbytes(vlm) - nbytes(dit.get_input_embeddings())
+    return nbytes(lm) - nbytes(lm.get_input_embeddings()) + model.config.num_inference_steps * expert
+
+
+__all__ = ["build_pi0", "pi0_forward", "pi0_weight_bytes", "PROMPT_TOKENS"]

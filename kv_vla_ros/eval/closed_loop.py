@@ -57,7 +57,7 @@ def parse_spec(spec: str, base) -> tuple[dict, float | None]:
             value = int(raw)
         elif key in ("gate_threshold", "summary_threshold"):
             value = float(raw)
-        elif key == "summarize":
+        elif key in ("summarize", "static"):
             value = raw.lower() in ("1", "true", "yes")
         elif key == "layer_budgets":
             value = [int(v) for v in raw.split("/")]

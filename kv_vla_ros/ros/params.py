@@ -51,8 +51,10 @@ NODE_PARAMS: list[ParamSpec] = [
     ParamSpec("model_path", "string", "", "checkpoint directory (from_pretrained layout); empty: the shipped "
               "model kv_vla_ros.vla.DEFAULT_MODEL_PATH", applies="restart"),
     ParamSpec("device", "string", "cpu", "torch device for inference (cpu, cuda, cuda:1, ...)", applies="restart"),
-    ParamSpec("dtype", "string", "float32", "model weights dtype (float32; bfloat16/float16 await VLASession "
-              "support)", applies="restart"),
+    ParamSpec("dtype", "string", "float32", "weights, activations and KV cache dtype: float32, bfloat16, or "
+              "float16 (CUDA only)", applies="restart"),
+    ParamSpec("compile", "bool", False, "run the decode step compiled (a CUDA graph on a GPU); needs "
+              "cache.static: true", applies="restart"),
     ParamSpec("num_threads", "int", 1, "torch CPU threads for inference (0: torch's default)", (0, 256),
               applies="restart"),
     ParamSpec("use_compressed", "bool", False, "also subscribe image/compressed (sensor_msgs/CompressedImage)",

@@ -69,6 +69,7 @@ class KVVLANode(Node):
             try:
                 self.session.set_cache_config(self.session.cache_config.replace(
                     **cache_changes_from_params(cache_values)))
+                self.session.set_compile(p["compile"])
             except ValueError as exc:
                 raise cache_error(exc) from None
             self.loop = ControlLoop(self.discrete, action_cfg.num_actions, action_dim, p["stale_timeout_s"],

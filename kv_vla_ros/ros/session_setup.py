@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import warnings
 
-_DTYPES = ("float32", "bfloat16", "float16")
 
 
 class StartupError(RuntimeError):
@@ -74,17 +73,19 @@ def load_session(model_path: str, device: str, dtype: str, num_threads: int, ses
 
     from kv_vla_ros.vla import DEFAULT_MODEL_PATH, VLAModel, VLASession
 
+    from kv_vla_ros.vla.session import resolve_device_dtype
+
     check_device(device)
-    if dtype not in _DTYPES:
-        raise StartupError(f"dtype: expected one of {', '.join(_DTYPES)}, got {dtype!r}")
-    if dtype != "float32":  # VLASession's processor feeds float32 frames into the vision encoder
-        raise StartupError(f"dtype: {dtype} is not supported by VLASession yet (float32 only)")
+    try:  # parameters that do not fit this machine end the node with one line, before any loading
+        resolve_device_dtype(device, dtype)
+    except ValueError as exc:
+        raise StartupError(str(exc)) from None
     if num_threads > 0:
         torch.set_num_threads(num_threads)
     path = model_path or str(DEFAULT_MODEL_PATH)
     try:
-        model = attach_trained_gate(VLAModel.from_pretrained(path, device=device), path).to(getattr(torch, dtype))
-        session = (session_factory or VLASession)(model, model.config.cache, device)
+        model = attach_trained_gate(VLAModel.from_pretrained(path, device=device), path)
+        session = (session_factory or VLASession)(model, model.config.cache, device, dtype=dtype)
     except Exception as exc:  # FileNotFoundError, ValueError, RuntimeError (bad device), ...
         raise StartupError(f"cannot load model from {path}: {exc}") from None
     return model, session

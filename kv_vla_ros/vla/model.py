@@ -127,6 +127,10 @@ class VLAModel(nn.Module):
     def device(self) -> torch.device:
         return next(self.parameters()).device
 
+    @property
+    def dtype(self) -> torch.dtype:
+        return next(self.parameters()).dtype
+
     def embed_ids(self, ids: torch.Tensor) -> torch.Tensor:
         """Token ids (..., L) -> embeddings (..., L, D) from the backbone's shared table."""
         return self.backbone.get_input_embeddings()(ids)
@@ -220,8 +224,10 @@ class VLAModel(nn.Module):
         return directory
 
     @classmethod
-    def from_pretrained(cls, directory: str | Path, device: str | torch.device = "cpu") -> "VLAModel":
-        """Load a checkpoint directory; clear errors name the missing/bad file or field."""
+    def from_pretrained(cls, directory: str | Path, device: str | torch.device = "cpu",
+                        dtype: torch.dtype | None = None) -> "VLAModel":
+        """Load a checkpoint directory (weights cast to ``dtype`` if given; the gate stays float32);
+        clear errors name the missing/bad file or field."""
         from safetensors import SafetensorError
         from safetensors.torch import load_model
 
@@ -255,7 +261,7 @@ class VLAModel(nn.Module):
             raise ValueError(f"model.safetensors: does not match config.json: missing {sorted(missing)[:5]}, "
                              f"unexpected {sorted(unexpected)[:5]}")
         model.attach_gate(load_gate(directory, model.backbone_config))
-        return model.to(device).eval()
+        return model.to(device=device, dtype=dtype).eval()
 
     def attach_gate(self, gate) -> None:
         """Attach a chunk gate (or None). Kept outside the module tree on purpose: the gate has its

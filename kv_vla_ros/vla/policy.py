@@ -10,6 +10,8 @@ A policy streams one episode over a ``ChunkedKVCache`` that the session owns:
 - ``start(cache, episode)``: whatever must enter the cache before the first frame.
 - ``step(cache, episode, images, state) -> (actions (n, action_dim) float32, timings)``: appends
   one control step (one cache chunk) to the history and predicts ``n = chunk_length`` actions.
+
+Device and dtype are resolved once (``resolve_device_dtype``) when a policy is built or loaded.
 """
 
 from __future__ import annotations
@@ -26,15 +28,41 @@ import torch
 from kv_vla_ros.cache.config import CacheConfig
 from kv_vla_ros.vla.processor import check_image
 
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def resolve_device_dtype(device, dtype) -> tuple[torch.device, torch.dtype]:
+    """``(torch.device, torch.dtype)`` for a device and a dtype (name or torch dtype); a
+    ``ValueError`` naming the field when they do not fit this machine."""
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError, ValueError) as exc:
+        raise ValueError(f"device: {device!r} is not a torch device ({exc})") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device: {device} requested but CUDA is not available on this machine")
+    names = {v: k for k, v in DTYPES.items()}
+    if isinstance(dtype, str):
+        if dtype not in DTYPES:
+            raise ValueError(f"dtype: expected one of {', '.join(DTYPES)}, got {dtype!r}")
+        dtype = DTYPES[dtype]
+    if dtype not in names:
+        raise ValueError(f"dtype: expected one of {', '.join(DTYPES)}, got {dtype!r}")
+    if dtype == torch.float16 and dev.type == "cpu":
+        raise ValueError("dtype: float16 needs a CUDA device (device is cpu); use bfloat16 or float32 on a CPU")
+    return dev, dtype
+
 
 @dataclass
 class Episode:
-    """Per-episode state of a policy in one session. ``data`` holds the policy's own fields."""
+    """Per-episode state of a policy in one session. ``data`` holds the policy's own fields;
+    ``decode`` is the session's compiled decode step over this episode's cache (``CompiledDecode``,
+    the session owns it with the cache), None for plain forwards."""
 
     instruction: str
     prefix_tokens: int
     steps: int = 0
     data: dict[str, Any] = field(default_factory=dict)
+    decode: Callable | None = None
 
 
 class StreamingPolicy:
@@ -74,6 +102,15 @@ class StreamingPolicy:
         """The module whose attention implementation must switch to ``kv_vla_*`` when the cache
         needs it (per-layer budgets, static slots)."""
         raise NotImplementedError
+
+    def compile_model(self):
+        """The causal LM whose one-block forward ``CompiledDecode`` runs (None: this policy has no
+        compiled decode step)."""
+        return None
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.model.dtype
 
     # ---- episode ----------------------------------------------------------------------------
     def new_episode(self, instruction: str) -> Episode:
@@ -116,9 +153,9 @@ class KVVLAPolicy(StreamingPolicy):
 
     model_type = "kv_vla"
 
-    def __init__(self, model, device: str | torch.device = "cpu"):
-        self.model = model.to(device).eval()
-        self.device = torch.device(device)
+    def __init__(self, model, device: str | torch.device = "cpu", dtype: str | torch.dtype | None = None):
+        self.device, dtype = resolve_device_dtype(device, dtype if dtype is not None else model.dtype)
+        self.model = model.to(device=self.device, dtype=dtype).eval()
         self.gate = getattr(model, "gate", None)
         cfg = model.config
         self.discrete = cfg.action.kind == "discrete"
@@ -131,8 +168,7 @@ class KVVLAPolicy(StreamingPolicy):
     def from_pretrained(cls, directory, device="cpu", dtype=None) -> "KVVLAPolicy":
         from kv_vla_ros.vla.model import VLAModel
 
-        model = VLAModel.from_pretrained(directory, device=device)
-        return cls(model if dtype is None else model.to(dtype), device)
+        return cls(VLAModel.from_pretrained(directory, device=device), device, dtype)
 
     def default_cache_config(self) -> CacheConfig:
         return self.model.config.cache
@@ -155,6 +191,9 @@ class KVVLAPolicy(StreamingPolicy):
     def attention_model(self):
         return self.model.backbone
 
+    def compile_model(self):
+        return self.model.backbone
+
     def new_episode(self, instruction: str) -> Episode:
         ids = torch.as_tensor(self.model.text_tokenizer.encode(instruction), device=self.device)
         return Episode(instruction, int(ids.shape[0]), data={"ids": ids, "pending": []})
@@ -169,7 +208,8 @@ class KVVLAPolicy(StreamingPolicy):
         t0 = time.perf_counter()
         frame = self.check_images(images)[0]
         model = self.model
-        embeds = model.vision(model.processor(frame[None], self.device))  # (1, F, D)
+        # normalized in float32, cast once to the model's dtype
+        embeds = model.vision(model.processor(frame[None], self.device).to(self.dtype))  # (1, F, D)
         pending = episode.data["pending"]
         if pending:
             pend = torch.as_tensor(pending, device=self.device).unsqueeze(0)
@@ -177,10 +217,9 @@ class KVVLAPolicy(StreamingPolicy):
         t1 = time.perf_counter()
         tokens, logits_rows, decode_s = [], [], 0.0
         for j in range(model.config.action.tokens_per_action):
-            # logits_to_keep=1: only the last position predicts; skip the LM head elsewhere
-            out = model.backbone(inputs_embeds=embeds, past_key_values=cache, use_cache=True, logits_to_keep=1)
+            last = self._last_logits(cache, episode, embeds)
             td = time.perf_counter()
-            logits = model.action_logits(out.logits[0, -1]).float()
+            logits = model.action_logits(last).float()
             tok = int(torch.argmax(logits))
             tokens.append(tok)
             logits_rows.append(logits)
@@ -195,6 +234,14 @@ class KVVLAPolicy(StreamingPolicy):
         timings = {"encode": (t1 - t0) * 1e3, "forward": (t2 - t1 - decode_s) * 1e3,
                    "decode": (t3 - t2 + decode_s) * 1e3, "total": (t3 - t0) * 1e3}
         return np.asarray(action).reshape(1, -1), timings
+
+    def _last_logits(self, cache, episode: Episode, embeds: torch.Tensor) -> torch.Tensor:
+        """Backbone over ``embeds [1, q, D]`` appended to the cache -> last position's logits ``[V]``."""
+        if episode.decode is not None:
+            return episode.decode(embeds)[0]
+        # logits_to_keep=1: only the last position predicts; skip the LM head elsewhere
+        out = self.model.backbone(inputs_embeds=embeds, past_key_values=cache, use_cache=True, logits_to_keep=1)
+        return out.logits[0, -1]
 
 
 # ---- registry ------------------------------------------------------------------------------------
@@ -233,7 +280,10 @@ def checkpoint_model_type(directory: str | Path) -> str:
 
 
 def load_policy(directory: str | Path, device: str | torch.device = "cpu", dtype=None) -> StreamingPolicy:
-    """Load the policy of a checkpoint directory, chosen by its config.json ``model_type``."""
+    """Load the policy of a checkpoint directory, chosen by its config.json ``model_type``
+    (``dtype``: a name or torch dtype, default the checkpoint's)."""
+    if dtype is not None:  # a bad name, or float16 on a CPU, fails before any weights load
+        device, dtype = resolve_device_dtype(device, dtype)
     kind = checkpoint_model_type(directory)
     if kind not in POLICY_LOADERS:
         raise ValueError(f"config.json: model_type {kind!r} is not a supported policy "
@@ -241,12 +291,18 @@ def load_policy(directory: str | Path, device: str | torch.device = "cpu", dtype
     return POLICY_LOADERS[kind](directory, device, dtype)
 
 
-def as_policy(model_or_policy, device: str | torch.device = "cpu") -> StreamingPolicy:
-    """A ``StreamingPolicy`` as is; a ``VLAModel`` wrapped in ``KVVLAPolicy``."""
-    if isinstance(model_or_policy, StreamingPolicy):
-        return model_or_policy
-    return KVVLAPolicy(model_or_policy, device)
+def as_policy(model_or_policy, device: str | torch.device = "cpu", dtype=None) -> StreamingPolicy:
+    """A ``StreamingPolicy`` as is (``dtype``, if given, must be the one it was loaded in); a
+    ``VLAModel`` wrapped in ``KVVLAPolicy`` (moved to ``device``, cast to ``dtype``)."""
+    if not isinstance(model_or_policy, StreamingPolicy):
+        return KVVLAPolicy(model_or_policy, device, dtype)
+    if dtype is not None and resolve_device_dtype(model_or_policy.device, dtype)[1] != model_or_policy.dtype:
+        # a loaded policy may serve several sessions: casting it here would change them all
+        raise ValueError(f"dtype: the {model_or_policy.model_type} policy was loaded in "
+                         f"{str(model_or_policy.dtype).removeprefix('torch.')}; load it with "
+                         f"load_policy(..., dtype={dtype!r}) instead")
+    return model_or_policy
 
 
-__all__ = ["Episode", "StreamingPolicy", "KVVLAPolicy", "POLICY_LOADERS", "checkpoint_model_type", "read_json_object",
-           "load_policy", "as_policy"]
+__all__ = ["DTYPES", "resolve_device_dtype", "Episode", "StreamingPolicy", "KVVLAPolicy", "POLICY_LOADERS",
+           "checkpoint_model_type", "read_json_object", "load_policy", "as_policy"]

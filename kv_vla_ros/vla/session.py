@@ -14,8 +14,10 @@ import numpy as np
 import torch
 
 from kv_vla_ros.cache import make_cache, use_kv_vla_attention
+from kv_vla_ros.cache.chunked_cache import static_capacity
+from kv_vla_ros.cache.compiled import CompiledDecode
 from kv_vla_ros.cache.config import CacheConfig
-from kv_vla_ros.vla.policy import Episode, StreamingPolicy, as_policy
+from kv_vla_ros.vla.policy import DTYPES, Episode, StreamingPolicy, as_policy, resolve_device_dtype
 
 
 class VLASession:
@@ -26,21 +28,34 @@ class VLASession:
         cache_config: defaults to the policy's; ``chunk_size`` must equal the tokens per step (so
             chunks are control steps) and ``sink_tokens`` the instruction prefix (π0: its maximum).
         device: torch device for inference (used when ``model`` is a ``VLAModel``).
+        dtype: weights, activations and K/V (float32, bfloat16, float16 on CUDA); default: the
+            model's. A ``VLAModel`` is cast to it; a loaded policy must already be in it
+            (``load_policy(..., dtype=)``). Frames are normalized in float32 and cast once; the
+            gate scores in float32.
+        compile: run the decode step compiled (`kv_vla_ros.cache.compiled`: a CUDA graph on a
+            GPU, the same prepared step uncompiled on a CPU); needs ``cache_config.static`` and a
+            policy with a compiled step (the package's own VLA).
     """
 
-    def __init__(self, model, cache_config: CacheConfig | None = None, device: str = "cpu"):
-        self.policy: StreamingPolicy = as_policy(model, device)
+    def __init__(self, model, cache_config: CacheConfig | None = None, device: str = "cpu",
+                 dtype: str | torch.dtype | None = None, compile: bool = False):
+        self.policy: StreamingPolicy = as_policy(model, device, dtype)
         self.model = self.policy.model
-        self.device = self.policy.device
-        self.cache_config = self.policy.check_cache_config(cache_config or self.policy.default_cache_config())
+        self.device, self.dtype = self.policy.device, self.policy.dtype
+        self.compile = False
+        self._decode = None  # CompiledDecode of the current cache when compile is on
+        self.cache_config = self._check_cache_config(cache_config or self.policy.default_cache_config())
         self.pending_cache_config: CacheConfig | None = None  # set_cache_config's change for the next reset
         self._ensure_attention(self.cache_config)
         self.gate = self.policy.gate
+        if self.gate is not None:
+            self.gate = self.gate.to(self.device)  # stays float32: its scores are compared to thresholds
         self.instruction: str | None = None
         self._episode: Episode | None = None
         self._cache = None
         self.steps = 0
         self.latency_ms = {"encode": 0.0, "forward": 0.0, "decode": 0.0, "total": 0.0}
+        self.set_compile(compile)
 
     @property
     def last_logits(self) -> torch.Tensor | None:
@@ -60,6 +75,36 @@ class VLASession:
         n = self._episode.prefix_tokens
         return cfg if cfg.sink_tokens == n else cfg.replace(sink_tokens=n)
 
+    def _check_cache_config(self, cfg: CacheConfig) -> CacheConfig:
+        cfg = self.policy.check_cache_config(cfg)
+        if self.compile:
+            self._check_compilable(cfg)
+        return cfg
+
+    def _check_compilable(self, cfg: CacheConfig) -> None:
+        from kv_vla_ros.cache import POLICIES
+
+        if self.policy.compile_model() is None:
+            raise ValueError(f"compile: the {self.policy.model_type} policy has no compiled decode step "
+                             "(the package's own VLA has one); use compile: false")
+        if not cfg.static:
+            raise ValueError("cache.static: compile needs the static-shape cache (cache.static: true, with an "
+                             "evicting cache.policy and a cache.budget_tokens)")
+        if self.device.type == "cuda" and POLICIES[cfg.policy].wants_attention:
+            raise ValueError(f"cache.policy: {cfg.policy!r} reads each step's attention from Python, which a "
+                             "CUDA graph does not run; use another policy or compile: false")
+
+    def set_compile(self, on: bool) -> None:
+        """Turn the compiled decode step on or off; applies from the next episode (``reset``)."""
+        if not isinstance(on, bool):
+            raise ValueError(f"compile: expected a bool, got {on!r}")
+        if on:
+            self._check_compilable(self.cache_config)
+        self.compile = on
+        self._decode = None
+        if self._episode is not None:  # plain forwards until the next reset builds the compiled step
+            self._episode.decode = None
+
     # ---- episode ----------------------------------------------------------------------------
     @torch.inference_mode()
     def reset(self, instruction: str) -> None:
@@ -70,11 +115,23 @@ class VLASession:
             self._ensure_attention(self.pending_cache_config)
             self.cache_config, self.pending_cache_config = self.pending_cache_config, None
         self._episode = self.policy.new_episode(instruction)
-        self._cache = make_cache(self._episode_config(self.cache_config), self.policy.cache_model_config(),
-                                 gate=self.gate)
+        self._new_cache()
         self.policy.start(self._cache, self._episode)
         self.instruction = instruction
         self.steps = 0
+
+    def _new_cache(self) -> None:
+        """A cache for the episode. Compiled: the previous cache is reset and reused while its
+        slot layout fits, so the captured graphs stay valid (no re-capture across episodes)."""
+        cfg, cache = self._episode_config(self.cache_config), self._cache
+        if (self._decode is not None and cache is not None and cache.config.static and cfg.static
+                and static_capacity(cache.config) == static_capacity(cfg)):
+            cache.reset()
+            cache.reconfigure(cfg)
+        else:
+            self._cache = make_cache(cfg, self.policy.cache_model_config(), gate=self.gate)
+            self._decode = CompiledDecode(self.policy.compile_model(), self._cache) if self.compile else None
+        self._episode.decode = self._decode
 
     @torch.inference_mode()
     def step_chunk(self, images, state: np.ndarray | None = None, **kwargs) -> np.ndarray:
@@ -103,7 +160,8 @@ class VLASession:
         """Tokens seen/held, KV bytes held, kept chunk ids, last gate scores, latency (ms)."""
         out = {"steps": self.steps, "tokens_seen": 0, "tokens_held": 0, "bytes_held": 0,
                "kept_chunks": [], "gate_scores": [], "latency_ms": dict(self.latency_ms),
-               "policy": self.cache_config.policy}
+               "policy": self.cache_config.policy, "dtype": str(self.dtype).removeprefix("torch."),
+               "compiled": self._decode.mode if self._decode is not None else "off"}
         if self._cache is not None:
             cs = dict(self._cache.stats())
             cs.pop("policy", None)
@@ -122,7 +180,7 @@ class VLASession:
         ``ChunkedKVCache.reconfigure``), False when the change waits for the next ``reset`` (a
         layout change: policy to or from ``window``, ``static``). ``cache_config`` is always the
         config of the running cache; ``pending_cache_config`` the one waiting."""
-        cfg = self.policy.check_cache_config(cfg)
+        cfg = self._check_cache_config(cfg)
         cache = self._cache
         if cache is not None and cache.tokens_seen > 0:
             if self.cache_config.needs_new_cache(cfg):
@@ -133,14 +191,14 @@ class VLASession:
                 return False
             self._ensure_attention(cfg)
             cache.reconfigure(self._episode_config(cfg))
-        elif cache is not None:  # nothing streamed yet (π0 before its first frame): a new cache
-            self._ensure_attention(cfg)
-            self._cache = make_cache(self._episode_config(cfg), self.policy.cache_model_config(), gate=self.gate)
+            self.cache_config = cfg
         else:
             self._ensure_attention(cfg)
-        self.cache_config = cfg
+            self.cache_config = cfg
+            if cache is not None:  # nothing streamed yet (π0 before its first frame): a new cache
+                self._new_cache()
         self.pending_cache_config = None
         return True
 
 
-__all__ = ["VLASession"]
+__all__ = ["VLASession", "resolve_device_dtype", "DTYPES"]

@@ -56,5 +56,8 @@ class ChunkPolicy:
         """Current utility of old chunks still held; static policies return ``scores``."""
         return scores
 
+    def forget(self, chunk_ids: list[int]) -> None:
+        """These chunks are gone from every layer: drop any per-chunk state (keeps it O(held))."""
+
     def observe_attention(self, layer_idx: int, token_mass: torch.Tensor) -> None:
         """Attention mass ``[held + q]`` that this step's queries put on each key of a layer."""

@@ -7,6 +7,8 @@ only (causal).
 
 from __future__ import annotations
 
+import copy
+
 import torch
 
 from ..gate import chunk_features
@@ -19,7 +21,12 @@ class GatedPolicy(ChunkPolicy):
 
     def __init__(self, cache) -> None:
         super().__init__(cache)
-        self.gate = cache.gate
+        gate = cache.gate
+        if any(p.dtype != torch.float32 for p in gate.parameters()):
+            # Scores are compared to thresholds and ranked: keep them in float32 whatever the
+            # backbone's dtype (a float32 copy; the gate is tiny).
+            gate = copy.deepcopy(gate).float()
+        self.gate = gate
         self.reset()
 
     def reset(self) -> None:

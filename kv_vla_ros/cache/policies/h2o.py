@@ -23,7 +23,8 @@ class H2OPolicy(ChunkPolicy):
         self.reset()
 
     def reset(self) -> None:
-        self.mass = torch.zeros(0)  # [chunks] accumulated attention, averaged over layers
+        # chunk id -> accumulated attention, averaged over layers; only chunks still held (O(held))
+        self.mass: dict[int, float] = {}
         self.positions: dict[int, torch.Tensor] = {}  # layer -> positions matching its last update
 
     def observe_update(self, layer_idx: int, keys: torch.Tensor, q: int) -> None:
@@ -51,16 +52,17 @@ class H2OPolicy(ChunkPolicy):
         chunk = ((pos[regular] - sink) // size).cpu()
         if chunk.numel() == 0:
             return
-        n = int(chunk.max()) + 1
-        if self.mass.numel() < n:
-            self.mass = torch.cat([self.mass, torch.zeros(n - self.mass.numel())])
-        self.mass.index_add_(0, chunk, token_mass[regular].cpu() / len(self.cache.chunked))
+        ids, inverse = torch.unique(chunk, return_inverse=True)
+        sums = torch.zeros(ids.numel()).index_add_(0, inverse, token_mass[regular].float().cpu())
+        for c, m in zip(ids.tolist(), (sums / len(self.cache.chunked)).tolist()):
+            self.mass[c] = self.mass.get(c, 0.0) + m
 
     def score(self, chunk_ids: list[int]) -> torch.Tensor:
-        ids = torch.tensor(chunk_ids, dtype=torch.long)
-        if self.mass.numel() <= int(ids.max()):
-            self.mass = torch.cat([self.mass, torch.zeros(int(ids.max()) + 1 - self.mass.numel())])
-        return self.mass[ids].clone()
+        return torch.tensor([self.mass.get(c, 0.0) for c in chunk_ids], dtype=torch.float32)
 
     def rescore(self, chunk_ids: list[int], scores: torch.Tensor) -> torch.Tensor:
         return self.score(chunk_ids) if chunk_ids else scores
+
+    def forget(self, chunk_ids: list[int]) -> None:
+        for c in chunk_ids:
+            self.mass.pop(c, None)
