@@ -93,6 +93,7 @@ def test_eval_grid_on_two_workers_equals_sequential(ray_runtime, ckpt, model, tm
     for a, b in zip(seq["results"], par["results"]):
         assert a["per_episode"] == b["per_episode"]  # seeds, outcomes, lengths, tokens: episode by episode
         assert a["per_episode"]["seed"] == eval_seeds(3)
+        assert "decision_correct" in b["per_episode"]  # the episode's own diagnostics flow through as is
         for key in ("success_rate", "mean_length", "mean_tokens_seen", "mean_tokens_held", "peak_kv_bytes",
                     "cache_label", "cache"):
             assert a[key] == b[key], key
@@ -107,7 +108,7 @@ def test_killed_worker_is_retried_and_every_episode_reported_once(ray_runtime, c
     from kv_vla_ros.sim import eval_seeds
 
     cfg = model.config.cache.replace(policy="full")
-    items = [(TASK, cfg, seed, 8) for seed in eval_seeds(24)]
+    items = [(TASK, cfg, False, seed, 8) for seed in eval_seeds(24)]
     want = [_strip(episode_item(worker_state(str(ckpt), model), item)) for item in items]
     reported, killed = [], []
     # no local_state: only the two workers run items, so the kill always hits one holding work
