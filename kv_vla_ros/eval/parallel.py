@@ -221,11 +221,6 @@ class Runner:
     def __exit__(self, *exc) -> None:
         self.close()
 
-    def ready(self) -> "Runner":
-        """Block until every worker has built its state (e.g. to time the start-up apart)."""
-        self.worker_locations()
-        return self
-
     def worker_locations(self) -> list[tuple[int, str]]:
         """``[(pid, node id)]`` of the workers, once each has built its state (in-process: this
         process, node ``local``)."""
