@@ -7,4 +7,7 @@ import sys
 import torch
 
 torch.set_num_threads(1)
+# Ray in tests (runtimes, a two-node test cluster) stays on the loopback address: read by Ray at
+# import and inherited by its processes.
+os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
 sys.path.insert(0, os.path.dirname(__file__))  # shared helpers (cache_models, ros_helpers)

@@ -119,7 +119,7 @@ def test_generate_eval_round_trip_matches_live_session(storage, model, sqlite_ba
 def test_eval_cli_writes_json_markdown_and_plots(model_dir, sqlite_bag, tmp_path):
     out = tmp_path / "eval"
     proc = kv_vla("bag", "eval", sqlite_bag, "--model", model_dir, "--policy", "gated:budget_tokens=38",
-                  "--out", out, "--no-progress", "--flops-every", "4")
+                  "--out", out, "--no-progress", "--flops-every", "4", "--workers", "1")
     assert proc.returncode == 0, proc.stderr
     names = sorted(p.name for p in out.iterdir())
     assert names == ["agreement.png", "bag_eval.json", "bag_eval.md", "gate_scores.png", "tokens_held.png"]

@@ -51,7 +51,7 @@ def test_run_writes_json_markdown_png(tiny_ckpt, tmp_path):
     configure(parser)
     args = parser.parse_args(["--model", str(tiny_ckpt), "--tasks", "MiniGrid-MemoryS7", "--episodes", "2",
                               "--max-steps", "8", "--policy", "full", "--policy", "window:budget_frac=0.25",
-                              "--out", str(tmp_path), "--no-progress"])
+                              "--out", str(tmp_path), "--no-progress", "--workers", "1"])
     assert run(args) == 0
     data = json.loads((tmp_path / "results.json").read_text())
     rows = data["results"]

@@ -47,7 +47,7 @@ def test_gate_report_smoke(tmp_path):
     configure(parser)
     args = parser.parse_args(["--model", str(ckpt), "--tasks", "MiniGrid-MemoryS37", "--episodes", "2",
                               "--fractions", "0.25", "--max-steps", "12", "--trace-episodes", "2",
-                              "--out", str(tmp_path / "out"), "--no-progress"])
+                              "--out", str(tmp_path / "out"), "--no-progress", "--workers", "1"])
     assert run(args) == 0
     rows = json.loads((tmp_path / "out" / "results.json").read_text())["results"]
     assert len(rows) == 1 + len(POLICIES)

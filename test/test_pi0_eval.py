@@ -47,7 +47,8 @@ def test_bag_eval_with_two_cameras_and_state_through_pi0(tmp_path, storage, caps
     out = tmp_path / "out"
     rc = main(["bag", "eval", str(bag), "--model", str(ckpt), "--image-topic", "/front/image", "--image-topic",
                "/wrist/image", "--state-topic", "/joint_states", "--policy", "full", "--policy",
-               "sink_window:budget_tokens=112", "--flops-every", "3", "--out", str(out), "--no-progress"])
+               "sink_window:budget_tokens=112", "--flops-every", "3", "--out", str(out), "--no-progress",
+               "--workers", "1"])
     assert rc == 0, capsys.readouterr().err
     result = json.loads((out / "bag_eval.json").read_text())
     meta, rows = result["meta"], result["results"]
@@ -96,7 +97,7 @@ def test_closed_loop_eval_loads_pi0_through_the_interface_and_names_the_action_m
     ckpt = write_pi0_checkpoint(tmp_path / "pi0", num_cameras=1, action_dim=1)
     out = tmp_path / "eval"
     rc = main(["eval", "--model", str(ckpt), "--tasks", "MiniGrid-MemoryS7-v0", "--episodes", "1", "--out", str(out),
-               "--no-progress"])
+               "--no-progress", "--workers", "1"])
     assert rc == 0
     row = json.loads((out / "results.json").read_text())["results"][0]
     assert "MiniGrid tasks take discrete actions; this pi0 checkpoint has continuous ones" in row["error"]

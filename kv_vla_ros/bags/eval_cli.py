@@ -1,8 +1,12 @@
-"""Replay a bag offline through `VLASession` (any policy: the package's own VLA or π0, with one or
+"""Replay bags offline through `VLASession` (any policy: the package's own VLA or π0, with one or
 more cameras and a robot state) under several cache configs, faster than real time
 and with no ROS graph: agreement with the recorded actions and with the full cache, tokens and KV
 bytes held, latency p50/p99 and FLOPs per step. Writes bag_eval.json, bag_eval.md and PNG plots
 (tokens_held.png, gate_scores.png, agreement.png) into --out.
+
+Many bags (several paths, or a directory whose subdirectories are bags) are one work item each,
+spread over ``--workers`` processes or a Ray cluster (``--ray-address``); the table covers all
+their episodes, bag_eval.json also has each bag's own rows (``per_bag``).
 
 Cache specs: ``POLICY[:field=value,...]`` as for ``kv-vla eval`` (e.g. ``gated:budget_tokens=256``);
 a ``full`` reference run is added when none is given.
@@ -12,12 +16,33 @@ from __future__ import annotations
 
 import argparse
 import time
+from pathlib import Path
 
 from kv_vla_ros.bags.errors import cli_errors
 
 
+def bag_paths(paths: list[str]) -> list[Path]:
+    """The bags named by ``paths``, in order: a bag (a directory with metadata.yaml, or a storage
+    file) stands for itself; another directory for its subdirectories that are bags (sorted), or,
+    if it has none, for itself (so `BagReader` names what is wrong with it)."""
+    out: list[Path] = []
+    for raw in paths:
+        path = Path(raw)
+        if path.is_dir() and not (path / "metadata.yaml").exists():
+            inner = sorted(p for p in path.iterdir() if p.is_dir() and (p / "metadata.yaml").exists())
+            out.extend(inner or [path])
+        else:
+            out.append(path)
+    if len(set(out)) != len(out):
+        raise ValueError("bag: the same bag is named twice")
+    return out
+
+
 def configure(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("bag", help="rosbag2 directory (sqlite3 or mcap), or a single .db3/.mcap file")
+    from kv_vla_ros.eval.parallel import add_runner_arguments
+
+    parser.add_argument("bag", nargs="+", help="rosbag2 directories (sqlite3 or mcap), single .db3/.mcap files, "
+                                               "or directories of bags (every subdirectory with a metadata.yaml)")
     parser.add_argument("--model", default=None, help="checkpoint directory (default: the shipped model)")
     parser.add_argument("--policy", action="append", default=None, metavar="SPEC",
                         help="cache spec POLICY[:field=value,...] (repeatable; default: full)")
@@ -32,21 +57,21 @@ def configure(parser: argparse.ArgumentParser) -> None:
                         help="recorded std_msgs/Float32MultiArray actions ('' if the bag has none)")
     parser.add_argument("--reset-topic", default=None,
                         help="split episodes at messages on this topic instead of at instructions")
-    parser.add_argument("--max-episodes", type=int, default=None, help="stop after this many episodes")
+    parser.add_argument("--max-episodes", type=int, default=None, help="stop after this many episodes (per bag)")
     parser.add_argument("--flops-every", type=int, default=25, help="count FLOPs on every N-th step (0: never)")
-    parser.add_argument("--threads", type=int, default=1, help="torch CPU threads")
+    parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (in-process run, --workers 1)")
     parser.add_argument("--out", required=True, help="output directory")
+    add_runner_arguments(parser)
     parser.add_argument("--no-progress", action="store_true")
 
 
 @cli_errors("bag eval")
 def run(args: argparse.Namespace) -> int:
-    from pathlib import Path
-
     from kv_vla_ros.bags.bagio import BagReader, normalize_topic
     from kv_vla_ros.bags.episodes import BagTopics, check_topics
-    from kv_vla_ros.bags.offline_eval import build_configs, evaluate_bag
+    from kv_vla_ros.bags.offline_eval import build_configs, check_inputs, merge_replays, replay_item
     from kv_vla_ros.bags.report import markdown_table, write_report
+    from kv_vla_ros.eval.parallel import Runner, runner_config
 
     images = [normalize_topic(t, "--image-topic") for t in (args.image_topic or ["/image"])]
     topics = BagTopics(
@@ -57,8 +82,12 @@ def run(args: argparse.Namespace) -> int:
         reset=normalize_topic(args.reset_topic, "--reset-topic") if args.reset_topic else None)
     if args.max_episodes is not None and args.max_episodes < 1:
         raise ValueError(f"--max-episodes: must be >= 1, got {args.max_episodes}")
-    with BagReader(args.bag) as bag:  # a bad bag fails in a second, before the model loads
-        check_topics(bag, topics)
+    config = runner_config(args, progress=not args.no_progress)
+    bags, frames = bag_paths(args.bag), []
+    for path in bags:
+        with BagReader(path) as bag:  # a bad bag fails in a second, before the model loads
+            check_topics(bag, topics)
+            frames.append(bag.topics[topics.image][1])
     import torch
 
     from kv_vla_ros.vla import DEFAULT_MODEL_PATH, load_policy
@@ -68,12 +97,17 @@ def run(args: argparse.Namespace) -> int:
     if not (model_path / "config.json").is_file():
         raise ValueError(f"--model: no checkpoint at {model_path} (expected config.json there)")
     model = load_policy(str(model_path))  # the package's own VLA or π0, by config.json model_type
-    build_configs(model, args.policy or ["full"])  # a bad spec fails before the bag is read
+    configs = build_configs(model, args.policy or ["full"])  # a bad spec fails before the bag is read
+    check_inputs(model, topics)
     t0 = time.perf_counter()
-    result = evaluate_bag(args.bag, model, args.policy or ["full"], topics, args.flops_every,
-                          args.max_episodes, progress=not args.no_progress)
+    items = [(str(path), configs, topics, args.flops_every, args.max_episodes) for path in bags]
+    with Runner(load_policy, (str(model_path),), config, total=sum(frames), unit="frame",
+                desc=f"bag eval {len(bags)} bag(s) x {len(configs)} configs", local_state=model) as runner:
+        replays = runner.map(replay_item, items, units=frames)
+        workers = runner.workers
+    result = merge_replays(replays, model, topics, args.flops_every)
     wall = time.perf_counter() - t0
-    result["meta"].update({"model": str(model_path), "wall_s": wall, "threads": args.threads,
+    result["meta"].update({"model": str(model_path), "wall_s": wall, "threads": args.threads, "workers": workers,
                            "realtime_factor": result["meta"]["bag_duration_s"] / wall})
     paths = write_report(result, args.out)
     m = result["meta"]
@@ -88,4 +122,4 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-__all__ = ["configure", "run"]
+__all__ = ["configure", "run", "bag_paths"]

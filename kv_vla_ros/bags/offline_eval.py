@@ -106,12 +106,32 @@ def _step(run: PolicyRun, frame, count_flops: bool) -> None:
             run.gate_scores.append((episode, int(chunk), float(score)))
 
 
-def evaluate_bag(bag_path, model, specs: list[str], topics: BagTopics | None = None, flops_every: int = 25,
-                 max_episodes: int | None = None, progress: bool = True) -> dict:
-    """Replay ``bag_path`` through one ``VLASession`` per cache spec; returns the result dict
-    (``results`` rows, ``series`` for the plots, and per-episode ``actions``/``recorded`` arrays)."""
-    from tqdm import tqdm
+@dataclass
+class BagReplay:
+    """One bag replayed under every config: the runs (their sessions dropped, so a replay can travel
+    between processes), the recorded actions and instructions, and the bag's metadata."""
 
+    runs: list[PolicyRun]
+    recorded: list[list[np.ndarray | None]]
+    instructions: list[str]
+    steps: int
+    meta: dict
+
+
+def check_inputs(policy, topics: BagTopics) -> None:
+    """The topics give the policy what it takes per step (cameras, robot state); ValueError if not."""
+    if 1 + len(topics.extra_images) != policy.num_cameras:
+        raise ValueError(f"image topics: {1 + len(topics.extra_images)} given, the policy takes {policy.num_cameras} "
+                         "camera(s) per step")
+    if policy.state_dim and not topics.state:
+        raise ValueError(f"state topic: the policy takes a robot state of dimension {policy.state_dim}; "
+                         "give the bag's JointState or Float32MultiArray topic")
+
+
+def replay_bag(bag_path, model, configs: list[tuple[str, object]], topics: BagTopics | None = None,
+               flops_every: int = 25, max_episodes: int | None = None, tick=None) -> BagReplay:
+    """Step every config of ``configs`` (`build_configs`) through ``bag_path`` in lockstep;
+    ``tick(1)`` is called after each frame (progress)."""
     from kv_vla_ros.vla import VLASession
     from kv_vla_ros.vla.policy import as_policy
 
@@ -119,20 +139,13 @@ def evaluate_bag(bag_path, model, specs: list[str], topics: BagTopics | None = N
     topics = topics or BagTopics()
     if flops_every < 0:
         raise ValueError(f"flops_every: must be >= 0, got {flops_every}")
-    if 1 + len(topics.extra_images) != policy.num_cameras:
-        raise ValueError(f"image topics: {1 + len(topics.extra_images)} given, the policy takes {policy.num_cameras} "
-                         "camera(s) per step")
-    if policy.state_dim and not topics.state:
-        raise ValueError(f"state topic: the policy takes a robot state of dimension {policy.state_dim}; "
-                         "give the bag's JointState or Float32MultiArray topic")
-    runs = [PolicyRun(label, cfg, VLASession(policy, cfg)) for label, cfg in build_configs(policy, specs)]
+    check_inputs(policy, topics)
+    runs = [PolicyRun(label, cfg, VLASession(policy, cfg)) for label, cfg in configs]
     counters: dict = {}
     recorded: list[list[np.ndarray | None]] = []
     instructions: list[str] = []
     step_index = 0
     with BagReader(bag_path) as bag:
-        total = bag.topics.get(topics.image, (None, 0))[1]
-        bar = tqdm(total=total, desc=f"bag eval {len(runs)} configs", unit="frame", disable=not progress)
         for kind, payload in iter_episode_events(bag, topics, policy.frame_size, counters):
             if kind == "start":
                 if max_episodes is not None and len(instructions) >= max_episodes:
@@ -146,33 +159,93 @@ def evaluate_bag(bag_path, model, specs: list[str], topics: BagTopics | None = N
                 for run in runs:
                     _step(run, payload, count)
                 step_index += 1
-                bar.update(1)
+                if tick is not None:
+                    tick(1)
             else:  # end
                 recorded.append(payload.aligned())
                 for run in runs:
                     run.tokens_seen_end.append(int(run.session.stats()["tokens_seen"]))
-        bar.close()
         meta = {"bag": str(bag.path), "bag_duration_s": bag.duration_ns / 1e9,
-                "typestore": bag.store_name, "ros_distro": bag.distro,
-                "image_topic": topics.image, "extra_image_topics": list(topics.extra_images),
-                "state_topic": topics.state, "instruction_topic": topics.instruction,
-                "action_topic": topics.action, "reset_topic": topics.reset}
+                "typestore": bag.store_name, "ros_distro": bag.distro}
     if step_index == 0:
         raise BagError(f"bag {bag_path}: no frame follows an instruction on {topics.instruction}; nothing to evaluate")
     recorded = recorded[: len(instructions)]
     for run in runs:  # an episode cut by max_episodes has no "end": close its bookkeeping
         while len(run.tokens_seen_end) < len(run.actions):
             run.tokens_seen_end.append(int(run.session.stats()["tokens_seen"]))
+        run.session = None
     while len(recorded) < len(instructions):
         recorded.append([None] * len(runs[0].actions[len(recorded)]))
+    meta.update({"episodes": len(instructions), "steps": step_index, **counters})
+    return BagReplay(runs, recorded, instructions, step_index, meta)
+
+
+def _concat_runs(runs: list[PolicyRun], episodes_before: list[int]) -> PolicyRun:
+    """One config's runs over several bags as one run (episodes numbered across the bags)."""
+    out = PolicyRun(runs[0].label, runs[0].cache_config, None)
+    for run, offset in zip(runs, episodes_before):
+        for name in ("actions", "tokens_held", "bytes_held", "tokens_seen_end", "latency_ms", "flops"):
+            getattr(out, name).extend(getattr(run, name))
+        out.gate_scores.extend((e + offset, c, s) for e, c, s in run.gate_scores)
+    return out
+
+
+def merge_replays(replays: list[BagReplay], model, topics: BagTopics | None, flops_every: int) -> dict:
+    """The result dict of one or many bags: rows over all their episodes (as if the bags were one),
+    plus, for several bags, ``per_bag`` rows and ``meta["bags"]``."""
+    from kv_vla_ros.vla.policy import as_policy
+
+    policy = as_policy(model)
+    topics = topics or BagTopics()
     discrete = policy.discrete
+    before = np.cumsum([0] + [len(r.instructions) for r in replays]).tolist()
+    runs = [_concat_runs([r.runs[k] for r in replays], before) for k in range(len(replays[0].runs))]
+    recorded = [ep for r in replays for ep in r.recorded]
     rows = [_summarize(run, runs[0], recorded, discrete) for run in runs]
-    meta.update({"episodes": len(instructions), "steps": step_index, "policy_type": policy.model_type,
-                 "action_kind": "discrete" if discrete else "continuous",
-                 "flops_every": flops_every, **counters})
-    return {"meta": meta, "results": rows, "instructions": instructions,
-            "series": {run.label: {"tokens_held": run.tokens_held, "gate_scores": run.gate_scores} for run in runs},
-            "actions": {run.label: run.actions for run in runs}, "recorded": recorded}
+    if len(replays) == 1:
+        meta = dict(replays[0].meta)
+    else:
+        meta = {"bag": f"{len(replays)} bags", "bags": [r.meta for r in replays],
+                "bag_duration_s": sum(r.meta["bag_duration_s"] for r in replays),
+                "typestore": ", ".join(sorted({r.meta["typestore"] for r in replays})),
+                "ros_distro": ", ".join(sorted({str(r.meta["ros_distro"]) for r in replays})),
+                **{k: sum(r.meta[k] for r in replays) for k in replays[0].meta  # episodes, steps, counters
+                   if k not in ("bag", "bag_duration_s", "typestore", "ros_distro")}}
+    meta.update({"image_topic": topics.image, "extra_image_topics": list(topics.extra_images),
+                 "state_topic": topics.state, "instruction_topic": topics.instruction,
+                 "action_topic": topics.action, "reset_topic": topics.reset, "policy_type": policy.model_type,
+                 "action_kind": "discrete" if discrete else "continuous", "flops_every": flops_every})
+    result = {"meta": meta, "results": rows, "instructions": [i for r in replays for i in r.instructions],
+              "series": {run.label: {"tokens_held": run.tokens_held, "gate_scores": run.gate_scores} for run in runs},
+              "actions": {run.label: run.actions for run in runs}, "recorded": recorded}
+    if len(replays) > 1:
+        result["per_bag"] = [{"bag": r.meta["bag"], "results": [_summarize(run, r.runs[0], r.recorded, discrete)
+                                                               for run in r.runs]} for r in replays]
+    return result
+
+
+def evaluate_bag(bag_path, model, specs: list[str], topics: BagTopics | None = None, flops_every: int = 25,
+                 max_episodes: int | None = None, progress: bool = True) -> dict:
+    """Replay ``bag_path`` through one ``VLASession`` per cache spec; returns the result dict
+    (``results`` rows, ``series`` for the plots, and per-episode ``actions``/``recorded`` arrays)."""
+    from tqdm import tqdm
+
+    from kv_vla_ros.vla.policy import as_policy
+
+    policy = as_policy(model)
+    topics = topics or BagTopics()
+    configs = build_configs(policy, specs)
+    check_inputs(policy, topics)
+    with BagReader(bag_path) as bag:
+        total = bag.topics.get(topics.image, (None, 0))[1]
+    with tqdm(total=total, desc=f"bag eval {len(configs)} configs", unit="frame", disable=not progress) as bar:
+        replay = replay_bag(bag_path, policy, configs, topics, flops_every, max_episodes, bar.update)
+    return merge_replays([replay], policy, topics, flops_every)
+
+
+def replay_item(model, item: tuple, tick=None) -> BagReplay:
+    """A `Runner` work item ``(bag_path, configs, topics, flops_every, max_episodes)``: one bag."""
+    return replay_bag(item[0], model, *item[1:], tick=tick)
 
 
 def _agreement(pred: list[np.ndarray], ref: list[np.ndarray | None], discrete: bool) -> dict:
@@ -205,4 +278,5 @@ def _summarize(run: PolicyRun, ref: PolicyRun, recorded, discrete: bool) -> dict
     }
 
 
-__all__ = ["PolicyRun", "build_configs", "evaluate_bag"]
+__all__ = ["PolicyRun", "BagReplay", "build_configs", "check_inputs", "replay_bag", "merge_replays", "evaluate_bag",
+           "replay_item"]

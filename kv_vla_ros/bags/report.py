@@ -49,7 +49,7 @@ def _plots(result: dict) -> dict[str, object]:
     fig, ax = plt.subplots(figsize=(8, 4))
     for label, series in result["series"].items():
         ax.plot(series["tokens_held"], label=label, linewidth=1)
-    ax.set(xlabel="step (whole bag)", ylabel="tokens held", title="KV tokens held over the bag")
+    ax.set(xlabel="step (whole bag; bags one after another)", ylabel="tokens held", title="KV tokens held over the bag")
     ax.legend(fontsize=8)
     figs["tokens_held.png"] = fig
 
@@ -89,6 +89,8 @@ def write_report(result: dict, out_dir) -> list[Path]:
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     doc = {k: result[k] for k in ("meta", "results", "instructions")}
+    if "per_bag" in result:
+        doc["per_bag"] = result["per_bag"]
     doc["series"] = result["series"]
     doc["actions"] = {label: [[a.tolist() for a in ep] for ep in eps] for label, eps in result["actions"].items()}
     doc["recorded"] = [[None if a is None else a.tolist() for a in ep] for ep in result["recorded"]]

@@ -69,84 +69,113 @@ def parse_spec(spec: str, base) -> tuple[dict, float | None]:
     return changes, frac
 
 
-def evaluate_task(model, task: str, cache_config, seeds: list[int], max_steps: int | None = None,
-                  progress: bool = True, label: str = "", untrained_gate: bool = False) -> dict:
-    """Run one task under one cache config; returns the aggregate metrics (+ per-episode lists).
+def make_robot(task: str, max_steps: int | None = None):
+    """A `SimRobot` for ``task``; ``max_steps`` caps its episodes only below the env's own limit."""
+    from kv_vla_ros.sim import SimRobot
 
-    ``untrained_gate``: ``gated`` scores with a randomly initialised gate (seeded by
-    ``cache_config.seed``), the baseline of the paper's released code, not the checkpoint's."""
-    from tqdm import tqdm
-
-    from kv_vla_ros.sim import SimRobot, is_memory_task
-    from kv_vla_ros.sim.memory import MemoryEpisodeProbe
-    from kv_vla_ros.vla import VLASession
-    from kv_vla_ros.vla.action_queue import ActionQueue
-
-    memory = is_memory_task(task)
     robot = SimRobot(task)
     if max_steps and max_steps < robot.max_steps:  # a cap only ever shortens the env's own limit
         robot.close()
         robot = SimRobot(task, max_steps=max_steps)
+    return robot
+
+
+def make_session(model, cache_config, untrained_gate: bool = False):
+    """A `VLASession` for closed-loop MiniGrid episodes (discrete actions only).
+
+    ``untrained_gate``: ``gated`` scores with a randomly initialised gate (seeded by
+    ``cache_config.seed``), the baseline of the paper's released code, not the checkpoint's."""
+    from kv_vla_ros.vla import VLASession
+
     session = VLASession(model, cache_config)
     if untrained_gate:
         session.gate = None  # the cache then builds ChunkGate.untrained(seed=cache_config.seed)
     if not session.policy.discrete:
-        robot.close()
         raise ValueError(f"model: MiniGrid tasks take discrete actions; this {session.policy.model_type} checkpoint "
                          "has continuous ones (evaluate it on a bag: kv-vla bag eval)")
+    return session
+
+
+def run_episode(robot, session, seed: int) -> dict:
+    """One closed-loop episode; returns its record: scalars (outcome, length, tokens, and on
+    Memory tasks whether the decision was right and the cue's chunk held then) plus
+    ``latency_ms``, the latency of every inference. Records are all `summarize_task` needs, so
+    episodes can run anywhere (`kv_vla_ros.eval.grid`)."""
+    from kv_vla_ros.sim import is_memory_task
+    from kv_vla_ros.sim.memory import MemoryEpisodeProbe
+    from kv_vla_ros.vla.action_queue import ActionQueue
+
     queue = ActionQueue(session.policy.default_actions_per_inference)  # chunked policies: one chunk, many steps
-    succ, lengths, seen, mean_held, peak_held, peak_bytes, lat = [], [], [], [], [], [], []
-    decisions, cue_held = [], []
-    for seed in tqdm(seeds, desc=f"{label or cache_config.policy} {task}", disable=not progress, leave=False):
-        frame, instruction = robot.reset(seed)
-        session.reset(instruction)
-        queue.clear()
-        probe = MemoryEpisodeProbe(robot) if memory else None
-        held, cue_held_at = [], []
-        bytes_max = 0
-        st = session.stats()
-        while not robot.done:
-            if probe is not None:
-                # what the step's attention can read: held after the previous step's eviction
-                probe.observe(len(held))
-                cue_held_at.append(cue_chunk_held(st, probe.cue_steps, len(held)))
-            if queue.needs_inference:
-                queue.push(session.step_chunk(frame))
-                lat.append(session.stats()["latency_ms"]["total"])
-            action = queue.pop()
-            st = session.stats()
-            held.append(st["tokens_held"])
-            bytes_max = max(bytes_max, st["bytes_held"])
-            frame = robot.step(int(action[0])).frame
-            if probe is not None:
-                probe.after_step()
+    frame, instruction = robot.reset(seed)
+    session.reset(instruction)
+    probe = MemoryEpisodeProbe(robot) if is_memory_task(robot.task) else None
+    held, cue_held_at, lat = [], [], []
+    bytes_max = 0
+    st = session.stats()
+    while not robot.done:
         if probe is not None:
-            decided = probe.decision_step is not None
-            decisions.append(bool(probe.decision_correct) if decided else None)
-            cue_held.append(cue_held_at[probe.decision_step] if decided else None)
-        succ.append(bool(robot.success))
-        lengths.append(len(held))
-        seen.append(st["tokens_seen"])
-        mean_held.append(float(np.mean(held)) if held else 0.0)
-        peak_held.append(max(held) if held else 0)
-        peak_bytes.append(bytes_max)
-    robot.close()
+            # what the step's attention can read: held after the previous step's eviction
+            probe.observe(len(held))
+            cue_held_at.append(cue_chunk_held(st, probe.cue_steps, len(held)))
+        if queue.needs_inference:
+            queue.push(session.step_chunk(frame))
+            lat.append(session.stats()["latency_ms"]["total"])
+        action = queue.pop()
+        st = session.stats()
+        held.append(st["tokens_held"])
+        bytes_max = max(bytes_max, st["bytes_held"])
+        frame = robot.step(int(action[0])).frame
+        if probe is not None:
+            probe.after_step()
+    record = {"seed": int(seed), "success": bool(robot.success), "length": len(held), "tokens_seen": st["tokens_seen"],
+              "mean_held": float(np.mean(held)) if held else 0.0, "peak_held": max(held) if held else 0,
+              "peak_bytes": bytes_max}
+    if probe is not None:
+        decided = probe.decision_step is not None
+        record["decision_correct"] = bool(probe.decision_correct) if decided else None
+        record["cue_held_at_decision"] = cue_held_at[probe.decision_step] if decided else None
+    record["latency_ms"] = lat
+    return record
+
+
+def summarize_task(task: str, label: str, cache_config, records: list[dict]) -> dict:
+    """Aggregate metrics of one (task, cache config) from its episode records, in seed order.
+    ``per_episode`` carries every scalar field of the records (whatever `run_episode` returns)."""
     memory_metrics = {}
-    if memory:
-        made = [d for d in decisions if d is not None]
-        known = [c for c in cue_held if c is not None]
+    if records and "decision_correct" in records[0]:
+        made = [r["decision_correct"] for r in records if r["decision_correct"] is not None]
+        known = [r["cue_held_at_decision"] for r in records if r["cue_held_at_decision"] is not None]
         memory_metrics = {"decision_accuracy": float(np.mean(made)) if made else float("nan"),
                           "decisions": len(made),
                           "cue_held_at_decision": float(np.mean(known)) if known else float("nan")}
+    lat = [v for r in records for v in r["latency_ms"]]
     return {
-        "task": task, "policy": label or cache_config.policy, "cache": cache_config.to_dict(), **memory_metrics,
-        "episodes": len(seeds), "success_rate": float(np.mean(succ)), "mean_length": float(np.mean(lengths)),
-        "mean_tokens_seen": float(np.mean(seen)), "mean_tokens_held": float(np.mean(mean_held)),
-        "peak_tokens_held": float(np.max(peak_held)), "peak_kv_bytes": float(np.max(peak_bytes)),
+        "task": task, "policy": label, "cache": cache_config.to_dict(), **memory_metrics,
+        "episodes": len(records), "success_rate": float(np.mean([r["success"] for r in records])),
+        "mean_length": float(np.mean([r["length"] for r in records])),
+        "mean_tokens_seen": float(np.mean([r["tokens_seen"] for r in records])),
+        "mean_tokens_held": float(np.mean([r["mean_held"] for r in records])),
+        "peak_tokens_held": float(np.max([r["peak_held"] for r in records])),
+        "peak_kv_bytes": float(np.max([r["peak_bytes"] for r in records])),
         "latency_p50_ms": float(np.percentile(lat, 50)), "latency_p99_ms": float(np.percentile(lat, 99)),
-        "per_episode": {"seed": list(map(int, seeds)), "success": succ, "length": lengths, "tokens_seen": seen,
-                        **({"decision_correct": decisions, "cue_held_at_decision": cue_held} if memory else {})},
+        "per_episode": {k: [r[k] for r in records] for k in records[0] if k != "latency_ms"},
     }
+
+
+def evaluate_task(model, task: str, cache_config, seeds: list[int], max_steps: int | None = None,
+                  progress: bool = True, label: str = "", untrained_gate: bool = False) -> dict:
+    """Run one task under one cache config; returns the aggregate metrics (+ per-episode lists).
+    ``untrained_gate``: see `make_session`."""
+    from tqdm import tqdm
+
+    robot = make_robot(task, max_steps)
+    try:
+        session = make_session(model, cache_config, untrained_gate)
+        records = [run_episode(robot, session, seed) for seed in
+                   tqdm(seeds, desc=f"{label or cache_config.policy} {task}", disable=not progress, leave=False)]
+    finally:
+        robot.close()
+    return summarize_task(task, label or cache_config.policy, cache_config, records)
 
 
 def calibrated_budgets(model_path: str, cfg) -> list[int]:
@@ -174,6 +203,8 @@ def cue_chunk_held(stats: dict, cue_steps: list[int], step: int) -> bool | None:
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
+    from kv_vla_ros.eval.parallel import add_runner_arguments
+
     parser.add_argument("--model", default=None, help="checkpoint directory (default: the shipped model)")
     parser.add_argument("--tasks", nargs="+", default=DEFAULT_TASKS)
     parser.add_argument("--episodes", type=int, default=200, help="held-out eval seeds per task")
@@ -183,12 +214,15 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed-offset", type=int, default=0, help="offset into the eval seed range")
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads")
     parser.add_argument("--out", required=True, help="output directory for results.json/.md/.png")
+    add_runner_arguments(parser)
     parser.add_argument("--no-progress", action="store_true")
 
 
 def run(args: argparse.Namespace) -> int:
     import torch
 
+    from kv_vla_ros.eval.grid import evaluate_grid
+    from kv_vla_ros.eval.parallel import runner_config
     from kv_vla_ros.eval.report import markdown_table, plot_results
     from kv_vla_ros.sim import eval_seeds, normalize_task
     from kv_vla_ros.vla import DEFAULT_MODEL_PATH, load_policy
@@ -200,47 +234,23 @@ def run(args: argparse.Namespace) -> int:
     specs = args.policy or ["full"]
     parsed = [(spec, *parse_spec(spec, base)) for spec in specs]  # fail fast on a bad spec
     seeds = eval_seeds(args.episodes, args.seed_offset)
+    runner = runner_config(args, progress=not args.no_progress)  # a bad --workers fails before any work
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    rows = []
     t0 = time.perf_counter()
-    for task in [normalize_task(t) for t in args.tasks]:
-        full_seen = None
-        for spec, changes, frac in parsed:
-            changes = dict(changes)
-            if frac is not None:
-                if full_seen is None:
-                    raise ValueError(f"--policy {spec}: budget_frac needs an earlier 'full' spec")
-                # never below prefix + recent window (a short history's fraction can be)
-                layout = base.replace(policy="full", budget_tokens=None, layer_budgets=None,
-                                      **{k: v for k, v in changes.items()
-                                         if k in ("recent_chunks", "chunk_size", "sink_tokens")})
-                changes["budget_tokens"] = max(int(round(frac * full_seen)), layout.min_budget)
-            gate_choice = changes.pop("_gate", "trained")
-            calibrated = changes.pop("_layer_budgets", None) == "calibrated"
-            try:
-                cfg = base.replace(**changes)
-                cfg.budget_tokens = max(cfg.budget_tokens, cfg.min_budget) if cfg.budget_tokens else cfg.budget_tokens
-                if calibrated:
-                    cfg = cfg.replace(layer_budgets=calibrated_budgets(model_path, cfg))
-                label = spec if frac is None else f"{spec} ({cfg.budget_tokens} tok)"
-                row = evaluate_task(model, task, cfg, seeds, args.max_steps, not args.no_progress, spec,
-                                    untrained_gate=gate_choice == "untrained")
-                row["cache_label"] = label
-            except (ValueError, NotImplementedError) as exc:
-                row = {"task": task, "policy": spec, "error": str(exc)}
-            rows.append(row)
-            if changes["policy"] == "full" and "mean_tokens_seen" in row:
-                full_seen = row["mean_tokens_seen"]
-            if "success_rate" in row:
-                memory = (f" decision {row['decision_accuracy']:.1%} cue held {row['cue_held_at_decision']:.1%}"
-                          if "decision_accuracy" in row else "")
-                print(f"{task:32s} {row['cache_label']:40s} success {row['success_rate']:.1%} "
-                      f"seen {row['mean_tokens_seen']:.0f} held {row['mean_tokens_held']:.0f}{memory}", flush=True)
-            else:
-                print(f"{task:32s} {spec:40s} ERROR {row['error']}", flush=True)
+    tasks = [normalize_task(t) for t in args.tasks]
+    rows, how = evaluate_grid(model, model_path, tasks, parsed, seeds, args.max_steps, runner)
+    for row in rows:
+        if "success_rate" in row:
+            memory = (f" decision {row['decision_accuracy']:.1%} cue held {row['cue_held_at_decision']:.1%}"
+                      if "decision_accuracy" in row else "")
+            print(f"{row['task']:32s} {row['cache_label']:40s} success {row['success_rate']:.1%} "
+                  f"seen {row['mean_tokens_seen']:.0f} held {row['mean_tokens_held']:.0f}{memory}", flush=True)
+        else:
+            print(f"{row['task']:32s} {row['policy']:40s} ERROR {row['error']}", flush=True)
     meta = {"model": model_path, "episodes": args.episodes, "seed_offset": args.seed_offset,
-            "max_steps": args.max_steps, "threads": args.threads, "wall_s": time.perf_counter() - t0}
+            "max_steps": args.max_steps, "threads": args.threads, **how,
+            "wall_s": time.perf_counter() - t0}
     (out / "results.json").write_text(json.dumps({"meta": meta, "results": rows}, indent=2) + "\n")
     table = markdown_table(rows)
     (out / "results.md").write_text(table)
@@ -249,4 +259,4 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-__all__ = ["cue_chunk_held", "parse_spec", "evaluate_task", "configure", "run", "DEFAULT_TASKS"]
+__all__ = ["cue_chunk_held", "parse_spec", "make_robot", "make_session", "run_episode", "summarize_task", "evaluate_task", "configure", "run", "DEFAULT_TASKS"]

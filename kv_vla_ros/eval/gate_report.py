@@ -53,6 +53,8 @@ def label_of(spec: str) -> tuple[str, float | None]:
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
+    from kv_vla_ros.eval.parallel import add_runner_arguments
+
     parser.add_argument("--model", default=None, help="checkpoint directory (default: the shipped model)")
     parser.add_argument("--tasks", nargs="+", default=DEFAULT_TASKS)
     parser.add_argument("--episodes", type=int, default=200, help="held-out eval seeds per task")
@@ -62,6 +64,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--trace-episodes", type=int, default=4, help="episodes in the gate-score plot")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--out", default="runs/gate_report")
+    add_runner_arguments(parser)
     parser.add_argument("--no-progress", action="store_true")
 
 

@@ -18,6 +18,7 @@ CALIBRATION_FILE = "calibration.json"
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
+    from kv_vla_ros.eval.parallel import add_runner_arguments
     from kv_vla_ros.vla import DEFAULT_MODEL_PATH
 
     parser.add_argument("--model", default=str(DEFAULT_MODEL_PATH), help="VLA checkpoint directory")
@@ -27,6 +28,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
                         help="uniform per-layer budget whose total is redistributed (default: the checkpoint's)")
     parser.add_argument("--seed-offset", type=int, default=600_000, help="first train seed of the rollouts")
     parser.add_argument("--dry-run", action="store_true", help="print the budgets, write nothing")
+    add_runner_arguments(parser)
 
 
 def budgets_for(dispersion: list[float], cache_config, budget_tokens: int) -> list[int]:
@@ -51,6 +53,7 @@ def write_calibration(model_dir: Path, dispersion: list[float], budgets: list[in
 
 def run(args: argparse.Namespace) -> int:
     from kv_vla_ros.eval.closed_loop import DEFAULT_TASKS
+    from kv_vla_ros.eval.parallel import runner_config
     from kv_vla_ros.train.gate_data import layer_dispersion
     from kv_vla_ros.train.gate_train import collect
     from kv_vla_ros.vla import VLAModel
@@ -65,7 +68,8 @@ def run(args: argparse.Namespace) -> int:
         if budget is None:
             raise ValueError("budget_tokens: the checkpoint's cache has no budget; pass --budget-tokens")
         cache_cfg.replace(budget_tokens=budget, layer_budgets=None)  # validates the budget
-        items = collect(model, args.tasks or DEFAULT_TASKS, args.episodes, args.seed_offset)
+        items = collect(model, args.tasks or DEFAULT_TASKS, args.episodes, args.seed_offset,
+                        runner=runner_config(args), model_path=args.model)
         dispersion = layer_dispersion(items)
         budgets = budgets_for(dispersion, cache_cfg, budget)
     except (FileNotFoundError, ValueError) as exc:

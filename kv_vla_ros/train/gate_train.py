@@ -21,6 +21,7 @@ from kv_vla_ros.cache import ChunkGate, GateConfig, gate_input_dim
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
+    from kv_vla_ros.eval.parallel import add_runner_arguments
     from kv_vla_ros.vla import DEFAULT_MODEL_PATH
 
     parser.add_argument("--model", default=str(DEFAULT_MODEL_PATH), help="VLA checkpoint directory (frozen)")
@@ -42,7 +43,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed-offset", type=int, default=500_000,
                         help="first train seed of the rollouts (train range, apart from the BC demonstrations)")
     parser.add_argument("--out", default=None, help="where gate.safetensors goes (default: the checkpoint directory)")
-    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--threads", type=int, default=2, help="torch CPU threads of the gate training "
+                        "(and of the rollouts with --workers 1)")
+    add_runner_arguments(parser)
 
 
 def split_and_init(items: list, seed: int, in_dim: int, hidden: int):
@@ -101,25 +104,40 @@ def train_gate(items: list, recent_chunks: int, in_dim: int, epochs: int, lr: fl
     return gate.eval(), log
 
 
-def collect(model, tasks: list[str], episodes: int, seed_offset: int, progress: bool = True,
-            with_episodes: bool = False) -> list:
-    """``EpisodeAttention`` per full-cache rollout (``(episode, attention)`` pairs with ``with_episodes``)."""
-    from tqdm import tqdm
-
-    from kv_vla_ros.sim import train_seeds
+def attention_item(model, item: tuple, tick=None):
+    """A `Runner` work item ``(task, seed, max_steps, with_episode)``: one full-cache rollout seen
+    through the backbone (``(episode, attention)`` with ``with_episode``)."""
     from kv_vla_ros.train.gate_data import episode_attention, policy_rollouts
 
-    items = []
-    for task in tasks:
-        rollouts = policy_rollouts(model, task, train_seeds(episodes, offset=seed_offset), progress=progress)
-        for ep in tqdm(rollouts, desc=f"attention {task}", disable=not progress, leave=False):
-            att = episode_attention(model, ep)
-            items.append((ep, att) if with_episodes else att)
-    return items
+    task, seed, max_steps, with_episode = item
+    ep = policy_rollouts(model, task, [seed], max_steps=max_steps)[0]
+    att = episode_attention(model, ep)
+    return (ep, att) if with_episode else att
+
+
+def collect(model, tasks: list[str], episodes: int, seed_offset: int, progress: bool = True,
+            with_episodes: bool = False, runner=None, model_path: str | None = None,
+            max_steps: int | None = None) -> list:
+    """``EpisodeAttention`` per full-cache rollout (``(episode, attention)`` pairs with
+    ``with_episodes``), task-major, in seed order; on the workers of ``runner`` (a `RunnerConfig`,
+    each loading ``model_path``) or in-process."""
+    from kv_vla_ros.eval.parallel import Runner, RunnerConfig
+    from kv_vla_ros.sim import train_seeds
+    from kv_vla_ros.vla import VLAModel
+
+    runner = runner or RunnerConfig(workers=1, progress=progress)
+    if runner.uses_ray and model_path is None:
+        raise ValueError("model_path: workers load the model from its directory; give it with a RunnerConfig")
+    items = [(task, seed, max_steps, with_episodes) for task in tasks
+             for seed in train_seeds(episodes, offset=seed_offset)]
+    with Runner(VLAModel.from_pretrained, (model_path,), runner, desc=f"rollouts {len(tasks)} task(s)",
+                local_state=model) as pool:
+        return pool.map(attention_item, items)
 
 
 def run(args: argparse.Namespace) -> int:
     from kv_vla_ros.eval.closed_loop import DEFAULT_TASKS
+    from kv_vla_ros.eval.parallel import runner_config
     from kv_vla_ros.vla import VLAModel
 
     for name in ("episodes", "epochs", "hidden", "threads"):
@@ -127,11 +145,13 @@ def run(args: argparse.Namespace) -> int:
             raise SystemExit(f"kv-vla train-gate: --{name} must be >= 1")
     torch.set_num_threads(args.threads)
     try:
+        runner = runner_config(args)
         model = VLAModel.from_pretrained(args.model)
     except (FileNotFoundError, ValueError) as exc:
         raise SystemExit(f"kv-vla train-gate: {exc}") from None
     t0 = time.time()
-    pairs = collect(model, args.tasks or DEFAULT_TASKS, args.episodes, args.seed_offset, with_episodes=True)
+    pairs = collect(model, args.tasks or DEFAULT_TASKS, args.episodes, args.seed_offset, with_episodes=True,
+                    runner=runner, model_path=args.model)
     bb = model.backbone_config
     in_dim = gate_input_dim(bb.num_hidden_layers, getattr(bb, "head_dim", None) or bb.hidden_size // bb.num_attention_heads)
     recent = model.config.cache.recent_chunks if args.recent_chunks is None else args.recent_chunks
