@@ -15,9 +15,16 @@ REPO = Path(__file__).resolve().parents[1]
 PARAMS_FILE = REPO / "config" / "kv_vla.yaml"
 
 
+def params_file_value(name: str):
+    """A parameter's value in the shipped params file (config/kv_vla.yaml)."""
+    import yaml
+
+    return yaml.safe_load(PARAMS_FILE.read_text())["/**/kv_vla_node"]["ros__parameters"][name]
+
+
 def build_tiny_model(directory: Path) -> Path:
-    """A tiny random VLA shaped like the shipped one (56 px frames, 8 px patches, 32-token prefix:
-    chunk_size 50, sink_tokens 32), so config/kv_vla.yaml loads into it."""
+    """A tiny random VLA shaped like the shipped one (56 px frames, 8 px patches pooled to 4 tokens,
+    16-token prefix: chunk_size 5, sink_tokens 16), so config/kv_vla.yaml loads into it."""
     import torch
 
     from kv_vla_ros.vla import VLAConfig, VLAModel
@@ -25,7 +32,8 @@ def build_tiny_model(directory: Path) -> Path:
     torch.manual_seed(0)
     backbone = {"model_type": "llama", "hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 4,
                 "num_key_value_heads": 2, "intermediate_size": 64, "max_position_embeddings": 8192}
-    cfg = VLAConfig(backbone=backbone, image_size=56, patch_size=8, vision_hidden=32, max_instruction_tokens=32)
+    cfg = VLAConfig(backbone=backbone, image_size=56, patch_size=8, vision_hidden=32, frame_tokens=4,
+                    max_instruction_tokens=16)
     VLAModel(cfg).save_pretrained(directory)
     return directory
 

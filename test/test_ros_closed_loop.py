@@ -45,7 +45,8 @@ def test_demo_closed_loop_matches_offline_eval_action_for_action(tmp_path, capsy
     # stalls single steps. Only a real defect (no timer, publishing per frame or per inference)
     # leaves this band.
     assert 10.0 < summary["control_rate_hz"] < 30.0
-    assert 0 < summary["peak_tokens_held"] <= summary["cache_config"]["budget_tokens"] + 50  # + the open step
+    cache = summary["cache_config"]
+    assert 0 < summary["peak_tokens_held"] <= cache["budget_tokens"] + cache["chunk_size"]  # + the open step
     for record in summary["per_episode"]:  # every action applied exactly once, in order
         expected = offline_actions(model, summary["cache_config"], record["task"], record["seed"], 12)
         assert record["actions"] == expected and record["steps"] == len(expected)

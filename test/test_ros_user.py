@@ -46,10 +46,13 @@ def shipped(tmp_path_factory):
 
 
 def test_shipped_model_without_params_file_runs_a_bounded_cache(shipped):
+    from kv_vla_ros.vla import DEFAULT_MODEL_PATH
+
+    shipped_budget = json.loads((DEFAULT_MODEL_PATH / "config.json").read_text())["cache"]["budget_tokens"]
     diag = shipped.last_diag(after=time.monotonic())
     cache = json.loads(diag["cache_config"])
-    assert cache["policy"] != "full" and cache["budget_tokens"] == 512, cache
-    assert shipped.get_params(["cache.budget_tokens"])["cache.budget_tokens"] == 512
+    assert cache["policy"] != "full" and shipped_budget is not None and cache["budget_tokens"] == shipped_budget, cache
+    assert shipped.get_params(["cache.budget_tokens"])["cache.budget_tokens"] == shipped_budget
     assert "UNBOUNDED" not in shipped.log.read_text()
 
 
@@ -79,13 +82,13 @@ def test_layout_cache_changes_apply_from_the_next_episode(shipped):
     diag = shipped.last_diag(after=time.monotonic())
     assert json.loads(diag["cache_config"])["policy"] == "gated"  # the running cache keeps its layout
     assert json.loads(diag["cache_config_pending"])["policy"] == "window"
-    (result,) = shipped.set_params(**{"cache.budget_tokens": 400})  # stacks on the pending change
+    (result,) = shipped.set_params(**{"cache.budget_tokens": 80})  # stacks on the pending change
     assert result.successful
     shipped.publish_instruction("go to the door")
     _stream(shipped, 1.5).join()
     diag = shipped.last_diag(after=time.monotonic())
     cache = json.loads(diag["cache_config"])
-    assert (cache["policy"], cache["budget_tokens"], diag["cache_config_pending"]) == ("window", 400, "")
+    assert (cache["policy"], cache["budget_tokens"], diag["cache_config_pending"]) == ("window", 80, "")
     results = shipped.set_params(**{"cache.policy": "gated", "cache.static": True})
     assert all(r.successful for r in results), results
     assert shipped.reset().success
@@ -94,11 +97,11 @@ def test_layout_cache_changes_apply_from_the_next_episode(shipped):
     diag = shipped.last_diag(after=time.monotonic())
     cache = json.loads(diag["cache_config"])
     assert cache["static"] is True and cache["policy"] == "gated"
-    assert 0 < int(diag["tokens_held"]) <= 400 and int(diag["inference_errors"]) == 0
+    assert 0 < int(diag["tokens_held"]) <= 80 and int(diag["inference_errors"]) == 0
     assert any(a[1] for a in shipped.actions_since(start))  # acting under the static cache
     (result,) = shipped.set_params(**{"cache.layer_budgets": [500]})  # one budget for a 4-layer model
     assert not result.successful and result.reason.startswith("cache."), result.reason
-    assert all(r.successful for r in shipped.set_params(**{"cache.static": False, "cache.budget_tokens": 512}))
+    assert all(r.successful for r in shipped.set_params(**{"cache.static": False, "cache.budget_tokens": 96}))
 
 
 def test_wrong_parameter_types_are_named(shipped):
