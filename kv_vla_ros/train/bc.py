@@ -223,7 +223,8 @@ def train(cfg: TrainConfig, out: str | Path, resume: bool = False, progress_bar:
             aux_loss, aux_stats = heads.loss(hidden, batch.aux)
             loss = bc_loss + cfg.aux_weight * aux_loss
             aux_ema = update_aux_ema(aux_ema, aux_loss.item(), aux_stats)
-            state.setdefault("first_aux_loss", aux_loss.item())
+            if any(count for _, count in aux_stats.values()):  # a batch with labels (not BabyAI only)
+                state.setdefault("first_aux_loss", aux_loss.item())
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_([p for _, p in params], 1.0)
