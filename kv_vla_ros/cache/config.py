@@ -138,11 +138,17 @@ class CacheConfig:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "CacheConfig":
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise ValueError(f"{unknown[0]}: unknown cache config field (known: {', '.join(sorted(known))})")
+        check_known_fields(cls, data, "cache config")
         return cls(**data)
+
+
+def check_known_fields(cls, data: dict[str, Any], what: str) -> None:
+    """``ValueError`` naming the first key of ``data`` that is not a field of dataclass ``cls``
+    (shared by every config loaded from JSON: cache, VLA, π0 policy)."""
+    known = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - known)
+    if unknown:
+        raise ValueError(f"{unknown[0]}: unknown {what} field (known: {', '.join(sorted(known))})")
 
 
 def field_names() -> list[str]:

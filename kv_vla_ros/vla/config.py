@@ -16,7 +16,7 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
-from kv_vla_ros.cache.config import CacheConfig
+from kv_vla_ros.cache.config import CacheConfig, check_known_fields
 
 # MiniGrid's discrete action set (index = env action id).
 MINIGRID_ACTION_NAMES = ["left", "right", "forward", "pickup", "drop", "toggle", "done"]
@@ -233,10 +233,7 @@ class VLAConfig:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "VLAConfig":
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise ValueError(f"{unknown[0]}: unknown VLA config field (known: {', '.join(sorted(known))})")
+        check_known_fields(cls, data, "VLA config")
         return cls(**copy.deepcopy(data))
 
 

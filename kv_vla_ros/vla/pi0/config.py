@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from kv_vla_ros.cache.config import CacheConfig
+from kv_vla_ros.cache.config import CacheConfig, check_known_fields
 
 POLICY_FILE = "kv_vla_policy.json"
 
@@ -77,10 +77,7 @@ class PI0PolicyConfig:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "PI0PolicyConfig":
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise ValueError(f"{unknown[0]}: unknown {POLICY_FILE} field (known: {', '.join(sorted(known))})")
+        check_known_fields(cls, data, POLICY_FILE)
         return cls(**copy.deepcopy(data))
 
     def save(self, directory: str | Path) -> Path:
