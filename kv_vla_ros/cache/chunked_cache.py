@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 import threading
+import time
 
 import torch
 from transformers.cache_utils import Cache, DynamicSlidingWindowLayer
@@ -121,6 +122,7 @@ class ChunkedKVCache(Cache):
     def _clear(self) -> None:
         # Per-step work must not grow with the episode: only the old chunks that some layer still
         # holds are tracked (``old_ids``); a chunk dropped everywhere is forgotten for good.
+        self.policy_ms = 0.0  # time spent scoring and evicting (see `_after_step`)
         self.n_old = 0  # chunks that have left the recent window (each scored once): a count only
         self.old_ids: list[int] = []  # [n_tracked] ascending ids of old chunks held by some group
         self.scores = torch.zeros(0)  # [n_tracked] utility per tracked chunk
@@ -181,6 +183,14 @@ class ChunkedKVCache(Cache):
 
     # ----------------------------------------------------------------- eviction
     def _after_step(self) -> None:
+        t0 = time.perf_counter()
+        try:
+            self._score_and_evict()
+        finally:
+            # the cache policy's own cost (scoring + eviction), summed until the caller resets it
+            self.policy_ms += (time.perf_counter() - t0) * 1e3
+
+    def _score_and_evict(self) -> None:
         cfg, seen, sink = self.config, self.tokens_seen, self.sink
         n_total = math.ceil(max(0, seen - sink) / cfg.chunk_size)
         first_recent = max(0, n_total - cfg.recent_chunks)

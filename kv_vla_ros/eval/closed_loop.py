@@ -109,7 +109,7 @@ def run_episode(robot, session, seed: int) -> dict:
     frame, instruction = robot.reset(seed)
     session.reset(instruction)
     probe = MemoryEpisodeProbe(robot) if is_memory_task(robot.task) else None
-    held, cue_held_at, lat = [], [], []
+    held, cue_held_at, lat, policy_ms = [], [], [], []
     bytes_max = 0
     st = session.stats()
     while not robot.done:
@@ -119,7 +119,9 @@ def run_episode(robot, session, seed: int) -> dict:
             cue_held_at.append(cue_chunk_held(st, probe.cue_steps, len(held)))
         if queue.needs_inference:
             queue.push(session.step_chunk(frame))
-            lat.append(session.stats()["latency_ms"]["total"])
+            timings = session.stats()["latency_ms"]
+            lat.append(timings["total"])
+            policy_ms.append(timings.get("cache_policy", 0.0))
         action = queue.pop()
         st = session.stats()
         held.append(st["tokens_held"])
@@ -135,6 +137,7 @@ def run_episode(robot, session, seed: int) -> dict:
         record["decision_correct"] = bool(probe.decision_correct) if decided else None
         record["cue_held_at_decision"] = cue_held_at[probe.decision_step] if decided else None
     record["latency_ms"] = lat
+    record["cache_policy_ms"] = policy_ms
     return record
 
 
@@ -149,6 +152,7 @@ def summarize_task(task: str, label: str, cache_config, records: list[dict]) -> 
                           "decisions": len(made),
                           "cue_held_at_decision": float(np.mean(known)) if known else float("nan")}
     lat = [v for r in records for v in r["latency_ms"]]
+    policy_ms = [v for r in records for v in r.get("cache_policy_ms", [])]
     return {
         "task": task, "policy": label, "cache": cache_config.to_dict(), **memory_metrics,
         "episodes": len(records), "success_rate": float(np.mean([r["success"] for r in records])),
@@ -158,7 +162,9 @@ def summarize_task(task: str, label: str, cache_config, records: list[dict]) -> 
         "peak_tokens_held": float(np.max([r["peak_held"] for r in records])),
         "peak_kv_bytes": float(np.max([r["peak_bytes"] for r in records])),
         "latency_p50_ms": float(np.percentile(lat, 50)), "latency_p99_ms": float(np.percentile(lat, 99)),
-        "per_episode": {k: [r[k] for r in records] for k in records[0] if k != "latency_ms"},
+        # the cache policy's share of inference time (gate scoring + eviction; 0 for full)
+        "cache_policy_share": float(np.sum(policy_ms) / max(np.sum(lat), 1e-9)) if policy_ms else 0.0,
+        "per_episode": {k: [r[k] for r in records] for k in records[0] if k not in ("latency_ms", "cache_policy_ms")},
     }
 
 

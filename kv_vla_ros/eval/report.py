@@ -18,6 +18,7 @@ COLUMNS = [
     ("peak_kv_bytes", "peak KV", "{}"),
     ("latency_p50_ms", "step p50 ms", "{:.1f}"),
     ("latency_p99_ms", "step p99 ms", "{:.1f}"),
+    ("cache_policy_share", "cache policy share", "{:.1%}"),
 ]
 
 

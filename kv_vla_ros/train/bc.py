@@ -23,6 +23,7 @@ from kv_vla_ros.sim import load_episodes, save_episodes, train_seeds
 from kv_vla_ros.sim.memory import aux_targets
 from kv_vla_ros.train.aux import AuxHeads
 from kv_vla_ros.train.checkpoint import load_optimizer, load_progress, save_checkpoint
+from kv_vla_ros.train.eviction import batch_eviction_mask
 from kv_vla_ros.train.data import DEFAULT_SCAN_TURNS, EpisodeSampler, demonstrations, expert_for, rollout
 from kv_vla_ros.vla import VLAConfig, VLAModel, VLASession, default_backbone
 from kv_vla_ros.vla.processor import ImageProcessor
@@ -63,6 +64,15 @@ class TrainConfig:
     weight_decay: float = 0.01
     focal_gamma: float = 2.0
     aux_weight: float = 1.0  # weight of the auxiliary-target loss (0: behaviour cloning only)
+    # Training under eviction (train/eviction.py): from progress `evict_from` on, each episode of
+    # a batch is, with probability `evict_prob`, seen through a cache that holds only
+    # `evict_held_chunks[i]` old chunks (random scores) besides the prefix and `evict_recent_chunks`
+    # recent ones, so the policy learns to act from what a budget leaves (0: never).
+    evict_prob: float = 0.5
+    evict_from: float = 0.4
+    evict_held_chunks: list[int] = field(default_factory=lambda: [0, 1, 2, 3, 4, 6, 8, 12])
+    evict_recent_chunks: int = 1
+    init_from: str | None = None  # a saved model to fine-tune (None: a new model)
     batch_tokens: int = 8192
     max_steps: int = 100000
     minutes: float = 55.0
@@ -84,6 +94,14 @@ class TrainConfig:
                 raise ValueError(f"{name}: must be > 0, got {getattr(self, name)}")
         if not isinstance(self.aux_weight, (int, float)) or not self.aux_weight >= 0:
             raise ValueError(f"aux_weight: must be >= 0, got {self.aux_weight!r}")
+        if not 0.0 <= self.evict_prob <= 1.0:
+            raise ValueError(f"evict_prob: must lie in [0, 1], got {self.evict_prob!r}")
+        if not 0.0 <= self.evict_from <= 1.0:
+            raise ValueError(f"evict_from: must lie in [0, 1], got {self.evict_from!r}")
+        if self.evict_prob > 0 and (not self.evict_held_chunks or min(self.evict_held_chunks) < 0):
+            raise ValueError(f"evict_held_chunks: need at least one count >= 0, got {self.evict_held_chunks!r}")
+        if self.evict_recent_chunks < 0:
+            raise ValueError(f"evict_recent_chunks: must be >= 0, got {self.evict_recent_chunks!r}")
 
     def aux_targets(self) -> dict[str, int]:
         """The auxiliary targets the task mix provides (none when ``aux_weight`` is 0)."""
@@ -117,6 +135,16 @@ def lr_at(cfg: TrainConfig, step: int, progress: float) -> float:
     warm = min(1.0, (step + 1) / max(1, cfg.warmup_steps))
     cos = 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
     return cfg.lr * warm * (cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * cos)
+
+
+def eviction_batch_mask(model: VLAModel, cfg: TrainConfig, batch, rng: np.random.Generator):
+    """``(mask (B, 1, L, L) additive, evicted (B,) bool)`` for one batch (see ``train.eviction``)."""
+    c = model.config
+    lengths = batch.mask.sum(dim=1).tolist()
+    total = c.max_instruction_tokens + batch.frames.shape[1] * c.tokens_per_step
+    return batch_eviction_mask(rng, lengths, c.max_instruction_tokens, c.tokens_per_frame,
+                               c.action.tokens_per_action, total, cfg.evict_prob, list(cfg.evict_held_chunks),
+                               cfg.evict_recent_chunks)
 
 
 def build_model(cfg: TrainConfig, episodes) -> VLAModel:
@@ -176,6 +204,8 @@ def train(cfg: TrainConfig, out: str | Path, resume: bool = False, progress_bar:
     if resume and (ckpt / "train_state.json").is_file():
         model = VLAModel.from_pretrained(ckpt)
         state.update(load_progress(ckpt))
+    elif cfg.init_from:
+        model = VLAModel.from_pretrained(cfg.init_from)
     else:
         model = build_model(cfg, episodes)
     model.train()
@@ -196,6 +226,7 @@ def train(cfg: TrainConfig, out: str | Path, resume: bool = False, progress_bar:
         sampler.add(model, dagger_round(model, cfg, r, out, progress_bar))
 
     budget_s = cfg.minutes * 60.0 - data_s
+    evict_rng = np.random.default_rng(cfg.seed + 7919 + state["step"])
     start = time.perf_counter() - state["elapsed_s"]
     last_ckpt = time.perf_counter()
     bar = tqdm(total=cfg.max_steps, initial=state["step"], desc="train", disable=not progress_bar)
@@ -215,12 +246,19 @@ def train(cfg: TrainConfig, out: str | Path, resume: bool = False, progress_bar:
         batch = sampler.sample()
         b, t = batch.frames.shape[:2]
         frames = model.processor(batch.frames.flatten(0, 1)).unflatten(0, (b, t))
+        mask, aux = None, batch.aux
+        if cfg.evict_prob > 0 and progress >= cfg.evict_from:
+            mask, evicted = eviction_batch_mask(model, cfg, batch, evict_rng)
+            # A target about what was seen long ago is unlearnable once it may be gone: auxiliary
+            # losses read whole histories only.
+            aux = {k: v.masked_fill(evicted.view(-1, 1), -1) for k, v in batch.aux.items()}
         if heads is None:
-            loss = bc_loss = model.loss(batch.prefix, frames, batch.actions, batch.mask, cfg.focal_gamma)
+            logits = model(batch.prefix, frames, batch.actions, attention_mask=mask)
+            loss = bc_loss = model.action_loss(logits, batch.actions, batch.mask, cfg.focal_gamma)
         else:
-            logits, hidden = model(batch.prefix, frames, batch.actions, return_hidden=True)
+            logits, hidden = model(batch.prefix, frames, batch.actions, return_hidden=True, attention_mask=mask)
             bc_loss = model.action_loss(logits, batch.actions, batch.mask, cfg.focal_gamma)
-            aux_loss, aux_stats = heads.loss(hidden, batch.aux)
+            aux_loss, aux_stats = heads.loss(hidden, aux)
             loss = bc_loss + cfg.aux_weight * aux_loss
             aux_ema = update_aux_ema(aux_ema, aux_loss.item(), aux_stats)
             if any(count for _, count in aux_stats.values()):  # a batch with labels (not BabyAI only)

@@ -33,6 +33,14 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--focal-gamma", type=float, default=2.0, help="focal-loss exponent (0: plain CE)")
     parser.add_argument("--aux-weight", type=float, default=1.0,
                         help="weight of the auxiliary-target loss (privileged labels, e.g. the Memory cue); 0: off")
+    parser.add_argument("--evict-prob", type=float, default=None,
+                        help="share of episodes trained under a random eviction mask (0: whole histories only)")
+    parser.add_argument("--evict-from", type=float, default=None,
+                        help="progress (0..1) from which eviction training starts")
+    parser.add_argument("--evict-held-chunks", type=int, nargs="+", default=None,
+                        help="old-chunk budgets drawn for eviction training")
+    parser.add_argument("--init-from", default=None,
+                        help="start from this model's weights (fine-tuning) instead of a new model")
     parser.add_argument("--data-dir", default="runs/data", help="cache of expert demonstrations (.npz)")
     parser.add_argument("--checkpoint-minutes", type=float, default=5.0)
     parser.add_argument("--no-progress", action="store_true")
@@ -74,6 +82,9 @@ def run(args: argparse.Namespace) -> int:
     cfg.aux_weight = args.aux_weight
     if args.dagger_episodes is not None:
         cfg.dagger_episodes = args.dagger_episodes
+    for name in ("evict_prob", "evict_from", "evict_held_chunks", "init_from"):
+        if getattr(args, name) is not None:
+            setattr(cfg, name, getattr(args, name))
     train(cfg, args.out, resume=args.resume, progress_bar=not args.no_progress)
     print(f"model written to {args.out}")
     return 0

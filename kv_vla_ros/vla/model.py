@@ -169,13 +169,18 @@ class VLAModel(nn.Module):
         return p + t * (f + a) + f - 1 + torch.arange(a).view(1, -1)
 
     def forward(self, prefix_ids: torch.Tensor, frames: torch.Tensor, action_tokens: torch.Tensor,
-                return_hidden: bool = False):
+                return_hidden: bool = False, attention_mask: torch.Tensor | None = None):
         """Teacher-forced action logits (B, T, A, action_vocab), one no-cache forward; with
         ``return_hidden`` also the backbone's last hidden states at the positions predicting each
-        step's first action token (B, T, D), where auxiliary heads read during training."""
+        step's first action token (B, T, D), where auxiliary heads read during training.
+        ``attention_mask``: an additive (B, 1, L, L) mask replacing the causal one (training
+        under eviction, ``train.eviction``)."""
         embeds = self.episode_embeds(prefix_ids, frames, action_tokens)
         pos = self.action_positions(frames.shape[1]).to(embeds.device)
-        out = self.backbone(inputs_embeds=embeds, use_cache=False, output_hidden_states=return_hidden)
+        if attention_mask is not None:
+            attention_mask = attention_mask.to(device=embeds.device, dtype=embeds.dtype)
+        out = self.backbone(inputs_embeds=embeds, attention_mask=attention_mask, use_cache=False,
+                            output_hidden_states=return_hidden)
         logits = self.action_logits(out.logits[:, pos.flatten()]).unflatten(1, pos.shape)
         if not return_hidden:
             return logits
