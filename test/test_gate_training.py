@@ -120,3 +120,41 @@ def test_checkpoint_loads_its_gate_and_session_runs_per_layer_budgets(model, rol
         session.step(frame)
     held = session._cache.stats()["tokens_held_per_layer"]
     assert held[0] <= budgets[0] < held[1] <= budgets[1]
+
+
+def test_keep_alone_value_shares_each_steps_loss_among_the_chunks_that_restore_it(model, rollouts):
+    from kv_vla_ros.train.eviction import eviction_mask
+    from kv_vla_ros.train.gate_value import keep_alone_value
+
+    ep = max(rollouts, key=lambda e: len(e.actions))
+    n, recent = len(ep.actions), 1
+    value = keep_alone_value(model, ep, recent)
+    assert value.shape == (n,)
+    never_old = torch.arange(n) >= n - recent - 1  # chunk c is old for step s only when c < s - recent
+    assert torch.isnan(value[never_old]).all() and not torch.isnan(value[~never_old]).any()
+    assert (value[~never_old] >= 0).all()
+    # the window-only replay's loss, step by step, bounds the value handed out
+    c = model.config
+    total = c.max_instruction_tokens + n * c.tokens_per_step
+    window = eviction_mask(c.max_instruction_tokens, c.tokens_per_frame, c.action.tokens_per_action, n, total,
+                           np.zeros(n), 0, recent)
+    additive = torch.zeros(1, 1, total, total).masked_fill(~window, torch.finfo(torch.float32).min)
+    prefix = torch.as_tensor(model.text_tokenizer.encode(ep.instruction)).unsqueeze(0)
+    frames = model.processor(ep.frames).unsqueeze(0)
+    tokens = torch.as_tensor(model.action_tokenizer.encode(ep.actions)).unsqueeze(0)
+    with torch.no_grad():
+        full = model(prefix, frames, tokens)[0].log_softmax(-1)
+        base = model(prefix, frames, tokens, attention_mask=additive)[0].log_softmax(-1)
+    loss = (full.exp() * (full - base)).sum(-1).sum(-1)  # [steps]
+    assert float(value[~never_old].sum()) <= float(loss.sum()) + 1e-4
+    assert float(loss.sum()) > 0  # the window alone does change this policy's actions
+
+
+def test_train_gate_on_keep_alone_values_lowers_loss(model, rollouts):
+    from kv_vla_ros.train.gate_value import keep_alone_value
+
+    items = [episode_attention(model, ep) for ep in rollouts]
+    values = [keep_alone_value(model, ep, 1) for ep in rollouts]
+    gate, log = train_gate(items, recent_chunks=1, in_dim=items[0].features.shape[1], epochs=15, lr=1e-2,
+                           hidden=16, progress=False, values=values)
+    assert log["train_loss"][-1] < log["train_loss"][0]

@@ -32,9 +32,11 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--hidden", type=int, default=64, help="gate LSTM width (default 64)")
     parser.add_argument("--reduce", choices=("mean", "max"), default="mean",
                         help="how heads/layers are combined in the utility target (default mean)")
-    parser.add_argument("--target", choices=("utility", "distill"), default="utility",
-                        help="utility: future attention utility (percentile, BCE); distill: end-to-end KL to the "
-                             "full-cache actions under a budget penalty (see README)")
+    parser.add_argument("--target", choices=("utility", "value", "distill"), default="utility",
+                        help="utility: future attention utility (percentile, BCE); value: how much keeping the "
+                             "chunk alone beside the recent window brings the actions back to the full-cache "
+                             "ones (percentile, BCE); distill: end-to-end KL to the full-cache actions under a "
+                             "budget penalty (see README)")
     parser.add_argument("--budget-weight", type=float, default=0.05,
                         help="distill only: weight of the mean-score (budget) penalty (default 0.05)")
     parser.add_argument("--recent-chunks", type=int, default=None,
@@ -60,15 +62,20 @@ def split_and_init(items: list, seed: int, in_dim: int, hidden: int):
 
 
 def train_gate(items: list, recent_chunks: int, in_dim: int, epochs: int, lr: float, hidden: int,
-               reduce: str = "mean", seed: int = 0, progress: bool = True) -> tuple[ChunkGate, dict]:
-    """Fit a gate on ``items`` (`EpisodeAttention`); returns the gate and its training log."""
+               reduce: str = "mean", seed: int = 0, progress: bool = True,
+               values: list[torch.Tensor] | None = None) -> tuple[ChunkGate, dict]:
+    """Fit a gate on ``items`` (`EpisodeAttention`); returns the gate and its training log.
+
+    The target is each chunk's percentile within its episode of its future attention utility, or
+    of ``values[i]`` (``[chunks]`` per item, e.g. `gate_value.keep_alone_value`) when given."""
     from tqdm import tqdm
 
     from kv_vla_ros.train.gate_data import future_utility, rank_targets
 
     data = []
-    for item in items:
-        target = rank_targets(future_utility(item.mass, recent_chunks, reduce))
+    for i, item in enumerate(items):
+        raw = values[i] if values is not None else future_utility(item.mass, recent_chunks, reduce)
+        target = rank_targets(raw)
         if (~torch.isnan(target)).any():
             # clone: the rollouts were made under inference_mode, autograd needs normal tensors
             data.append((item.features.clone().unsqueeze(0), target.clone().unsqueeze(0)))
@@ -162,6 +169,15 @@ def run(args: argparse.Namespace) -> int:
         gate, log = train_gate_distill(model, items, recent, in_dim, args.epochs, args.lr, args.hidden,
                                        args.budget_weight, args.seed)
         target = f"end-to-end distillation (KL to full-cache actions + {args.budget_weight} x mean score)"
+    elif args.target == "value":
+        from tqdm import tqdm
+
+        from kv_vla_ros.train.gate_value import keep_alone_value
+
+        values = [keep_alone_value(model, ep, recent) for ep, _ in tqdm(pairs, desc="keep-alone values")]
+        gate, log = train_gate([att for _, att in pairs], recent, in_dim, args.epochs, args.lr, args.hidden,
+                               seed=args.seed, values=values)
+        target = "value of keeping the chunk alone (KL gain over the window, percentile), BCE"
     else:
         gate, log = train_gate([att for _, att in pairs], recent, in_dim, args.epochs, args.lr, args.hidden,
                                args.reduce, args.seed)
