@@ -178,6 +178,25 @@ def test_pi0_params_file_sets_declared_parameters_and_leaves_the_cache_to_the_ch
         assert coerce_param(specs[name], value) == value, name
 
 
+def test_robot_state_from_joint_state_or_float32_array_is_checked_against_the_checkpoint():
+    pytest.importorskip("rclpy")
+    from sensor_msgs.msg import JointState
+    from std_msgs.msg import Float32MultiArray
+
+    from kv_vla_ros.ros.session_setup import state_from_msg
+    from kv_vla_ros.vla.policy import StreamingPolicy
+
+    policy = StreamingPolicy()
+    policy.state_dim = 3
+    joints = JointState(name=["a", "b", "c"], position=[0.1, 0.2, 0.3], velocity=[9.0, 9.0, 9.0])
+    assert state_from_msg(joints, policy).tolist() == pytest.approx([0.1, 0.2, 0.3])  # positions only
+    assert state_from_msg(Float32MultiArray(data=[1.0, 2.0, 3.0]), policy).tolist() == [1.0, 2.0, 3.0]
+    with pytest.raises(ValueError, match="state: expected a vector of dimension 3"):
+        state_from_msg(Float32MultiArray(data=[1.0, 2.0]), policy)
+    with pytest.raises(ValueError, match="state: contains NaN"):
+        state_from_msg(JointState(position=[0.0, float("nan"), 0.0]), policy)
+
+
 class _SlowSession:
     """A stand-in session for the worker's own logic (the DDS tests use a real VLASession)."""
 

@@ -146,6 +146,7 @@ def test_chunks_are_executed_one_action_per_tick_and_refilled(node):
 
 
 def test_actions_per_inference_changes_live_within_its_range(node):
+    node.publish_instruction("pick up the red cube")  # an episode, whichever test ran before
     (result,) = node.set_params(actions_per_inference=2)
     assert result.successful, result.reason
     start = time.monotonic()
@@ -161,6 +162,7 @@ def test_actions_per_inference_changes_live_within_its_range(node):
 
 
 def test_limits_apply_to_every_queued_action(node):
+    node.publish_instruction("pick up the red cube")  # an episode, whichever test ran before
     assert all(r.successful for r in node.set_params(**{"action.min": [-0.05], "action.max": [0.05, 0.02]}))
     start = time.monotonic()
     node.robot.run(1.5)
@@ -172,12 +174,28 @@ def test_limits_apply_to_every_queued_action(node):
     assert all(r.successful for r in node.set_params(**{"action.min": [float("-inf")], "action.max": [float("inf")]}))
 
 
+def test_disabled_publishes_stop_while_chunks_keep_coming(node):
+    node.publish_instruction("pick up the red cube")  # an episode, whichever test ran before
+    assert node.set_params(enabled=False)[0].successful
+    start = time.monotonic()
+    first = diag_while_streaming(node, 1.2)
+    last = diag_while_streaming(node, 1.5)
+    assert all(not a[1] for a in node.actions_since(start + 0.2))  # no queued action reaches the robot
+    assert first["state"] == last["state"] == "disabled" and int(last["inferences"]) > int(first["inferences"])
+    assert node.set_params(enabled=True)[0].successful
+    start = time.monotonic()
+    node.robot.run(1.0)
+    assert any(a[1] for a in node.actions_since(start))
+
+
 def test_a_stale_or_missing_input_stops_inference(node):
+    node.publish_instruction("pick up the red cube")  # an episode, whichever test ran before
     robot = node.robot
     assert diag_while_streaming(node)["state"] == "running"
     robot.state_on = False  # the cameras go on, the joint state stops
     t_off = time.monotonic()
-    first = diag_while_streaming(node, SETTLE_S + 0.5)  # read at t_off + SETTLE_S (diagnostics: 1 Hz)
+    robot.run(SETTLE_S)
+    first = diag_while_streaming(node, 1.5)  # diagnostics (1 Hz) read after t_off + SETTLE_S
     last = diag_while_streaming(node, 1.5)
     after = node.actions_since(t_off + SETTLE_S)
     assert after and all(not a[1] for a in after)  # stop only
@@ -195,6 +213,7 @@ def test_a_stale_or_missing_input_stops_inference(node):
 
 
 def test_a_state_of_the_wrong_dimension_is_dropped_and_the_node_stays_up(node):
+    node.publish_instruction("pick up the red cube")  # an episode, whichever test ran before
     robot = node.robot
     rejected = int(diag_while_streaming(node, 0.5)["states_rejected"])
     robot.state = [0.1, 0.2, 0.3, 0.4, 0.5]  # the checkpoint takes 3
