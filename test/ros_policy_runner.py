@@ -1,7 +1,8 @@
 """kv_vla_node with a real VLASession made slow and faulty on purpose (run as a script by the tests).
 
 - every step sleeps KV_VLA_TEST_STEP_DELAY_S (inference slower than the control period);
-- an instruction starting with "emit nan" makes every step return NaN;
+- an instruction starting with "emit nan" makes the last action of every chunk NaN (the package's
+  own VLA: its only action; π0: the rows before it stay finite, and must not be published either);
 - an instruction starting with "raise" makes every step raise.
 """
 
@@ -18,14 +19,14 @@ from kv_vla_ros.vla import VLASession
 class ScriptedSession(VLASession):
     delay_s = float(os.environ.get("KV_VLA_TEST_STEP_DELAY_S", "0"))
 
-    def step(self, image, state=None):
+    def step_chunk(self, images, state=None, **kwargs):
         time.sleep(self.delay_s)
-        action = super().step(image, state)
+        chunk = np.array(super().step_chunk(images, state, **kwargs), dtype=np.float32)
         if self.instruction.startswith("emit nan"):
-            return np.full_like(action, np.nan, dtype=np.float32)
+            chunk[-1] = np.nan
         if self.instruction.startswith("raise"):
             raise RuntimeError("injected inference failure")
-        return action
+        return chunk
 
 
 if __name__ == "__main__":

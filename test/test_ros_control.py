@@ -12,7 +12,7 @@ import yaml
 from kv_vla_ros.cache.config import CacheConfig
 from kv_vla_ros.ros.control import ControlLoop, TwistAdapter, format_source_stamp, parse_source_stamp
 from kv_vla_ros.ros.params import (NODE_PARAMS, all_param_specs, cache_changes_from_params, cache_param_specs,
-                                   cache_value_to_param)
+                                   cache_value_to_param, coerce_param)
 from ros_helpers import PARAMS_FILE
 
 
@@ -43,12 +43,58 @@ def test_watchdog_stops_after_timeout_without_frames_or_actions():
     loop.action_ready([0.1, 0.1], None, 0.0)
     assert loop.tick(0.5).state == "running"
     cmd = loop.tick(0.51)
-    assert cmd.is_stop and cmd.state == "stale" and "frame" in cmd.reason
-    loop.frame_received(0.6)  # frames again, but no fresh action since 0.0
+    assert cmd.is_stop and cmd.state == "stale" and "no fresh message on image" in cmd.reason
+    loop.frame_received(0.6)  # frames again: the action planned before the gap was dropped
     cmd = loop.tick(0.61)
-    assert cmd.is_stop and "action" in cmd.reason
+    assert cmd.is_stop and cmd.state == "waiting" and "action" in cmd.reason
     loop.action_ready([0.2, 0.2], None, 0.62)
     assert loop.tick(0.63).state == "running"
+    loop.frame_received(1.0)
+    assert loop.tick(1.0).state == "running"  # held: 0.37 s since the last fresh action
+    loop.frame_received(1.2)
+    cmd = loop.tick(1.2)
+    assert cmd.is_stop and cmd.state == "stale" and "no fresh action" in cmd.reason
+
+
+def test_chunks_execute_one_action_per_tick_and_refill_after_actions_per_inference():
+    loop = ControlLoop(False, 0, 2, stale_timeout_s=0.5, action_min=[-1.0], action_max=[1.0],
+                       inputs=["cam_high", "cam_wrist", "joint_states"], actions_per_inference=3)
+    assert loop.tick(0.0).state == "waiting" and "cam_high, cam_wrist, joint_states" in loop.tick(0.0).reason
+    for i in range(3):
+        loop.input_received(i, 0.0)
+    chunk = np.array([[0.1, 0.1], [0.2, 5.0], [0.3, -0.3], [0.4, 0.4]])  # 4 predicted, 3 executed
+    assert loop.needs_chunk and loop.action_ready(chunk, (7, 0), 0.0) == "" and not loop.needs_chunk
+    cmds = [loop.tick(0.01 * k) for k in range(1, 6)]
+    assert [c.chunk_index for c in cmds] == [0, 1, 2, 2, 2]  # then the last action is held
+    assert cmds[1].action.tolist() == pytest.approx([0.2, 1.0])  # every queued action is clamped
+    assert all(c.source_stamp == (7, 0) and c.state == "running" for c in cmds)
+    assert loop.needs_chunk  # the third action was used: the next inference may start
+    loop.set_actions_per_inference(1)  # live: from the next chunk on
+    loop.action_ready(chunk, (8, 0), 0.06)
+    assert [loop.tick(0.07).chunk_index, loop.tick(0.08).chunk_index] == [0, 0] and loop.needs_chunk
+    loop.set_actions_per_inference(4)
+    loop.action_ready(chunk, (9, 0), 0.09)
+    assert [loop.tick(0.1 + 0.01 * k).action[0] for k in range(4)] == pytest.approx([0.1, 0.2, 0.3, 0.4])
+    loop.action_ready(chunk, (10, 0), 0.2)
+    loop.input_received(0, 0.6)
+    loop.input_received(1, 0.6)  # the state stops arriving
+    cmd = loop.tick(0.61)
+    assert cmd.is_stop and cmd.state == "stale" and "joint_states" in cmd.reason and "cam_" not in cmd.reason
+    assert loop.needs_chunk and loop.input_problem(0.61)[0] == "stale"  # the queue was dropped
+
+
+def test_a_chunk_with_one_bad_action_is_rejected_whole():
+    loop = ControlLoop(False, 0, 2, stale_timeout_s=0.5, actions_per_inference=4)
+    loop.frame_received(0.0)
+    loop.action_ready(np.full((4, 2), 0.5), None, 0.0)
+    assert loop.tick(0.01).chunk_index == 0
+    bad = np.full((4, 2), 0.1)
+    bad[3, 1] = np.inf
+    assert "non-finite value in action 3" in loop.action_ready(bad, None, 0.02)
+    cmds = [loop.tick(0.03 + 0.01 * k) for k in range(5)]  # nothing of it, and the old queue is gone too
+    assert all(c.is_stop and c.state == "error" for c in cmds) and loop.rejected_actions == 1
+    assert loop.needs_chunk and loop.action_ready(np.full((4, 2), 0.2), None, 0.1) == ""
+    assert loop.tick(0.11).action.tolist() == pytest.approx([0.2, 0.2])
 
 
 def test_nonfinite_and_bad_actions_never_held():
@@ -122,6 +168,35 @@ def test_params_file_lists_exactly_the_declared_parameters():
     CacheConfig.from_dict(cache_changes_from_params({k: v for k, v in params.items()}))  # a valid cache config
 
 
+def test_pi0_params_file_sets_declared_parameters_and_leaves_the_cache_to_the_checkpoint():
+    data = yaml.safe_load((PARAMS_FILE.parent / "pi0.yaml").read_text())
+    params = data["/**/kv_vla_node"]["ros__parameters"]
+    specs = {s.name: s for s in all_param_specs()}
+    assert set(params) <= set(specs) and {"image_topics", "state_topic", "actions_per_inference"} <= set(params)
+    assert not any(name.startswith("cache.") for name in params)  # chunk_size, sink_tokens: the checkpoint's
+    for name, value in params.items():
+        assert coerce_param(specs[name], value) == value, name
+
+
+def test_robot_state_from_joint_state_or_float32_array_is_checked_against_the_checkpoint():
+    pytest.importorskip("rclpy")
+    from sensor_msgs.msg import JointState
+    from std_msgs.msg import Float32MultiArray
+
+    from kv_vla_ros.ros.session_setup import state_from_msg
+    from kv_vla_ros.vla.policy import StreamingPolicy
+
+    policy = StreamingPolicy()
+    policy.state_dim = 3
+    joints = JointState(name=["a", "b", "c"], position=[0.1, 0.2, 0.3], velocity=[9.0, 9.0, 9.0])
+    assert state_from_msg(joints, policy).tolist() == pytest.approx([0.1, 0.2, 0.3])  # positions only
+    assert state_from_msg(Float32MultiArray(data=[1.0, 2.0, 3.0]), policy).tolist() == [1.0, 2.0, 3.0]
+    with pytest.raises(ValueError, match="state: expected a vector of dimension 3"):
+        state_from_msg(Float32MultiArray(data=[1.0, 2.0]), policy)
+    with pytest.raises(ValueError, match="state: contains NaN"):
+        state_from_msg(JointState(position=[0.0, float("nan"), 0.0]), policy)
+
+
 class _SlowSession:
     """A stand-in session for the worker's own logic (the DDS tests use a real VLASession)."""
 
@@ -131,12 +206,13 @@ class _SlowSession:
     def reset(self, instruction):
         self.calls.append(("reset", instruction))
 
-    def step(self, image):
+    def step_chunk(self, images, state=None):
         import time
 
         time.sleep(0.05)
-        self.calls.append(("step", int(image[0, 0, 0])))
-        return np.array([1])
+        self.calls.append(("step", int(images[0][0, 0, 0])) + tuple(int(i[0, 0, 0]) for i in images[1:])
+                          + ((None,) if state is None else (float(state[0]),)))
+        return np.array([[1]])
 
     def stats(self):
         return {"steps": len(self.calls)}
@@ -172,3 +248,49 @@ def test_inference_worker_takes_the_newest_frame_and_counts_drops():
         assert session.calls[-1] == ("reset", "again") and worker.episodes == 2
     finally:
         worker.stop()
+
+
+def test_inference_worker_steps_on_every_camera_and_the_state_only_when_ready():
+    """Two cameras and a state: a step takes each camera's newest frame and the newest state, only
+    once the first camera has a frame no step used and ``ready`` (chunk used up, inputs fresh)."""
+    import time
+
+    from kv_vla_ros.ros.inference import InferenceWorker
+
+    session, chunks = _SlowSession(), []
+    ready = {"value": False}
+    worker = InferenceWorker(session, lambda f: np.full((2, 2, 3), f, np.uint8),
+                             lambda a, stamp, now: chunks.append(stamp), lambda kind, msg: None,
+                             num_cameras=2, ready=lambda: ready["value"])
+    worker.start()
+    try:
+        worker.start_episode("go")
+        worker.submit(10, "a", camera=0)
+        worker.submit(20, "b", camera=1)
+        worker.submit_state(np.array([0.5]))
+        time.sleep(0.2)
+        assert not chunks  # not ready: no step
+        ready["value"] = True
+        worker.wake()
+        assert _wait(lambda: chunks == ["a"])
+        assert session.calls[-1] == ("step", 10, 20, 0.5)
+        worker.submit(21, "c", camera=1)  # a new second-camera frame alone does not start a step
+        worker.submit_state(np.array([0.7]))
+        time.sleep(0.2)
+        assert chunks == ["a"]
+        worker.submit(11, "d", camera=0)
+        assert _wait(lambda: chunks == ["a", "d"]) and session.calls[-1] == ("step", 11, 21, 0.7)
+    finally:
+        worker.stop()
+
+
+def _wait(predicate, timeout=3.0) -> bool:
+    import time
+
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        if predicate():
+            return True
+        time.sleep(0.01)
+    return False
+

@@ -1,5 +1,6 @@
-"""The policy node's control logic without ROS: hold the last action, clamp it, turn it into a
-twist, and fall back to stop when disabled, stale or invalid. Times are plain floats (seconds,
+"""The policy node's control logic without ROS: execute action chunks from a queue (hold the last
+action between chunks), clamp, turn into a twist, and fall back to stop when disabled, stale
+(any input) or invalid. Times are plain floats (seconds,
 any monotonic clock) so tests drive it with a fake clock.
 
 A *stop* command is ``action=None``: the node publishes an empty ``action`` array and a zero
@@ -14,10 +15,14 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from kv_vla_ros.vla.action_queue import ActionQueue
+
 # Float32MultiArray has no header; the second layout dimension of an `action` message names the
 # camera frame the action was inferred from, so a discrete-step consumer (the simulator) can
 # apply each action exactly once while the node repeats it at the control rate.
 SOURCE_STAMP_PREFIX = "frame_stamp="
+# A chunked policy's action messages name their row in the chunk in a third layout dimension.
+CHUNK_INDEX_PREFIX = "chunk_index="
 
 
 def format_source_stamp(sec: int, nanosec: int) -> str:
@@ -47,12 +52,14 @@ def broadcast_limits(name: str, values, dim: int) -> np.ndarray:
 
 @dataclass(frozen=True)
 class ControlCommand:
-    """What one control tick publishes. ``action`` None means stop."""
+    """What one control tick publishes. ``action`` None means stop. ``chunk_index``: the action's
+    row in the chunk it comes from (None for stop)."""
 
     action: np.ndarray | None
     source_stamp: tuple[int, int] | None
     state: str  # running, waiting, stale, disabled, error
     reason: str = ""
+    chunk_index: int | None = None
 
     @property
     def is_stop(self) -> bool:
@@ -91,29 +98,45 @@ class TwistAdapter:
 
 
 class ControlLoop:
-    """Holds the newest valid action and decides what each control tick publishes.
+    """Executes the policy's action chunks one action per control tick and decides what each tick
+    publishes.
 
-    Thread-safe: the inference worker reports actions, the subscriptions report frames and the
+    A chunk ``(n, dim)`` goes through an ``ActionQueue``: its first ``actions_per_inference`` rows
+    are published one per tick; once they are used (``needs_chunk``) the next inference may start,
+    and meanwhile the last action is held. Every queued action passes the same checks when it is
+    published (clamps, finiteness) and a chunk with any bad row is rejected whole.
+
+    Inputs (the cameras, the robot state) are named; each must have arrived within
+    ``stale_timeout_s``, else stop (``stale``, naming the input) and the queue is dropped.
+
+    Thread-safe: the inference worker reports chunks, the subscriptions report inputs and the
     control timer ticks, each from its own thread.
 
     Args:
         discrete: discrete action ids (validated against ``num_actions``, never clamped) or a
             continuous vector of ``action_dim`` (clamped to ``[action_min, action_max]``).
+        inputs: names of the inputs watched for staleness (topic names; the first: the camera
+            that drives the steps).
     """
 
     def __init__(self, discrete: bool, num_actions: int, action_dim: int, stale_timeout_s: float = 1.0,
-                 enabled: bool = True, action_min=(-np.inf,), action_max=(np.inf,)):
+                 enabled: bool = True, action_min=(-np.inf,), action_max=(np.inf,), inputs=("image",),
+                 actions_per_inference: int = 1):
         self.discrete, self.num_actions, self.action_dim = discrete, int(num_actions), int(action_dim)
         self._lock = threading.Lock()
         self.stale_timeout_s = float(stale_timeout_s)
         self.enabled = bool(enabled)
         self.set_limits(action_min, action_max)
+        self.queue = ActionQueue(actions_per_inference)
+        self.inputs = list(inputs)
+        self._received: list[float | None] = [None] * len(self.inputs)
         self._held: np.ndarray | None = None
         self._held_stamp: tuple[int, int] | None = None
-        self._last_frame: float | None = None
+        self._held_index: int | None = None
+        self._popped = 0  # actions of the current chunk used so far
         self._last_action: float | None = None
         self._error = ""
-        self.rejected_actions = 0  # non-finite or out-of-range actions never published
+        self.rejected_actions = 0  # chunks with a non-finite or out-of-range action, never published
 
     def set_limits(self, action_min, action_max) -> None:
         lo = broadcast_limits("action.min", action_min, self.action_dim)
@@ -125,55 +148,99 @@ class ControlLoop:
         with self._lock:
             self.action_min, self.action_max = lo, hi
 
+    def set_actions_per_inference(self, n: int) -> None:
+        """From the next chunk on (a shorter setting also trims the current one)."""
+        self.queue.set_actions_per_inference(n)
+
     # ---- events -----------------------------------------------------------------------------
     def episode_started(self, now: float) -> None:
-        """A new episode: forget the held action; the first inference gets a full timeout."""
+        """A new episode: drop the queue and the held action; the first inference gets a full timeout."""
         with self._lock:
-            self._held, self._held_stamp, self._error = None, None, ""
+            self._drop_actions()
+            self._error = ""
             self._last_action = now
+
+    def input_received(self, index: int, now: float) -> None:
+        with self._lock:
+            self._received[index] = now
 
     def frame_received(self, now: float) -> None:
-        with self._lock:
-            self._last_frame = now
+        """The first camera's frame arrived."""
+        self.input_received(0, now)
 
-    def action_ready(self, action, source_stamp: tuple[int, int] | None, now: float) -> str:
-        """Hold a fresh action; returns "" when accepted, else why it was rejected (held: stop)."""
-        arr = np.asarray(action, dtype=np.float64).reshape(-1)
+    def input_ages(self, now: float) -> dict[str, float | None]:
+        """Seconds since each input last arrived (None: never)."""
+        with self._lock:
+            return {name: (None if t is None else now - t) for name, t in zip(self.inputs, self._received)}
+
+    def input_problem(self, now: float) -> tuple[str, str] | None:
+        """``(state, reason)`` when an input is missing (``waiting``) or stale (``stale``), else None."""
+        with self._lock:
+            return self._input_problem(now)
+
+    def _input_problem(self, now: float) -> tuple[str, str] | None:
+        missing = [name for name, t in zip(self.inputs, self._received) if t is None]
+        if missing:
+            return "waiting", f"no message received yet on {', '.join(missing)}"
+        stale = [(name, now - t) for name, t in zip(self.inputs, self._received) if now - t > self.stale_timeout_s]
+        if stale:
+            return "stale", "; ".join(f"no fresh message on {name} for {age:.2f} s" for name, age in stale)
+        return None
+
+    @property
+    def needs_chunk(self) -> bool:
+        """True when the current chunk's executed actions are used up (or none came yet)."""
+        return self.queue.needs_inference
+
+    def action_ready(self, chunk, source_stamp: tuple[int, int] | None, now: float) -> str:
+        """Queue a fresh chunk ``(n, action_dim)`` (or one action ``(action_dim,)``); returns "" when
+        accepted, else why it was rejected (then nothing of it is published: stop)."""
+        arr = np.asarray(chunk, dtype=np.float64)
+        arr = arr.reshape(1, -1) if arr.ndim <= 1 else arr.reshape(arr.shape[0], -1)
         reason = ""
-        if arr.size != self.action_dim:
-            reason = f"action: expected {self.action_dim} values, got {arr.size}"
+        if arr.shape[0] == 0 or arr.shape[1] != self.action_dim:
+            reason = f"action: expected {self.action_dim} values per action, got {arr.shape[1]}"
         elif not np.all(np.isfinite(arr)):
-            reason = f"action: non-finite value {arr.tolist()}"
-        elif self.discrete and (arr[0] != round(arr[0]) or not 0 <= arr[0] < self.num_actions):
-            reason = f"action: {arr[0]} is not an action id in [0, {self.num_actions})"
+            bad = int(np.argwhere(~np.isfinite(arr))[0, 0])
+            reason = f"action: non-finite value in action {bad} of the chunk: {arr[bad].tolist()}"
+        elif self.discrete and (np.any(arr[:, 0] != np.round(arr[:, 0])) or np.any(arr[:, 0] < 0)
+                                or np.any(arr[:, 0] >= self.num_actions)):
+            reason = f"action: {arr[:, 0].tolist()} are not all action ids in [0, {self.num_actions})"
         with self._lock:
             self._last_action = now
-            if reason:  # never hold (or publish) a bad action: stop until the next good one
+            if reason:  # never hold (or publish) any action of a bad chunk: stop until the next good one
                 self.rejected_actions += 1
-                self._held, self._held_stamp, self._error = None, None, reason
+                self._drop_actions()
+                self._error = reason
             else:
-                self._held, self._held_stamp, self._error = arr, source_stamp, ""
+                self.queue.push(arr, source_stamp)
+                self._popped, self._error = 0, ""
         return reason
 
     def inference_failed(self, reason: str) -> None:
-        """An exception in inference: stop until the next good action."""
+        """An exception in inference: stop until the next good chunk."""
         with self._lock:
-            self._held, self._held_stamp, self._error = None, None, reason
+            self._drop_actions()
+            self._error = reason
+
+    def _drop_actions(self) -> None:
+        self.queue.clear()
+        self._held, self._held_stamp, self._held_index = None, None, None
 
     # ---- tick -------------------------------------------------------------------------------
     def tick(self, now: float) -> ControlCommand:
         with self._lock:
-            timeout = self.stale_timeout_s
-            if not self.enabled:
+            if not self.enabled:  # the queue still drains at the control rate: inference keeps running
+                self._pop(now)
                 return ControlCommand(None, None, "disabled", "enabled is false")
-            if self._last_frame is None:
-                return ControlCommand(None, None, "waiting", "no frame received yet")
-            if now - self._last_frame > timeout:
-                return ControlCommand(None, None, "stale", f"no fresh frame for {now - self._last_frame:.2f} s")
-            if self._last_action is not None and now - self._last_action > timeout:
-                return ControlCommand(None, None, "stale", f"no fresh action for {now - self._last_action:.2f} s")
+            problem = self._input_problem(now)
+            if problem:  # planned for a world no longer observed: dropped
+                self._drop_actions()
+                return ControlCommand(None, None, *problem)
             if self._error:
                 return ControlCommand(None, None, "error", self._error)
+            if not self._pop(now) and self._last_action is not None and now - self._last_action > self.stale_timeout_s:
+                return ControlCommand(None, None, "stale", f"no fresh action for {now - self._last_action:.2f} s")
             if self._held is None:
                 return ControlCommand(None, None, "waiting", "no action inferred yet in this episode")
             action = self._held
@@ -181,7 +248,18 @@ class ControlLoop:
                 action = np.clip(action, self.action_min, self.action_max)
             if not np.all(np.isfinite(action)):  # unreachable by construction; the last line of defence
                 return ControlCommand(None, None, "error", "non-finite action after clamping")
-            return ControlCommand(action.astype(np.float32), self._held_stamp, "running")
+            return ControlCommand(action.astype(np.float32), self._held_stamp, "running", "", self._held_index)
+
+    def _pop(self, now: float) -> bool:
+        """Take the next queued action as the held one (True), or keep holding (False)."""
+        source = self.queue.source
+        action = self.queue.pop()
+        if action is None:
+            return False
+        self._held, self._held_stamp, self._held_index = action, source, self._popped
+        self._popped += 1
+        self._last_action = now
+        return True
 
 
 class RollingStats:
@@ -210,4 +288,4 @@ class RollingStats:
 
 
 __all__ = ["ControlLoop", "ControlCommand", "TwistAdapter", "RollingStats", "broadcast_limits",
-           "format_source_stamp", "parse_source_stamp", "SOURCE_STAMP_PREFIX"]
+           "format_source_stamp", "parse_source_stamp", "SOURCE_STAMP_PREFIX", "CHUNK_INDEX_PREFIX"]

@@ -58,4 +58,15 @@ def policy_status(state: str, reason: str, worker, control_rate_hz: float, tick_
     return level, message, [(k, _fmt(v)) for k, v in values.items()]
 
 
-__all__ = ["policy_status", "OK", "WARN", "ERROR"]
+def input_values(loop, now: float, states_received: int, states_rejected: int) -> dict:
+    """Diagnostics of the node's inputs and action queue: each input's age (JSON, seconds, null:
+    never received), the stale or missing ones, the robot state counters, the queue."""
+    ages = loop.input_ages(now)
+    return {"input_ages_s": json.dumps({k: (None if v is None else round(v, 3)) for k, v in ages.items()}),
+            "stale_inputs": ",".join(k for k, v in ages.items() if v is None or v > loop.stale_timeout_s),
+            "states_received": states_received, "states_rejected": states_rejected,
+            "actions_per_inference": loop.queue.actions_per_inference, "queued_actions": len(loop.queue),
+            "chunks_queued": loop.queue.chunks}
+
+
+__all__ = ["policy_status", "input_values", "OK", "WARN", "ERROR"]

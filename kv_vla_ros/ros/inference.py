@@ -1,6 +1,10 @@
-"""Inference apart from the control loop: one worker thread owns the `VLASession` and always works
-on the newest frame (an older frame still waiting when a new one arrives is dropped and counted).
-No rclpy here: frames are opaque objects turned into RGB by the ``to_rgb`` callable.
+"""Inference apart from the control loop: one worker thread owns the `VLASession` and runs a step
+on the newest inputs whenever the control loop wants a new action chunk.
+
+Inputs: one slot per camera (the newest frame; the first camera drives the steps: each inference
+takes a frame of it that no inference used yet, and an older untaken one is dropped and counted)
+and the newest robot state. No rclpy here: frames are opaque objects turned into RGB by the
+``to_rgb`` callable.
 """
 
 from __future__ import annotations
@@ -13,26 +17,35 @@ import numpy as np
 
 from kv_vla_ros.ros.control import RollingStats
 
+POLL_S = 0.05  # re-check of time-dependent conditions (input freshness) while frames wait
+
 
 class InferenceWorker:
-    """Runs ``session.reset`` / ``session.step`` on a thread of its own.
+    """Runs ``session.reset`` / ``session.step_chunk`` on a thread of its own.
 
     Args:
-        session: a ``VLASession`` (or anything with ``reset``, ``step``, ``stats``).
+        session: a ``VLASession`` (or anything with ``reset``, ``step_chunk``, ``stats``).
         to_rgb: frame object -> uint8 (H, W, 3); its exceptions count as bad frames.
-        on_action: ``(action, source_stamp, now)`` after each step.
+        on_chunk: ``(actions (n, action_dim), source_stamp, now)`` after each step.
         on_error: ``(kind, message)`` with kind ``frame`` (bad image) or ``inference``.
         clock: monotonic seconds (shared with the control loop).
+        num_cameras: frames per step (one slot each).
+        ready: ``() -> bool``: may a step start now (the control loop wants a chunk and every input
+            is fresh)? Default: always.
     """
 
     def __init__(self, session, to_rgb: Callable[[Any], np.ndarray],
-                 on_action: Callable[[np.ndarray, Any, float], None], on_error: Callable[[str, str], None],
-                 clock: Callable[[], float] = time.monotonic):
+                 on_chunk: Callable[[np.ndarray, Any, float], None], on_error: Callable[[str, str], None],
+                 clock: Callable[[], float] = time.monotonic, num_cameras: int = 1,
+                 ready: Callable[[], bool] | None = None):
         self.session = session
-        self._to_rgb, self._on_action, self._on_error, self._clock = to_rgb, on_action, on_error, clock
+        self._to_rgb, self._on_chunk, self._on_error, self._clock = to_rgb, on_chunk, on_error, clock
+        self._ready = ready or (lambda: True)
         self._cond = threading.Condition()
         self.session_lock = threading.Lock()  # held for every session call
-        self._frame: tuple[Any, Any] | None = None
+        self._frames: list[tuple[Any, Any] | None] = [None] * int(num_cameras)
+        self._fresh = False  # the first camera's frame was not used by an inference yet
+        self._state: np.ndarray | None = None
         self._instruction: str | None = None  # pending episode start
         self._stop = False
         self.episode_instruction: str | None = None
@@ -58,21 +71,38 @@ class InferenceWorker:
             self._thread.join(timeout)
 
     # ---- producers (any thread) ---------------------------------------------------------------
-    def submit(self, frame: Any, source_stamp: Any = None) -> None:
-        """Offer a frame; replaces (drops) a frame not yet taken by the worker."""
+    def submit(self, frame: Any, source_stamp: Any = None, camera: int = 0) -> None:
+        """Offer a camera's frame; replaces the camera's previous one (on the first camera, one no
+        inference took is dropped and counted)."""
         with self._cond:
-            self.frames_submitted += 1
-            if self._frame is not None:
-                self.frames_dropped += 1
-            self._frame = (frame, source_stamp)
+            if camera == 0:
+                self.frames_submitted += 1
+                if self.episode_instruction is None and self._instruction is None:
+                    self.frames_without_episode += 1  # no episode to step: never a step's frame
+                else:
+                    self.frames_dropped += self._fresh
+                    self._fresh = True
+            self._frames[camera] = (frame, source_stamp)
+            self._cond.notify()
+
+    def submit_state(self, state: np.ndarray) -> None:
+        """The newest robot state (already checked: (state_dim,) finite)."""
+        with self._cond:
+            self._state = state
+            self._cond.notify()
+
+    def wake(self) -> None:
+        """Re-check whether a step may start (the control loop used up its chunk)."""
+        with self._cond:
             self._cond.notify()
 
     def start_episode(self, instruction: str) -> None:
-        """New episode with ``instruction``; frames not yet taken belong to the old one: dropped."""
+        """New episode with ``instruction``; a first-camera frame not yet taken belongs to the old
+        one: dropped."""
         with self._cond:
-            if self._frame is not None:
+            if self._fresh:
                 self.frames_dropped += 1
-            self._frame = None
+            self._fresh = False
             self._instruction = instruction
             self._cond.notify()
 
@@ -82,21 +112,26 @@ class InferenceWorker:
             return fn(self.session)
 
     # ---- the worker ---------------------------------------------------------------------------
+    def _can_step(self) -> bool:
+        return (self._fresh and self.episode_instruction is not None and all(f is not None for f in self._frames)
+                and self._ready())
+
     def _run(self) -> None:
         while True:
             with self._cond:
-                while not self._stop and self._frame is None and self._instruction is None:
-                    self._cond.wait()
+                while not self._stop and self._instruction is None and not self._can_step():
+                    self._cond.wait(POLL_S if self._fresh else None)
                 if self._stop:
                     return
                 instruction, self._instruction = self._instruction, None
-                frame = None if instruction is not None else self._frame
-                if frame is not None:
-                    self._frame = None
+                inputs = None
+                if instruction is None:
+                    inputs, state = list(self._frames), self._state
+                    self._fresh = False
             if instruction is not None:
                 self._reset(instruction)
-            elif frame is not None:
-                self._step(*frame)
+            else:
+                self._step(inputs, state)
 
     def _reset(self, instruction: str) -> None:
         try:
@@ -110,12 +145,9 @@ class InferenceWorker:
             self.inference_errors += 1
             self._on_error("inference", f"reset({instruction!r}) failed: {type(exc).__name__}: {exc}")
 
-    def _step(self, frame: Any, source_stamp: Any) -> None:
-        if self.episode_instruction is None:
-            self.frames_without_episode += 1
-            return
+    def _step(self, inputs: list[tuple[Any, Any]], state: np.ndarray | None) -> None:
         try:
-            rgb = self._to_rgb(frame)
+            images = [self._to_rgb(frame) for frame, _ in inputs]
         except Exception as exc:  # ImageConversionError and anything a broken message throws
             self.frames_rejected += 1
             self._on_error("frame", f"{type(exc).__name__}: {exc}")
@@ -123,7 +155,7 @@ class InferenceWorker:
         t0 = time.perf_counter()
         try:
             with self.session_lock:
-                action = self.session.step(rgb)
+                chunk = self.session.step_chunk(images, state)
                 self.last_stats = self.session.stats()
         except Exception as exc:
             self.inference_errors += 1
@@ -131,7 +163,7 @@ class InferenceWorker:
             return
         self.latency_ms.add((time.perf_counter() - t0) * 1e3)
         self.inferences += 1
-        self._on_action(np.asarray(action), source_stamp, self._clock())
+        self._on_chunk(np.asarray(chunk), inputs[0][1], self._clock())
 
 
 __all__ = ["InferenceWorker"]

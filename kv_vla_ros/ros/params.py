@@ -25,7 +25,7 @@ NONE_INT = -1  # ROS value standing for None in int / int-array cache fields
 class ParamSpec:
     """One declared parameter.
 
-    kind: ``bool``, ``int``, ``double``, ``string``, ``int_array`` or ``double_array``.
+    kind: ``bool``, ``int``, ``double``, ``string``, ``int_array``, ``double_array`` or ``string_array``.
     bounds: inclusive (low, high) for ``int`` / ``double``; None when unbounded.
     applies: when a change takes effect: ``live``, ``next episode`` or ``restart`` (read-only).
     """
@@ -57,13 +57,22 @@ NODE_PARAMS: list[ParamSpec] = [
               "cache.static: true", applies="restart"),
     ParamSpec("num_threads", "int", 1, "torch CPU threads for inference (0: torch's default)", (0, 256),
               applies="restart"),
-    ParamSpec("use_compressed", "bool", False, "also subscribe image/compressed (sensor_msgs/CompressedImage)",
-              applies="restart"),
+    ParamSpec("use_compressed", "bool", False, "also subscribe <image topic>/compressed "
+              "(sensor_msgs/CompressedImage) for every image topic", applies="restart"),
+    ParamSpec("image_topics", "string_array", ["image"], "camera topics (sensor_msgs/Image), one per camera the "
+              "checkpoint takes per step, in its order; the first drives the control steps", applies="restart"),
+    ParamSpec("state_topic", "string", "", "robot state topic (empty: none); needed when the checkpoint takes a "
+              "state (π0 with state statistics)", applies="restart"),
+    ParamSpec("state_type", "string", "joint_state", "state_topic's type: joint_state (sensor_msgs/JointState, "
+              "its positions) or float32_multi_array (std_msgs/Float32MultiArray, its data)", applies="restart"),
+    ParamSpec("actions_per_inference", "int", 0, "actions of each predicted chunk executed (one per control tick) "
+              "before the next inference, as LeRobot's n_action_steps; 0: the checkpoint's default; at most the "
+              "chunk length (1 for the shipped model)", (0, 1 << 16)),
     ParamSpec("instruction", "string", "", "instruction to start with when none arrives on the instruction "
               "topic; setting it starts a new episode"),
     ParamSpec("control_rate_hz", "double", 20.0, "rate of action/cmd_vel publishing", (0.1, 1000.0)),
     ParamSpec("stale_timeout_s", "double", 1.0, "publish stop (and report WARN) after this long without a fresh "
-              "frame or a fresh action", (0.001, 3600.0)),
+              "message on any input (every image topic, the state topic) or a fresh action", (0.001, 3600.0)),
     ParamSpec("enabled", "bool", True, "false: publish stop commands only (inference keeps running)"),
     ParamSpec("max_image_pixels", "int", 4096 * 4096, "frames with more pixels are rejected", (1, 1 << 30)),
     ParamSpec("action.min", "double_array", [-math.inf], "lower clamp of continuous actions, one value per "
@@ -81,6 +90,17 @@ NODE_PARAMS: list[ParamSpec] = [
     ParamSpec("twist.angular_index", "int", -1, "continuous actions: dimension sent as angular.z (-1: none)",
               (-1, 1 << 16)),
 ]
+
+# Declared once the checkpoint is loaded: their range depends on it.
+POLICY_PARAMS = ("actions_per_inference",)
+
+
+def policy_param_specs(chunk_length: int) -> list[ParamSpec]:
+    """The POLICY_PARAMS specs for a policy predicting ``chunk_length`` actions per inference
+    (``actions_per_inference`` ranges over 0 = the checkpoint's default, 1 .. chunk_length)."""
+    return [dataclasses.replace(spec, bounds=(0, int(chunk_length))) for spec in NODE_PARAMS
+            if spec.name in POLICY_PARAMS]
+
 
 # Bounds the ROS descriptors enforce before CacheConfig.validate sees the value.
 _CACHE_BOUNDS: dict[str, tuple[float, float]] = {
@@ -168,7 +188,7 @@ def cache_changes_from_params(params: dict[str, Any]) -> dict[str, Any]:
 
 
 _KIND_NAMES = {"bool": "a bool", "int": "an integer", "double": "a double", "string": "a string",
-               "int_array": "an integer array", "double_array": "a double array"}
+               "int_array": "an integer array", "double_array": "a double array", "string_array": "a string array"}
 
 
 def describe_value(value: Any) -> str:
@@ -205,13 +225,15 @@ def coerce_param(spec: ParamSpec, value: Any) -> Any:
         items = list(value)  # rclpy hands arrays over as array.array or list
         element = kind[: -len("_array")]
         if all(ok[element](v) for v in items):
+            if element == "string":
+                return [str(v) for v in items]
             return [float(v) for v in items] if element == "double" else [int(v) for v in items]
     example = {"bool": "true", "int": "3", "double": "1.0", "string": "'text'", "int_array": "[1, 2]",
-               "double_array": "[0.5, 1.0]"}[kind]
+               "double_array": "[0.5, 1.0]", "string_array": "['image']"}[kind]
     raise ValueError(f"{spec.name}: expected {_KIND_NAMES[kind]} (e.g. {example}), got {describe_value(value)}")
 
 
-__all__ = ["ParamSpec", "NODE_PARAMS", "NONE_INT", "cache_param_specs", "all_param_specs", "cache_value_to_param",
+__all__ = ["ParamSpec", "NODE_PARAMS", "POLICY_PARAMS", "policy_param_specs", "NONE_INT", "cache_param_specs", "all_param_specs", "cache_value_to_param",
            "param_to_cache_value", "cache_changes_from_params", "render_params_yaml", "MINIGRID_LINEAR",
            "MINIGRID_ANGULAR", "coerce_param", "describe_value", "PARAMS_FILE_KEY"]
 
@@ -233,7 +255,7 @@ def render_params_yaml(specs: list[ParamSpec], node_name: str = "kv_vla_node") -
         elif isinstance(value, str):
             text = json.dumps(value)
         elif isinstance(value, (list, tuple)):
-            text = "[" + ", ".join(_yaml_number(v) for v in value) + "]"
+            text = "[" + ", ".join(json.dumps(v) if isinstance(v, str) else _yaml_number(v) for v in value) + "]"
         else:
             text = _yaml_number(value)
         lines.append(f"    # {spec.description} [{spec.applies}]")

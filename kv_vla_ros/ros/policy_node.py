@@ -1,13 +1,16 @@
 """`kv_vla_node`: a VLA policy as a ROS 2 control node (see docs/ros.md for the interface).
 
 Threads: the control timer ticks in its own callback group at ``control_rate_hz`` whatever the
-inference rate; an `InferenceWorker` thread runs the model on the newest frame; subscriptions
-only hand frames over. Everything decided per tick lives in `ControlLoop` (pure, tested alone).
+inference rate, executing the policy's action chunk one action per tick; an `InferenceWorker`
+thread runs the model on the newest inputs (cameras, robot state) once the chunk's
+``actions_per_inference`` actions were used; subscriptions only hand messages over. Everything
+decided per tick lives in `ControlLoop` (pure, tested alone).
 """
 
 from __future__ import annotations
 
 import collections
+import functools
 import math
 import signal
 import sys
@@ -25,18 +28,20 @@ from rclpy.node import Node
 from rclpy.parameter import Parameter
 from rclpy.qos import QoSDurabilityPolicy, QoSProfile, QoSReliabilityPolicy, qos_profile_sensor_data
 from rclpy.signals import SignalHandlerOptions
-from sensor_msgs.msg import CompressedImage, Image
+from sensor_msgs.msg import CompressedImage, Image, JointState
 from std_msgs.msg import Float32MultiArray, MultiArrayDimension, String
 from std_srvs.srv import Trigger
 
-from kv_vla_ros.ros.control import ControlLoop, RollingStats, TwistAdapter, broadcast_limits, format_source_stamp
-from kv_vla_ros.ros.diagnostics import policy_status
+from kv_vla_ros.ros.control import (CHUNK_INDEX_PREFIX, ControlLoop, RollingStats, TwistAdapter, broadcast_limits,
+                                    format_source_stamp)
+from kv_vla_ros.ros.diagnostics import input_values, policy_status
 from kv_vla_ros.ros.image_conversion import compressed_to_rgb, image_to_rgb, shrink_for_model
 from kv_vla_ros.ros.inference import InferenceWorker
-from kv_vla_ros.ros.params import NODE_PARAMS, cache_changes_from_params, cache_param_specs, coerce_param
+from kv_vla_ros.ros.params import (NODE_PARAMS, POLICY_PARAMS, cache_changes_from_params, cache_param_specs,
+                                   coerce_param, policy_param_specs)
 from kv_vla_ros.ros.ros_params import coerce_parameters, declare_specs
-from kv_vla_ros.ros.session_setup import (StartupError, cache_error, load_session, pending_json, reconfigure,
-                                          unbounded_cache_warning)
+from kv_vla_ros.ros.session_setup import (StartupError, cache_error, check_inputs, load_session, pending_json,
+                                          reconfigure, state_from_msg, unbounded_cache_warning)
 
 NODE_NAME = "kv_vla_node"
 # Two subscriptions on `instruction`: a volatile one matches every reliable publisher (a plain
@@ -55,16 +60,20 @@ class KVVLANode(Node):
     def __init__(self, session_factory=None, **node_kwargs):
         super().__init__(NODE_NAME, **node_kwargs)
         self._now = time.monotonic
-        p = self._declare(NODE_PARAMS)
+        p = self._declare([spec for spec in NODE_PARAMS if spec.name not in POLICY_PARAMS])
         self._stamp_lock = threading.Lock()
-        self.model, self.session = load_session(p["model_path"], p["device"], p["dtype"], p["num_threads"],
-                                                session_factory)
-        action_cfg = self.model.config.action
-        self.discrete = action_cfg.kind == "discrete"
-        action_dim = 1 if self.discrete else action_cfg.dim
+        self.policy, self.session = load_session(p["model_path"], p["device"], p["dtype"], p["num_threads"],
+                                                 session_factory)
+        self.discrete, action_dim = self.policy.discrete, self.policy.action_dim
+        state_note = check_inputs(self.policy, p["image_topics"], p["state_topic"], p["state_type"])
+        self.image_topics = list(p["image_topics"])
+        self.state_topic = p["state_topic"] if self.policy.state_dim else ""
         cache_specs = cache_param_specs(self.session.cache_config)
-        self._specs = {spec.name: spec for spec in NODE_PARAMS + cache_specs}
+        late_specs = policy_param_specs(self.policy.chunk_length)
+        self._specs = {spec.name: spec for spec in NODE_PARAMS + late_specs + cache_specs}
+        p.update(self._declare(late_specs))
         cache_values = self._declare(cache_specs)
+        inputs = self.image_topics + ([self.state_topic] if self.state_topic else [])
         try:  # parameter overrides (params file, command line) on top of the model's cache config
             try:
                 self.session.set_cache_config(self.session.cache_config.replace(
@@ -72,8 +81,9 @@ class KVVLANode(Node):
                 self.session.set_compile(p["compile"])
             except ValueError as exc:
                 raise cache_error(exc) from None
-            self.loop = ControlLoop(self.discrete, action_cfg.num_actions, action_dim, p["stale_timeout_s"],
-                                    p["enabled"], p["action.min"], p["action.max"])
+            self.loop = ControlLoop(self.discrete, self.policy.num_actions, action_dim, p["stale_timeout_s"],
+                                    p["enabled"], p["action.min"], p["action.max"], inputs,
+                                    self._actions_per_inference(p["actions_per_inference"]))
         except ValueError as exc:
             raise StartupError(f"bad parameter: {exc}") from None
         self.twist = TwistAdapter(self.discrete, p["twist.discrete_linear"], p["twist.discrete_angular"],
@@ -83,19 +93,27 @@ class KVVLANode(Node):
         self.tick_interval_ms = RollingStats()
         self._ticks, self._last_tick, self._last_state = 0, None, ""
         self._last_cmd = None
-        self._last_stamp = None
+        self._last_stamps: list = [None] * len(self.image_topics)
         self.frames_repeated = 0
+        self.states_received, self.states_rejected = 0, 0
         self._recent_instructions: collections.deque = collections.deque(maxlen=16)
-        self.worker = InferenceWorker(self.session, self._to_rgb, self._on_action, self._on_error, self._now)
+        self.worker = InferenceWorker(self.session, self._to_rgb, self._on_chunk, self._on_error, self._now,
+                                      len(self.image_topics), self._ready_for_step)
 
         control_group = MutuallyExclusiveCallbackGroup()  # the tick never waits behind anything
         io_group = MutuallyExclusiveCallbackGroup()
         self.action_pub = self.create_publisher(Float32MultiArray, "action", 10)
         self.cmd_vel_pub = self.create_publisher(Twist, "cmd_vel", 10)
         self.diag_pub = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
-        self.create_subscription(Image, "image", self._on_image, qos_profile_sensor_data, callback_group=io_group)
-        if p["use_compressed"]:
-            self.create_subscription(CompressedImage, "image/compressed", self._on_image, qos_profile_sensor_data,
+        for camera, topic in enumerate(self.image_topics):
+            on_image = functools.partial(self._on_image, camera)
+            self.create_subscription(Image, topic, on_image, qos_profile_sensor_data, callback_group=io_group)
+            if p["use_compressed"]:
+                self.create_subscription(CompressedImage, f"{topic}/compressed", on_image, qos_profile_sensor_data,
+                                         callback_group=io_group)
+        if self.state_topic:  # sensor-data QoS matches reliable and best-effort publishers
+            state_msg = JointState if p["state_type"] == "joint_state" else Float32MultiArray
+            self.create_subscription(state_msg, self.state_topic, self._on_state, qos_profile_sensor_data,
                                      callback_group=io_group)
         self.create_subscription(String, "instruction", self._on_instruction, INSTRUCTION_QOS,
                                  callback_group=io_group)
@@ -117,12 +135,21 @@ class KVVLANode(Node):
             self._start_episode(p["instruction"])
         cfg = self.session.cache_config
         self.get_logger().info(
-            f"ready: model {p['model_path'] or 'shipped'} ({action_cfg.kind} actions), cache {cfg.policy} "
+            f"ready: model {p['model_path'] or 'shipped'} ({self.policy.model_type}, "
+            f"{'discrete' if self.discrete else 'continuous'} actions, chunks of {self.policy.chunk_length}, "
+            f"{self.loop.queue.actions_per_inference} executed per inference), cameras {self.image_topics}, "
+            f"state {self.state_topic or 'none'}, cache {cfg.policy} "
             f"(budget {cfg.budget_tokens if cfg.budget_tokens is not None else 'none'}), {self.control_rate_hz:g} Hz")
+        if state_note:
+            self.get_logger().warning(state_note)
         self._warn_if_unbounded(cfg)
 
+    def _actions_per_inference(self, value: int) -> int:
+        """The ``actions_per_inference`` parameter (0: the checkpoint's default) -> actions executed."""
+        return int(value) or self.policy.default_actions_per_inference
+
     def _warn_if_unbounded(self, cfg) -> None:
-        text = unbounded_cache_warning(cfg, self.model)
+        text = unbounded_cache_warning(cfg, self.policy)
         if text:
             self.get_logger().warning(text)
 
@@ -133,22 +160,38 @@ class KVVLANode(Node):
             raise StartupError(f"bad parameter {exc}") from None
 
     # ---- inputs -----------------------------------------------------------------------------
-    def _on_image(self, msg) -> None:
+    def _on_image(self, camera: int, msg) -> None:
         stamp = (msg.header.stamp.sec, msg.header.stamp.nanosec)
         with self._stamp_lock:
-            if stamp != (0, 0) and stamp == self._last_stamp:  # the same frame again (a waiting simulator)
+            if stamp != (0, 0) and stamp == self._last_stamps[camera]:  # the same frame again (a waiting simulator)
                 self.frames_repeated += 1
                 return
-            self._last_stamp = stamp
-            self.worker.submit(msg, stamp)
-        self.loop.frame_received(self._now())
+            self._last_stamps[camera] = stamp
+            self.loop.input_received(camera, self._now())
+            self.worker.submit(msg, stamp, camera)
+
+    def _on_state(self, msg) -> None:
+        self.states_received += 1
+        try:
+            state = state_from_msg(msg, self.policy)
+        except ValueError as exc:  # wrong dimension, NaN: not used (the state goes stale, then stop)
+            self.states_rejected += 1
+            self.get_logger().error(f"bad robot state dropped ({self.state_topic}): {exc}", throttle_duration_sec=2.0)
+            return
+        self.loop.input_received(len(self.image_topics), self._now())
+        self.worker.submit_state(state)
+
+    def _ready_for_step(self) -> bool:
+        """The worker may step: the current chunk is used up and every input is fresh."""
+        return self.loop.needs_chunk and self.loop.input_problem(self._now()) is None
 
     def _to_rgb(self, msg):
         if hasattr(msg, "encoding"):
             rgb = image_to_rgb(msg, self.max_pixels)
         else:
             rgb = compressed_to_rgb(msg, self.max_pixels)
-        return shrink_for_model(rgb, self.model.config.image_size)
+        size = self.policy.frame_size or getattr(self.policy, "image_size", None)
+        return shrink_for_model(rgb, size) if size else rgb
 
     def _end_latched_window(self) -> None:
         self._latched_timer.cancel()
@@ -182,12 +225,12 @@ class KVVLANode(Node):
             # waiting camera (the simulator) re-sends that view with the same stamp, which the
             # repeat filter would then ignore for ever: forget the stamp so it counts as new.
             self.worker.start_episode(instruction)
-            self._last_stamp = None
+            self._last_stamps = [None] * len(self.image_topics)
         self.get_logger().info(f"new episode: {instruction!r}")
 
     # ---- worker callbacks (inference thread) ------------------------------------------------
-    def _on_action(self, action, source_stamp, now: float) -> None:
-        reason = self.loop.action_ready(action, source_stamp, now)
+    def _on_chunk(self, chunk, source_stamp, now: float) -> None:
+        reason = self.loop.action_ready(chunk, source_stamp, now)
         if reason:
             self.get_logger().error(f"{reason}: publishing stop instead", throttle_duration_sec=2.0)
 
@@ -202,7 +245,9 @@ class KVVLANode(Node):
     def _tick(self) -> None:
         now = self._now()
         cmd = self.loop.tick(now)
-        self.publish_command(cmd.action, cmd.source_stamp)
+        self.publish_command(cmd.action, cmd.source_stamp, cmd.chunk_index)
+        if self.loop.needs_chunk:
+            self.worker.wake()
         if self._last_tick is not None:
             self.tick_interval_ms.add((now - self._last_tick) * 1e3)
         self._last_tick, self._ticks, self._last_cmd = now, self._ticks + 1, cmd
@@ -214,14 +259,17 @@ class KVVLANode(Node):
                 self.get_logger().info(text)
             self._last_state = cmd.state
 
-    def publish_command(self, action, source_stamp=None) -> None:
-        """Publish ``action`` (None: stop = an empty array and a zero twist)."""
+    def publish_command(self, action, source_stamp=None, chunk_index=None) -> None:
+        """Publish ``action`` (None: stop = an empty array and a zero twist); a chunked policy's
+        actions also name their row in the chunk (``chunk_index=<k>``)."""
         msg = Float32MultiArray()
         if action is not None:
             msg.data = [float(v) for v in action]
             msg.layout.dim = [MultiArrayDimension(label="action", size=len(msg.data), stride=len(msg.data))]
             if source_stamp is not None:
                 msg.layout.dim.append(MultiArrayDimension(label=format_source_stamp(*source_stamp), size=1, stride=1))
+            if chunk_index is not None and self.policy.chunk_length > 1:
+                msg.layout.dim.append(MultiArrayDimension(label=f"{CHUNK_INDEX_PREFIX}{chunk_index}", size=1, stride=1))
         twist = Twist()
         twist.linear.x, twist.angular.z = self.twist(action)
         self.action_pub.publish(msg)
@@ -233,7 +281,8 @@ class KVVLANode(Node):
             cmd.state if cmd else "waiting", cmd.reason if cmd else "starting", self.worker, self.control_rate_hz,
             self.tick_interval_ms, self._ticks, self.session.cache_config,
             {"frames_repeated": self.frames_repeated, "rejected_actions": self.loop.rejected_actions,
-             "enabled": self.loop.enabled, "cache_config_pending": pending_json(self.session)})
+             "enabled": self.loop.enabled, "cache_config_pending": pending_json(self.session),
+             **input_values(self.loop, self._now(), self.states_received, self.states_rejected)})
         status = DiagnosticStatus(level=bytes([level]), name=f"{self.get_name()}: policy", message=message,
                                   hardware_id=self.get_fully_qualified_name(),
                                   values=[KeyValue(key=k, value=v) for k, v in values])
@@ -280,6 +329,8 @@ class KVVLANode(Node):
             self.control_rate_hz = float(values["control_rate_hz"])
             self.control_timer.timer_period_ns = int(1e9 / self.control_rate_hz)
             self.tick_interval_ms = RollingStats()
+        if "actions_per_inference" in values:
+            self.loop.set_actions_per_inference(self._actions_per_inference(values["actions_per_inference"]))
         if "stale_timeout_s" in values:
             self.loop.stale_timeout_s = float(values["stale_timeout_s"])
         if "enabled" in values:

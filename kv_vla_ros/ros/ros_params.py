@@ -11,7 +11,8 @@ from kv_vla_ros.ros.params import ParamSpec, coerce_param
 
 _TYPES = {"bool": ParameterType.PARAMETER_BOOL, "int": ParameterType.PARAMETER_INTEGER,
           "double": ParameterType.PARAMETER_DOUBLE, "string": ParameterType.PARAMETER_STRING,
-          "int_array": ParameterType.PARAMETER_INTEGER_ARRAY, "double_array": ParameterType.PARAMETER_DOUBLE_ARRAY}
+          "int_array": ParameterType.PARAMETER_INTEGER_ARRAY, "double_array": ParameterType.PARAMETER_DOUBLE_ARRAY,
+          "string_array": ParameterType.PARAMETER_STRING_ARRAY}
 
 
 def descriptor(spec: ParamSpec) -> ParameterDescriptor:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import warnings
 
+import numpy as np
 
 
 class StartupError(RuntimeError):
@@ -13,12 +14,9 @@ class StartupError(RuntimeError):
 
 
 def attach_trained_gate(model, directory):
-    """Give ``model`` the gate `kv-vla train-gate` saved beside its checkpoint, unless it has one.
-
-    VLAModel.from_pretrained does not load gate.safetensors (yet); without this the ``gated``
-    policy would run an untrained gate. The demo's offline check does the same, so online and
-    offline runs keep the same gate.
-    """
+    """Give ``model`` the gate `kv-vla train-gate` saved beside its checkpoint, unless it has one
+    (``VLAModel.from_pretrained`` loads it itself; kept for a model built another way, e.g. the
+    demo's offline check, so that online and offline runs keep the same gate)."""
     from pathlib import Path
 
     from kv_vla_ros.cache import GATE_FILE, ChunkGate
@@ -50,29 +48,30 @@ def check_device(device: str) -> None:
         raise StartupError(f"device: {device!r} is not supported (cpu, cuda, cuda:N, mps)")
 
 
-def unbounded_cache_warning(cfg, model) -> str | None:
+def unbounded_cache_warning(cfg, policy) -> str | None:
     """The start-up warning of an unbounded cache, with its growth per control step; None when a
-    budget bounds it."""
+    budget bounds it. ``policy``: the session's ``StreamingPolicy``."""
     from kv_vla_ros.cache import kv_bytes_per_token
 
     if cfg.bounded:
         return None
-    element = next(model.parameters()).element_size()
-    per_token = kv_bytes_per_token(model.backbone.config, element)
+    element = next(policy.model.parameters()).element_size()
+    per_token = kv_bytes_per_token(policy.cache_model_config(), element)
     per_step = per_token * cfg.chunk_size
     why = "policy full" if not cfg.evicts else f"policy {cfg.policy} with no budget_tokens"
     return (f"cache: UNBOUNDED ({why}): the KV cache grows by {per_step} bytes per control step "
             f"({cfg.chunk_size} tokens x {per_token} B) for as long as an episode lasts "
             f"({per_step * 20 * 3600 / 1e9:.2f} GB per hour at one step per 50 ms); set cache.policy and "
-            f"cache.budget_tokens (config/kv_vla.yaml: gated, 512) to bound it")
+            f"cache.budget_tokens to bound it (e.g. sink_window, {cfg.sink_tokens + 8 * cfg.chunk_size}: "
+            f"the prefix and 8 control steps; the shipped config/kv_vla.yaml: gated, 96)")
 
 
 def load_session(model_path: str, device: str, dtype: str, num_threads: int, session_factory=None):
-    """Model + VLASession; every failure becomes a one-line StartupError."""
+    """The checkpoint's policy (the package's own VLA or π0, by its config.json) and a
+    ``VLASession`` on it; every failure becomes a one-line StartupError."""
     import torch
 
-    from kv_vla_ros.vla import DEFAULT_MODEL_PATH, VLAModel, VLASession
-
+    from kv_vla_ros.vla import DEFAULT_MODEL_PATH, VLASession, load_policy
     from kv_vla_ros.vla.session import resolve_device_dtype
 
     check_device(device)
@@ -84,11 +83,48 @@ def load_session(model_path: str, device: str, dtype: str, num_threads: int, ses
         torch.set_num_threads(num_threads)
     path = model_path or str(DEFAULT_MODEL_PATH)
     try:
-        model = attach_trained_gate(VLAModel.from_pretrained(path, device=device), path)
-        session = (session_factory or VLASession)(model, model.config.cache, device, dtype=dtype)
+        policy = load_policy(path, device=device, dtype=dtype)
+        session = (session_factory or VLASession)(policy, policy.default_cache_config(), device, dtype=dtype)
     except Exception as exc:  # FileNotFoundError, ValueError, RuntimeError (bad device), ...
         raise StartupError(f"cannot load model from {path}: {exc}") from None
-    return model, session
+    return policy, session
+
+
+STATE_TYPES = ("joint_state", "float32_multi_array")
+
+
+def check_inputs(policy, image_topics: list[str], state_topic: str, state_type: str) -> str | None:
+    """StartupError unless the topics give ``policy`` what it takes per step (one image topic per
+    camera, a state topic when it takes a state); returns a warning for a state topic that a
+    policy without state input will not subscribe (None otherwise)."""
+    topics = [t for t in image_topics if t]
+    if len(topics) != len(image_topics) or not topics:
+        raise StartupError(f"image_topics: expected one non-empty topic name per camera, got {list(image_topics)}")
+    if len(set(topics)) != len(topics):
+        raise StartupError(f"image_topics: a topic is listed twice: {topics}")
+    if len(topics) != policy.num_cameras:
+        limit = getattr(getattr(policy, "config", None), "max_cameras", None)
+        where = (f" (num_cameras in kv_vla_policy.json, at most max_cameras={limit})" if limit else "")
+        above = f", more than the checkpoint allows ({limit})" if limit and len(topics) > limit else ""
+        raise StartupError(f"image_topics: {len(topics)} topic(s) given{above}; the {policy.model_type} checkpoint "
+                           f"takes {policy.num_cameras} camera frame(s) per step{where}")
+    if state_type not in STATE_TYPES:
+        raise StartupError(f"state_type: expected one of {', '.join(STATE_TYPES)}, got {state_type!r}")
+    if policy.state_dim and not state_topic:
+        raise StartupError(f"state_topic: the {policy.model_type} checkpoint takes a robot state of dimension "
+                           f"{policy.state_dim}; set state_topic (sensor_msgs/JointState or std_msgs/Float32MultiArray "
+                           "with state_type)")
+    if state_topic and not policy.state_dim:
+        return (f"state_topic: the {policy.model_type} checkpoint takes no robot state: {state_topic!r} is not "
+                "subscribed")
+    return None
+
+
+def state_from_msg(msg, policy) -> np.ndarray:
+    """A JointState (its positions) or Float32MultiArray (its data) message -> the checked
+    (state_dim,) float32 state; ValueError naming ``state`` otherwise."""
+    data = msg.position if hasattr(msg, "position") else msg.data
+    return policy.check_state(np.asarray(data, dtype=np.float64).reshape(-1))
 
 
 def pending_json(session) -> str:
@@ -118,4 +154,5 @@ def reconfigure(session, cfg) -> bool:
 
 
 __all__ = ["StartupError", "attach_trained_gate", "check_device", "load_session", "unbounded_cache_warning",
+           "check_inputs", "state_from_msg", "STATE_TYPES",
            "pending_json", "cache_error", "reconfigure"]

@@ -69,7 +69,8 @@ class StreamingPolicy:
     """Base class. Attributes every implementation sets:
 
     model (nn.Module), gate (``ChunkGate`` or None), device, num_cameras (images per step),
-    state_dim (0: no state input), action_dim, chunk_length (actions per inference),
+    state_dim (0: no state input), action_dim, num_actions (discrete: the number of action ids;
+    0 otherwise), chunk_length (actions per inference),
     default_actions_per_inference, discrete (actions are ids), action_names, frame_size (frames
     may be shrunk to this square when decoded, as the model resizes them anyway; None: keep the
     camera's size, the policy's processor resizes).
@@ -81,6 +82,7 @@ class StreamingPolicy:
     chunk_length = 1
     default_actions_per_inference = 1
     discrete = False
+    num_actions = 0
     action_names: list[str] | None = None
     frame_size: int | None = None
 
@@ -160,6 +162,7 @@ class KVVLAPolicy(StreamingPolicy):
         cfg = model.config
         self.discrete = cfg.action.kind == "discrete"
         self.action_dim = 1 if self.discrete else cfg.action.dim
+        self.num_actions = cfg.action.num_actions if self.discrete else 0
         self.action_names = cfg.action.names
         self.frame_size = cfg.image_size
         self.last_logits: torch.Tensor | None = None  # (A, action_vocab) of the last step
