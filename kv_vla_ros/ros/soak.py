@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import random
 import tempfile
 import time
@@ -69,6 +70,37 @@ def rss_bytes(pid: int) -> int:
         if line.startswith("VmRSS:"):
             return int(line.split()[1]) * 1024
     return 0
+
+
+class OtherLoad:
+    """CPU cores busy with processes other than the node and this one since the last call (from
+    /proc/stat and /proc/<pid>/stat): a soak on a shared machine says how busy it was around it,
+    so that a latency change can be read against the load beside it."""
+
+    def __init__(self, pids: list[int]):
+        self.pids = pids
+        self._last = self._read()
+
+    def _read(self) -> tuple[float, float, float]:
+        fields = [float(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+        total, idle = sum(fields[:8]), fields[3] + fields[4]  # user..steal; idle + iowait
+        ours = 0.0
+        for pid in self.pids:
+            try:
+                stat = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+                ours += float(stat[11]) + float(stat[12])  # utime + stime (clock ticks, as /proc/stat)
+            except (OSError, IndexError):
+                pass
+        return total, idle, ours
+
+    def cores(self) -> float:
+        (total, idle, ours), (total0, idle0, ours0) = self._read(), self._last
+        self._last = (total, idle, ours)
+        span = total - total0
+        if span <= 0:
+            return 0.0
+        ncpu = max(1, len(os.sched_getaffinity(0)))
+        return max(0.0, ((total - idle) - (total0 - idle0) - (ours - ours0)) / span * ncpu)
 
 
 def _call(rclpy, node, srv_type, name: str, request, timeout: float = 10.0):
@@ -147,6 +179,7 @@ def run(args: argparse.Namespace) -> int:
         budgets = live_budgets(start_cfg["cache.budget_tokens"], start_cfg["cache.sink_tokens"],
                                start_cfg["cache.chunk_size"])
         plan = live_changes(budgets)
+        other_load = OtherLoad([proc.pid, os.getpid()])
         t0 = time.monotonic()
         next_frame = next_episode = t0
         next_change, next_reset, k, episode, ticks0 = t0 + args.change_every_s, t0 + args.reset_every_s, 0, 0, None
@@ -177,6 +210,7 @@ def run(args: argparse.Namespace) -> int:
                 ticks = int(d["control_ticks"])
                 ticks0 = ticks if ticks0 is None else ticks0
                 samples.append(sample_from_diagnostics(d, time.monotonic() - t0, ticks - ticks0, rss_bytes(proc.pid)))
+                samples[-1]["other_cpu_cores"] = other_load.cores()
                 bar.update(samples[-1]["control_steps"] - bar.n)
                 if samples[-1]["control_steps"] >= args.steps:
                     break
@@ -191,7 +225,7 @@ def run(args: argparse.Namespace) -> int:
     return report(args, samples, log.read_text(), rc, changes, rejected_changes, model_note, budgets, cycle_s)
 
 
-FIGURES = ("rss", "latency_p50_ms", "kv_bytes", "tokens_held")
+FIGURES = ("rss", "latency_p50_ms", "kv_bytes", "tokens_held", "other_cpu_cores")
 
 
 def windows(samples: list[dict], cycle_s: float) -> tuple[dict, dict, tuple[float, float], tuple[float, float]]:
@@ -205,7 +239,7 @@ def windows(samples: list[dict], cycle_s: float) -> tuple[dict, dict, tuple[floa
 
     def medians(lo, hi):
         chosen = [s for s in samples if lo <= s["t"] <= hi] or samples[-1:]
-        return {key: float(np.median([s[key] for s in chosen])) for key in FIGURES}
+        return {key: float(np.median([s.get(key, np.nan) for s in chosen])) for key in FIGURES}
 
     return medians(*spans[0]), medians(*spans[1]), spans[0], spans[1]
 
@@ -246,7 +280,8 @@ def report(args, samples, log_text: str, rc: int, changes: int, rejected_changes
     rows = [("resident memory (MB)", start["rss"] / 1e6, end["rss"] / 1e6),
             ("inference latency p50 (ms)", start["latency_p50_ms"], end["latency_p50_ms"]),
             ("KV bytes held (kB)", start["kv_bytes"] / 1e3, end["kv_bytes"] / 1e3),
-            ("tokens held", start["tokens_held"], end["tokens_held"])]
+            ("tokens held", start["tokens_held"], end["tokens_held"]),
+            ("CPU cores busy beside the soak", start["other_cpu_cores"], end["other_cpu_cores"])]
     last = samples[-1]
     lines = [f"soak: {last['control_steps']} control steps at {args.control_rate_hz:g} Hz, {last['episodes']} episodes, "
              f"{last['inferences']} inferences, {changes} live parameter changes ({len(rejected_changes)} rejected), "
@@ -282,16 +317,17 @@ def _plot(samples: list[dict], path: Path) -> None:
     import matplotlib.pyplot as plt
 
     steps = [s["control_steps"] for s in samples]
-    fig, axes = plt.subplots(3, 1, figsize=(8, 7), sharex=True)
+    fig, axes = plt.subplots(4, 1, figsize=(8, 9), sharex=True)
     for ax, key, scale, label in ((axes[0], "rss", 1e-6, "resident memory (MB)"),
                                   (axes[1], "latency_p50_ms", 1.0, "inference p50 (ms)"),
-                                  (axes[2], "tokens_held", 1.0, "tokens held")):
-        ax.plot(steps, [s[key] * scale for s in samples])
+                                  (axes[2], "tokens_held", 1.0, "tokens held"),
+                                  (axes[3], "other_cpu_cores", 1.0, "other processes (cores)")):
+        ax.plot(steps, [s.get(key, float("nan")) * scale for s in samples])
         ax.set_ylabel(label)
     axes[2].step(steps, [s["budget_tokens"] or 0 for s in samples], where="post", color="red", linestyle="--",
                  label="budget in force")
     axes[2].legend()
-    axes[2].set_xlabel("control steps")
+    axes[3].set_xlabel("control steps")
     fig.suptitle("kv_vla_node soak")
     fig.tight_layout()
     fig.savefig(path, dpi=100)
