@@ -64,7 +64,7 @@ def unbounded_cache_warning(cfg, model) -> str | None:
     return (f"cache: UNBOUNDED ({why}): the KV cache grows by {per_step} bytes per control step "
             f"({cfg.chunk_size} tokens x {per_token} B) for as long as an episode lasts "
             f"({per_step * 20 * 3600 / 1e9:.2f} GB per hour at one step per 50 ms); set cache.policy and "
-            f"cache.budget_tokens (config/kv_vla.yaml: gated, 512) to bound it")
+            f"cache.budget_tokens to bound it (as config/kv_vla.yaml does)")
 
 
 def load_session(model_path: str, device: str, dtype: str, num_threads: int, session_factory=None):
