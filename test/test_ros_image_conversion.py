@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import sys
 
 import numpy as np
 import pytest
@@ -187,3 +188,23 @@ def test_decoding_and_resizing_are_opencv():
     assert np.array_equal(decoded, cv2.imdecode(jpeg, cv2.IMREAD_COLOR)[:, :, ::-1])  # cv2.imdecode, bit for bit
     small = shrink_for_model(decoded, 56)
     assert np.array_equal(small, cv2.resize(decoded, (160, 120), interpolation=cv2.INTER_AREA))
+    # a frame that is not a multiple of the shrink factor: area interpolation over the whole frame
+    # (an integer box average would crop the last rows and columns, or differ at the seams)
+    odd = np.random.default_rng(2).integers(0, 256, (482, 642, 3), dtype=np.uint8)
+    assert np.array_equal(shrink_for_model(odd, 56), cv2.resize(odd, (160, 120), interpolation=cv2.INTER_AREA))
+
+
+def test_the_image_path_needs_no_pillow(monkeypatch):
+    """JPEG and PNG decoding, colour conversion and shrinking run on OpenCV alone (pillow is not
+    imported on the node's image path)."""
+    cv2 = pytest.importorskip("cv2")
+    rgb = np.random.default_rng(3).integers(0, 256, (480, 640, 3), dtype=np.uint8)
+    encoded = {ext: cv2.imencode(ext, rgb[:, :, ::-1])[1].tobytes() for ext in (".jpg", ".png")}
+    for name in [m for m in list(sys.modules) if m == "PIL" or m.startswith("PIL.")]:
+        monkeypatch.delitem(sys.modules, name)
+    monkeypatch.setitem(sys.modules, "PIL", None)  # `import PIL` now raises ImportError
+    assert np.array_equal(compressed_to_rgb(FakeCompressed(encoded[".png"], "png")), rgb)
+    assert compressed_to_rgb(FakeCompressed(encoded[".jpg"])).shape == (480, 640, 3)
+    msg = make("bgr8", rgb[:, :, ::-1].copy())
+    assert np.array_equal(shrink_for_model(image_to_rgb(msg, use_cv_bridge=False), 56),
+                          cv2.resize(rgb, (160, 120), interpolation=cv2.INTER_AREA))

@@ -104,6 +104,26 @@ def test_layout_cache_changes_apply_from_the_next_episode(shipped):
     assert all(r.successful for r in shipped.set_params(**{"cache.static": False, "cache.budget_tokens": 96}))
 
 
+def test_a_tighter_budget_shows_in_diagnostics_at_once(shipped):
+    """A live tighter budget evicts at once: diagnostics show the tokens held under it (and its
+    config) from the next report, not the figures of the last frame until another frame comes."""
+    shipped.publish_instruction("go to the key")
+    _stream(shipped, 3.0).join()  # ~60 frames: 16 + 5 per step seen, far over the budget of 96
+    diag = shipped.last_diag(after=time.monotonic())
+    assert json.loads(diag["cache_config"])["budget_tokens"] == 96
+    assert int(diag["tokens_seen"]) > 96 and 48 < int(diag["tokens_held"]) <= 96, diag
+    bytes_before = int(diag["kv_bytes"])
+    try:
+        (result,) = shipped.set_params(**{"cache.budget_tokens": 48})  # no frame comes after this
+        assert result.successful, result.reason
+        diag = shipped.last_diag(after=time.monotonic())
+        assert json.loads(diag["cache_config"])["budget_tokens"] == 48
+        assert 0 < int(diag["tokens_held"]) <= 48, diag
+        assert 0 < int(diag["kv_bytes"]) < bytes_before
+    finally:
+        assert shipped.set_params(**{"cache.budget_tokens": 96})[0].successful
+
+
 def test_wrong_parameter_types_are_named(shipped):
     (result,) = shipped.set_params(control_rate_hz="fast")
     assert not result.successful

@@ -23,8 +23,11 @@ def policy_status(state: str, reason: str, worker, control_rate_hz: float, tick_
 
     ``worker``: the InferenceWorker (counters, latency, last session stats);
     ``tick_interval_ms``: RollingStats of the intervals between published commands.
+    ``cache_config``: the running cache's config, used until the worker's stats snapshot carries
+    the config its figures were taken under (so that tokens held and budget always match).
     """
     stats = dict(worker.last_stats or {})
+    cache_config = stats.pop("cache_config", None) or cache_config
     seen, held = int(stats.get("tokens_seen", 0)), int(stats.get("tokens_held", 0))
     achieved = 1e3 / tick_interval_ms.mean() if len(tick_interval_ms) else float("nan")
     values = {

@@ -107,9 +107,22 @@ class InferenceWorker:
             self._cond.notify()
 
     def call(self, fn: Callable[[Any], Any]) -> Any:
-        """Run ``fn(session)`` between two steps (live reconfiguration)."""
+        """Run ``fn(session)`` between two steps (live reconfiguration). The stats snapshot is taken
+        again afterwards: a tighter budget evicts at once, and diagnostics must not go on showing
+        the tokens held before it (with the new budget) until the next frame."""
         with self.session_lock:
-            return fn(self.session)
+            result = fn(self.session)
+            self.last_stats = self._snapshot()
+            return result
+
+    def _snapshot(self) -> dict:
+        """``session.stats()`` with the cache config those figures were taken under (one consistent
+        pair for diagnostics: tokens held and the budget they are held to). Call with the lock held."""
+        stats = dict(self.session.stats())
+        config = getattr(self.session, "cache_config", None)
+        if config is not None:
+            stats["cache_config"] = config
+        return stats
 
     # ---- the worker ---------------------------------------------------------------------------
     def _can_step(self) -> bool:
@@ -137,7 +150,7 @@ class InferenceWorker:
         try:
             with self.session_lock:
                 self.session.reset(instruction)
-                self.last_stats = self.session.stats()
+                self.last_stats = self._snapshot()
             self.episode_instruction = instruction
             self.episodes += 1
         except Exception as exc:  # a bad instruction must not kill the worker
@@ -156,7 +169,7 @@ class InferenceWorker:
         try:
             with self.session_lock:
                 chunk = self.session.step_chunk(images, state)
-                self.last_stats = self.session.stats()
+                self.last_stats = self._snapshot()
         except Exception as exc:
             self.inference_errors += 1
             self._on_error("inference", f"{type(exc).__name__}: {exc}")

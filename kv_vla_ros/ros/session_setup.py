@@ -63,7 +63,7 @@ def unbounded_cache_warning(cfg, policy) -> str | None:
             f"({cfg.chunk_size} tokens x {per_token} B) for as long as an episode lasts "
             f"({per_step * 20 * 3600 / 1e9:.2f} GB per hour at one step per 50 ms); set cache.policy and "
             f"cache.budget_tokens to bound it (e.g. sink_window, {cfg.sink_tokens + 8 * cfg.chunk_size}: "
-            f"the prefix and 8 control steps; the shipped config/kv_vla.yaml: gated, 96)")
+            f"the prefix and 8 control steps, or as config/kv_vla.yaml does)")
 
 
 def load_session(model_path: str, device: str, dtype: str, num_threads: int, session_factory=None):

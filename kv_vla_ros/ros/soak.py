@@ -2,14 +2,16 @@
 ``--steps`` control steps across many episodes, with live parameter changes (cache policy, budget,
 window, stale timeout), reset calls and bad frames mixed in, and reports the node's resident memory,
 tokens held, KV bytes and inference latency at the start and at the end: memory and latency must
-stay flat (within ``--tolerance``), tokens never above the largest budget set, and no exception in
-the node's log. Table + PNG plot + JSON in ``--out``.
+stay flat (within ``--tolerance``), tokens held never above the budget in force (budgets under the
+histories an episode streams, derived from the model's cache config), and no exception in the
+node's log. Table + PNG plot + JSON in ``--out``.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import random
 import tempfile
 import time
@@ -21,12 +23,31 @@ from kv_vla_ros.ros.bench_ros import _Listener, _model_dir
 from kv_vla_ros.ros.processes import POLICY_MODULE, pick_free_domain_id, spawn_node, stop_node
 
 REPO = Path(__file__).resolve().parents[2]
-BUDGETS = (384, 512)  # the live budget changes alternate between these
-CHANGES = [  # live parameter changes, applied in turn (cache layout changes wait for the next episode)
-    {"cache.budget_tokens": BUDGETS[0]}, {"cache.policy": "sink_window"}, {"stale_timeout_s": 1.5},
-    {"cache.budget_tokens": BUDGETS[1]}, {"cache.policy": "h2o"}, {"cache.recent_chunks": 3},
-    {"cache.policy": "window"}, {"cache.recent_chunks": 2}, {"cache.policy": "gated"}, {"stale_timeout_s": 2.0},
-]
+MAX_RECENT = 3  # the largest cache.recent_chunks the changes set
+
+
+def live_budgets(budget: int | None, sink: int, chunk: int) -> tuple[int, int, int]:
+    """The budgets the live changes cycle through, from the running cache's config: the start-up
+    budget, half of it and two thirds of it (shipped model: 96 -> 48, 64), never under what the
+    prefix plus the largest recent window need. A budget that an episode's history never reaches
+    tests nothing: an episode streams ``chunk`` tokens per frame, so these are exceeded within the
+    first seconds of every episode (the report counts how often)."""
+    base = budget if budget is not None and budget > 0 else sink + 16 * chunk
+    floor = sink + (MAX_RECENT + 1) * chunk
+    return max(floor, base // 2), base, max(floor, 2 * base // 3)
+
+
+def live_changes(budgets: tuple[int, int, int]) -> list[dict]:
+    """Live parameter changes, applied in turn (a cache layout change waits for the next episode);
+    after a whole cycle the cache is back at its start-up config (gated, the first budget, one
+    recent chunk)."""
+    small, base, middle = budgets
+    return [
+        {"cache.budget_tokens": small}, {"cache.policy": "sink_window"}, {"stale_timeout_s": 1.5},
+        {"cache.budget_tokens": middle}, {"cache.policy": "h2o"}, {"cache.recent_chunks": MAX_RECENT},
+        {"cache.policy": "window"}, {"cache.recent_chunks": 2}, {"cache.policy": "gated"},
+        {"stale_timeout_s": 2.0}, {"cache.budget_tokens": base}, {"cache.recent_chunks": 1},
+    ]
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
@@ -51,6 +72,37 @@ def rss_bytes(pid: int) -> int:
     return 0
 
 
+class OtherLoad:
+    """CPU cores busy with processes other than the node and this one since the last call (from
+    /proc/stat and /proc/<pid>/stat): a soak on a shared machine says how busy it was around it,
+    so that a latency change can be read against the load beside it."""
+
+    def __init__(self, pids: list[int]):
+        self.pids = pids
+        self._last = self._read()
+
+    def _read(self) -> tuple[float, float, float]:
+        fields = [float(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+        total, idle = sum(fields[:8]), fields[3] + fields[4]  # user..steal; idle + iowait
+        ours = 0.0
+        for pid in self.pids:
+            try:
+                stat = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+                ours += float(stat[11]) + float(stat[12])  # utime + stime (clock ticks, as /proc/stat)
+            except (OSError, IndexError):
+                pass
+        return total, idle, ours
+
+    def cores(self) -> float:
+        (total, idle, ours), (total0, idle0, ours0) = self._read(), self._last
+        self._last = (total, idle, ours)
+        span = total - total0
+        if span <= 0:
+            return 0.0
+        ncpu = max(1, len(os.sched_getaffinity(0)))
+        return max(0.0, ((total - idle) - (total0 - idle0) - (ours - ours0)) / span * ncpu)
+
+
 def _call(rclpy, node, srv_type, name: str, request, timeout: float = 10.0):
     client = node.create_client(srv_type, name)
     try:
@@ -71,12 +123,34 @@ def set_params(rclpy, node, values: dict) -> list:
     return _call(rclpy, node, SetParameters, "/kv_vla_node/set_parameters", request).results
 
 
+def get_params(rclpy, node, names: list[str]) -> dict:
+    from rcl_interfaces.srv import GetParameters
+    from rclpy.parameter import parameter_value_to_python
+
+    values = _call(rclpy, node, GetParameters, "/kv_vla_node/get_parameters", GetParameters.Request(names=names)).values
+    return {name: parameter_value_to_python(v) for name, v in zip(names, values)}
+
+
 def _bad_frame(listener: _Listener, k: int) -> None:
     """A malformed Image (data shorter than step x height, or an unknown encoding)."""
     msg = listener._Image(height=40, width=40, encoding="rgb8" if k % 2 else "yuv422_yuy2", step=120)
     msg.data = bytes(120 * 40 - (7 if k % 2 else 0))
     msg.header.stamp = listener.node.get_clock().now().to_msg()
     listener.image_pub.publish(msg)
+
+
+def sample_from_diagnostics(d: dict, t: float, control_steps: int, rss: int) -> dict:
+    """One soak sample from a kv_vla_node diagnostics status (key -> string). ``budget_tokens``
+    is the budget of the cache config the node reports with the same figures (None: no cap)."""
+    cache = json.loads(d["cache_config"])
+    budget = cache.get("budget_tokens")
+    return {"t": t, "control_steps": control_steps, "rss": rss, "tokens_held": int(d["tokens_held"]),
+            "tokens_seen": int(d["tokens_seen"]), "kv_bytes": int(d["kv_bytes"]),
+            "latency_p50_ms": float(d["latency_p50_ms"]), "episodes": int(d["episodes"]),
+            "inferences": int(d["inferences"]), "inference_errors": int(d["inference_errors"]),
+            "frames_rejected": int(d["frames_rejected"]), "policy": cache.get("policy"),
+            "budget_tokens": budget if budget is None or budget >= 0 else None,
+            "layer_budgets": cache.get("layer_budgets")}
 
 
 def run(args: argparse.Namespace) -> int:
@@ -101,6 +175,11 @@ def run(args: argparse.Namespace) -> int:
     samples, changes, rejected_changes = [], 0, []
     try:
         set_params(rclpy, node, {"control_rate_hz": args.control_rate_hz})  # waits for the node to come up
+        start_cfg = get_params(rclpy, node, ["cache.budget_tokens", "cache.sink_tokens", "cache.chunk_size"])
+        budgets = live_budgets(start_cfg["cache.budget_tokens"], start_cfg["cache.sink_tokens"],
+                               start_cfg["cache.chunk_size"])
+        plan = live_changes(budgets)
+        other_load = OtherLoad([proc.pid, os.getpid()])
         t0 = time.monotonic()
         next_frame = next_episode = t0
         next_change, next_reset, k, episode, ticks0 = t0 + args.change_every_s, t0 + args.reset_every_s, 0, 0, None
@@ -117,7 +196,7 @@ def run(args: argparse.Namespace) -> int:
                 _bad_frame(listener, k) if k % args.bad_frame_every == 0 else listener.publish_frame(frames[k % 32])
                 next_frame += 1.0 / args.frame_rate_hz
             if now >= next_change:
-                change = CHANGES[changes % len(CHANGES)]
+                change = plan[changes % len(plan)]
                 changes += 1
                 rejected_changes += [(change, r.reason) for r in set_params(rclpy, node, change) if not r.successful]
                 next_change = now + args.change_every_s
@@ -130,11 +209,8 @@ def run(args: argparse.Namespace) -> int:
                 d = listener.diag[-1][1]
                 ticks = int(d["control_ticks"])
                 ticks0 = ticks if ticks0 is None else ticks0
-                samples.append({"t": time.monotonic() - t0, "control_steps": ticks - ticks0, "rss": rss_bytes(proc.pid),
-                                "tokens_held": int(d["tokens_held"]), "kv_bytes": int(d["kv_bytes"]),
-                                "latency_p50_ms": float(d["latency_p50_ms"]), "episodes": int(d["episodes"]),
-                                "inferences": int(d["inferences"]), "inference_errors": int(d["inference_errors"]),
-                                "frames_rejected": int(d["frames_rejected"]), "cache_config": d["cache_config"]})
+                samples.append(sample_from_diagnostics(d, time.monotonic() - t0, ticks - ticks0, rss_bytes(proc.pid)))
+                samples[-1]["other_cpu_cores"] = other_load.cores()
                 bar.update(samples[-1]["control_steps"] - bar.n)
                 if samples[-1]["control_steps"] >= args.steps:
                     break
@@ -145,43 +221,79 @@ def run(args: argparse.Namespace) -> int:
         node.destroy_node()
         rclpy.try_shutdown()
         rc = stop_node(proc)
-    return report(args, samples, log, rc, changes, rejected_changes, model_note)
+    cycle_s = len(plan) * args.change_every_s
+    return report(args, samples, log.read_text(), rc, changes, rejected_changes, model_note, budgets, cycle_s)
 
 
-def _window(samples: list[dict], lo: float, hi: float) -> dict:
-    """Median of each figure over the samples whose progress is in [lo, hi) of the run."""
-    last = samples[-1]["control_steps"] or 1
-    chosen = [s for s in samples if lo <= s["control_steps"] / last < hi] or samples[-1:]
-    return {key: float(np.median([s[key] for s in chosen])) for key in ("rss", "latency_p50_ms", "kv_bytes",
-                                                                          "tokens_held")}
+FIGURES = ("rss", "latency_p50_ms", "kv_bytes", "tokens_held", "other_cpu_cores")
 
 
-def report(args, samples, log: Path, rc: int, changes: int, rejected_changes: list, model_note: str) -> int:
+def windows(samples: list[dict], cycle_s: float) -> tuple[dict, dict, tuple[float, float], tuple[float, float]]:
+    """Medians of each figure at the start and at the end of the run. The first 10% is warm-up
+    (allocator, caches); each window spans one whole cycle of the live changes (at most 40% of the
+    run), so both see every cache config for the same time and the comparison is like for like.
+    -> (start, end, start span (s), end span (s))."""
+    total = samples[-1]["t"]
+    width = min(cycle_s, 0.4 * total)
+    spans = (0.1 * total, 0.1 * total + width), (total - width, total + 1e-9)
+
+    def medians(lo, hi):
+        chosen = [s for s in samples if lo <= s["t"] <= hi] or samples[-1:]
+        return {key: float(np.median([s.get(key, np.nan) for s in chosen])) for key in FIGURES}
+
+    return medians(*spans[0]), medians(*spans[1]), spans[0], spans[1]
+
+
+def budget_figures(samples: list[dict]) -> dict:
+    """Tokens held against the budget each sample was taken under (the node reports the config with
+    its figures): the worst excess (must be <= 0), samples without a cap, how many samples had a
+    history (tokens seen) longer than their budget (the bound was really exercised), and the peak
+    held per budget."""
+    capped = [s for s in samples if s["budget_tokens"] is not None and not s.get("layer_budgets")]
+    per_budget: dict[int, int] = {}
+    for s in capped:
+        per_budget[s["budget_tokens"]] = max(per_budget.get(s["budget_tokens"], 0), s["tokens_held"])
+    return {"worst_excess": max((s["tokens_held"] - s["budget_tokens"] for s in capped), default=0),
+            "uncapped_samples": len(samples) - len(capped),
+            "over_budget_history_share": sum(s["tokens_seen"] > s["budget_tokens"] for s in capped) / max(1, len(capped)),
+            "peak_held_per_budget": {str(b): per_budget[b] for b in sorted(per_budget)},
+            "peak_seen": max((s["tokens_seen"] for s in samples), default=0)}
+
+
+def report(args, samples, log_text: str, rc: int, changes: int, rejected_changes: list, model_note: str,
+           budgets: tuple[int, ...], cycle_s: float) -> int:
     if len(samples) < 4:
         raise SystemExit("bench soak: too few diagnostics to compare start and end (run more --steps)")
-    # start: after the warm-up (first 10%: allocator and caches settle); end: the last 10%
-    start, end = _window(samples, 0.10, 0.20), _window(samples, 0.90, 1.01)
-    text = log.read_text()
-    exceptions = text.count("Traceback") + text.count("inference failed")
+    start, end, start_span, end_span = windows(samples, cycle_s)
+    exceptions = log_text.count("Traceback") + log_text.count("inference failed")
     peak = max(s["tokens_held"] for s in samples)
+    bf = budget_figures(samples)
     checks = {
         "rss_flat": end["rss"] <= start["rss"] * (1 + args.tolerance),
         "latency_flat": abs(end["latency_p50_ms"] / start["latency_p50_ms"] - 1) <= args.tolerance,
-        "tokens_within_budget": peak <= max(BUDGETS),
+        "tokens_within_budget": bf["worst_excess"] <= 0 and bf["uncapped_samples"] == 0,
+        # budgets that the histories never exceed would make the previous check vacuous
+        "budget_exercised": bf["over_budget_history_share"] >= 0.5,
+        "changes_accepted": not rejected_changes,
         "no_exception": exceptions == 0 and samples[-1]["inference_errors"] == 0 and rc == 0,
     }
     rows = [("resident memory (MB)", start["rss"] / 1e6, end["rss"] / 1e6),
             ("inference latency p50 (ms)", start["latency_p50_ms"], end["latency_p50_ms"]),
             ("KV bytes held (kB)", start["kv_bytes"] / 1e3, end["kv_bytes"] / 1e3),
-            ("tokens held", start["tokens_held"], end["tokens_held"])]
+            ("tokens held", start["tokens_held"], end["tokens_held"]),
+            ("CPU cores busy beside the soak", start["other_cpu_cores"], end["other_cpu_cores"])]
     last = samples[-1]
     lines = [f"soak: {last['control_steps']} control steps at {args.control_rate_hz:g} Hz, {last['episodes']} episodes, "
              f"{last['inferences']} inferences, {changes} live parameter changes ({len(rejected_changes)} rejected), "
-             f"{last['frames_rejected']} bad frames rejected, {samples[-1]['t'] / 60:.1f} min; model {model_note}",
-             "| figure | start (10-20%) | end (90-100%) | end / start |", "|---|---|---|---|"]
+             f"{last['frames_rejected']} bad frames rejected, {last['t'] / 60:.1f} min; model {model_note}",
+             f"| figure | start ({start_span[0]:.0f}-{start_span[1]:.0f} s) | end ({end_span[0]:.0f}-{end_span[1]:.0f} s)"
+             " | end / start |", "|---|---|---|---|"]
     lines += [f"| {name} | {a:.2f} | {b:.2f} | {b / a if a else float('nan'):.3f} |" for name, a, b in rows]
-    lines.append(f"peak tokens held {peak} (largest budget {max(BUDGETS)}); exceptions in the node log: {exceptions}; "
-                 f"node exit code {rc}")
+    lines.append(f"budgets set live {'/'.join(map(str, budgets))}; tokens held vs the budget in force, every "
+                 f"diagnostics sample ({len(samples)}): worst excess {bf['worst_excess']}, peak held per budget "
+                 f"{bf['peak_held_per_budget']}; history longer than the budget in "
+                 f"{100 * bf['over_budget_history_share']:.0f}% of samples (peak tokens seen {bf['peak_seen']})")
+    lines.append(f"peak tokens held {peak}; exceptions in the node log: {exceptions}; node exit code {rc}")
     lines.append("checks: " + ", ".join(f"{k} {'PASS' if v else 'FAIL'}" for k, v in checks.items()))
     table = "\n".join(lines)
     print(table)
@@ -189,8 +301,10 @@ def report(args, samples, log: Path, rc: int, changes: int, rejected_changes: li
     (out / "results.md").write_text(table + "\n")
     (out / "results.json").write_text(json.dumps({
         "meta": {k: v for k, v in vars(args).items() if isinstance(v, (int, float, str))} | {"model": model_note},
-        "start": start, "end": end, "peak_tokens_held": peak, "exceptions": exceptions, "checks": checks,
-        "rejected_changes": [[c, r] for c, r in rejected_changes], "samples": samples}, indent=1) + "\n")
+        "budgets": list(budgets), "start": start, "end": end, "start_span_s": start_span, "end_span_s": end_span,
+        "budget_figures": bf, "peak_tokens_held": peak, "exceptions": exceptions, "node_exit_code": rc,
+        "checks": checks, "rejected_changes": [[c, r] for c, r in rejected_changes], "samples": samples},
+        indent=1) + "\n")
     _plot(samples, out / "soak.png")
     print(f"wrote {out / 'results.json'} and {out / 'soak.png'}")
     return 0 if all(checks.values()) else 1
@@ -203,19 +317,22 @@ def _plot(samples: list[dict], path: Path) -> None:
     import matplotlib.pyplot as plt
 
     steps = [s["control_steps"] for s in samples]
-    fig, axes = plt.subplots(3, 1, figsize=(8, 7), sharex=True)
+    fig, axes = plt.subplots(4, 1, figsize=(8, 9), sharex=True)
     for ax, key, scale, label in ((axes[0], "rss", 1e-6, "resident memory (MB)"),
                                   (axes[1], "latency_p50_ms", 1.0, "inference p50 (ms)"),
-                                  (axes[2], "tokens_held", 1.0, "tokens held")):
-        ax.plot(steps, [s[key] * scale for s in samples])
+                                  (axes[2], "tokens_held", 1.0, "tokens held"),
+                                  (axes[3], "other_cpu_cores", 1.0, "other processes (cores)")):
+        ax.plot(steps, [s.get(key, float("nan")) * scale for s in samples])
         ax.set_ylabel(label)
-    axes[2].axhline(max(BUDGETS), color="red", linestyle="--", label="largest budget")
+    axes[2].step(steps, [s["budget_tokens"] or 0 for s in samples], where="post", color="red", linestyle="--",
+                 label="budget in force")
     axes[2].legend()
-    axes[2].set_xlabel("control steps")
+    axes[3].set_xlabel("control steps")
     fig.suptitle("kv_vla_node soak")
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
 
 
-__all__ = ["configure", "run", "rss_bytes", "set_params"]
+__all__ = ["configure", "run", "rss_bytes", "set_params", "get_params", "live_budgets", "live_changes",
+           "sample_from_diagnostics", "budget_figures", "windows", "report"]
