@@ -66,3 +66,22 @@ def test_markdown_table_shows_errors():
     table = markdown_table([{"task": "t", "policy": "gated", "error": "no gate"}])
     assert "no gate" in table and table.count("\n") == 3
     assert human_bytes(2048) == "2.0 KiB"
+
+
+def test_a_spec_with_its_own_budget_drops_the_checkpoints_per_layer_split():
+    """A calibrated checkpoint's per-layer budgets split its own total; `window:budget_frac=...`
+    or `gated:budget_tokens=N` asks for another budget, uniform unless `layer_budgets=calibrated`."""
+    from kv_vla_ros.eval.grid import Cell, _resolve
+
+    base = VLAConfig(backbone=dict(TINY), vision_hidden=16).cache.replace(
+        policy="gated", budget_tokens=200, layer_budgets=[260, 140])
+    for spec, full_seen in (("window:budget_frac=0.25", 640.0), ("gated:budget_tokens=150", None)):
+        changes, frac = parse_spec(spec, base)
+        cell = Cell("MiniGrid-MemoryS7-v0", spec, changes, frac, 0)
+        _resolve(cell, base, "unused", full_seen)
+        assert not cell.row, cell.row
+        assert cell.cfg.layer_budgets is None and cell.cfg.budget_tokens == (160 if frac else 150), cell.cfg
+    changes, frac = parse_spec("gated:gate_threshold=0", base)  # no budget of its own: the checkpoint's
+    cell = Cell("MiniGrid-MemoryS7-v0", "gated:gate_threshold=0", changes, frac, 0)
+    _resolve(cell, base, "unused", None)
+    assert cell.cfg.layer_budgets == [260, 140] and cell.cfg.budget_tokens == 200

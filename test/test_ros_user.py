@@ -124,6 +124,18 @@ def test_a_tighter_budget_shows_in_diagnostics_at_once(shipped):
         assert shipped.set_params(**{"cache.budget_tokens": 96})[0].successful
 
 
+def test_diagnostics_show_the_gates_last_scores_and_the_chunks_it_keeps(shipped):
+    shipped.publish_instruction("go to the key")
+    _stream(shipped, 2.0).join()  # ~40 steps: chunks leave the window and are scored, many evicted
+    diag = shipped.last_diag(after=time.monotonic())
+    assert json.loads(diag["cache_config"])["policy"] == "gated"
+    scores, kept = json.loads(diag["gate_scores"]), json.loads(diag["kept_chunks"])
+    assert scores and all(0.0 <= v <= 1.0 for v in scores.values()), diag["gate_scores"]
+    steps = int(diag["steps"])
+    assert all(0 <= int(c) < steps for c in scores)
+    assert kept == sorted(kept) and len(kept) * 5 < int(diag["tokens_held"]) <= 96, diag
+
+
 def test_wrong_parameter_types_are_named(shipped):
     (result,) = shipped.set_params(control_rate_hz="fast")
     assert not result.successful

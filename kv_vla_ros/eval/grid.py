@@ -84,6 +84,10 @@ def _resolve(cell: Cell, base, model_path: str, full_seen: float | None) -> None
             changes["budget_tokens"] = max(int(round(cell.frac * full_seen)), layout.min_budget)
         cell.untrained_gate = changes.pop("_gate", "trained") == "untrained"
         calibrated = changes.pop("_layer_budgets", None) == "calibrated"
+        if "budget_tokens" in changes and "layer_budgets" not in changes:
+            # the checkpoint's per-layer budgets split *its* total: a spec with another budget
+            # means a uniform one (per-layer again only with layer_budgets=calibrated or explicit)
+            changes["layer_budgets"] = None
         cfg = base.replace(**changes)
         cfg.budget_tokens = max(cfg.budget_tokens, cfg.min_budget) if cfg.budget_tokens else cfg.budget_tokens
         if calibrated:
