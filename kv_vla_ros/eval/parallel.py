@@ -36,6 +36,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import threading
 import time
 from collections import deque
 from dataclasses import dataclass
@@ -44,8 +45,6 @@ from typing import Any, Callable, Sequence
 Tick = Callable[[int], None]
 WorkFn = Callable[[Any, Any, Tick], Any]
 
-IN_FLIGHT_PER_WORKER = 3  # one running, two queued: an actor never waits while the caller runs an item
-POLL_S = 0.5  # how often the bar asks busy workers for their partial progress
 
 
 def default_workers() -> int:
@@ -136,6 +135,9 @@ class Runner:
         self.replaced = 0  # actors replaced after Ray gave up restarting them
         self.item_pids: list[int] = []  # per result of the last map: the worker process that made it
         self.nodes_used: set[str] = set()  # the nodes whose processes ran items (this one: "local")
+        self.busy_s: dict[int, float] = {}  # per worker process: seconds spent in fn
+        self._results: list = []
+        self._lock = threading.RLock()  # results and the bar: this thread and the feeder's
         self.workers = 1
         self.driver_works = False  # this process is one of the workers for the whole run (else it runs
         # items only until a worker first answers)
@@ -160,9 +162,10 @@ class Runner:
     @property
     def timings(self) -> dict:
         """Seconds from the runner's start: ``ray_init_s``, ``actors_ready_s`` (per actor: model
-        loaded), ``startup_s`` (first actor result); and ``shutdown_s`` (after `close`)."""
+        loaded), ``startup_s`` (first actor result); ``shutdown_s`` (after `close`); ``busy_s``:
+        per worker process (pid), the seconds it spent running items."""
         out = dict(self._launch.timings) if self._launch else {}
-        return {**out, "startup_s": self.startup_s}
+        return {**out, "startup_s": self.startup_s, "busy_s": {str(k): round(v, 3) for k, v in self.busy_s.items()}}
 
     def _ray_up(self, timeout: float | None = 0) -> bool:
         """Whether the actors exist (taking them over from the launch the first time)."""
@@ -237,117 +240,80 @@ class Runner:
             return self._map_local(fn, items, units, on_result)
         return self._map_ray(fn, items, units, on_result)
 
-    def _run_here(self, fn, i: int, item, units: list[int], results: list, on_result) -> None:
-        """Run item ``i`` in this process on the local state (the in-process path, and the driver
-        helping while the Ray workers start)."""
+    def _record(self, i: int, value, units: int, pid: int, node: str, took: float, on_result) -> None:
+        """Item ``i``'s result, from this thread or the feeder's (one at a time)."""
+        with self._lock:
+            self._results[i] = value
+            self.item_pids[i] = pid
+            self.busy_s[pid] = self.busy_s.get(pid, 0.0) + took
+            self.nodes_used.add(node)
+            self.done_units += units
+            if pid != os.getpid() and self.startup_s is None:
+                self.startup_s = time.monotonic() - self._t0
+            self._show()
+            if on_result:
+                on_result(i, value)
+
+    def _show_partial(self, partial: int) -> None:
+        with self._lock:
+            self._show(partial)
+
+    def _run_here(self, fn, i: int, item, units: list[int], on_result) -> None:
+        """Run item ``i`` in this process on the local state (the in-process path, and this process
+        as a worker on Ray)."""
         partial = [0]
 
         def tick(n: int = 1) -> None:
             partial[0] += n
-            self._show(min(partial[0], units[i]))
+            self._show_partial(min(partial[0], units[i]))
 
-        results[i] = fn(self._local_state, item, tick)
-        self.item_pids[i] = os.getpid()
-        self.nodes_used.add("local")
-        self.done_units += units[i]
-        self._show()
-        if on_result:
-            on_result(i, results[i])
+        t0 = time.perf_counter()
+        value = fn(self._local_state, item, tick)
+        self._record(i, value, units[i], os.getpid(), "local", time.perf_counter() - t0, on_result)
 
     def _map_local(self, fn, items, units, on_result) -> list:
         if self._local_state is None:
             self._local_state = self.setup(*self.setup_args)
-        results: list = [None] * len(items)
+        self._results = [None] * len(items)
         for i, item in enumerate(items):
-            self._run_here(fn, i, item, units, results, on_result)
-        return results
-
-    def _run_next_here(self, fn, items, units, results, on_result, queue: deque) -> None:
-        """Run the last queued item in this process, with one torch thread like a worker."""
-        import torch
-
-        threads = torch.get_num_threads()
-        torch.set_num_threads(1)
-        try:
-            i = queue.pop()  # from the back: the actors take from the front
-            self._run_here(fn, i, items[i], units, results, on_result)
-        finally:
-            torch.set_num_threads(threads)
+            self._run_here(fn, i, item, units, on_result)
+        return self._results
 
     def _map_ray(self, fn, items, units, on_result) -> list:
-        results: list = [None] * len(items)
+        """A `Feeder` thread keeps the actors busy; this thread runs items from the back of the
+        same queue (the whole run when it is one of the workers, else until an actor answers)."""
+        import torch
+
+        from kv_vla_ros.eval.feeder import POLL_S, Feeder
+
+        self._results = [None] * len(items)
         queue = deque(range(len(items)))
-        attempts = [0] * len(items)
-        inflight: dict = {}  # ObjectRef -> (actor slot, item index)
-        load: list[int] = []  # items in flight per actor slot
-        partial: dict[int, int] = {}  # item index -> units done so far, by the bar's polls
-        polls: dict = {}  # progress ObjectRef -> actor slot
-        poll_ticks, last_poll = any(u > 1 for u in units), 0.0
-        while queue or inflight:
-            up = self._ray_up()
-            if up:
-                load.extend([0] * (len(self._actors) - len(load)))
-                self._submit(fn, items, queue, inflight, load, attempts)
-            if queue and self._local_state is not None and (self.driver_works or self.startup_s is None):
-                self._run_next_here(fn, items, units, results, on_result, queue)
-                wait_s = 0.0  # then only take what has arrived meanwhile, and go on working
-            elif not up:
-                self._ray_up(POLL_S)
-                continue
-            else:
-                wait_s = POLL_S
-            if inflight:
-                self._collect(fn, items, units, results, on_result, queue, inflight, load, attempts, partial, wait_s)
-            if poll_ticks:
-                if time.monotonic() - last_poll > POLL_S:
-                    last_poll = time.monotonic()
-                    busy = {slot for slot, _ in inflight.values()} - set(polls.values())
-                    polls.update({self._actors[slot].progress.remote(): slot for slot in busy})
-                partial.update(self._poll(polls, inflight, units))
-            self._show(sum(partial.values()))
+        feeder = Feeder(self, fn, items, units, queue, on_result).start()
+        threads = torch.get_num_threads()
+        torch.set_num_threads(1)  # like a worker
+        try:
+            while feeder.error is None:
+                if self._local_state is not None and (self.driver_works or self.startup_s is None):
+                    try:
+                        i = queue.pop()  # from the back: the actors take from the front
+                    except IndexError:
+                        i = None
+                    if i is not None:
+                        self._run_here(fn, i, items[i], units, on_result)
+                        continue
+                if feeder.done.wait(POLL_S):
+                    break
+        except BaseException:
+            feeder.stop()
+            raise
+        finally:
+            torch.set_num_threads(threads)
+        if feeder.error is not None:
+            raise feeder.error
         if "local" in self.nodes_used and self._ray_up():  # this process's node, by its Ray id
             self.nodes_used.discard("local")
             self.nodes_used.add(self._launch.ray.get_runtime_context().get_node_id())
-        return results
-
-    def _submit(self, fn, items, queue: deque, inflight: dict, load: list[int], attempts: list[int]) -> None:
-        for slot, actor in enumerate(self._actors):
-            while queue and load[slot] < IN_FLIGHT_PER_WORKER:
-                i = queue.popleft()
-                attempts[i] += 1
-                inflight[actor.run.remote(fn, i, items[i])] = (slot, i)
-                load[slot] += 1
-
-    def _collect(self, fn, items, units, results, on_result, queue, inflight, load, attempts, partial,
-                 wait_s: float) -> None:
-        """Take the actors' finished items (waiting up to ``wait_s`` for one); requeue the items of
-        an actor that is gone for good, on a replacement."""
-        ray = self._launch.ray
-        ready, _ = ray.wait(list(inflight), num_returns=1 if wait_s else len(inflight), timeout=wait_s)
-        for ref in ready:
-            slot, i = inflight.pop(ref)
-            load[slot] -= 1
-            partial.pop(i, None)
-            try:
-                pid, node, value = ray.get(ref)
-            except ray.exceptions.RayActorError as exc:  # restarts used up (or its node is gone)
-                if attempts[i] > self.config.retries:
-                    raise RuntimeError(f"item {i}: its worker died {attempts[i]} times; giving up ({exc})") \
-                        from None
-                self._replace(slot)
-                queue.appendleft(i)
-                continue
-            except ray.exceptions.RayTaskError as exc:  # fn raised: raise the same error here
-                cause = getattr(exc, "cause", None)
-                raise (cause if isinstance(cause, Exception) else exc) from exc
-            if self.startup_s is None:
-                self.startup_s = time.monotonic() - self._t0
-            results[i] = value
-            self.item_pids[i] = pid
-            self.nodes_used.add(node)
-            self.done_units += units[i]
-            if on_result:
-                on_result(i, value)
+        return self._results
 
     def _replace(self, slot: int) -> None:
         """Swap a dead actor for a new one (a bounded number of times over the run)."""
@@ -359,23 +325,6 @@ class Runner:
         except Exception:  # already gone: nothing to release
             pass
         self._actors[slot] = self._launch.new_actor()
-
-    def _poll(self, polls: dict, inflight: dict, units: list[int]) -> dict[int, int]:
-        """Partial units of the items being run now, from the answered ``progress`` calls (never
-        waiting: an actor still loading its model answers later)."""
-        ray = self._launch.ray
-        done, _ = ray.wait(list(polls), num_returns=len(polls), timeout=0) if polls else ([], [])
-        running = {i for _, i in inflight.values()}
-        out = {}
-        for ref in done:
-            polls.pop(ref)
-            try:
-                index, units_done = ray.get(ref)
-            except Exception:  # a worker dying or restarting: its partial count is simply not shown
-                continue
-            if index in running:
-                out[index] = min(units_done, units[index])
-        return out
 
 
 __all__ = ["Runner", "RunnerConfig", "add_runner_arguments", "runner_config", "default_workers"]

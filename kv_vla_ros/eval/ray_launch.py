@@ -41,13 +41,15 @@ def worker_class():
                 self.here = (os.getpid(), ray.get_runtime_context().get_node_id())
 
             def run(self, fn: Callable, index: int, item):
-                """``(pid, node id, fn's result)``."""
+                """``(pid, node id, seconds fn took, fn's result)``."""
                 self.ticks = (index, 0)
 
                 def tick(n: int = 1) -> None:
                     self.ticks = (index, self.ticks[1] + n)
 
-                return (*self.here, fn(self.state, item, tick))
+                t0 = time.perf_counter()
+                value = fn(self.state, item, tick)
+                return (*self.here, time.perf_counter() - t0, value)
 
             @ray.method(concurrency_group="control")
             def progress(self):
