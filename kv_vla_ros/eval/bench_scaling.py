@@ -83,7 +83,7 @@ def run(args: argparse.Namespace) -> int:
     seeds = eval_seeds(args.episodes)
     progress = not args.no_progress
     t0 = time.perf_counter()
-    seq_rows, _ = evaluate_grid(model, model_path, tasks, parsed, seeds, args.max_steps,
+    seq_rows, seq_how = evaluate_grid(model, model_path, tasks, parsed, seeds, args.max_steps,
                                 RunnerConfig(workers=1, progress=progress))
     seq_s = time.perf_counter() - t0
     t0 = time.perf_counter()
@@ -94,6 +94,7 @@ def run(args: argparse.Namespace) -> int:
     episodes = len(tasks) * len(parsed) * len(seeds)
     result = {"model": model_path, "tasks": tasks, "policies": [p[0] for p in parsed], "episodes_per_task": len(seeds),
               "episodes": episodes, "sequential_s": seq_s, "parallel_s": par_s, "speedup": seq_s / par_s,
+              "sequential_busy_s": sum(seq_how["timings"]["busy_s"].values()),
               "startup_s": how["startup_s"], "timings": how.get("timings", {}),
               "driver_works": how.get("driver_works", False), "episodes_per_process": how["episodes_per_process"],
               "workers": how["workers"], "nodes": how["nodes"], "ray_address": args.ray_address,
@@ -109,9 +110,11 @@ def run(args: argparse.Namespace) -> int:
     _plot(seq_s, par_s, how["workers"], out / "bench_eval_scaling.png")
     print(table, end="")
     t = how.get("timings", {})
+    busy = ", ".join(f"{v:.1f}" for v in (t.get("busy_s") or {}).values())
     print(f"speedup {seq_s / par_s:.2f}x end to end (Ray up after {t.get('ray_init_s') or 0:.1f} s, actors ready "
           f"after {t.get('actors_ready_s')} s, first actor result after {how['startup_s']:.1f} s, Ray shut down in "
-          f"{t.get('shutdown_s') or 0:.1f} s; episodes per process {how['episodes_per_process']}); "
+          f"{t.get('shutdown_s') or 0:.1f} s; episodes per process {how['episodes_per_process']}, busy s per process "
+          f"[{busy}] vs {result['sequential_busy_s']:.1f} s of episodes in the sequential run); "
           f"episodes identical: {'yes' if not diff else 'NO: ' + ', '.join(diff[:5])}")
     print(f"wrote {out}/bench_eval_scaling.json, .md, .png")
     return 0 if not diff else 1

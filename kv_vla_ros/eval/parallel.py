@@ -22,8 +22,9 @@ Why actors and not a pool of our own: Ray restarts a worker process that dies (`
 and re-runs the calls it had not finished (``max_task_retries``); a result is only ever taken
 from a call that returned, so every item is reported exactly once. An actor that cannot be
 restarted any more is replaced, its items handed out again. Items are handed out one at a time
-from a queue (actors take from the front, the calling process from the back), each to exactly
-one process. Results come back in item order, whatever order the workers finish in, so a parallel run's output equals the sequential one's
+from a queue, each to exactly one process: a feeder thread (`feeder`) gives the actors items from
+the front, the calling process takes its own from the back. Results come back in item order,
+whatever order the workers finish in, so a parallel run's output equals the sequential one's
 element by element. One tqdm bar counts units over all items and workers.
 
 ``setup`` and ``fn`` must be importable module-level functions (Ray ships them by reference),
@@ -44,7 +45,6 @@ from typing import Any, Callable, Sequence
 
 Tick = Callable[[int], None]
 WorkFn = Callable[[Any, Any, Tick], Any]
-
 
 
 def default_workers() -> int:
@@ -228,7 +228,7 @@ class Runner:
             on_result: Callable[[int, Any], None] | None = None) -> list:
         """``[fn(state, item, tick) for item in items]``, in item order. ``units[i]``: progress
         units of item ``i`` (default 1); ``on_result(i, result)`` runs in this process as each
-        result arrives. An exception raised by ``fn`` is raised here (no retry: it is a bug or a
+        result arrives (on the feeder's thread for an actor's result; never two at once). An exception raised by ``fn`` is raised here (no retry: it is a bug or a
         bad input, not a lost worker)."""
         items = list(items)
         units = [1] * len(items) if units is None else [int(u) for u in units]
