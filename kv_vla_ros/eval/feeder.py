@@ -69,8 +69,10 @@ class Feeder:
             self.done.set()
 
     def _submit(self) -> None:
-        for slot, actor in enumerate(self.runner._actors):
-            while self.load[slot] < IN_FLIGHT_PER_ACTOR:
+        actors = self.runner._actors
+        for slot, actor in enumerate(actors):
+            # near the end, none queued: no process then waits on another's queued items
+            while self.load[slot] < (IN_FLIGHT_PER_ACTOR if len(self.queue) > 2 * len(actors) else 1):
                 try:
                     i = self.queue.popleft()
                 except IndexError:
