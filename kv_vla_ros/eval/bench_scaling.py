@@ -102,9 +102,12 @@ def run(args: argparse.Namespace) -> int:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "bench_eval_scaling.json").write_text(json.dumps(result, indent=2) + "\n")
+    who = (f"this process + {how['workers'] - 1} Ray actor(s)" if how.get("driver_works")
+           else f"{how['workers']} Ray actors")
     table = ("| run | episodes | wall s | episodes/s | speedup |\n|---|---|---|---|---|\n"
              f"| sequential (1 process, 1 thread) | {episodes} | {seq_s:.1f} | {episodes / seq_s:.2f} | 1.00x |\n"
-             f"| {how['workers']} workers ({how['nodes']} node(s), start-up {how['startup_s']:.1f} s) | {episodes} | "
+             f"| {how['workers']} workers ({who}, {how['nodes']} node(s), first actor result after "
+             f"{how['startup_s']:.1f} s) | {episodes} | "
              f"{par_s:.1f} | {episodes / par_s:.2f} | {seq_s / par_s:.2f}x |\n")
     (out / "bench_eval_scaling.md").write_text(table)
     _plot(seq_s, par_s, how["workers"], out / "bench_eval_scaling.png")
