@@ -1,11 +1,15 @@
 """`kv-vla bench eval-scaling`: the same closed-loop evaluation grid run sequentially (in-process,
-one torch thread, as `kv-vla eval --workers 1`) and on ``--workers N`` Ray workers, in one run;
-prints both wall times and the speedup, and checks that the two gave the same episodes.
+one torch thread: what `kv-vla eval --workers 1` does with its default ``--threads 1``) and on
+``--workers N``, in one run; prints both wall times and the speedup, and checks that the two gave
+the same episodes.
 
-The parallel wall time is end to end: it includes starting Ray and every worker importing torch
-and loading the model (``startup_s``: until the first worker result; meanwhile this process runs
-episodes itself); the sequential run uses the model this process already loaded. Writes bench_eval_scaling.json, .md and .png into --out. A benchmark: run it on a quiet
-machine (other load on the cores skews the ratio).
+Both runs start from the model this process already loaded (the command loads it once either
+way). The parallel wall time is end to end, as `kv-vla eval --workers N` spends it: starting Ray,
+each actor importing torch and loading the model, the work, and shutting Ray down; this process is
+one of the N workers on a local runtime (N - 1 actors) and runs episodes from the first second.
+``timings`` breaks the start-up down (``ray_init_s``, ``actors_ready_s``, ``startup_s``: first
+actor result, ``shutdown_s``). Writes bench_eval_scaling.json, .md and .png into --out. A
+benchmark: run it on a quiet machine (other load on the cores skews the ratio).
 """
 
 from __future__ import annotations
@@ -71,7 +75,7 @@ def run(args: argparse.Namespace) -> int:
         raise SystemExit("kv-vla bench eval-scaling: --episodes must be >= 1")
     if args.workers < 2 and args.ray_address is None:
         raise SystemExit("kv-vla bench eval-scaling: --workers must be >= 2 (the sequential run is the baseline)")
-    torch.set_num_threads(1)  # the sequential baseline: one core, like each worker
+    torch.set_num_threads(1)  # what `kv-vla eval` uses by default (--threads 1), and what each worker uses
     model_path = args.model or str(DEFAULT_MODEL_PATH)
     model = VLAModel.from_pretrained(model_path)
     parsed = [(spec, *parse_spec(spec, model.config.cache)) for spec in args.policy or ["full"]]
@@ -79,7 +83,7 @@ def run(args: argparse.Namespace) -> int:
     seeds = eval_seeds(args.episodes)
     progress = not args.no_progress
     t0 = time.perf_counter()
-    seq_rows, _ = evaluate_grid(model, model_path, tasks, parsed, seeds, args.max_steps,
+    seq_rows, seq_how = evaluate_grid(model, model_path, tasks, parsed, seeds, args.max_steps,
                                 RunnerConfig(workers=1, progress=progress))
     seq_s = time.perf_counter() - t0
     t0 = time.perf_counter()
@@ -90,21 +94,30 @@ def run(args: argparse.Namespace) -> int:
     episodes = len(tasks) * len(parsed) * len(seeds)
     result = {"model": model_path, "tasks": tasks, "policies": [p[0] for p in parsed], "episodes_per_task": len(seeds),
               "episodes": episodes, "sequential_s": seq_s, "parallel_s": par_s, "speedup": seq_s / par_s,
-              "startup_s": how["startup_s"], "episodes_per_process": how["episodes_per_process"],
+              "sequential_busy_s": sum(seq_how["timings"]["busy_s"].values()),
+              "startup_s": how["startup_s"], "timings": how.get("timings", {}),
+              "driver_works": how.get("driver_works", False), "episodes_per_process": how["episodes_per_process"],
               "workers": how["workers"], "nodes": how["nodes"], "ray_address": args.ray_address,
               "same_episodes": not diff, "mismatches": diff[:20]}
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "bench_eval_scaling.json").write_text(json.dumps(result, indent=2) + "\n")
+    who = (f"this process + {how['workers'] - 1} Ray actor(s)" if how.get("driver_works")
+           else f"{how['workers']} Ray actors")
     table = ("| run | episodes | wall s | episodes/s | speedup |\n|---|---|---|---|---|\n"
              f"| sequential (1 process, 1 thread) | {episodes} | {seq_s:.1f} | {episodes / seq_s:.2f} | 1.00x |\n"
-             f"| {how['workers']} workers ({how['nodes']} node(s), start-up {how['startup_s']:.1f} s) | {episodes} | "
+             f"| {how['workers']} workers ({who}, {how['nodes']} node(s), first actor result after "
+             f"{how['startup_s']:.1f} s) | {episodes} | "
              f"{par_s:.1f} | {episodes / par_s:.2f} | {seq_s / par_s:.2f}x |\n")
     (out / "bench_eval_scaling.md").write_text(table)
     _plot(seq_s, par_s, how["workers"], out / "bench_eval_scaling.png")
     print(table, end="")
-    print(f"speedup {seq_s / par_s:.2f}x end to end (first worker result after {how['startup_s']:.1f} s; "
-          f"episodes per process {how['episodes_per_process']}); "
+    t = how.get("timings", {})
+    busy = ", ".join(f"{v:.1f}" for v in (t.get("busy_s") or {}).values())
+    print(f"speedup {seq_s / par_s:.2f}x end to end (Ray up after {t.get('ray_init_s') or 0:.1f} s, actors ready "
+          f"after {t.get('actors_ready_s')} s, first actor result after {how['startup_s']:.1f} s, Ray shut down in "
+          f"{t.get('shutdown_s') or 0:.1f} s; episodes per process {how['episodes_per_process']}, busy s per process "
+          f"[{busy}] vs {result['sequential_busy_s']:.1f} s of episodes in the sequential run); "
           f"episodes identical: {'yes' if not diff else 'NO: ' + ', '.join(diff[:5])}")
     print(f"wrote {out}/bench_eval_scaling.json, .md, .png")
     return 0 if not diff else 1

@@ -112,8 +112,9 @@ def evaluate_grid(model, model_path: str, tasks: list[str], parsed: list[tuple[s
                   seeds: list[int], max_steps: int | None, config: RunnerConfig | None = None
                   ) -> tuple[list[dict], dict]:
     """Rows (task-major, then spec order) equal to evaluating each cell with `evaluate_task`, and
-    how they ran (``workers``, ``nodes``, ``ray``, ``ray_address``, ``startup_s``: until the first
-    worker result, ``episodes_per_process``).
+    how they ran (``workers``, ``nodes`` (that ran episodes), ``ray``, ``ray_address``, ``startup_s``: until the first
+    actor result, ``driver_works``: this process was one of the workers, ``episodes_per_process``,
+    ``timings``: `Runner.timings`).
 
     ``parsed``: ``[(spec, changes, budget_frac)]`` from `parse_spec`; ``model``: the driver's
     policy (`load_policy`; its default cache config is the base of every spec; it also runs
@@ -149,10 +150,11 @@ def evaluate_grid(model, model_path: str, tasks: list[str], parsed: list[tuple[s
                     else:
                         cell.row = summarize_task(cell.task, cell.spec, cell.cfg, mine)
                         cell.row["cache_label"] = cell.label
-            meta = {"workers": runner.workers, "nodes": len({node for _, node in runner.worker_locations()}),
+            meta = {"workers": runner.workers, "nodes": len(runner.nodes_used),
                     "ray": runner.config.uses_ray, "ray_address": runner.config.ray_address,
-                    "startup_s": runner.startup_s or 0.0,
+                    "startup_s": runner.startup_s or 0.0, "driver_works": runner.driver_works,
                     "episodes_per_process": sorted(Counter(pids).values(), reverse=True)}
+        meta["timings"] = runner.timings  # after close: with the runtime's shutdown
     finally:
         close_state(local)
     return [c.row for c in cells], meta

@@ -6,16 +6,24 @@ its checkpoint directory) and ``tick(n)`` reports ``n`` units of progress (episo
 
 - ``workers == 1`` and no ``ray_address``: in-process, sequential, no Ray (``local_state`` can
   hand in a state the caller already built, e.g. the model it loaded anyway);
-- otherwise one Ray actor per worker (one CPU, one torch thread each): the state is built once
-  per actor, not once per item. A local runtime is started for the run (``address="local"``,
-  never someone else's cluster by accident), or ``ray_address`` attaches to an existing one.
+- otherwise Ray actors (one CPU, one torch thread each): the state is built once per actor, not
+  once per item. A private local runtime is started for the run (``address="local"``, never
+  someone else's cluster by accident), or ``ray_address`` attaches to an existing one.
+
+On a private local runtime with ``local_state``, the calling process is one of the ``workers``:
+it runs items itself (one torch thread) the whole run and starts ``workers - 1`` actors, so the
+N cores hold N working processes, not N workers plus a scheduler, and nobody imports torch or
+loads the model a second time for the core the caller sits on. Ray starts on a background thread
+(`ray_launch`) while the caller already runs items. Otherwise (a cluster, a runtime the caller
+initialised, or no ``local_state``) there is one actor per worker, and the caller runs items only
+until a worker first answers.
 
 Why actors and not a pool of our own: Ray restarts a worker process that dies (``max_restarts``)
 and re-runs the calls it had not finished (``max_task_retries``); a result is only ever taken
 from a call that returned, so every item is reported exactly once. An actor that cannot be
-restarted any more is replaced, its items handed out again. Until the first worker answers
-(starting Ray and importing torch take seconds), the calling process runs items itself on
-``local_state`` when it has one. Results come back in item order,
+restarted any more is replaced, its items handed out again. Items are handed out one at a time
+from a queue, each to exactly one process: a feeder thread (`feeder`) gives the actors items from
+the front, the calling process takes its own from the back. Results come back in item order,
 whatever order the workers finish in, so a parallel run's output equals the sequential one's
 element by element. One tqdm bar counts units over all items and workers.
 
@@ -29,6 +37,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import threading
 import time
 from collections import deque
 from dataclasses import dataclass
@@ -36,10 +45,6 @@ from typing import Any, Callable, Sequence
 
 Tick = Callable[[int], None]
 WorkFn = Callable[[Any, Any, Tick], Any]
-
-IN_FLIGHT_PER_WORKER = 2  # one running, one queued: a worker never waits for the driver's next call
-POLL_S = 0.5  # how often the bar asks busy workers for their partial progress
-LOOPBACK_ONLY = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"  # "0": Ray binds 127.0.0.1, not the host's address
 
 
 def default_workers() -> int:
@@ -108,46 +113,6 @@ def runner_config(args: argparse.Namespace, progress: bool = True) -> RunnerConf
     return RunnerConfig(workers=workers, ray_address=address, progress=progress)
 
 
-_WORKER_CLASS = None
-
-
-def _worker_class():
-    """The Ray actor class, made on first use so that importing this module never imports Ray."""
-    global _WORKER_CLASS
-    if _WORKER_CLASS is None:
-        import ray
-
-        @ray.remote(concurrency_groups={"control": 1})
-        class Worker:
-            """Builds the state once; runs items one at a time; answers progress while busy."""
-
-            def __init__(self, setup: Callable, setup_args: tuple) -> None:
-                import torch
-
-                torch.set_num_threads(1)  # one core per worker: more threads only contend
-                self.state = setup(*setup_args)
-                self.ticks = (None, 0)  # (item index, units done) of the running item
-
-            def run(self, fn: WorkFn, index: int, item):
-                self.ticks = (index, 0)
-
-                def tick(n: int = 1) -> None:
-                    self.ticks = (index, self.ticks[1] + n)
-
-                return os.getpid(), fn(self.state, item, tick)
-
-            @ray.method(concurrency_group="control")
-            def progress(self):
-                return self.ticks
-
-            @ray.method(concurrency_group="control")
-            def where(self) -> tuple[int, str]:
-                return os.getpid(), ray.get_runtime_context().get_node_id()
-
-        _WORKER_CLASS = Worker
-    return _WORKER_CLASS
-
-
 class Runner:
     """Maps items through ``fn(state, item, tick)`` on the configured workers; see the module doc.
 
@@ -165,55 +130,59 @@ class Runner:
         self._local_state = local_state
         self._bar = None
         self.done_units = 0
-        self._ray = None
-        self._owns_ray = False
+        self._launch = None
         self._actors: list = []
         self.replaced = 0  # actors replaced after Ray gave up restarting them
         self.item_pids: list[int] = []  # per result of the last map: the worker process that made it
+        self.nodes_used: set[str] = set()  # the nodes whose processes ran items (this one: "local")
+        self.busy_s: dict[int, float] = {}  # per worker process: seconds spent in fn
+        self._results: list = []
+        self._lock = threading.RLock()  # results and the bar: this thread and the feeder's
         self.workers = 1
-        self._helping = True  # until a worker first answers, this process runs items too
+        self.driver_works = False  # this process is one of the workers for the whole run (else it runs
+        # items only until a worker first answers)
         self._t0 = time.monotonic()
-        self.startup_s: float | None = None  # from here to the first result of a worker (Ray only)
+        self.startup_s: float | None = None  # from here to the first result of an actor (Ray only)
         if self.config.uses_ray:
             self._start_ray()
 
     # ---- lifecycle ------------------------------------------------------------------------
     def _start_ray(self) -> None:
+        from kv_vla_ros.eval.ray_launch import RayLaunch
+
         cfg = self.config
-        if not cfg.ray_address and "ray" not in sys.modules:
-            # A private runtime talks to itself only: keep every Ray process on the loopback
-            # address (Ray reads this at import, and its processes inherit it).
-            os.environ.setdefault(LOOPBACK_ONLY, "0")
-        import ray
+        ray = sys.modules.get("ray")
+        own = not cfg.ray_address and not (ray is not None and ray.is_initialized())
+        actors = cfg.workers or (default_workers() if not cfg.ray_address else None)
+        if own and self._local_state is not None and actors > 1:
+            self.driver_works, actors = True, actors - 1
+        self.workers = (actors or 1) + self.driver_works  # with a cluster's CPUs: known once Ray is up
+        self._launch = RayLaunch(cfg, self.setup, self.setup_args, actors, own, local_cpus=actors or 1)
 
-        if ray.is_initialized():
-            pass  # the caller's runtime (e.g. a test cluster): use it, leave it running
-        elif cfg.ray_address:
-            ray.init(address=cfg.ray_address, log_to_driver=cfg.log_to_driver)
-            self._owns_ray = True
-        else:
-            ray.init(address="local", num_cpus=cfg.workers or default_workers(), include_dashboard=False,
-                     object_store_memory=cfg.object_store_mb * 1024 * 1024, log_to_driver=cfg.log_to_driver)
-            self._owns_ray = True
-        self._ray = ray
-        self.workers = cfg.workers or max(1, int(ray.cluster_resources().get("CPU", 1)))
-        self._actors = [self._new_actor() for _ in range(self.workers)]
+    @property
+    def timings(self) -> dict:
+        """Seconds from the runner's start: ``ray_init_s``, ``actors_ready_s`` (per actor: model
+        loaded), ``startup_s`` (first actor result); ``shutdown_s`` (after `close`); ``busy_s``:
+        per worker process (pid), the seconds it spent running items."""
+        out = dict(self._launch.timings) if self._launch else {}
+        return {**out, "startup_s": self.startup_s, "busy_s": {str(k): round(v, 3) for k, v in self.busy_s.items()}}
 
-    def _new_actor(self):
-        return _worker_class().options(num_cpus=1, max_restarts=self.config.retries,
-                                       max_task_retries=self.config.retries).remote(self.setup, self.setup_args)
+    def _ray_up(self, timeout: float | None = 0) -> bool:
+        """Whether the actors exist (taking them over from the launch the first time)."""
+        if self._launch is None or not self._launch.ready(timeout):
+            return False
+        if not self._actors and self._launch.actors:
+            self._actors = self._launch.actors
+            self.workers = len(self._actors) + self.driver_works
+        return True
 
     def close(self) -> None:
         if self._bar is not None:
             self._bar.close()
             self._bar = None
-        if self._ray is not None:
-            for actor in self._actors:
-                self._ray.kill(actor)
+        if self._launch is not None:
+            self._launch.shutdown()
             self._actors = []
-            if self._owns_ray:
-                self._ray.shutdown()
-            self._ray = None
 
     def __enter__(self) -> "Runner":
         return self
@@ -223,10 +192,13 @@ class Runner:
 
     def worker_locations(self) -> list[tuple[int, str]]:
         """``[(pid, node id)]`` of the workers, once each has built its state (in-process: this
-        process, node ``local``)."""
-        if self._ray is None:
+        process, node ``local``); this process first when it is one of the workers."""
+        if self._launch is None:
             return [(os.getpid(), "local")]
-        return self._ray.get([a.where.remote() for a in self._actors])
+        self._ray_up(None)
+        ray = self._launch.ray
+        here = [(os.getpid(), ray.get_runtime_context().get_node_id())] if self.driver_works else []
+        return here + ray.get([a.where.remote() for a in self._actors])
 
     # ---- progress -------------------------------------------------------------------------
     def _ensure_bar(self, units: int) -> None:
@@ -256,7 +228,7 @@ class Runner:
             on_result: Callable[[int, Any], None] | None = None) -> list:
         """``[fn(state, item, tick) for item in items]``, in item order. ``units[i]``: progress
         units of item ``i`` (default 1); ``on_result(i, result)`` runs in this process as each
-        result arrives. An exception raised by ``fn`` is raised here (no retry: it is a bug or a
+        result arrives (on the feeder's thread for an actor's result; never two at once). An exception raised by ``fn`` is raised here (no retry: it is a bug or a
         bad input, not a lost worker)."""
         items = list(items)
         units = [1] * len(items) if units is None else [int(u) for u in units]
@@ -264,107 +236,84 @@ class Runner:
             raise ValueError(f"units: {len(units)} values for {len(items)} items")
         self._ensure_bar(sum(units))
         self.item_pids = [0] * len(items)
-        if self._ray is None:
+        if self._launch is None:
             return self._map_local(fn, items, units, on_result)
         return self._map_ray(fn, items, units, on_result)
 
-    def _run_here(self, fn, i: int, item, units: list[int], results: list, on_result) -> None:
-        """Run item ``i`` in this process on the local state (the in-process path, and the driver
-        helping while the Ray workers start)."""
+    def _record(self, i: int, value, units: int, pid: int, node: str, took: float, on_result) -> None:
+        """Item ``i``'s result, from this thread or the feeder's (one at a time)."""
+        with self._lock:
+            self._results[i] = value
+            self.item_pids[i] = pid
+            self.busy_s[pid] = self.busy_s.get(pid, 0.0) + took
+            self.nodes_used.add(node)
+            self.done_units += units
+            if pid != os.getpid() and self.startup_s is None:
+                self.startup_s = time.monotonic() - self._t0
+            self._show()
+            if on_result:
+                on_result(i, value)
+
+    def _show_partial(self, partial: int) -> None:
+        with self._lock:
+            self._show(partial)
+
+    def _run_here(self, fn, i: int, item, units: list[int], on_result) -> None:
+        """Run item ``i`` in this process on the local state (the in-process path, and this process
+        as a worker on Ray)."""
         partial = [0]
 
         def tick(n: int = 1) -> None:
             partial[0] += n
-            self._show(min(partial[0], units[i]))
+            self._show_partial(min(partial[0], units[i]))
 
-        results[i] = fn(self._local_state, item, tick)
-        self.item_pids[i] = os.getpid()
-        self.done_units += units[i]
-        self._show()
-        if on_result:
-            on_result(i, results[i])
+        t0 = time.perf_counter()
+        value = fn(self._local_state, item, tick)
+        self._record(i, value, units[i], os.getpid(), "local", time.perf_counter() - t0, on_result)
 
     def _map_local(self, fn, items, units, on_result) -> list:
         if self._local_state is None:
             self._local_state = self.setup(*self.setup_args)
-        results: list = [None] * len(items)
+        self._results = [None] * len(items)
         for i, item in enumerate(items):
-            self._run_here(fn, i, item, units, results, on_result)
-        return results
-
-    def _help(self, fn, items, units, results, on_result, queue: deque, inflight: dict) -> bool:
-        """While no worker has answered yet (Ray and the workers' imports take seconds), run the
-        last queued item here, on the state this process already has, with one torch thread like
-        a worker. Returns False once the workers are up (then this process only schedules)."""
-        import torch
-
-        if self._local_state is None or not self._helping or not queue:
-            return False
-        if inflight and self._ray.wait(list(inflight), num_returns=1, timeout=0)[0]:
-            self._helping = False
-            return False
-        threads = torch.get_num_threads()
-        torch.set_num_threads(1)
-        try:
-            i = queue.pop()  # from the back: the workers take from the front
-            self._run_here(fn, i, items[i], units, results, on_result)
-        finally:
-            torch.set_num_threads(threads)
-        return True
+            self._run_here(fn, i, item, units, on_result)
+        return self._results
 
     def _map_ray(self, fn, items, units, on_result) -> list:
-        ray = self._ray
-        results: list = [None] * len(items)
+        """A `Feeder` thread keeps the actors busy; this thread runs items from the back of the
+        same queue (the whole run when it is one of the workers, else until an actor answers)."""
+        import torch
+
+        from kv_vla_ros.eval.feeder import POLL_S, Feeder
+
+        self._results = [None] * len(items)
         queue = deque(range(len(items)))
-        attempts = [0] * len(items)
-        inflight: dict = {}  # ObjectRef -> (actor slot, item index)
-        load = [0] * len(self._actors)
-        partial: dict[int, int] = {}
-        poll_ticks = any(u > 1 for u in units)
-        last_poll = 0.0
-
-        def submit() -> None:
-            for slot, actor in enumerate(self._actors):
-                while queue and load[slot] < IN_FLIGHT_PER_WORKER:
-                    i = queue.popleft()
-                    attempts[i] += 1
-                    inflight[actor.run.remote(fn, i, items[i])] = (slot, i)
-                    load[slot] += 1
-
-        submit()
-        while inflight or queue:
-            if self._help(fn, items, units, results, on_result, queue, inflight):
-                continue
-            ready, _ = ray.wait(list(inflight), num_returns=1, timeout=POLL_S)
-            for ref in ready:
-                slot, i = inflight.pop(ref)
-                load[slot] -= 1
-                partial.pop(i, None)
-                try:
-                    pid, value = ray.get(ref)
-                except ray.exceptions.RayActorError as exc:  # restarts used up (or its node is gone)
-                    if attempts[i] > self.config.retries:
-                        raise RuntimeError(f"item {i}: its worker died {attempts[i]} times; giving up ({exc})") \
-                            from None
-                    self._replace(slot)
-                    queue.appendleft(i)
-                    continue
-                except ray.exceptions.RayTaskError as exc:  # fn raised: raise the same error here
-                    cause = getattr(exc, "cause", None)
-                    raise (cause if isinstance(cause, Exception) else exc) from exc
-                if self.startup_s is None:
-                    self.startup_s = time.monotonic() - self._t0
-                results[i] = value
-                self.item_pids[i] = pid
-                self.done_units += units[i]
-                if on_result:
-                    on_result(i, value)
-            submit()
-            if poll_ticks and time.monotonic() - last_poll > POLL_S:
-                last_poll = time.monotonic()
-                partial.update(self._poll(inflight, units))
-            self._show(sum(partial.values()))
-        return results
+        feeder = Feeder(self, fn, items, units, queue, on_result).start()
+        threads = torch.get_num_threads()
+        torch.set_num_threads(1)  # like a worker
+        try:
+            while feeder.error is None:
+                if self._local_state is not None and (self.driver_works or self.startup_s is None):
+                    try:
+                        i = queue.pop()  # from the back: the actors take from the front
+                    except IndexError:
+                        i = None
+                    if i is not None:
+                        self._run_here(fn, i, items[i], units, on_result)
+                        continue
+                if feeder.done.wait(POLL_S):
+                    break
+        except BaseException:
+            feeder.stop()
+            raise
+        finally:
+            torch.set_num_threads(threads)
+        if feeder.error is not None:
+            raise feeder.error
+        if "local" in self.nodes_used and self._ray_up():  # this process's node, by its Ray id
+            self.nodes_used.discard("local")
+            self.nodes_used.add(self._launch.ray.get_runtime_context().get_node_id())
+        return self._results
 
     def _replace(self, slot: int) -> None:
         """Swap a dead actor for a new one (a bounded number of times over the run)."""
@@ -372,23 +321,10 @@ class Runner:
             raise RuntimeError(f"workers died {self.replaced + 1} times beyond Ray's restarts; giving up")
         self.replaced += 1
         try:
-            self._ray.kill(self._actors[slot])
+            self._launch.ray.kill(self._actors[slot])
         except Exception:  # already gone: nothing to release
             pass
-        self._actors[slot] = self._new_actor()
-
-    def _poll(self, inflight: dict, units: list[int]) -> dict[int, int]:
-        """Partial units of the items being run now, from the workers' ``progress`` calls."""
-        busy = {slot for slot, _ in inflight.values()}
-        refs = [self._actors[s].progress.remote() for s in busy]
-        out = {}
-        try:
-            for index, done in self._ray.get(refs, timeout=POLL_S):
-                if index is not None and any(i == index for _, i in inflight.values()):
-                    out[index] = min(done, units[index])
-        except Exception:  # a worker dying or restarting: its partial count is simply not shown
-            pass
-        return out
+        self._actors[slot] = self._launch.new_actor()
 
 
 __all__ = ["Runner", "RunnerConfig", "add_runner_arguments", "runner_config", "default_workers"]
