@@ -75,7 +75,8 @@ def test_live_budgets_are_under_the_shipped_models_histories():
 
 def test_a_short_soak_over_dds_stays_within_its_budgets(tmp_path):
     pytest.importorskip("rclpy")
-    args = _args(steps=600, change_every_s=1.0, reset_every_s=4.0, episode_s=3.0, out=str(tmp_path))
+    # episodes as long as the reset period: the history is over the budget for most of every episode
+    args = _args(steps=800, change_every_s=1.0, reset_every_s=4.0, episode_s=4.0, out=str(tmp_path))
     soak.run(args)  # exit status includes the flatness checks: timing, not asserted here
     result = json.loads((tmp_path / "results.json").read_text())
     checks = result["checks"]
@@ -83,5 +84,5 @@ def test_a_short_soak_over_dds_stays_within_its_budgets(tmp_path):
     assert checks["changes_accepted"], result["rejected_changes"]
     assert checks["no_exception"], (tmp_path / "kv_vla_node.log").read_text()[-3000:]
     last = result["samples"][-1]
-    assert last["control_steps"] >= 600 and last["episodes"] >= 3 and last["frames_rejected"] > 0
+    assert last["control_steps"] >= 800 and last["episodes"] >= 3 and last["frames_rejected"] > 0
     assert len(result["budget_figures"]["peak_held_per_budget"]) >= 2  # live budget changes were applied
