@@ -187,7 +187,7 @@ class ChunkedKVCache(Cache):
         try:
             self._score_and_evict()
         finally:
-            # the cache policy's own cost (scoring + eviction), summed until the caller resets it
+            # the cache policy's own cost (scoring + eviction), summed over the episode
             self.policy_ms += (time.perf_counter() - t0) * 1e3
 
     def _score_and_evict(self) -> None:

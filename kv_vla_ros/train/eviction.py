@@ -36,8 +36,7 @@ def eviction_horizon(scores: np.ndarray, held_chunks: int) -> np.ndarray:
     out = np.full(n, n, dtype=np.int64)
     for c in range(n):
         # Once `held_chunks` chunks scored higher than c are old, c is out of the top-k for good.
-        better = np.flatnonzero(scores > scores[c])
-        better = better[better != c]
+        better = np.flatnonzero(scores > scores[c])  # ascending ids; never c itself
         if held_chunks == 0:
             out[c] = c  # evicted as soon as it leaves the window
         elif better.size >= held_chunks:

@@ -69,10 +69,7 @@ def distill_loss(model, gate: ChunkGate, item: DistillItem, recent_chunks: int,
     log_scores = F.logsigmoid(logits[0])
     total = item.embeds.shape[1]
     mask = chunk_bias(log_scores, cfg.max_instruction_tokens, cfg.tokens_per_step, recent_chunks, total)
-    out = model.backbone(inputs_embeds=item.embeds, attention_mask=mask[None, None].to(item.embeds.dtype),
-                         use_cache=False)
-    pos = model.action_positions(item.teacher.shape[0]).to(item.embeds.device)
-    student = model.action_logits(out.logits[:, pos.flatten()]).unflatten(1, pos.shape)[0].float().log_softmax(-1)
+    student = model.forward_embeds(item.embeds, item.teacher.shape[0], mask[None, None])[0].float().log_softmax(-1)
     kl = F.kl_div(student, item.teacher, log_target=True, reduction="none").sum(-1).mean()
     n = item.features.shape[0]
     judged = log_scores[: max(0, n - recent_chunks)]  # chunks that ever leave the window

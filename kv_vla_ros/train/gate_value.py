@@ -17,8 +17,8 @@ that decides what stays.
 
 from __future__ import annotations
 
+import numpy as np
 import torch
-from torch.nn import functional as F
 
 from kv_vla_ros.train.eviction import eviction_mask
 
@@ -37,7 +37,7 @@ def keep_alone_value(model, episode, recent_chunks: int) -> torch.Tensor:
     frames = model.processor(episode.frames, model.device).unsqueeze(0)
     tokens = torch.as_tensor(model.action_tokenizer.encode(episode.actions)).unsqueeze(0).to(model.device)
     total = p + n * (f + a)
-    window = eviction_mask(p, f, a, n, total, torch.zeros(n).numpy(), 0, recent_chunks)  # [total, total]
+    window = eviction_mask(p, f, a, n, total, np.zeros(n), 0, recent_chunks)  # [total, total]
     pos = torch.arange(total)
     chunk_of = torch.where(pos >= p, (pos - p) // (f + a), -1)
     causal = pos.view(-1, 1) >= pos.view(1, -1)
@@ -45,12 +45,11 @@ def keep_alone_value(model, episode, recent_chunks: int) -> torch.Tensor:
     masks += [window | (causal & (chunk_of == c).view(1, -1)) for c in range(n)]
     allowed = torch.stack(masks).unsqueeze(1)  # [2 + n, 1, total, total]
     additive = torch.zeros(allowed.shape).masked_fill(~allowed, torch.finfo(torch.float32).min)
+    embeds = model.episode_embeds(prefix, frames, tokens)  # the vision encoder runs once
     logp = []
     for i in range(0, allowed.shape[0], 16):  # bounded memory on long episodes
         m = additive[i: i + 16]
-        b = m.shape[0]
-        logits = model(prefix.expand(b, -1), frames.expand(b, -1, -1, -1, -1), tokens.expand(b, -1, -1),
-                       attention_mask=m)
+        logits = model.forward_embeds(embeds.expand(m.shape[0], -1, -1), n, m)
         logp.append(logits.float().log_softmax(-1))
     logp = torch.cat(logp)  # [2 + n, steps, A, V]
     full, base, alone = logp[0], logp[1], logp[2:]

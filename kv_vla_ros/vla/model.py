@@ -176,7 +176,13 @@ class VLAModel(nn.Module):
         ``attention_mask``: an additive (B, 1, L, L) mask replacing the causal one (training
         under eviction, ``train.eviction``)."""
         embeds = self.episode_embeds(prefix_ids, frames, action_tokens)
-        pos = self.action_positions(frames.shape[1]).to(embeds.device)
+        return self.forward_embeds(embeds, frames.shape[1], attention_mask, return_hidden)
+
+    def forward_embeds(self, embeds: torch.Tensor, num_steps: int, attention_mask: torch.Tensor | None = None,
+                       return_hidden: bool = False):
+        """``forward`` on a stream already embedded (``episode_embeds``: (B, L, D)): callers that
+        replay one episode under many masks embed it (and run the vision encoder) once."""
+        pos = self.action_positions(num_steps).to(embeds.device)
         if attention_mask is not None:
             attention_mask = attention_mask.to(device=embeds.device, dtype=embeds.dtype)
         out = self.backbone(inputs_embeds=embeds, attention_mask=attention_mask, use_cache=False,
