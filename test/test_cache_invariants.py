@@ -205,9 +205,54 @@ def test_gate_is_causal_and_roundtrips(tmp_path):
         ChunkGate.load(str(tmp_path))
 
 
-def test_chunk_features_shape():
+def test_chunk_features_are_per_layer_means_of_k_then_v():
     states = [(torch.randn(1, 2, 16, 8), torch.randn(1, 2, 16, 8)) for _ in range(3)]
-    assert chunk_features(states).shape == (3 * 2 * 8,)
+    expected = torch.cat([t.mean(dim=(0, 1, 2)) for kv in states for t in kv])
+    torch.testing.assert_close(chunk_features(states), expected)
+    # layers with other head counts take the per-layer path: same layout
+    states[1] = (torch.randn(1, 4, 16, 8), torch.randn(1, 4, 16, 8))
+    expected = torch.cat([t.mean(dim=(0, 1, 2)) for kv in states for t in kv])
+    torch.testing.assert_close(chunk_features(states), expected)
+
+
+def test_gate_scorer_equals_the_modules_chunk_by_chunk():
+    gate = ChunkGate.untrained(in_dim=12, seed=3)
+    feats = torch.randn(10, 12)
+    with torch.no_grad():
+        expected, (h, c) = gate(feats[None])
+    scorer, state, parts = gate.scorer(), None, []
+    for lo, hi in [(0, 1), (1, 4), (4, 10)]:  # the state carries across calls
+        scores, state = scorer(feats[lo:hi], state)
+        parts.append(scores)
+    torch.testing.assert_close(torch.cat(parts), expected[0])
+    torch.testing.assert_close(state[0], h)
+    torch.testing.assert_close(state[1], c)
+    with torch.no_grad():  # it reads the gate's parameters, not a copy of them
+        gate.head.bias += 1.0
+    assert not torch.allclose(scorer(feats)[0], expected[0])
+
+
+@pytest.mark.parametrize("block", [16, 7])
+def test_chunk_states_equal_a_search_by_position(block):
+    model = tiny_model("llama", seed=12)
+    cfg = CacheConfig(policy="gated", chunk_size=16, recent_chunks=2, sink_tokens=8, budget_tokens=90,
+                      gate_threshold=0.0, summarize=True, summary_threshold=0.3)
+    cache = make_cache(cfg, model.config)
+    ids = torch.randint(0, 97, (1, 300), generator=torch.Generator().manual_seed(13))
+    checked = 0
+    with torch.no_grad():
+        for start in range(0, 300, block):
+            model(input_ids=ids[:, start : start + block], past_key_values=cache, use_cache=True)
+            pos = cache.held_positions()
+            held = {int(p - 8) // 16 for p in pos.tolist() if p >= 8}
+            for c in held:
+                got = cache.chunk_states(c)
+                sel = ((pos >= 8 + 16 * c) & (pos < 8 + 16 * (c + 1))).nonzero().flatten()
+                for layer_idx, (k, v) in zip(cache.chunked, got):
+                    layer = cache.layers[layer_idx]
+                    assert torch.equal(k, layer.keys[..., sel, :]) and torch.equal(v, layer.values[..., sel, :])
+                checked += 1
+    assert checked > 50 and cache.stats()["summary_chunks"]
 
 
 def test_gate_dimension_mismatch_is_rejected():

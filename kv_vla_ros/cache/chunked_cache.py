@@ -21,12 +21,17 @@ from .gate import ChunkGate, gate_input_dim
 from .layer import ChunkedLayer
 from .static_layer import StaticChunkedLayer
 from .policies import make_policy
+from .policies.base import ChunkPolicy
 
 KEPT, SUMMARY, DROPPED = 0, 1, 2
 
 # The layer whose `update` ran last on this thread: the `kv_vla_*` attention functions use it to
 # hand this step's attention back to the cache (the attention call follows `update` directly).
 ACTIVE = threading.local()
+
+
+def _long(values: list[int], device) -> torch.Tensor:
+    return torch.tensor(values, dtype=torch.long, device=device)
 
 
 def text_config(model_config):
@@ -122,12 +127,24 @@ class ChunkedKVCache(Cache):
     def _clear(self) -> None:
         # Per-step work must not grow with the episode: only the old chunks that some layer still
         # holds are tracked (``old_ids``); a chunk dropped everywhere is forgotten for good.
+        # Plain lists, not tensors: a handful of entries, read and written one by one on every
+        # control step, where a tensor op per element would cost more than the gate itself.
         self.policy_ms = 0.0  # time spent scoring and evicting (see `_after_step`)
         self.n_old = 0  # chunks that have left the recent window (each scored once): a count only
         self.old_ids: list[int] = []  # [n_tracked] ascending ids of old chunks held by some group
-        self.scores = torch.zeros(0)  # [n_tracked] utility per tracked chunk
-        self.states = torch.zeros(len(self._groups()), 0, dtype=torch.int8)  # [groups, n_tracked]
+        self._scores: list[float] = []  # [n_tracked] utility per tracked chunk
+        self._states: list[list[int]] = [[] for _ in self._groups()]  # [groups][n_tracked] KEPT/SUMMARY/DROPPED
         self.last_scores: dict[int, float] = {}
+
+    @property
+    def scores(self) -> torch.Tensor:
+        """``[n_tracked]`` float32 utility of each tracked old chunk (columns: ``old_ids``)."""
+        return torch.tensor(self._scores, dtype=torch.float32)
+
+    @property
+    def states(self) -> torch.Tensor:
+        """``[groups, n_tracked]`` int8 state (KEPT, SUMMARY, DROPPED) of each tracked old chunk."""
+        return torch.tensor(self._states, dtype=torch.int8).view(len(self._states), len(self.old_ids))
 
     def reset(self) -> None:
         """New episode: drop every token and the gate/policy state."""
@@ -196,39 +213,43 @@ class ChunkedKVCache(Cache):
         first_recent = max(0, n_total - cfg.recent_chunks)
         new_ids = list(range(self.n_old, first_recent))
         if new_ids:
-            new_scores = self.policy.score(new_ids).float()
-            self.last_scores = dict(zip(new_ids, new_scores.tolist()))
+            new_scores = self.policy.score(new_ids).float().tolist()
+            self.last_scores = dict(zip(new_ids, new_scores))
             self.old_ids += new_ids
-            self.scores = torch.cat([self.scores, new_scores])
-            pad = torch.full((self.states.shape[0], len(new_ids)), KEPT, dtype=torch.int8)
-            self.states = torch.cat([self.states, pad], dim=1)
+            self._scores += new_scores
+            for state in self._states:
+                state += [KEPT] * len(new_ids)
             self.n_old = first_recent
         self._evict()
 
-    def _evict(self) -> None:
-        """Apply the keep rule to every old chunk still held, in every layer."""
+    def _evict(self, force: bool = False) -> None:
+        """Apply the keep rule to every old chunk still held, in every layer. The layers' tensors
+        are touched only where some chunk's state changed (``force``: always, after a
+        reconfiguration)."""
         if not self.policy.evicts or not self.old_ids:
             return
         cfg, seen, sink = self.config, self.tokens_seen, self.sink
-        scores = self.policy.rescore(list(self.old_ids), self.scores)
+        scores = self._scores
+        if type(self.policy).rescore is not ChunkPolicy.rescore:  # dynamic scores (h2o)
+            scores = self.policy.rescore(list(self.old_ids), torch.tensor(scores, dtype=torch.float32)).float().tolist()
         recent_start = sink + self.n_old * cfg.chunk_size
         fixed = min(seen, sink) + max(0, seen - recent_start)  # prefix + recent window
         for g, group in enumerate(self._groups()):
             budget = cfg.layer_budgets[g] if cfg.layer_budgets is not None else cfg.budget_tokens
-            new_summaries = self._decide(g, scores, None if budget is None else budget - fixed)
-            for layer_idx in group:
-                self._apply(layer_idx, g, recent_start, new_summaries)
+            changed, new_summaries = self._decide(g, scores, None if budget is None else budget - fixed)
+            if changed or force:
+                self._apply(group, g, recent_start, new_summaries)
         self._forget_dropped()
 
     def _forget_dropped(self) -> None:
         """Stop tracking chunks that no layer holds any more (their tokens are gone for good)."""
-        alive = (self.states != DROPPED).any(dim=0)
-        if bool(alive.all()):
+        alive = [any(state[j] != DROPPED for state in self._states) for j in range(len(self.old_ids))]
+        if all(alive):
             return
-        gone = [c for c, a in zip(self.old_ids, alive.tolist()) if not a]
-        self.old_ids = [c for c, a in zip(self.old_ids, alive.tolist()) if a]
-        self.scores, self.states = self.scores[alive], self.states[:, alive]
-        self.policy.forget(gone)
+        self.policy.forget([c for c, a in zip(self.old_ids, alive) if not a])
+        self.old_ids = [c for c, a in zip(self.old_ids, alive) if a]
+        self._scores = [x for x, a in zip(self._scores, alive) if a]
+        self._states = [[x for x, a in zip(state, alive) if a] for state in self._states]
 
     def reconfigure(self, config: CacheConfig) -> None:
         """Change the policy, budgets, window or thresholds live, keeping the episode's history.
@@ -253,32 +274,32 @@ class ChunkedKVCache(Cache):
                 f"budget_tokens: the static cache has {slots} slots per layer, this budget needs "
                 f"{static_capacity(config)}; a larger budget needs a new cache"
             )
-        n_groups_old = self.states.shape[0]
+        n_groups_old = len(self._states)
         old_policy = self.config.policy
         self.config = config
         n_groups = len(self._groups())
         if n_groups != n_groups_old:
             # Shared -> per layer: every layer starts from the shared decision. Per layer ->
             # shared: a chunk counts as held if any layer still holds it (the best state).
-            self.states = (self.states.expand(n_groups, -1).clone() if n_groups_old == 1
-                           else self.states.min(dim=0, keepdim=True).values)
+            self._states = ([list(self._states[0]) for _ in range(n_groups)] if n_groups_old == 1
+                            else [[min(col) for col in zip(*self._states)] if self.old_ids else []])
         if config.policy != old_policy:
             if config.policy == "gated" and self.gate is None:
                 in_dim = gate_input_dim(len(self.chunked), self.head_dim)
                 self.gate = ChunkGate.untrained(in_dim, seed=config.seed)
             self.policy = make_policy(config.policy, self)
-            everywhere = (self.states == KEPT).all(dim=0)  # [n_tracked]
-            held_everywhere = [c for c, e in zip(self.old_ids, everywhere.tolist()) if e]
-            self.scores = torch.full((len(self.old_ids),), float("-inf"))
-            if held_everywhere:
-                self.scores[everywhere] = self.policy.score(held_everywhere).float()
-        self._evict()
+            everywhere = [all(state[j] == KEPT for state in self._states) for j in range(len(self.old_ids))]
+            held_everywhere = [c for c, e in zip(self.old_ids, everywhere) if e]
+            new_scores = iter(self.policy.score(held_everywhere).float().tolist() if held_everywhere else [])
+            self._scores = [next(new_scores) if e else float("-inf") for e in everywhere]
+        self._evict(force=True)
 
-    def _decide(self, g: int, scores: torch.Tensor, room: int | None) -> list[int]:
-        """Update ``states[g]`` (columns: ``old_ids``); return the chunk ids that just became
-        summaries (their K/V still held). O(tracked chunks), never O(history)."""
-        cfg, state, ids = self.config, self.states[g], self.old_ids
-        kept = (state == KEPT).nonzero().flatten().tolist()  # column indices
+    def _decide(self, g: int, scores: list[float], room: int | None) -> tuple[bool, list[int]]:
+        """Update ``_states[g]`` (columns: ``old_ids``); return whether any state changed and the
+        chunk ids that just became summaries (their K/V still held). O(tracked chunks), never
+        O(history)."""
+        cfg, state, ids = self.config, self._states[g], self.old_ids
+        kept = [j for j, st in enumerate(state) if st == KEPT]  # column indices
         evicted = []
         if self.policy.uses_threshold:
             evicted = [j for j in kept if scores[j] < cfg.gate_threshold]
@@ -286,36 +307,45 @@ class ChunkedKVCache(Cache):
         used = 0
         if room is not None:
             # Highest utility first; among equals, the newer chunk.
-            kept.sort(key=lambda j: (-float(scores[j]), -ids[j]))
-            fits = room // cfg.chunk_size
+            kept.sort(key=lambda j: (-scores[j], -ids[j]))
+            fits = max(0, room // cfg.chunk_size)
             evicted += kept[fits:]
             kept = kept[:fits]
             used = len(kept) * cfg.chunk_size
         for j in evicted:
             state[j] = SUMMARY if cfg.summarize and scores[j] >= cfg.summary_threshold else DROPPED
+        changed = bool(evicted)
         new_summaries = [j for j in evicted if state[j] == SUMMARY]
-        summaries = (state == SUMMARY).nonzero().flatten().tolist()
+        summaries = [j for j, st in enumerate(state) if st == SUMMARY]
         if room is not None and len(summaries) > room - used:
-            summaries.sort(key=lambda j: (-float(scores[j]), -ids[j]))
+            summaries.sort(key=lambda j: (-scores[j], -ids[j]))
             for j in summaries[max(0, room - used):]:
                 state[j] = DROPPED
+                changed = True
             new_summaries = [j for j in new_summaries if state[j] == SUMMARY]
-        return [ids[j] for j in new_summaries]
+        return changed, [ids[j] for j in new_summaries]
 
-    def _apply(self, layer_idx: int, g: int, recent_start: int, new_summaries: list[int]) -> None:
-        layer, cfg, sink = self.layers[layer_idx], self.config, self.sink
-        summary_kv = [self._summary(layer, c) for c in new_summaries]
-        pos = layer.positions
-        ids = torch.tensor(self.old_ids, dtype=torch.long)
-        state = self.states[g]
-        kept_ids, summary_ids = ids[state == KEPT].to(pos.device), ids[state == SUMMARY].to(pos.device)
-        keep = ((pos >= 0) & (pos < sink)) | (pos >= recent_start)
-        old = (pos >= sink) & (pos < recent_start)
-        keep |= old & torch.isin((pos - sink) // cfg.chunk_size, kept_ids)
-        keep |= (pos < 0) & torch.isin(-pos - 1, summary_ids)
-        layer.keep(keep.nonzero().flatten())
-        for c, (k, v) in zip(new_summaries, summary_kv):
-            layer.append_summary(c, k, v)
+    def _apply(self, group: list[int], g: int, recent_start: int, new_summaries: list[int]) -> None:
+        """Make the layers of group ``g`` hold what ``_states[g]`` says."""
+        cfg, sink, state = self.config, self.sink, self._states[g]
+        kept = [c for c, st in zip(self.old_ids, state) if st == KEPT]
+        summarized = [c for c, st in zip(self.old_ids, state) if st == SUMMARY]
+        pos_done = index = None
+        for layer_idx in group:
+            layer = self.layers[layer_idx]
+            summary_kv = [self._summary(layer, c) for c in new_summaries]
+            pos = layer.positions
+            # The layers of a group hold the same positions (one decision): one index for all.
+            if pos_done is None or pos.shape != pos_done.shape or not torch.equal(pos, pos_done):
+                keep = ((pos >= 0) & (pos < sink)) | (pos >= recent_start)
+                old = (pos >= sink) & (pos < recent_start)
+                keep |= old & torch.isin((pos - sink) // cfg.chunk_size, _long(kept, pos.device))
+                if summarized:
+                    keep |= (pos < 0) & torch.isin(-pos - 1, _long(summarized, pos.device))
+                pos_done, index = pos, keep.nonzero().flatten()
+            layer.keep(index)
+            for c, (k, v) in zip(new_summaries, summary_kv):
+                layer.append_summary(c, k, v)
 
     def _summary(self, layer: ChunkedLayer, chunk_id: int):
         """One token ``[b, h, 1, d]`` standing for a chunk: the mean of its keys and of its values.
@@ -330,6 +360,13 @@ class ChunkedKVCache(Cache):
 
     def _chunk_kv(self, layer: ChunkedLayer, chunk_id: int):
         start = self.sink + chunk_id * self.config.chunk_size
+        if isinstance(layer, ChunkedLayer):
+            # A chunk's tokens sit side by side in a dynamic layer; a chunk that just left the
+            # window is usually followed by newer tokens only: a view, found without a search.
+            n = min(self.config.chunk_size, layer.seen - start)
+            i = layer.held - (layer.seen - start)
+            if n > 0 and i >= 0 and layer.positions[i].item() == start and layer.positions[i + n - 1].item() == start + n - 1:
+                return layer.keys.narrow(-2, i, n), layer.values.narrow(-2, i, n)
         pos = layer.positions
         return layer.select(((pos >= start) & (pos < start + self.config.chunk_size)).nonzero().flatten())
 
@@ -357,7 +394,7 @@ class ChunkedKVCache(Cache):
     def stats(self) -> dict:
         """Tokens seen and held, bytes held, kept chunks (ids and absolute ranges), last gate scores."""
         cfg = self.config
-        kept = [c for c, st in zip(self.old_ids, self.states[0].tolist()) if st == KEPT]
+        kept = [c for c, st in zip(self.old_ids, self._states[0]) if st == KEPT]
         return {
             "policy": cfg.policy,
             "tokens_seen": self.tokens_seen,
@@ -367,7 +404,7 @@ class ChunkedKVCache(Cache):
             "chunks_scored": self.n_old,
             "kept_chunks": kept,
             "kept_ranges": [[self.sink + c * cfg.chunk_size, self.sink + (c + 1) * cfg.chunk_size] for c in kept],
-            "summary_chunks": [c for c, st in zip(self.old_ids, self.states[0].tolist()) if st == SUMMARY],
+            "summary_chunks": [c for c, st in zip(self.old_ids, self._states[0]) if st == SUMMARY],
             "last_gate_scores": dict(self.last_scores),
             "keep_ratio": self.tokens_held() / max(1, self.tokens_seen),
         }

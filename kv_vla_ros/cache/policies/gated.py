@@ -27,6 +27,7 @@ class GatedPolicy(ChunkPolicy):
             # backbone's dtype (a float32 copy; the gate is tiny).
             gate = copy.deepcopy(gate).float()
         self.gate = gate
+        self.scorer = gate.scorer()
         self.reset()
 
     def reset(self) -> None:
@@ -36,6 +37,6 @@ class GatedPolicy(ChunkPolicy):
     def score(self, chunk_ids: list[int]) -> torch.Tensor:
         param = next(self.gate.parameters())
         feats = torch.stack([chunk_features(self.cache.chunk_states(c)) for c in chunk_ids])
-        feats = feats.to(device=param.device, dtype=param.dtype).unsqueeze(0)  # [1, n, in_dim]
-        scores, self.state = self.gate(feats, self.state)
-        return scores[0].float().cpu()
+        feats = feats.to(device=param.device, dtype=param.dtype)  # [n, in_dim]
+        scores, self.state = self.scorer(feats, self.state)
+        return scores.float().cpu()
