@@ -100,15 +100,18 @@ def test_session_reports_the_cache_policys_own_time_within_the_step():
     model = tiny_model()
     c = model.config
     frames = np.random.default_rng(1).integers(0, 256, (6, 24, 24, 3), dtype=np.uint8)
-    for policy, budget in (("random", c.max_instruction_tokens + 2 * c.tokens_per_step), ("full", None)):
+    for policy, budget in (("gated", c.max_instruction_tokens + 2 * c.tokens_per_step), ("full", None)):
         cfg = CacheConfig(policy=policy, chunk_size=c.tokens_per_step, sink_tokens=c.max_instruction_tokens,
-                          recent_chunks=1, budget_tokens=budget)
+                          recent_chunks=1, budget_tokens=budget, gate_threshold=0.0)
         session = VLASession(model, cache_config=cfg)
         session.reset("go to the red ball")
-        shares = []
+        shares, scoring = [], []
         for f in frames:
             session.step(f)
             lat = session.stats()["latency_ms"]
-            assert 0.0 <= lat["cache_policy"] <= lat["total"]
+            assert 0.0 <= lat["cache_scoring"] <= lat["cache_policy"] <= lat["total"]
             shares.append(lat["cache_policy"])
+            scoring.append(lat["cache_scoring"])
         assert sum(shares) > 0  # scoring and eviction (bookkeeping only for `full`) are timed
+        # the gate scores one chunk per step once the first has left the window
+        assert (sum(x > 0 for x in scoring) >= len(frames) - 2) if policy == "gated" else True

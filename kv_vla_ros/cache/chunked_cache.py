@@ -130,6 +130,7 @@ class ChunkedKVCache(Cache):
         # Plain lists, not tensors: a handful of entries, read and written one by one on every
         # control step, where a tensor op per element would cost more than the gate itself.
         self.policy_ms = 0.0  # time spent scoring and evicting (see `_after_step`)
+        self.score_ms = 0.0  # the scoring part of it (the gate, for `gated`)
         self.n_old = 0  # chunks that have left the recent window (each scored once): a count only
         self.old_ids: list[int] = []  # [n_tracked] ascending ids of old chunks held by some group
         self._scores: list[float] = []  # [n_tracked] utility per tracked chunk
@@ -213,7 +214,9 @@ class ChunkedKVCache(Cache):
         first_recent = max(0, n_total - cfg.recent_chunks)
         new_ids = list(range(self.n_old, first_recent))
         if new_ids:
+            t0 = time.perf_counter()
             new_scores = self.policy.score(new_ids).float().tolist()
+            self.score_ms += (time.perf_counter() - t0) * 1e3
             self.last_scores = dict(zip(new_ids, new_scores))
             self.old_ids += new_ids
             self._scores += new_scores

@@ -19,6 +19,7 @@ COLUMNS = [
     ("latency_p50_ms", "step p50 ms", "{:.1f}"),
     ("latency_p99_ms", "step p99 ms", "{:.1f}"),
     ("cache_policy_share", "cache policy share", "{:.1%}"),
+    ("cache_scoring_share", "of it scoring", "{:.1%}"),
 ]
 
 

@@ -145,12 +145,13 @@ class VLASession:
         """
         if self._cache is None:
             raise RuntimeError("VLASession.step: call reset(instruction) first")
-        policy_ms = self._cache.policy_ms
+        policy_ms, score_ms = self._cache.policy_ms, self._cache.score_ms
         actions, timings = self.policy.step(self._cache, self._episode, images, state, **kwargs)
         self._episode.steps += 1
         self.steps += 1
         # the part of the step spent choosing what to keep (gate scores + eviction), within forward
-        self.latency_ms = {**timings, "cache_policy": self._cache.policy_ms - policy_ms}
+        self.latency_ms = {**timings, "cache_policy": self._cache.policy_ms - policy_ms,
+                           "cache_scoring": self._cache.score_ms - score_ms}
         return actions
 
     def step(self, image, state: np.ndarray | None = None, **kwargs) -> np.ndarray:
