@@ -34,7 +34,8 @@ bench: $(STAMP)
 # CPU cores): writes runs/kv-vla-minigrid (the model) and runs/eval-default (results.md/.png/.json).
 model: $(STAMP)
 	$(VENV)/bin/kv-vla train --out runs/kv-vla-minigrid --minutes 55
-	$(VENV)/bin/kv-vla train-gate --model runs/kv-vla-minigrid --episodes 40 --epochs 30 --target value
+	$(VENV)/bin/kv-vla train-gate --model runs/kv-vla-minigrid --episodes 40 --epochs 30 --target value \
+	    --tasks MiniGrid-MemoryS13Random MiniGrid-MemoryS17Random MiniGrid-MemoryS37 BabyAI-GoToLocal
 	$(VENV)/bin/kv-vla eval --model runs/kv-vla-minigrid --tasks MiniGrid-MemoryS13Random MiniGrid-MemoryS17Random \
 	    MiniGrid-MemoryS37 BabyAI-GoToLocal --episodes 200 --policy full --policy window:budget_frac=0.25 \
 	    --out runs/eval-default
