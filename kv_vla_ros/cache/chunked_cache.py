@@ -347,7 +347,7 @@ class ChunkedKVCache(Cache):
             # window is usually followed by newer tokens only: a view, found without a search.
             n = min(self.config.chunk_size, layer.seen - start)
             i = layer.held - (layer.seen - start)
-            if n > 0 and i >= 0 and layer.positions[i].item() == start and layer.positions[i + n - 1].item() == start + n - 1:
+            if n > 0 and i >= 0 and layer.positions[i:i + n].tolist() == list(range(start, start + n)):
                 return layer.keys.narrow(-2, i, n), layer.values.narrow(-2, i, n)
         pos = layer.positions
         return layer.select(((pos >= start) & (pos < start + self.config.chunk_size)).nonzero().flatten())

@@ -172,14 +172,15 @@ class GateScorer:
             h = c = features.new_zeros(self.hidden)
         else:
             h, c = state[0].reshape(-1), state[1].reshape(-1)
+        n = self.hidden
         logits = []
-        for feat in features:
-            x = F.layer_norm(feat, *self.ln)
+        for t in range(features.shape[0]):
+            x = F.layer_norm(features[t], *self.ln)
             x = torch.addmv(b2, w2, F.gelu(torch.addmv(b1, w1, x)))  # [hidden]
-            gates = torch.addmv(b_ih, w_ih, x) + torch.addmv(b_hh, w_hh, h)
-            i, f, g, o = gates.chunk(4)  # nn.LSTM's gate order: input, forget, cell, output
-            c = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)
-            h = torch.sigmoid(o) * torch.tanh(c)
+            gates = torch.addmv(b_ih, w_ih, x) + torch.addmv(b_hh, w_hh, h)  # [4 hidden]
+            act = torch.sigmoid(gates)  # nn.LSTM's gate order: input, forget, cell (tanh), output
+            c = act[n:2 * n] * c + act[:n] * torch.tanh(gates[2 * n:3 * n])
+            h = act[3 * n:] * torch.tanh(c)
             logits.append(torch.dot(head_w, h))
-        scores = torch.sigmoid(torch.stack(logits) + head_b)
-        return scores, (h.view(1, 1, -1), c.view(1, 1, -1))
+        logits = logits[0].unsqueeze(0) if len(logits) == 1 else torch.stack(logits)
+        return torch.sigmoid(logits + head_b), (h.view(1, 1, -1), c.view(1, 1, -1))

@@ -36,7 +36,8 @@ class GatedPolicy(ChunkPolicy):
     @torch.no_grad()
     def score(self, chunk_ids: list[int]) -> torch.Tensor:
         param = next(self.gate.parameters())
-        feats = torch.stack([chunk_features(self.cache.chunk_states(c)) for c in chunk_ids])
+        feats = [chunk_features(self.cache.chunk_states(c)) for c in chunk_ids]
+        feats = feats[0].unsqueeze(0) if len(feats) == 1 else torch.stack(feats)
         feats = feats.to(device=param.device, dtype=param.dtype)  # [n, in_dim]
         scores, self.state = self.scorer(feats, self.state)
         return scores.float().cpu()
