@@ -217,19 +217,25 @@ def test_chunk_features_are_per_layer_means_of_k_then_v():
 
 def test_gate_scorer_equals_the_modules_chunk_by_chunk():
     gate = ChunkGate.untrained(in_dim=12, seed=3)
+    with torch.no_grad():  # a LayerNorm affine and biases that are not the identity / zero
+        for p in gate.parameters():
+            p.add_(0.1 * torch.randn_like(p))
     feats = torch.randn(10, 12)
     with torch.no_grad():
         expected, (h, c) = gate(feats[None])
     scorer, state, parts = gate.scorer(), None, []
     for lo, hi in [(0, 1), (1, 4), (4, 10)]:  # the state carries across calls
         scores, state = scorer(feats[lo:hi], state)
+        assert scores.shape == (hi - lo,) and not scores.requires_grad
         parts.append(scores)
     torch.testing.assert_close(torch.cat(parts), expected[0])
-    torch.testing.assert_close(state[0], h)
-    torch.testing.assert_close(state[1], c)
-    with torch.no_grad():  # it reads the gate's parameters, not a copy of them
+    torch.testing.assert_close(state[0], h[0])
+    torch.testing.assert_close(state[1], c[0])
+    with torch.no_grad():  # a snapshot: a changed gate needs a new scorer
         gate.head.bias += 1.0
-    assert not torch.allclose(scorer(feats)[0], expected[0])
+        expected = gate(feats[None])[0][0]
+    assert not torch.allclose(scorer(feats)[0], expected)
+    torch.testing.assert_close(gate.scorer()(feats)[0], expected)
 
 
 @pytest.mark.parametrize("block", [16, 7])

@@ -77,6 +77,7 @@ class ChunkedKVCache(Cache):
         self.gate = gate
         # With the kv_vla_* attention the real attention of each step is reported to the policy.
         self.attention_hooked = self.attn_implementation.startswith("kv_vla_")
+        self._all_dynamic = all(type(self.layers[i]) is ChunkedLayer for i in self.chunked)  # not static
         self.policy = make_policy(config.policy, self)
         self.external_step = False  # a forward prepared by `begin_step` (compiled decode) is under way
         self._clear()
@@ -340,21 +341,36 @@ class ChunkedKVCache(Cache):
         return (k.mean(dim=-2, keepdim=True, dtype=torch.float32).to(k.dtype),
                 v.mean(dim=-2, keepdim=True, dtype=torch.float32).to(v.dtype))
 
-    def _chunk_kv(self, layer: ChunkedLayer, chunk_id: int):
+    def _chunk_span(self, layer: ChunkedLayer, chunk_id: int) -> tuple[int, int] | None:
+        """``(index, tokens)`` of a chunk lying side by side in a dynamic layer, found without a
+        search (a chunk that just left the window is usually followed by newer tokens only), or
+        ``None``: search by position."""
         start = self.sink + chunk_id * self.config.chunk_size
+        n = min(self.config.chunk_size, layer.seen - start)
+        i = layer.held - (layer.seen - start)
+        if n > 0 and i >= 0 and layer.positions[i:i + n].tolist() == list(range(start, start + n)):
+            return i, n
+        return None
+
+    def _chunk_kv(self, layer: ChunkedLayer, chunk_id: int):
         if isinstance(layer, ChunkedLayer):
-            # A chunk's tokens sit side by side in a dynamic layer; a chunk that just left the
-            # window is usually followed by newer tokens only: a view, found without a search.
-            n = min(self.config.chunk_size, layer.seen - start)
-            i = layer.held - (layer.seen - start)
-            if n > 0 and i >= 0 and layer.positions[i:i + n].tolist() == list(range(start, start + n)):
-                return layer.keys.narrow(-2, i, n), layer.values.narrow(-2, i, n)
+            span = self._chunk_span(layer, chunk_id)
+            if span is not None:
+                return layer.keys.narrow(-2, *span), layer.values.narrow(-2, *span)
+        start = self.sink + chunk_id * self.config.chunk_size
         pos = layer.positions
         return layer.select(((pos >= start) & (pos < start + self.config.chunk_size)).nonzero().flatten())
 
     def chunk_states(self, chunk_id: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
         """Per attention layer ``(keys, values)`` ``[b, h, tokens, d]`` of a chunk that is held."""
-        return [self._chunk_kv(self.layers[i], chunk_id) for i in self.chunked]
+        layers = [self.layers[i] for i in self.chunked]
+        if self.config.layer_budgets is None and self._all_dynamic:
+            # One keep decision for all layers (same appends, same evictions, same summaries):
+            # their positions agree, so one look finds the chunk in every layer.
+            span = self._chunk_span(layers[0], chunk_id)
+            if span is not None:
+                return [(layer.keys.narrow(-2, *span), layer.values.narrow(-2, *span)) for layer in layers]
+        return [self._chunk_kv(layer, chunk_id) for layer in layers]
 
     # ----------------------------------------------------------------- reporting
     def held_positions(self, layer_idx: int | None = None) -> torch.Tensor:

@@ -118,7 +118,7 @@ def train_gate_distill(model, items: list[DistillItem], recent_chunks: int, in_d
                     loss, _, _ = distill_loss(model, gate, item, recent_chunks, budget_weight)
                     loss.backward()
                     opt.step()
-                    total += float(loss)
+                    total += loss.item()
                 gate.eval()
                 v = evaluate(val)
                 log["train_loss"].append(total / len(train))

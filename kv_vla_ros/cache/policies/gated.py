@@ -28,16 +28,20 @@ class GatedPolicy(ChunkPolicy):
             gate = copy.deepcopy(gate).float()
         self.gate = gate
         self.scorer = gate.scorer()
+        self._param = next(gate.parameters())  # its device and dtype, read on every call
         self.reset()
 
     def reset(self) -> None:
         self.state = None
 
-    @torch.no_grad()
     def score(self, chunk_ids: list[int]) -> torch.Tensor:
-        param = next(self.gate.parameters())
+        if torch.is_grad_enabled():  # the control loop runs under inference mode: no extra op there
+            with torch.no_grad():
+                return self.score(chunk_ids)
+        param = self._param
         feats = [chunk_features(self.cache.chunk_states(c)) for c in chunk_ids]
         feats = feats[0].unsqueeze(0) if len(feats) == 1 else torch.stack(feats)
-        feats = feats.to(device=param.device, dtype=param.dtype)  # [n, in_dim]
+        if feats.device != param.device or feats.dtype != param.dtype:
+            feats = feats.to(device=param.device, dtype=param.dtype)  # [n, in_dim]
         scores, self.state = self.scorer(feats, self.state)
-        return scores.float().cpu()
+        return scores if scores.device.type == "cpu" else scores.cpu()
