@@ -41,9 +41,11 @@ model: $(STAMP)
 	    --out runs/eval-default
 
 # The gate's results: every cache policy at a quarter and an eighth of the history, closed loop,
-# 200 seeds per task (table, success-vs-budget plot, gate-score plot under runs/gate_report).
+# 200 seeds per task (table, success-vs-budget plot, gate-score plot under runs/gate_report; the
+# README's shorter table in runs/gate_report/readme_table.md).
 gate-report: $(STAMP)
 	$(VENV)/bin/kv-vla gate-report --out runs/gate_report
+	$(PY) scripts/gate_report_table.py runs/gate_report/results.json > runs/gate_report/readme_table.md
 
 # The recipe's ablation (issue #10): auxiliary loss on/off x 4 vs 49 tokens per frame, 14 min of
 # training each, full-cache closed loop on S13Random and S37 (about 65 min on 2 CPU cores):
