@@ -56,6 +56,21 @@ def test_watchdog_stops_after_timeout_without_frames_or_actions():
     assert cmd.is_stop and cmd.state == "stale" and "no fresh action" in cmd.reason
 
 
+def test_a_chunk_inferred_for_an_ended_episode_is_never_published():
+    loop = running_loop()
+    loop.episode_started(0.0, episode=1)
+    assert loop.action_ready(np.full((4, 2), 0.3), None, 0.05, episode=1) == ""
+    assert loop.tick(0.06).action.tolist() == pytest.approx([0.3, 0.3])
+    loop.episode_started(0.1, episode=2)  # a new instruction: the queued rest of the chunk goes
+    assert loop.tick(0.11).is_stop
+    # the inference under way when it arrived ends now, with the old instruction's chunk
+    assert loop.action_ready(np.full((4, 2), 0.7), None, 0.12, episode=1) == ""
+    cmd = loop.tick(0.13)
+    assert cmd.is_stop and cmd.state == "waiting" and loop.stale_chunks == 1 and loop.rejected_actions == 0
+    assert loop.action_ready(np.full((4, 2), -0.2), None, 0.2, episode=2) == ""  # the new episode's
+    assert loop.tick(0.21).action.tolist() == pytest.approx([-0.2, -0.2]) and loop.stale_chunks == 1
+
+
 def test_chunks_execute_one_action_per_tick_and_refill_after_actions_per_inference():
     loop = ControlLoop(False, 0, 2, stale_timeout_s=0.5, action_min=[-1.0], action_max=[1.0],
                        inputs=["cam_high", "cam_wrist", "joint_states"], actions_per_inference=3)
@@ -225,27 +240,33 @@ def test_inference_worker_takes_the_newest_frame_and_counts_drops():
 
     session, actions, errors = _SlowSession(), [], []
     worker = InferenceWorker(session, lambda f: np.full((2, 2, 3), f, np.uint8),
-                             lambda a, stamp, now: actions.append(stamp), lambda kind, msg: errors.append(kind))
+                             lambda a, stamp, now, episode: actions.append((stamp, episode)),
+                             lambda kind, msg: errors.append(kind))
     worker.start()
     try:
         worker.submit(1, "before any episode")
         time.sleep(0.05)
         assert worker.frames_without_episode == 1 and not actions
-        worker.start_episode("go")
+        first = worker.start_episode("go")
         for k in range(2, 8):  # 6 frames in a burst while the first one is being inferred
             worker.submit(k, k)
             time.sleep(0.005)
         time.sleep(0.3)
         steps = [c[1] for c in session.calls if c[0] == "step"]
         assert steps[0] == 2 and steps[-1] == 7 and len(steps) == 2  # the first, then only the newest
-        assert worker.frames_dropped == 4 and actions == [2, 7]
+        assert worker.frames_dropped == 4 and actions == [(2, first), (7, first)]
         worker.submit("not a number", 8)  # to_rgb raises: a bad frame, counted, worker alive
         time.sleep(0.05)
         assert errors == ["frame"] and worker.frames_rejected == 1
         worker.submit(9, 9)
-        worker.start_episode("again")  # frames of the old episode not yet taken are dropped
+        second = worker.start_episode("again")  # frames of the old episode not yet taken are dropped
         time.sleep(0.2)
-        assert session.calls[-1] == ("reset", "again") and worker.episodes == 2
+        assert session.calls[-1] == ("reset", "again") and worker.episodes == 2 and second != first
+        worker.submit(10, 10)
+        time.sleep(0.02)  # its step is under way (50 ms) when the next episode starts
+        third = worker.start_episode("once more")
+        assert _wait(lambda: session.calls[-1] == ("reset", "once more"))
+        assert actions[-1] == (10, second) and third != second  # reported as the episode it belongs to
     finally:
         worker.stop()
 
@@ -260,7 +281,7 @@ def test_inference_worker_steps_on_every_camera_and_the_state_only_when_ready():
     session, chunks = _SlowSession(), []
     ready = {"value": False}
     worker = InferenceWorker(session, lambda f: np.full((2, 2, 3), f, np.uint8),
-                             lambda a, stamp, now: chunks.append(stamp), lambda kind, msg: None,
+                             lambda a, stamp, now, episode: chunks.append(stamp), lambda kind, msg: None,
                              num_cameras=2, ready=lambda: ready["value"])
     worker.start()
     try:

@@ -137,6 +137,8 @@ class ControlLoop:
         self._last_action: float | None = None
         self._error = ""
         self.rejected_actions = 0  # chunks with a non-finite or out-of-range action, never published
+        self.stale_chunks = 0  # chunks inferred for an episode that has ended since, never published
+        self._episode: int | None = None
 
     def set_limits(self, action_min, action_max) -> None:
         lo = broadcast_limits("action.min", action_min, self.action_dim)
@@ -153,9 +155,11 @@ class ControlLoop:
         self.queue.set_actions_per_inference(n)
 
     # ---- events -----------------------------------------------------------------------------
-    def episode_started(self, now: float) -> None:
-        """A new episode: drop the queue and the held action; the first inference gets a full timeout."""
+    def episode_started(self, now: float, episode: int | None = None) -> None:
+        """A new episode: drop the queue and the held action; the first inference gets a full timeout.
+        ``episode``: its id; chunks reported for another one (`action_ready`) are dropped."""
         with self._lock:
+            self._episode = episode
             self._drop_actions()
             self._error = ""
             self._last_action = now
@@ -192,9 +196,13 @@ class ControlLoop:
         """True when the current chunk's executed actions are used up (or none came yet)."""
         return self.queue.needs_inference
 
-    def action_ready(self, chunk, source_stamp: tuple[int, int] | None, now: float) -> str:
+    def action_ready(self, chunk, source_stamp: tuple[int, int] | None, now: float, episode: int | None = None) -> str:
         """Queue a fresh chunk ``(n, action_dim)`` (or one action ``(action_dim,)``); returns "" when
-        accepted, else why it was rejected (then nothing of it is published: stop)."""
+        accepted, else why it was rejected (then nothing of it is published: stop).
+
+        ``episode``: the id of the episode the chunk was inferred for. An inference that was under
+        way when a new episode started ends after it: its chunk (the old instruction's) is dropped
+        silently, counted in ``stale_chunks``, and the loop keeps waiting for the new episode's."""
         arr = np.asarray(chunk, dtype=np.float64)
         arr = arr.reshape(1, -1) if arr.ndim <= 1 else arr.reshape(arr.shape[0], -1)
         reason = ""
@@ -207,6 +215,9 @@ class ControlLoop:
                                 or np.any(arr[:, 0] >= self.num_actions)):
             reason = f"action: {arr[:, 0].tolist()} are not all action ids in [0, {self.num_actions})"
         with self._lock:
+            if episode is not None and self._episode is not None and episode != self._episode:
+                self.stale_chunks += 1
+                return ""
             self._last_action = now
             if reason:  # never hold (or publish) any action of a bad chunk: stop until the next good one
                 self.rejected_actions += 1

@@ -146,7 +146,13 @@ def run(args: argparse.Namespace) -> int:
             if policy.poll() is not None:
                 failure = f"kv_vla_node exited with code {policy.returncode}"
             elif sim.poll() is not None and len(mon.results) < args.episodes:
-                failure = f"minigrid_sim_node exited with code {sim.returncode}"
+                # Its last results may still wait in this node's queue: take them before judging.
+                drain_end = time.monotonic() + 2.0
+                while len(mon.results) < args.episodes and time.monotonic() < drain_end:
+                    rclpy.spin_once(node, timeout_sec=0.1)
+                if len(mon.results) < args.episodes:
+                    failure = (f"minigrid_sim_node exited with code {sim.returncode}; {len(mon.results)} of "
+                               f"{args.episodes} episode results reached the demo")
             elif time.monotonic() - t0 > args.timeout:
                 failure = f"timed out after {args.timeout:.0f} s"
             if failure:

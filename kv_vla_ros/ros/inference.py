@@ -26,7 +26,8 @@ class InferenceWorker:
     Args:
         session: a ``VLASession`` (or anything with ``reset``, ``step_chunk``, ``stats``).
         to_rgb: frame object -> uint8 (H, W, 3); its exceptions count as bad frames.
-        on_chunk: ``(actions (n, action_dim), source_stamp, now)`` after each step.
+        on_chunk: ``(actions (n, action_dim), source_stamp, now, episode)`` after each step;
+            ``episode`` is the id `start_episode` returned for the episode the step belongs to.
         on_error: ``(kind, message)`` with kind ``frame`` (bad image) or ``inference``.
         clock: monotonic seconds (shared with the control loop).
         num_cameras: frames per step (one slot each).
@@ -35,7 +36,7 @@ class InferenceWorker:
     """
 
     def __init__(self, session, to_rgb: Callable[[Any], np.ndarray],
-                 on_chunk: Callable[[np.ndarray, Any, float], None], on_error: Callable[[str, str], None],
+                 on_chunk: Callable[[np.ndarray, Any, float, int], None], on_error: Callable[[str, str], None],
                  clock: Callable[[], float] = time.monotonic, num_cameras: int = 1,
                  ready: Callable[[], bool] | None = None):
         self.session = session
@@ -47,6 +48,7 @@ class InferenceWorker:
         self._fresh = False  # the first camera's frame was not used by an inference yet
         self._state: np.ndarray | None = None
         self._instruction: str | None = None  # pending episode start
+        self._episode = 0  # id of the newest episode started (`start_episode`)
         self._stop = False
         self.episode_instruction: str | None = None
         self.episodes = 0
@@ -96,15 +98,17 @@ class InferenceWorker:
         with self._cond:
             self._cond.notify()
 
-    def start_episode(self, instruction: str) -> None:
+    def start_episode(self, instruction: str) -> int:
         """New episode with ``instruction``; a first-camera frame not yet taken belongs to the old
-        one: dropped."""
+        one: dropped. Returns the episode's id (passed with its chunks to ``on_chunk``)."""
         with self._cond:
             if self._fresh:
                 self.frames_dropped += 1
             self._fresh = False
             self._instruction = instruction
+            self._episode += 1
             self._cond.notify()
+            return self._episode
 
     def call(self, fn: Callable[[Any], Any]) -> Any:
         """Run ``fn(session)`` between two steps (live reconfiguration). The stats snapshot is taken
@@ -137,14 +141,14 @@ class InferenceWorker:
                 if self._stop:
                     return
                 instruction, self._instruction = self._instruction, None
-                inputs = None
+                episode, inputs = self._episode, None
                 if instruction is None:
                     inputs, state = list(self._frames), self._state
                     self._fresh = False
             if instruction is not None:
                 self._reset(instruction)
             else:
-                self._step(inputs, state)
+                self._step(inputs, state, episode)
 
     def _reset(self, instruction: str) -> None:
         try:
@@ -158,7 +162,7 @@ class InferenceWorker:
             self.inference_errors += 1
             self._on_error("inference", f"reset({instruction!r}) failed: {type(exc).__name__}: {exc}")
 
-    def _step(self, inputs: list[tuple[Any, Any]], state: np.ndarray | None) -> None:
+    def _step(self, inputs: list[tuple[Any, Any]], state: np.ndarray | None, episode: int) -> None:
         try:
             images = [self._to_rgb(frame) for frame, _ in inputs]
         except Exception as exc:  # ImageConversionError and anything a broken message throws
@@ -176,7 +180,7 @@ class InferenceWorker:
             return
         self.latency_ms.add((time.perf_counter() - t0) * 1e3)
         self.inferences += 1
-        self._on_chunk(np.asarray(chunk), inputs[0][1], self._clock())
+        self._on_chunk(np.asarray(chunk), inputs[0][1], self._clock(), episode)
 
 
 __all__ = ["InferenceWorker"]

@@ -219,18 +219,20 @@ class KVVLANode(Node):
         return response
 
     def _start_episode(self, instruction: str) -> None:
-        self.loop.episode_started(self._now())
         with self._stamp_lock:
             # The worker drops the frame it has not taken (it belongs to the old episode); a
             # waiting camera (the simulator) re-sends that view with the same stamp, which the
             # repeat filter would then ignore for ever: forget the stamp so it counts as new.
-            self.worker.start_episode(instruction)
+            episode = self.worker.start_episode(instruction)
             self._last_stamps = [None] * len(self.image_topics)
+        # After the worker's id moved on: a chunk of the old episode that an inference under way
+        # reports from now on is dropped, and one reported before is in the queue dropped here.
+        self.loop.episode_started(self._now(), episode)
         self.get_logger().info(f"new episode: {instruction!r}")
 
     # ---- worker callbacks (inference thread) ------------------------------------------------
-    def _on_chunk(self, chunk, source_stamp, now: float) -> None:
-        reason = self.loop.action_ready(chunk, source_stamp, now)
+    def _on_chunk(self, chunk, source_stamp, now: float, episode: int) -> None:
+        reason = self.loop.action_ready(chunk, source_stamp, now, episode)
         if reason:
             self.get_logger().error(f"{reason}: publishing stop instead", throttle_duration_sec=2.0)
 
@@ -281,6 +283,7 @@ class KVVLANode(Node):
             cmd.state if cmd else "waiting", cmd.reason if cmd else "starting", self.worker, self.control_rate_hz,
             self.tick_interval_ms, self._ticks, self.session.cache_config,
             {"frames_repeated": self.frames_repeated, "rejected_actions": self.loop.rejected_actions,
+             "stale_chunks": self.loop.stale_chunks,
              "enabled": self.loop.enabled, "cache_config_pending": pending_json(self.session),
              **input_values(self.loop, self._now(), self.states_received, self.states_rejected)})
         status = DiagnosticStatus(level=bytes([level]), name=f"{self.get_name()}: policy", message=message,

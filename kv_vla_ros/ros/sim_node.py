@@ -20,6 +20,7 @@ import sys
 
 import rclpy
 from rcl_interfaces.msg import FloatingPointRange, IntegerRange, ParameterDescriptor
+from rclpy.duration import Duration
 from rclpy.executors import ExternalShutdownException
 from rclpy.node import Node
 from rclpy.qos import QoSDurabilityPolicy, QoSProfile, QoSReliabilityPolicy, qos_profile_sensor_data
@@ -164,6 +165,8 @@ def main(argv: list[str] | None = None) -> int:
         while rclpy.ok() and not node.finished:
             rclpy.spin_once(node, timeout_sec=0.1)
         if node.finished:  # let the last results and their late subscribers drain
+            # reliable results: first until every matched subscriber (the demo's monitor) has them
+            node.episode_pub.wait_for_all_acked(Duration(seconds=5.0))
             end = node.get_clock().now().nanoseconds + int(1e9)
             while rclpy.ok() and node.get_clock().now().nanoseconds < end:
                 rclpy.spin_once(node, timeout_sec=0.1)
