@@ -11,6 +11,8 @@ import json
 import re
 import sys
 
+from kv_vla_ros.eval.report import COLUMNS, markdown_table
+
 # the report's policy specs -> the README's names
 NAMES = {
     "full": "full",
@@ -24,8 +26,9 @@ NAMES = {
     "gated:gate_threshold=0,layer_budgets=calibrated": "trained gate + layer budgets",
     "gated:gate_threshold=0,summarize=true,summary_threshold=0": "trained gate + summaries",
 }
-COLUMNS = ("task", "policy (budget)", "success", "decision acc", "cue held", "mean steps", "mean held",
-           "cache policy share", "of it scoring")
+# the README's columns: a subset of the report's, the policy column titled by what it shows
+README_KEYS = ("task", "policy", "success_rate", "decision_accuracy", "cue_held_at_decision", "mean_length",
+               "mean_tokens_held", "cache_policy_share", "cache_scoring_share")
 
 
 def short_task(task: str) -> str:
@@ -40,18 +43,10 @@ def policy_name(row: dict) -> str:
     return name if spec == "full" else f"{name} ({row['cache']['budget_tokens']} tok)"
 
 
-def pct(value) -> str:
-    return "-" if value is None or value != value else f"{100 * value:.1f}%"
-
-
 def table(results: list[dict]) -> str:
-    lines = ["| " + " | ".join(COLUMNS) + " |", "|" + " --- |" * len(COLUMNS)]
-    for r in results:
-        cells = [short_task(r["task"]), policy_name(r), pct(r["success_rate"]), pct(r.get("decision_accuracy")),
-                 pct(r.get("cue_held_at_decision")), f"{r['mean_length']:.1f}", f"{r['mean_tokens_held']:.0f}",
-                 pct(r["cache_policy_share"]), pct(r.get("cache_scoring_share"))]
-        lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines) + "\n"
+    by_key = {key: (key, "policy (budget)" if key == "policy" else title, fmt) for key, title, fmt in COLUMNS}
+    rows = [{**r, "task": short_task(r["task"]), "cache_label": policy_name(r)} for r in results]
+    return markdown_table(rows, [by_key[key] for key in README_KEYS])
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -31,14 +31,15 @@ def human_bytes(n: float) -> str:
     return f"{n:.1f} GiB"
 
 
-def markdown_table(rows: list[dict]) -> str:
-    """One row per (task, cache policy) result dict; rows with an ``error`` show it."""
-    head = "| " + " | ".join(title for _, title, _ in COLUMNS) + " |"
-    sep = "|" + "|".join(" --- " for _ in COLUMNS) + "|"
+def markdown_table(rows: list[dict], columns: list[tuple[str, str, str]] = COLUMNS) -> str:
+    """One row per (task, cache policy) result dict; rows with an ``error`` show it. ``columns``:
+    ``(key, title, format)`` triples, by default `COLUMNS`."""
+    head = "| " + " | ".join(title for _, title, _ in columns) + " |"
+    sep = "|" + "|".join(" --- " for _ in columns) + "|"
     lines = [head, sep]
     for row in rows:
         cells = []
-        for key, _, fmt in COLUMNS:
+        for key, _, fmt in columns:
             value = row.get("cache_label", row.get(key)) if key == "policy" else row.get(key)
             if value is None or value != value:  # absent, or NaN (e.g. decisions on a BabyAI task)
                 cells.append(str(row.get("error", "-")) if key == "success_rate" else "-")

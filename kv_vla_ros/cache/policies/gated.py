@@ -35,10 +35,7 @@ class GatedPolicy(ChunkPolicy):
         self.state = None
 
     def score(self, chunk_ids: list[int]) -> torch.Tensor:
-        if torch.is_grad_enabled():  # the control loop runs under inference mode: no extra op there
-            with torch.no_grad():
-                return self.score(chunk_ids)
-        param = self._param
+        param = self._param  # the scorer itself runs without autograd
         feats = [chunk_features(self.cache.chunk_states(c)) for c in chunk_ids]
         feats = feats[0].unsqueeze(0) if len(feats) == 1 else torch.stack(feats)
         if feats.device != param.device or feats.dtype != param.dtype:
