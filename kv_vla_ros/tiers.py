@@ -34,7 +34,7 @@ class Tier:
 TIERS: tuple[Tier, ...] = (
     Tier("cache", "torch + transformers' cache base classes",
          "`CacheConfig`, `make_cache`, `ChunkedKVCache` / `ChunkedLayer`, eviction policies (one file each "
-         "under `cache/policies/`, registered by name), the gate, per-layer budgets and their calibration "
+         "under `cache/eviction/`, registered by name), the gate, per-layer budgets and their calibration "
          "file, cache specs, the `kv_vla_*` attention",
          forbids=ROS_MODULES + ("ray", "gymnasium", "minigrid", "rosbags")),
     Tier("vla", "+ transformers",

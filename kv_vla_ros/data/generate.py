@@ -51,7 +51,7 @@ def generate_bag(output, task: str, episodes: int, seed_offset: int = 0, storage
     else:
         from kv_vla_ros.vla import VLASession
 
-        expert, session = None, VLASession(model, model.config.cache.replace(policy="full"))
+        expert, session = None, VLASession(model, model.config.cache.replace(eviction="full"))
     period = int(round(1e9 / frame_rate_hz))
     delay = min(ACTION_DELAY_NS, period // 2)
     t = int(time.time_ns() if start_time_ns is None else start_time_ns)

@@ -125,10 +125,10 @@ def evaluate_task(model, task: str, cache_config, seeds: list[int], max_steps: i
     try:
         session = make_session(model, cache_config, untrained_gate)
         records = [run_episode(robot, session, seed) for seed in
-                   tqdm(seeds, desc=f"{label or cache_config.policy} {task}", disable=not progress, leave=False)]
+                   tqdm(seeds, desc=f"{label or cache_config.eviction} {task}", disable=not progress, leave=False)]
     finally:
         robot.close()
-    return summarize_task(task, label or cache_config.policy, cache_config, records)
+    return summarize_task(task, label or cache_config.eviction, cache_config, records)
 
 
 def cue_chunk_held(stats: dict, cue_steps: list[int], step: int) -> bool | None:

@@ -17,13 +17,13 @@ from kv_vla_ros.sim.tasks import EVAL_TASKS
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
+    from kv_vla_ros.cache.spec import add_cache_argument
     from kv_vla_ros.parallel.runner import add_runner_arguments
 
     parser.add_argument("--model", default=None, help="checkpoint directory (default: the shipped model)")
     parser.add_argument("--tasks", nargs="+", default=EVAL_TASKS)
     parser.add_argument("--episodes", type=int, default=200, help="held-out eval seeds per task")
-    parser.add_argument("--policy", action="append", default=None, metavar="SPEC",
-                        help="cache spec POLICY[:field=value,...] (repeatable; default: full)")
+    add_cache_argument(parser)
     parser.add_argument("--max-steps", type=int, default=100, help="episode step cap, applied only below the env's own limit (a timeout is a failure)")
     parser.add_argument("--seed-offset", type=int, default=0, help="offset into the eval seed range")
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads")
@@ -46,7 +46,7 @@ def run(args: argparse.Namespace) -> int:
     model_path = args.model or str(DEFAULT_MODEL_PATH)
     model = load_policy(model_path)  # by config.json model_type: the package's own VLA or π0
     base = model.default_cache_config()
-    specs = args.policy or ["full"]
+    specs = args.cache or ["full"]
     parsed = [(spec, *parse_spec(spec, base)) for spec in specs]  # fail fast on a bad spec
     seeds = eval_seeds(args.episodes, args.seed_offset)
     runner = runner_config(args, progress=not args.no_progress)  # a bad --workers fails before any work
