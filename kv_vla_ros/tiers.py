@@ -5,8 +5,9 @@ two packages import each other and a tier's tests need nothing after it. `test/t
 reads every import of the package (with `ast`) and holds the code to this table; the README's
 table is generated from it (``python scripts/generate_docs.py``).
 
-The two top-level modules are outside the order: ``kv_vla_ros`` (the version) imports nothing,
-``kv_vla_ros.cli`` imports each subcommand's module by name when that subcommand runs.
+Outside the order: ``kv_vla_ros`` (the version) and ``kv_vla_ros.tiers`` import nothing of the
+package, ``kv_vla_ros.cli`` imports each subcommand's module by name when that subcommand runs, and
+the `FOUNDATION` modules (progress bars) may be imported by every tier and import nothing of it.
 """
 
 from __future__ import annotations
@@ -63,6 +64,7 @@ TIERS: tuple[Tier, ...] = (
 
 # Top-level modules outside the tiers (see the module docstring).
 TOP_LEVEL = ("kv_vla_ros", "kv_vla_ros.cli", "kv_vla_ros.tiers")
+FOUNDATION = ("kv_vla_ros.progress",)
 
 
 def tier_index(module: str) -> int | None:
@@ -81,6 +83,8 @@ def markdown_table() -> str:
     lines = ["| tier | package | needs | holds |", "| --- | --- | --- | --- |"]
     for i, tier in enumerate(TIERS, 1):
         lines.append(f"| {i} | `kv_vla_ros.{tier.package}` | {tier.needs} | {tier.holds} |")
+    lines.append(f"| any | {', '.join(f'`{m}`' for m in FOUNDATION)} | tqdm | progress bars (a line every few "
+                 "seconds off a terminal); imports nothing of the package |")
     return "\n".join(lines) + "\n"
 
 
@@ -219,6 +223,10 @@ def violations(root: Path) -> list[str]:
     for module, path in known.items():
         if module in TOP_LEVEL:
             continue
+        if module in FOUNDATION:
+            problems += [f"{path.relative_to(root.parent)}:{imp.line}: {module} (imported by every tier) imports "
+                         f"{imp.target}" for imp in imports(module, path) if imp.target.split(".")[0] == root.name]
+            continue
         own = tier_index(module)
         if own is None:
             problems.append(f"{module}: in no tier (kv_vla_ros.tiers.TIERS)")
@@ -241,5 +249,6 @@ def violations(root: Path) -> list[str]:
     return problems
 
 
-__all__ = ["TIERS", "TOP_LEVEL", "ROS_MODULES", "Tier", "Import", "tier_index", "markdown_table", "modules",
+__all__ = ["TIERS", "TOP_LEVEL", "FOUNDATION", "ROS_MODULES", "Tier", "Import", "tier_index", "markdown_table",
+           "modules",
            "imports", "internal_edges", "violations"]

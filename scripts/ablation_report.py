@@ -36,7 +36,8 @@ def collect(out: Path) -> list[dict]:
 
 def markdown(rows: list[dict]) -> str:
     pct = lambda v: "-" if v is None else f"{v:.1%}"  # noqa: E731
-    lines = ["| tokens per frame | auxiliary loss | steps (min) | episodes seen | `cue` acc (train) | S13Random success | "
+    lines = ["| tokens per frame | auxiliary loss | steps (min) | episodes seen | `cue` acc (train) "
+             "| S13Random success | "
              "S37 success |", "| --- | --- | --- | --- | --- | --- | --- |"]
     for r in rows:
         lines.append(f"| {r['frame_tokens']} | {'on' if r['aux_loss'] else 'off'} | {r['steps']} ({r['minutes']}) | "

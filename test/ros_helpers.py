@@ -172,7 +172,8 @@ class Probe:
     def list_params(self, node_name: str = "kv_vla_node") -> list[str]:
         from rcl_interfaces.srv import ListParameters
 
-        return list(self._call(ListParameters, f"{self.ns}/{node_name}/list_parameters", ListParameters.Request()).result.names)
+        answer = self._call(ListParameters, f"{self.ns}/{node_name}/list_parameters", ListParameters.Request())
+        return list(answer.result.names)
 
     def reset(self, node_name: str = "kv_vla_node"):
         from std_srvs.srv import Trigger

@@ -19,9 +19,9 @@ from kv_vla_ros.vla import VLASession
 class ScriptedSession(VLASession):
     delay_s = float(os.environ.get("KV_VLA_TEST_STEP_DELAY_S", "0"))
 
-    def step_chunk(self, images, state=None, **kwargs):
+    def step_action_chunk(self, images, state=None, **kwargs):
         time.sleep(self.delay_s)
-        chunk = np.array(super().step_chunk(images, state, **kwargs), dtype=np.float32)
+        chunk = np.array(super().step_action_chunk(images, state, **kwargs), dtype=np.float32)
         if self.instruction.startswith("emit nan"):
             chunk[-1] = np.nan
         if self.instruction.startswith("raise"):

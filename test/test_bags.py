@@ -106,6 +106,7 @@ def test_generate_eval_round_trip_matches_live_session(storage, model, sqlite_ba
     # The expert's actions are the recorded ones: every step has one.
     assert rows["full"]["agreement_recorded"]["n"] == rows["full"]["steps"] == result["meta"]["steps"]
     assert rows["full"]["agreement_full"]["match"] == 1.0
+    assert rows["full"]["cache"]["budget_tokens"] is None  # full holds everything: it reports no budget
     assert rows["window:budget_tokens=30"]["peak_tokens_held"] <= 30 < rows["full"]["peak_tokens_held"]
     assert rows["full"]["flops_per_step"] > 0 and rows["full"]["latency_p99_ms"] >= rows["full"]["latency_p50_ms"]
     # Bag pipeline (rgb8 -> CDR -> storage -> decode) == frames fed live, bit for bit.
@@ -151,6 +152,39 @@ def test_missing_image_topic_names_it_and_lists_the_bag(model_dir, sqlite_bag, t
                   "--out", tmp_path / "out", "--no-progress")
     assert proc.returncode == 1 and "Traceback" not in proc.stderr
     assert "no image topic '/camera/color'" in proc.stderr and "/image (sensor_msgs/msg/Image)" in proc.stderr
+
+
+def _rosbag2_style_bag(path: Path, with_topics: bool, serialization_format: str = "cdr") -> Path:
+    """An mcap bag as rosbag2 writes them with service introspection: a service-event topic whose
+    stored definition is the raw .srv (rosbags cannot parse it), beside an ordinary topic."""
+    from rosbags.rosbag2 import StoragePlugin, Writer
+    from rosbags.typesys import Stores, get_typestore
+
+    store = get_typestore(Stores.ROS2_KILTED)
+    with Writer(path, version=9, storage_plugin=StoragePlugin.MCAP) as bag:
+        if with_topics:
+            conn = bag.add_connection("/instruction", STRING, typestore=store,
+                                      serialization_format=serialization_format)
+            data = store.serialize_cdr(make_string(store, "go"), STRING) if serialization_format == "cdr" else b"{}"
+            bag.write(conn, 1000, data)
+        if serialization_format == "cdr":
+            event = bag.add_connection("/add_two_ints/_service_event", "example_interfaces/srv/AddTwoInts_Event",
+                                       msgdef="int64 a\nint64 b\n---\nint64 sum\n", rihs01="RIHS01_" + "0" * 64)
+            bag.write(event, 2000, bytes(48))
+    return path
+
+
+@pytest.mark.parametrize("kind", ["topics_and_service_events", "only_services", "json"])
+def test_service_event_and_non_cdr_bags_are_refused_in_one_line(model_dir, tmp_path, kind):
+    bag = _rosbag2_style_bag(tmp_path / kind, with_topics=kind != "only_services",
+                             serialization_format="json" if kind == "json" else "cdr")
+    proc = kv_vla("bag", "eval", bag, "--model", model_dir, "--out", tmp_path / "out", "--no-progress")
+    assert proc.returncode == 1 and len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+    assert "Warning" not in proc.stderr and "---" not in proc.stderr
+    if kind == "json":
+        assert "format {'json'} is not supported; only CDR" in proc.stderr and "corrupt" not in proc.stderr
+    else:
+        assert "no image topic '/image'" in proc.stderr and "/add_two_ints/_service_event" in proc.stderr
 
 
 def write_bag(path: Path, frames: list[tuple[str, bytes, int, int]], instruction: str | None = "go to the ball"):

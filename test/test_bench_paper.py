@@ -1,6 +1,9 @@
 """Smoke run of `kv-vla bench paper` (the full benchmark is a command, not a test)."""
 
 import json
+import subprocess
+import sys
+from pathlib import Path
 
 from kv_vla_ros.cli import main
 
@@ -10,7 +13,8 @@ def test_bench_paper_smoke(tmp_path, capsys):
     # the shipped model's backbone: the smallest one, so the smoke run stays short
     # (its steps are 5 tokens: 9 frames' budget = 45 tokens, above the 32-token prefix + window)
     rc = main(["bench", "paper", "--backbone", "default", "--history", "4,24", "--repeats", "1", "--threads", "1",
-               "--budget-frames", "9", "--evictions", "full,gated,gated-static,gated-static-compiled", "--out", str(out)])
+               "--budget-frames", "9", "--evictions", "full,gated,gated-static,gated-static-compiled",
+               "--out", str(out)])
     assert rc == 0
     data = json.loads((out / "bench_default.json").read_text())
     step = data["tokens_per_step"]
@@ -25,6 +29,15 @@ def test_bench_paper_smoke(tmp_path, capsys):
     assert data["bandwidth_bytes_per_s"] > 0 and set(data["flatness"]) >= {"gated", "gated-static"}
     assert (out / "bench_default.png").stat().st_size > 1000
     assert "KV-Efficient VLA paper" in capsys.readouterr().out
+    # the README's table comes from this JSON (scripts/bench_readme_tables.py, as generate_docs.py runs it)
+    script = Path(__file__).resolve().parents[1] / "scripts" / "bench_readme_tables.py"
+    table = subprocess.run([sys.executable, str(script), "paper", str(out / "bench_default.json")],
+                           capture_output=True, text=True, check=True).stdout
+    assert table.startswith(f"**{data['title']}**")
+    assert f"| gated | 24 | {rows[('gated', 24)]['tokens_seen']} |" in table
+    targets = subprocess.run([sys.executable, str(script), "paper-targets", str(out / "bench_default.json")],
+                             capture_output=True, text=True, check=True).stdout
+    assert "no gated row against full at 64 frames" in targets  # this smoke run stops at 24 frames
 
 
 def test_bench_dtype_smoke(tmp_path, capsys):

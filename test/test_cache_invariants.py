@@ -54,7 +54,8 @@ def test_positions_stay_absolute_and_k_v_travel_together(policy):
     """Layer 0's K/V of a token depend only on the token and its absolute position, so the held
     K and V must equal DynamicCache's at the held positions."""
     model = tiny_model("llama", seed=4)
-    cache = make_cache(CacheConfig(eviction=policy, chunk_size=16, recent_chunks=2, sink_tokens=8, budget_tokens=72), model.config)
+    cfg = CacheConfig(eviction=policy, chunk_size=16, recent_chunks=2, sink_tokens=8, budget_tokens=72)
+    cache = make_cache(cfg, model.config)
     dyn = DynamicCache(config=model.config)
     ids = torch.randint(0, 97, (1, 300), generator=torch.Generator().manual_seed(5))
     with torch.no_grad():
@@ -101,7 +102,8 @@ def test_per_layer_budgets_equal_per_layer_explicit_masks(base, block):
     register_reference_attention(masks)
     model.set_attn_implementation("kv_vla_test_reference")
     with torch.no_grad():
-        ref = model(input_ids=ids, use_cache=False, attention_mask=torch.ones(1, 1, length, length, dtype=torch.bool)).logits
+        everything = torch.ones(1, 1, length, length, dtype=torch.bool)
+        ref = model(input_ids=ids, use_cache=False, attention_mask=everything).logits
     assert (torch.cat(logits, dim=1) - ref).abs().max().item() <= 1e-5
 
 
@@ -152,7 +154,8 @@ def test_summaries_hold_one_token_per_summarised_chunk_within_budget():
 @pytest.mark.parametrize("policy", ["gated", "sink_window", "h2o"])
 def test_generate_equals_manual_greedy_loop(policy):
     model = tiny_model("qwen2", seed=10)
-    cfg = CacheConfig(eviction=policy, chunk_size=8, recent_chunks=2, sink_tokens=4, budget_tokens=36, gate_threshold=0.3)
+    cfg = CacheConfig(eviction=policy, chunk_size=8, recent_chunks=2, sink_tokens=4, budget_tokens=36,
+                      gate_threshold=0.3)
     prompt = torch.randint(0, 97, (1, 40), generator=torch.Generator().manual_seed(11))
     out = model.generate(prompt, past_key_values=make_cache(cfg, model.config), max_new_tokens=40, do_sample=False,
                          min_new_tokens=40, pad_token_id=0)
@@ -168,7 +171,8 @@ def test_generate_equals_manual_greedy_loop(policy):
 
 def test_stats_report_seen_held_bytes_and_chunks():
     model = tiny_model("llama")
-    cfg = CacheConfig(eviction="gated", chunk_size=16, recent_chunks=2, sink_tokens=8, budget_tokens=88, gate_threshold=0.0)
+    cfg = CacheConfig(eviction="gated", chunk_size=16, recent_chunks=2, sink_tokens=8, budget_tokens=88,
+                      gate_threshold=0.0)
     cache = make_cache(cfg, model.config)
     with torch.no_grad():
         model(input_ids=torch.randint(0, 97, (1, 200)), past_key_values=cache, use_cache=True)
@@ -272,12 +276,14 @@ def test_gate_dimension_mismatch_is_rejected():
     [
         ({"chunk_size": 0}, "chunk_size"),
         ({"budget_tokens": -1}, "budget_tokens"),
-        ({"budget_tokens": 100}, "budget_tokens"),  # < 32 + 2 x 50
+        ({"eviction": "gated", "chunk_size": 50, "sink_tokens": 32, "budget_tokens": 100},
+         "budget_tokens"),  # < 32 + 2 x 50
         ({"eviction": "lru"}, "eviction"),
         ({"recent_chunks": 0}, "recent_chunks"),
         ({"gate_threshold": 1.5}, "gate_threshold"),
         ({"sink_tokens": -3}, "sink_tokens"),
-        ({"layer_budgets": [512, 10]}, "layer_budgets"),
+        ({"eviction": "gated", "chunk_size": 50, "sink_tokens": 32, "budget_tokens": 512, "layer_budgets": [512, 10]},
+         "layer_budgets"),
         ({"eviction": "window", "budget_tokens": None}, "budget_tokens"),
         ({"chunk_size": 2.5}, "chunk_size"),
     ],

@@ -27,7 +27,8 @@ def tiny_ckpt(tmp_path_factory):
 
 def test_parse_spec():
     base = VLAConfig().cache
-    assert parse_spec("full", base) == ({"eviction": "full"}, None)
+    full = {"eviction": "full", "budget_tokens": None, "layer_budgets": None, "static": False}
+    assert parse_spec("full", base) == (full, None)  # full holds everything: it reports no budget
     changes, frac = parse_spec("window:budget_tokens=300,recent_chunks=3", base)
     assert changes == {"eviction": "window", "budget_tokens": 300, "recent_chunks": 3} and frac is None
     changes, frac = parse_spec("gated:budget_frac=0.25,gate_threshold=0.4,summarize=true", base)

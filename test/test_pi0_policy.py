@@ -46,9 +46,9 @@ def test_checkpoint_round_trip_through_load_policy(policy, tmp_path):
     for pol in (policy, again):
         session = VLASession(pol)
         session.reset(INSTRUCTION)
-        runs.append([session.step_chunk(f, state, noise=_noise(pol, s)) for s, f in enumerate(frames)])
+        runs.append([session.step_action_chunk(f, state, noise=_noise(pol, s)) for s, f in enumerate(frames)])
     for a, b in zip(*runs):
-        assert a.shape == (policy.chunk_length, 2) and a.dtype == np.float32
+        assert a.shape == (policy.action_chunk_length, 2) and a.dtype == np.float32
         np.testing.assert_array_equal(a, b)
 
 
@@ -57,7 +57,7 @@ def test_one_frame_history_equals_sample_actions(policy):
     frames, state, noise = random_frames(1, 1, seed=3)[0], np.array([0.5, 0.0, -1.0]), _noise(policy)
     session = VLASession(policy)
     session.reset(INSTRUCTION)
-    got = session.step_chunk(frames, state, noise=noise.clone())
+    got = session.step_action_chunk(frames, state, noise=noise.clone())
     proc, mc = policy.processor, policy.model.config
     ids = torch.tensor([processing.prompt_ids(proc, INSTRUCTION) + [policy.image_token_id] * policy.tokens_per_step])
     pix = processing.pixel_values(proc, [f.astype(np.float32) / 255 for f in frames], torch.float32, "cpu")
@@ -74,7 +74,7 @@ def _stream(session, frames, state, noise):
     session.reset(INSTRUCTION)
     for t, cams in enumerate(frames):
         held_before.append(held_per_layer(session._cache) if t else [set()] * len(session._cache.chunked))
-        out = session.step_chunk(cams, state, noise=noise.clone() if t == len(frames) - 1 else None)
+        out = session.step_action_chunk(cams, state, noise=noise.clone() if t == len(frames) - 1 else None)
     return out, held_before, held_per_layer(session._cache)
 
 
@@ -114,7 +114,7 @@ def test_rollback_leaves_the_cache_exactly_as_before(policy):
     session = VLASession(policy, cfg)
     session.reset(INSTRUCTION)
     for cams in random_frames(6, 1):
-        session.step_chunk(cams, np.zeros(3))
+        session.step_action_chunk(cams, np.zeros(3))
     cache, ep = session._cache, session._episode
     embeds = policy.model.model.embed_prefix(
         policy.block_ids(ep), processing.pixel_values(policy.processor, [np.full((8, 8, 3), 0.5, np.float32)],
@@ -144,7 +144,7 @@ def test_gate_file_loads_with_the_pi0_checkpoint_and_scores_frames(ckpt, tmp_pat
     session.reset(INSTRUCTION)
     scored = {}
     for cams in random_frames(8, 1):
-        session.step_chunk(cams, np.zeros(3))
+        session.step_action_chunk(cams, np.zeros(3))
         scored.update(session.stats()["gate_scores"])
     assert scored and all(0.0 <= s <= 1.0 for s in scored.values())
     st = session.stats()
@@ -155,12 +155,12 @@ def test_live_reconfiguration_keeps_the_pi0_history(policy):
     session = VLASession(policy)
     session.reset(INSTRUCTION)
     for cams in random_frames(6, 1):
-        session.step_chunk(cams, np.zeros(3))
+        session.step_action_chunk(cams, np.zeros(3))
     seen = session.stats()["tokens_seen"]
     session.set_cache_config(session.cache_config.replace(eviction="sink_window", budget_tokens=80))
     st = session.stats()
     assert st["tokens_seen"] == seen and st["tokens_held"] <= 80
-    assert np.isfinite(session.step_chunk(random_frames(1, 1)[0], np.zeros(3))).all()
+    assert np.isfinite(session.step_action_chunk(random_frames(1, 1)[0], np.zeros(3))).all()
 
 
 def test_bad_inputs_give_clear_errors(ckpt, policy, tmp_path):
@@ -179,18 +179,18 @@ def test_bad_inputs_give_clear_errors(ckpt, policy, tmp_path):
     session.reset(INSTRUCTION)
     frame = random_frames(1, 1)[0][0]
     with pytest.raises(ValueError, match="images: expected 1 camera"):
-        session.step_chunk([frame, frame], np.zeros(3))
+        session.step_action_chunk([frame, frame], np.zeros(3))
     with pytest.raises(ValueError, match="state: expected a vector of dimension 3"):
-        session.step_chunk(frame, np.zeros(5))
+        session.step_action_chunk(frame, np.zeros(5))
     with pytest.raises(ValueError, match="state: this checkpoint expects"):
-        session.step_chunk(frame, None)
+        session.step_action_chunk(frame, None)
     with pytest.raises(ValueError, match="state: contains NaN"):
-        session.step_chunk(frame, np.array([0.0, np.nan, 0.0]))
+        session.step_action_chunk(frame, np.array([0.0, np.nan, 0.0]))
     with pytest.raises(ValueError, match="cache.chunk_size"):
         VLASession(policy, policy.default_cache_config().replace(chunk_size=7))
     with pytest.raises(ValueError, match="cache.static"):
         VLASession(policy, policy.default_cache_config().replace(eviction="window", budget_tokens=80, static=True))
-    assert np.isfinite(session.step_chunk(frame, np.zeros(3))).all()  # still usable after the errors
+    assert np.isfinite(session.step_action_chunk(frame, np.zeros(3))).all()  # still usable after the errors
     odd = shutil.copytree(ckpt, tmp_path / "odd")
     meta = json.loads((odd / "config.json").read_text())
     (odd / "config.json").write_text(json.dumps({**meta, "model_type": "not_a_vla"}))
@@ -206,7 +206,7 @@ def test_bfloat16_pi0_tracks_float32_and_compile_is_refused(ckpt, policy):
     for pol in (policy, half):
         session = VLASession(pol, pol.default_cache_config().replace(eviction="sink_window", budget_tokens=80))
         session.reset(INSTRUCTION)
-        runs.append(np.stack([session.step_chunk(f, np.zeros(3), noise=_noise(pol, s))
+        runs.append(np.stack([session.step_action_chunk(f, np.zeros(3), noise=_noise(pol, s))
                               for s, f in enumerate(random_frames(6, 1))]))
         runs.append(session.stats())
     (a32, s32), (a16, s16) = runs[:2], runs[2:]
@@ -218,3 +218,17 @@ def test_bfloat16_pi0_tracks_float32_and_compile_is_refused(ckpt, policy):
         VLASession(policy, dtype="bfloat16")
     with pytest.raises(ValueError, match="dtype: float16 needs a CUDA device"):
         load_policy(ckpt, dtype="float16")
+
+
+def test_pi0_inner_modules_are_checked_at_load_time_naming_transformers(ckpt, monkeypatch):
+    """The streaming code reaches π0's embed_prefix and its VLM's language model: a transformers
+    version without them fails when the policy is built, naming the version, not mid-episode."""
+    import transformers
+
+    from kv_vla_ros.vla.pi0 import PI0Policy
+
+    good = load_policy(ckpt)
+    inner = type(good.model.model)
+    monkeypatch.delattr(inner, "embed_prefix")
+    with pytest.raises(ValueError, match=rf"model.embed_prefix not found in transformers {transformers.__version__}"):
+        PI0Policy(good.model, good.processor, good.config)

@@ -29,7 +29,8 @@ def test_holds_last_action_and_clamps_live():
     assert loop.action_ready([3.0, -0.2], (1, 2), 0.1) == ""
     for t in (0.11, 0.2, 0.3):  # held between inferences
         cmd = loop.tick(t)
-        assert cmd.state == "running" and cmd.action.tolist() == pytest.approx([1.0, -0.2]) and cmd.source_stamp == (1, 2)
+        assert cmd.state == "running" and cmd.action.tolist() == pytest.approx([1.0, -0.2])
+        assert cmd.source_stamp == (1, 2)
     loop.set_limits([-0.1], [0.1])
     assert loop.tick(0.3).action.tolist() == pytest.approx([0.1, -0.1])
     with pytest.raises(ValueError, match="action.min"):
@@ -221,7 +222,7 @@ class _SlowSession:
     def reset(self, instruction):
         self.calls.append(("reset", instruction))
 
-    def step_chunk(self, images, state=None):
+    def step_action_chunk(self, images, state=None):
         import time
 
         time.sleep(0.05)

@@ -101,7 +101,8 @@ def test_compressed_png_exact_and_jpeg_close():
     assert out.shape == (16, 16, 3) and np.abs(out.astype(int) - flat).max() <= 3
 
 
-@pytest.mark.parametrize("data", [b"", b"\xff\xd8\xff\xe0garbage", _encoded(np.zeros((8, 8, 3), np.uint8), "JPEG")[:40]])
+@pytest.mark.parametrize("data", [b"", b"\xff\xd8\xff\xe0garbage",
+                                  _encoded(np.zeros((8, 8, 3), np.uint8), "JPEG")[:40]])
 def test_corrupt_compressed_raises(data):
     with pytest.raises(ImageConversionError, match="^data"):
         compressed_to_rgb(FakeCompressed(data))

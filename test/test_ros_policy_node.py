@@ -35,7 +35,8 @@ def node(tmp_path_factory):
     proc = spawn_node(POLICY_MODULE, domain, {"model_path": str(model), "use_compressed": True,
                                               "control_rate_hz": RATE_HZ, "stale_timeout_s": STALE_S},
                       PARAMS_FILE, tmp / "node.log", script=REPO / "test" / "ros_policy_runner.py",
-                      env_extra={"KV_VLA_TEST_STEP_DELAY_S": str(STEP_DELAY_S)}, extra_args=["-r", f"__ns:={NAMESPACE}"])
+                      env_extra={"KV_VLA_TEST_STEP_DELAY_S": str(STEP_DELAY_S)},
+                      extra_args=["-r", f"__ns:={NAMESPACE}"])
     with serving(Probe(domain, namespace=NAMESPACE), proc, tmp / "node.log", timeout=60) as probe:
         yield probe
 

@@ -51,7 +51,8 @@ def test_shipped_model_without_params_file_runs_a_bounded_cache(shipped):
     shipped_budget = json.loads((DEFAULT_MODEL_PATH / "config.json").read_text())["cache"]["budget_tokens"]
     diag = shipped.last_diag(after=time.monotonic())
     cache = json.loads(diag["cache_config"])
-    assert cache["eviction"] != "full" and shipped_budget is not None and cache["budget_tokens"] == shipped_budget, cache
+    assert cache["eviction"] != "full" and shipped_budget is not None, cache
+    assert cache["budget_tokens"] == shipped_budget, cache
     assert shipped.get_params(["cache.budget_tokens"])["cache.budget_tokens"] == shipped_budget
     assert "UNBOUNDED" not in shipped.log.read_text()
 

@@ -2,8 +2,6 @@
 its own tier or an earlier one, no two modules import each other, only the `ros` tier imports
 rclpy, and the README's tier table is the one `kv_vla_ros.tiers` generates."""
 
-import subprocess
-import sys
 from pathlib import Path
 
 import kv_vla_ros
@@ -68,7 +66,4 @@ def test_module_names_in_strings_count_as_imports(tmp_path):
 
 
 def test_readme_tier_table_is_generated_from_the_rule():
-    assert markdown_table() in (ROOT / "README.md").read_text()
-    proc = subprocess.run([sys.executable, str(ROOT / "scripts" / "generate_docs.py"), "--check"],
-                          capture_output=True, text=True)
-    assert proc.returncode == 0, proc.stderr
+    assert markdown_table() in (ROOT / "README.md").read_text()  # and the whole file: test_settings.py

@@ -5,7 +5,7 @@ the gate (`ChunkGate`), per-layer budgets (`allocate_layer_budgets`) and the `kv
 attention that per-layer budgets need (`use_kv_vla_attention`).
 """
 
-from .attention import register_kv_vla_attention, use_kv_vla_attention
+from .attention import attention_implementation, register_kv_vla_attention, use_kv_vla_attention
 from .budgets import allocate_layer_budgets
 from .chunked_cache import ChunkedKVCache, kv_bytes_per_token, make_cache
 from .config import EVICTION_NAMES, CacheConfig, deprecated_name
@@ -16,6 +16,7 @@ from .transient import TransientView
 
 __all__ = [
     "CacheConfig",
+    "attention_implementation",
     "ChunkGate",
     "Eviction",
     "ChunkedKVCache",

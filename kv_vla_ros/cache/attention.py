@@ -10,6 +10,8 @@ They do two things the plain functions cannot:
 
 from __future__ import annotations
 
+import contextlib
+
 import torch
 from transformers import AttentionInterface
 from transformers.integrations.sdpa_attention import sdpa_attention_forward
@@ -83,6 +85,21 @@ def register_kv_vla_attention() -> None:
     AttentionInterface.register("kv_vla_eager", _wrap(eager_attention))
     AttentionMaskInterface.register("kv_vla_sdpa", sdpa_mask)
     AttentionMaskInterface.register("kv_vla_eager", eager_mask)
+
+
+@contextlib.contextmanager
+def attention_implementation(model, implementation: str):
+    """``with attention_implementation(model, "eager"):`` runs the block with ``model``'s attention
+    switched (the ``kv_vla_*`` ones registered first), and restores the one it had afterwards, also
+    on an error. The one place the package swaps a model's ``_attn_implementation``."""
+    if implementation.startswith("kv_vla_"):
+        register_kv_vla_attention()
+    previous = model.config._attn_implementation
+    model.set_attn_implementation(implementation)
+    try:
+        yield model
+    finally:
+        model.set_attn_implementation(previous)
 
 
 def use_kv_vla_attention(model, base: str = "sdpa"):

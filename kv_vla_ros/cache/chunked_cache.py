@@ -14,12 +14,12 @@ import threading
 import time
 
 import torch
-from transformers.cache_utils import Cache, DynamicSlidingWindowLayer
+from transformers.cache_utils import Cache
 
 from .config import CacheConfig
 from .shapes import head_dim_of, kv_bytes_per_token, static_capacity, text_config  # noqa: F401 (API)
 from .gate import ChunkGate, gate_input_dim
-from .layer import ChunkedLayer
+from .layer import ChunkedLayer, build_layers
 from .static_layer import StaticChunkedLayer
 from .eviction import make_eviction
 from .eviction.base import Eviction
@@ -41,25 +41,17 @@ class ChunkedKVCache(Cache):
     def __init__(self, config: CacheConfig, model_config, gate: ChunkGate | None = None) -> None:
         config.validate()
         cfg = text_config(model_config)
-        n_layers = cfg.num_hidden_layers
-        layer_types = list(getattr(cfg, "layer_types", None) or ["full_attention"] * n_layers)
-        layers = []
-        capacity = static_capacity(config)
-        for i, kind in enumerate(layer_types[:n_layers]):
-            if kind == "full_attention":
-                layers.append(StaticChunkedLayer(capacity) if config.static else ChunkedLayer())
-            elif kind == "sliding_attention":
-                # Already bounded by the model's own window; its mask relies on contiguous positions.
-                layers.append(DynamicSlidingWindowLayer(sliding_window=cfg.sliding_window))
-            else:
-                raise ValueError(f"model_config.layer_types[{i}]: {kind!r} layers are not supported by the chunked cache")
+        layers = build_layers(config, cfg)
         super().__init__(layers=layers)
         self.config = config
         self.chunked = [i for i, layer in enumerate(layers) if isinstance(layer, (ChunkedLayer, StaticChunkedLayer))]
         if not self.chunked:
-            raise ValueError("model_config.layer_types: the model has no full-attention layer to cache")
+            window = getattr(cfg, "sliding_window", None)
+            raise ValueError("model_config.layer_types: the model has no full-attention layer to cache" + (
+                f" (every layer slides over its own window of {window} tokens, already bounded: use transformers' "
+                "DynamicCache)" if window else ""))
         self.head_dim = head_dim_of(cfg)
-        self.attn_implementation = getattr(model_config, "_attn_implementation", None) or ""
+        self._model_config = model_config  # its attention may switch to kv_vla_* later (`attn_implementation`)
         self._check_layer_budgets(config)
         if config.static and not self.attn_implementation.startswith("kv_vla_"):
             raise ValueError(
@@ -82,11 +74,18 @@ class ChunkedKVCache(Cache):
         self.external_step = False  # a forward prepared by `begin_step` (compiled decode) is under way
         self._clear()
 
+    @property
+    def attn_implementation(self) -> str:
+        """The model's attention now: a session switches it to ``kv_vla_*`` when a live change asks
+        for uneven per-layer budgets, so the check reads it at each reconfiguration."""
+        return getattr(self._model_config, "_attn_implementation", None) or ""
+
     def _check_layer_budgets(self, config: CacheConfig) -> None:
         if config.layer_budgets is None:
             return
         if len(config.layer_budgets) != len(self.chunked):
-            raise ValueError(f"layer_budgets: {len(config.layer_budgets)} budgets for {len(self.chunked)} attention layers")
+            raise ValueError(f"layer_budgets: {len(config.layer_budgets)} budgets for {len(self.chunked)} attention "
+                             "layers")
         if len(set(config.layer_budgets)) > 1 and not self.attn_implementation.startswith("kv_vla_"):
             raise ValueError(
                 "layer_budgets: layers holding different lengths need the 'kv_vla_sdpa' or 'kv_vla_eager' attention "
@@ -214,7 +213,8 @@ class ChunkedKVCache(Cache):
         cfg, seen, sink = self.config, self.tokens_seen, self.sink
         scores = self._scores
         if type(self.eviction).rescore is not Eviction.rescore:  # dynamic scores (h2o)
-            scores = self.eviction.rescore(list(self.old_ids), torch.tensor(scores, dtype=torch.float32)).float().tolist()
+            rescored = self.eviction.rescore(list(self.old_ids), torch.tensor(scores, dtype=torch.float32))
+            scores = rescored.float().tolist()
         recent_start = sink + self.n_old * cfg.chunk_size
         fixed = min(seen, sink) + max(0, seen - recent_start)  # prefix + recent window
         for g, group in enumerate(self._groups()):
@@ -249,7 +249,8 @@ class ChunkedKVCache(Cache):
         if config.static != self.config.static:  # the layers' kind is fixed when the cache is built
             raise ValueError("static: switching the static-shape cache on or off applies to a new cache")
         if (config.eviction == "window") != (self.config.eviction == "window") and self.tokens_seen > 0:
-            raise ValueError("eviction: switching to or from 'window' changes the prefix layout; it applies to a new cache")
+            raise ValueError("eviction: switching to or from 'window' changes the prefix layout; it applies to a new "
+                             "cache")
         self._check_layer_budgets(config)
         slots = min((getattr(self.layers[i], "capacity", 1 << 62) for i in self.chunked), default=1 << 62)
         if static_capacity(config) > slots and config.static:
@@ -333,8 +334,8 @@ class ChunkedKVCache(Cache):
     def _summary(self, layer: ChunkedLayer, chunk_id: int):
         """One token ``[b, h, 1, d]`` standing for a chunk: the mean of its keys and of its values.
 
-        The chunk has one utility score, so the "score-weighted" mean of METHOD.md reduces to a
-        plain mean over its tokens; the score decides whether the summary exists at all.
+        The chunk has one utility score, so the "score-weighted" mean of docs/method.md ("The cache",
+        summaries) reduces to a plain mean over its tokens; the score decides whether the summary exists at all.
         """
         k, v = self._chunk_kv(layer, chunk_id)
         # Accumulate in float32: a half-precision sum over a chunk loses digits.

@@ -9,6 +9,8 @@ import warnings
 from dataclasses import dataclass
 from typing import Any
 
+from kv_vla_ros.cache.settings import FIXED, NEXT_EPISODE, setting
+
 # Kept in sync with the eviction registry by a test; listed here so that validation does not
 # import the evictions (and their torch modules) just to check a name.
 EVICTION_NAMES = ("full", "window", "sink_window", "h2o", "key_norm", "random", "gated")
@@ -16,42 +18,46 @@ EVICTION_NAMES = ("full", "window", "sink_window", "h2o", "key_norm", "random", 
 
 @dataclass
 class CacheConfig:
-    """What the cache holds and how it decides.
+    """What the cache holds and how it decides. Each field's help, bounds and when a change applies
+    on a running node are its metadata (`kv_vla_ros.cache.settings`); the ROS parameters
+    ``cache.<field>``, the ``--cache`` spec help, config/kv_vla.yaml's comments and docs/ros.md's
+    table are generated from them.
 
     Token stream: ``[prefix: sink_tokens][chunk 0][chunk 1]...``; chunk ``k`` covers absolute
     positions ``[sink_tokens + k*chunk_size, sink_tokens + (k+1)*chunk_size)``.
 
-    Attributes:
-        eviction: which chunks go when the cache is over budget: a registered name (see
-            ``EVICTION_NAMES``). Called ``policy`` before (still accepted, with a DeprecationWarning).
-        chunk_size: tokens per chunk (a natural choice: one control step's tokens).
-        recent_chunks: newest chunks always held verbatim (the open chunk counts as one).
-        sink_tokens: the prefix (instruction) always held. ``window`` holds no prefix.
-        budget_tokens: hard cap on tokens held per layer after each update (prefix + recent +
-            kept chunks + summaries); ``None`` means no cap (only ``full`` or a thresholded gate).
-        gate_threshold: ``gated`` keeps an old chunk only if its score is at least this.
-        summarize: an evicted chunk scoring at least ``summary_threshold`` leaves one summary
-            token (score-weighted mean of its keys and values) instead of nothing.
-        summary_threshold: see ``summarize``.
-        layer_budgets: optional per-layer budgets (ScaleKV); one int per attention layer, each at
-            least prefix + recent window; the ranking stays shared, each layer keeps its own top
-            chunks. Needs the ``kv_vla_sdpa``/``kv_vla_eager`` attention (``use_kv_vla_attention``).
-        seed: seed of the ``random`` eviction and of an untrained gate's initialisation.
-        static: preallocated slots and a keep mask instead of growing tensors: fixed shapes per
-            step (constant cost, compile friendly). Needs a budget and the ``kv_vla_*`` attention.
+    The class defaults hold everything (``full``, no prefix, no budget): exact for any model, and
+    bounded by nothing. A model's cache comes from its checkpoint (``config.json`` "cache", or
+    ``kv_vla_policy.json`` for π0: ``policy.default_cache_config()``); the node warns when what it
+    runs is unbounded. ``eviction`` was called ``policy`` (still accepted, with a DeprecationWarning).
     """
 
-    eviction: str = "gated"
-    chunk_size: int = 50
-    recent_chunks: int = 2
-    sink_tokens: int = 32
-    budget_tokens: int | None = 512
-    gate_threshold: float = 0.5
-    summarize: bool = False
-    summary_threshold: float = 0.25
-    layer_budgets: list[int] | None = None
-    seed: int = 0
-    static: bool = False
+    eviction: str = setting("full", "which old chunks go when the cache is over its budget: full (none), window "
+                            "(the oldest, no prefix), sink_window, h2o, key_norm, random, gated (the gate's lowest "
+                            "scores)", when="to or from window: from the next episode")
+    chunk_size: int = setting(16, "tokens per cache chunk, the unit every keep/evict decision takes (the package's "
+                              "models: one control step's tokens)", bounds=(1, 1 << 20), applies=FIXED,
+                              when="the tokens per step")
+    recent_chunks: int = setting(2, "newest chunks always held verbatim (the open chunk counts as one)",
+                                 bounds=(1, 1 << 20))
+    sink_tokens: int = setting(0, "the prefix (instruction) always held; window holds none", bounds=(0, 1 << 20),
+                               applies=FIXED, when="the instruction length")
+    budget_tokens: int | None = setting(None, "at most this many tokens held per layer after each update (prefix + "
+                                        "recent + kept chunks + summaries); None: no cap (full, or a gate with a "
+                                        "threshold only)", bounds=(0, 1 << 30), when="a tighter budget evicts at once")
+    gate_threshold: float = setting(0.5, "gated keeps an old chunk only if its score is at least this",
+                                    bounds=(0.0, 1.0))
+    summarize: bool = setting(False, "an evicted chunk scoring at least summary_threshold leaves one summary token "
+                              "(the score-weighted mean of its keys and values) instead of nothing")
+    summary_threshold: float = setting(0.25, "see summarize", bounds=(0.0, 1.0))
+    layer_budgets: list[int] | None = setting(None, "per-layer budgets (ScaleKV), one per attention layer, each at "
+                                              "least prefix + recent window; the ranking stays shared, each layer "
+                                              "keeps its own top chunks (needs the kv_vla_* attention)")
+    seed: int = setting(0, "seed of the random eviction and of an untrained gate", bounds=(0, (1 << 31) - 1),
+                        applies=NEXT_EPISODE)
+    static: bool = setting(False, "preallocated slots and a keep mask instead of growing tensors: the same shapes "
+                           "every step (constant cost, compile friendly); needs a budget and the kv_vla_* attention",
+                           applies=NEXT_EPISODE)
 
     def __post_init__(self) -> None:
         self.validate()

@@ -10,7 +10,10 @@ to the new queries and the new block stays causal.
 from __future__ import annotations
 
 import torch
-from transformers.cache_utils import DynamicLayer
+from transformers.cache_utils import DynamicLayer, DynamicSlidingWindowLayer, get_layer_types_and_kwargs
+
+from .shapes import static_capacity
+from .static_layer import StaticChunkedLayer
 
 
 class ChunkedLayer(DynamicLayer):
@@ -96,4 +99,23 @@ class ChunkedLayer(DynamicLayer):
         raise NotImplementedError("ChunkedLayer: crop is not supported (tokens may already be evicted)")
 
     def reorder_cache(self, beam_idx: torch.LongTensor) -> None:
-        raise NotImplementedError("ChunkedLayer: beam search is not supported (one decision per chunk across the batch)")
+        raise NotImplementedError("ChunkedLayer: beam search is not supported (one decision per chunk across the "
+                                  "batch)")
+
+
+def build_layers(config, text_config) -> list:
+    """One cache layer per decoder layer: a chunked layer (static slots when ``config.static``) for
+    full attention, transformers' own sliding layer for sliding attention (already bounded by the
+    model's window; its mask relies on contiguous positions). The kinds are the ones DynamicCache
+    builds, so a Mistral-style ``sliding_window`` without ``layer_types`` makes every layer slide."""
+    layer_types, layer_kwargs = get_layer_types_and_kwargs(text_config)
+    capacity = static_capacity(config)
+    layers = []
+    for i, (kind, kwargs) in enumerate(zip(layer_types[: text_config.num_hidden_layers], layer_kwargs)):
+        if kind == "full_attention":
+            layers.append(StaticChunkedLayer(capacity) if config.static else ChunkedLayer())
+        elif kind == "sliding_attention":
+            layers.append(DynamicSlidingWindowLayer(sliding_window=kwargs["sliding_window"]))
+        else:
+            raise ValueError(f"model_config.layer_types[{i}]: {kind!r} layers are not supported by the chunked cache")
+    return layers

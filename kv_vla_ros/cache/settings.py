@@ -67,11 +67,49 @@ def settings_of(cls) -> list[SettingInfo]:
     for f in dataclasses.fields(cls):
         meta = f.metadata
         if not meta.get("help"):
-            raise ValueError(f"{cls.__name__}.{f.name}: no help text (declare it with kv_vla_ros.cache.settings.setting)")
+            raise ValueError(f"{cls.__name__}.{f.name}: no help text (declare it with "
+                             "kv_vla_ros.cache.settings.setting)")
         default = f.default_factory() if f.default is _MISSING and f.default_factory is not _MISSING else f.default
-        out.append(SettingInfo(f.name, meta.get("param") or f.name, str(f.type), default, meta["help"],
+        annotation = f.type.__name__ if isinstance(f.type, type) else str(f.type)  # "int | None" either way
+        out.append(SettingInfo(f.name, meta.get("param") or f.name, annotation, default, meta["help"],
                                meta.get("bounds"), meta.get("applies", LIVE), meta.get("when", "")))
     return out
+
+
+_TRUE, _FALSE = ("1", "true", "yes", "on"), ("0", "false", "no", "off")
+
+
+def parse_setting(info: SettingInfo, raw: str) -> Any:
+    """A value written as text (a cache spec, a command line) -> the field's type, by its annotation
+    (``none`` for an optional field; ``a/b/c`` for a list); ValueError naming the field."""
+    text = raw.strip()
+    optional = info.annotation.endswith("| None")
+    base = info.annotation.removesuffix("| None").strip()
+    if optional and text.lower() == "none":
+        return None
+    try:
+        if base == "str":
+            value = text
+        elif base == "bool":
+            if text.lower() not in _TRUE + _FALSE:
+                raise ValueError
+            value = text.lower() in _TRUE
+        elif base == "int":
+            value = int(text)
+        elif base == "float":
+            value = float(text)
+        elif base in ("list[int]", "list[float]", "list[str]"):
+            element = {"list[int]": int, "list[float]": float, "list[str]": str}[base]
+            value = [element(v) for v in text.split("/") if v.strip()]
+        else:  # a new field type: teach this function, do not guess
+            raise TypeError(f"{info.name}: no text form for the annotation {info.annotation!r}")
+    except ValueError:
+        raise ValueError(f"{info.name}: expected {info.annotation}, got {raw!r}") from None
+    if info.bounds is not None and isinstance(value, (int, float)) and not isinstance(value, bool):
+        low, high = info.bounds
+        if not low <= value <= high:
+            raise ValueError(f"{info.name}: must be in [{low:g}, {high:g}], got {value!r}")
+    return value
 
 
 def check_bounds(obj) -> None:
@@ -85,5 +123,6 @@ def check_bounds(obj) -> None:
             raise ValueError(f"{info.param}: must be in [{low:g}, {high:g}], got {value!r}")
 
 
-__all__ = ["setting", "settings_of", "SettingInfo", "check_bounds", "LIVE", "NEXT_EPISODE", "RESTART", "FIXED",
+__all__ = ["setting", "settings_of", "SettingInfo", "parse_setting", "check_bounds", "LIVE", "NEXT_EPISODE", "RESTART",
+           "FIXED",
            "APPLIES"]

@@ -8,6 +8,11 @@ Two keys choose what the cache is paired with rather than a cache field: ``gate=
 (``gated`` with a randomly initialised gate instead of the checkpoint's ``gate.safetensors``) and
 ``layer_budgets=calibrated`` (per-layer budgets from the checkpoint's ``calibration.json``, same
 total as the uniform budget).
+
+``full`` holds everything: its config says so (no budget, no per-layer budgets, not static) unless
+the spec sets them. A spec without a budget keeps the checkpoint's; where the checkpoint has none (``full``), an
+eviction that ranks chunks must be given one (``budget_tokens=N`` or ``budget_frac=F``), or its
+config is refused naming ``budget_tokens``.
 """
 
 from __future__ import annotations
@@ -37,57 +42,59 @@ def add_renamed_flag(parser: argparse.ArgumentParser, old: str, new: str, dest: 
                         help=argparse.SUPPRESS)
 
 
+def spec_fields_help() -> str:
+    """The fields a spec may set, with their help (from `CacheConfig`'s field metadata)."""
+    from kv_vla_ros.cache.config import CacheConfig
+    from kv_vla_ros.cache.settings import settings_of
+
+    return "; ".join(f"{info.name} ({info.annotation}): {info.help}" for info in settings_of(CacheConfig))
+
+
 def add_cache_argument(parser: argparse.ArgumentParser, repeat: bool = True, default_help: str = "full") -> None:
     """``--cache SPEC`` (``args.cache``: a list when ``repeat``, else one spec or None), and its old
     name ``--policy``."""
-    help_text = f"{SPEC_HELP} ({'repeatable; ' if repeat else ''}default: {default_help})"
+    help_text = f"{SPEC_HELP} ({'repeatable; ' if repeat else ''}default: {default_help}); fields: {spec_fields_help()}"
     parser.add_argument("--cache", action="append" if repeat else "store", default=None, metavar="SPEC",
                         help=help_text)
     add_renamed_flag(parser, "--policy", "--cache", "cache", append=repeat)
 
 
 def parse_spec(spec: str, base) -> tuple[dict, float | None]:
-    """``"window:budget_tokens=300"`` -> (changes for ``base.replace``, budget_frac or None)."""
-    from kv_vla_ros.cache.config import CacheConfig, field_names
+    """``"window:budget_tokens=300"`` -> (changes for ``base.replace``, budget_frac or None). Values
+    are read by each field's type annotation (`kv_vla_ros.cache.settings.parse_setting`)."""
+    from kv_vla_ros.cache.config import CacheConfig
+    from kv_vla_ros.cache.settings import parse_setting, settings_of
 
     eviction, _, rest = spec.partition(":")
     changes: dict = {"eviction": eviction.strip()}
     frac = None
-    types = {f: type(getattr(base, f)) for f in field_names()}
+    fields = {info.name: info for info in settings_of(CacheConfig)}
     for item in filter(None, (s.strip() for s in rest.split(","))):
         key, eq, raw = item.partition("=")
-        key = key.strip()
+        key, raw = key.strip(), raw.strip()
         if not eq:
             raise ValueError(f"--cache: expected FIELD=VALUE in {spec!r}, got {item!r}")
         if key == "budget_frac":
             frac = float(raw)
             continue
         if key == "gate":
-            if raw.strip() not in ("untrained", "trained"):
+            if raw not in ("untrained", "trained"):
                 raise ValueError(f"--cache: gate must be 'trained' or 'untrained' in {spec!r}, got {raw!r}")
-            changes["_gate"] = raw.strip()
+            changes["_gate"] = raw
             continue
-        if key == "layer_budgets" and raw.strip() == "calibrated":
+        if key == "layer_budgets" and raw == "calibrated":
             changes["_layer_budgets"] = "calibrated"
             continue
-        if key not in types:
-            raise ValueError(f"--cache: unknown cache field {key!r} in {spec!r} (known: {', '.join(types)})")
-        raw = raw.strip()
-        if raw.lower() == "none":
-            value = None
-        elif key in ("budget_tokens", "chunk_size", "recent_chunks", "sink_tokens", "seed"):
-            value = int(raw)
-        elif key in ("gate_threshold", "summary_threshold"):
-            value = float(raw)
-        elif key in ("summarize", "static"):
-            value = raw.lower() in ("1", "true", "yes")
-        elif key == "layer_budgets":
-            value = [int(v) for v in raw.split("/")]
-        else:
-            value = raw
-        changes[key] = value
-    if changes["eviction"] != "full" and "budget_tokens" not in changes and frac is None and base.budget_tokens is None:
-        changes["budget_tokens"] = CacheConfig(eviction="full").budget_tokens
+        if key not in fields:
+            raise ValueError(f"--cache: unknown cache field {key!r} in {spec!r} (known: {', '.join(fields)})")
+        try:
+            changes[key] = parse_setting(fields[key], raw)
+        except ValueError as exc:
+            raise ValueError(f"--cache {spec!r}: {exc}") from None
+    if changes["eviction"] == "full":  # holds everything: a budget would only be reported, never applied
+        changes.setdefault("budget_tokens", None)
+        changes.setdefault("layer_budgets", None)
+        changes.setdefault("static", False)
     return changes, frac
 
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
+import warnings
 from pathlib import Path
 from typing import Iterator
 
@@ -51,15 +52,22 @@ class BagReader:
             hint = f"; open the storage file itself: {self.path / files[0]}" if files else ""
             raise BagError(f"bag {self.path}: no metadata.yaml (a recording that did not finish?){hint}")
         try:
-            self._reader = Reader(self.path)
-            self._reader.open()
+            with warnings.catch_warnings():  # rosbags warns about definitions it cannot use: errors say it
+                warnings.simplefilter("ignore")
+                self._reader = Reader(self.path)
+                self._reader.open()
         except BagError:
             raise
         except Exception as exc:  # ReaderError, apsw/mcap errors, YAML errors: all mean "not a usable bag"
-            raise BagError(f"bag {self.path}: cannot open ({_describe(exc)}); is it truncated or corrupt?") from None
+            text = _describe(exc)
+            if "serialization format" in text.lower():  # a readable bag, in a format rosbags does not decode
+                raise BagError(f"bag {self.path}: {text.rstrip('.')}; only CDR (what rosbag2 records) is "
+                               "read") from None
+            raise BagError(f"bag {self.path}: cannot open ({text}); is it truncated or corrupt?") from None
         try:
             self.distro = self._reader.ros_distro
-            self.typestore, self.store_name = typestore_for_connections(self._reader.connections, self.distro)
+            self.typestore, self.store_name, self.unparsed_definitions = typestore_for_connections(
+                self._reader.connections, self.distro)
         except Exception as exc:
             self.close()
             raise BagError(f"bag {self.path}: cannot build the message types ({_describe(exc)})") from None
@@ -105,8 +113,10 @@ class BagReader:
         if count == 0:
             raise BagError(f"bag {self.path}: {what} topic {topic} has no messages")
         if msgtype not in self.typestore.types:
-            raise BagError(f"bag {self.path}: unknown message type {msgtype} on {topic} (no definition in the "
-                           f"bag and none in the {self.store_name} typestore)")
+            stored = self.unparsed_definitions.get(msgtype)
+            why = f"its definition in the bag does not parse: {stored}" if stored else "no definition in the bag"
+            raise BagError(f"bag {self.path}: unknown message type {msgtype} on {topic} ({why}; none in the "
+                           f"{self.store_name} typestore)")
         return msgtype
 
     # ---- messages -----------------------------------------------------------------------

@@ -34,7 +34,7 @@ def generate_bag(output, task: str, episodes: int, seed_offset: int = 0, storage
     The expert acts, or ``model`` (a ``VLAModel``) does, through a ``VLASession`` with the full
     cache: a closed-loop run recorded as the policy node would see and answer it.
     """
-    from tqdm import tqdm
+    from kv_vla_ros.progress import progress_bar
 
     from kv_vla_ros.sim import SimRobot, eval_seeds, make_expert
 
@@ -55,13 +55,14 @@ def generate_bag(output, task: str, episodes: int, seed_offset: int = 0, storage
     period = int(round(1e9 / frame_rate_hz))
     delay = min(ACTION_DELAY_NS, period // 2)
     t = int(time.time_ns() if start_time_ns is None else start_time_ns)
-    summary = {"task": robot.task, "driver": "expert" if model is None else "model", "episodes": episodes, "seeds": seeds, "steps": 0, "successes": 0}
+    summary = {"task": robot.task, "driver": "expert" if model is None else "model", "episodes": episodes,
+               "seeds": seeds, "steps": 0, "successes": 0}
     with AtomicBagWriter(output, storage) as bag:
         ts = bag.typestore
         for topic, msgtype in ((names["instruction"], STRING), (names["image"], IMAGE),
                                (names["action"], FLOAT32_ARRAY), (names["episode"], STRING)):
             bag.add_connection(topic, msgtype)
-        for index, seed in enumerate(tqdm(seeds, desc=f"bag generate {robot.task}", disable=not progress)):
+        for index, seed in enumerate(progress_bar(seeds, desc=f"bag generate {robot.task}", disable=not progress)):
             frame, instruction = robot.reset(seed)
             bag.write(names["instruction"], t, make_string(ts, instruction), STRING)
             if session is not None:
@@ -115,10 +116,10 @@ def run(args: argparse.Namespace) -> int:
 
         import torch
 
-        from kv_vla_ros.vla import DEFAULT_MODEL_PATH, VLAModel
+        from kv_vla_ros.vla import VLAModel, model_path_or_default
 
         torch.set_num_threads(1)
-        path = Path(args.model or DEFAULT_MODEL_PATH)
+        path = Path(model_path_or_default(args.model))
         if not (path / "config.json").is_file():
             raise ValueError(f"--model: no checkpoint at {path} (expected config.json there)")
         model = VLAModel.from_pretrained(str(path))

@@ -48,30 +48,42 @@ def types_from_definition(msgtype: str, fmt, text: str) -> dict:
     return dict(get_types_from_idl(text))
 
 
-def typestore_for_connections(connections, distro: str | None):
-    """A typestore that decodes every connection it can; returns ``(typestore, store_name)``.
+def is_service_event(msgtype: str) -> bool:
+    """rosbag2 records a service's calls as ``<pkg>/srv/<Name>_Event`` messages whose stored
+    definition is the raw ``.srv`` (request ``---`` response): never decoded by these tools."""
+    return "/srv/" in msgtype and msgtype.endswith("_Event")
 
-    A definition that does not parse is skipped with a warning (the built-in type is used, if
-    any); a type found nowhere is reported by the reader when a message of it is needed.
+
+def typestore_for_connections(connections, distro: str | None):
+    """A typestore that decodes every connection it can; returns ``(typestore, store_name,
+    skipped)``, ``skipped`` mapping each type whose stored definition did not parse to the reason.
+
+    A definition that does not parse is skipped (the built-in type is used, if any), quietly: a
+    type found nowhere is reported, with that reason, when a message of it is needed; service
+    events (`is_service_event`) are skipped without a reason.
     """
     has_hashes = any(str(c.digest).startswith("RIHS01_") for c in connections)
     base_name = store_for_distro(distro, has_hashes)
     base = get_typestore(base_name)
     own: dict = {}
+    skipped: dict[str, str] = {}
     for conn in connections:
         if conn.msgdef.format == MessageDefinitionFormat.NONE or not conn.msgdef.data or conn.msgtype in own:
             continue
+        if is_service_event(conn.msgtype):
+            continue
         try:
-            own.update(types_from_definition(conn.msgtype, conn.msgdef.format, conn.msgdef.data))
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                own.update(types_from_definition(conn.msgtype, conn.msgdef.format, conn.msgdef.data))
         except Exception as exc:  # a foreign writer's malformed definition: fall back to the store
-            warnings.warn(f"topic {conn.topic}: cannot parse the stored definition of {conn.msgtype} "
-                          f"({exc}); using the {base_name.value} type", RuntimeWarning, stacklevel=2)
+            skipped[conn.msgtype] = " ".join(str(exc).split())[:120]
     store = get_typestore(Stores.EMPTY)
     merged = {name: fields for name, fields in base.fielddefs.items() if name not in own}
     merged.update(own)
     store.register(merged)
-    return store, base_name.value
+    return store, base_name.value, skipped
 
 
-__all__ = ["DISTRO_STORES", "WRITE_STORE", "store_for_distro", "types_from_definition",
+__all__ = ["DISTRO_STORES", "WRITE_STORE", "store_for_distro", "types_from_definition", "is_service_event",
            "typestore_for_connections"]

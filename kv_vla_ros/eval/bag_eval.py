@@ -42,7 +42,6 @@ def build_configs(policy, specs: list[str]) -> list[tuple[str, object]]:
     ``budget_frac`` needs the mean history length, unknown until the bag is read: use budget_tokens.
     """
     from kv_vla_ros.cache.spec import parse_spec
-
     from kv_vla_ros.vla.policy import as_policy
 
     base = as_policy(policy).default_cache_config()
@@ -56,7 +55,7 @@ def build_configs(policy, specs: list[str]) -> list[tuple[str, object]]:
         seen.add(spec)
         out.append((spec, base.replace(**changes)))
     if not any(cfg.eviction == "full" for _, cfg in out):
-        out.insert(0, ("full", base.replace(eviction="full")))
+        out.insert(0, ("full", base.replace(**parse_spec("full", base)[0])))
     out.sort(key=lambda item: item[1].eviction != "full")  # stable: the first full is the reference
     return out
 
@@ -228,7 +227,7 @@ def evaluate_bag(bag_path, model, specs: list[str], topics: BagTopics | None = N
                  max_episodes: int | None = None, progress: bool = True) -> dict:
     """Replay ``bag_path`` through one ``VLASession`` per cache spec; returns the result dict
     (``results`` rows, ``series`` for the plots, and per-episode ``actions``/``recorded`` arrays)."""
-    from tqdm import tqdm
+    from kv_vla_ros.progress import progress_bar
 
     from kv_vla_ros.vla.policy import as_policy
 
@@ -238,7 +237,7 @@ def evaluate_bag(bag_path, model, specs: list[str], topics: BagTopics | None = N
     check_inputs(policy, topics)
     with BagReader(bag_path) as bag:
         total = bag.topics.get(topics.image, (None, 0))[1]
-    with tqdm(total=total, desc=f"bag eval {len(configs)} configs", unit="frame", disable=not progress) as bar:
+    with progress_bar(total=total, desc=f"bag eval {len(configs)} configs", unit="frame", disable=not progress) as bar:
         replay = replay_bag(bag_path, policy, configs, topics, flops_every, max_episodes, bar.update)
     return merge_replays([replay], policy, topics, flops_every)
 

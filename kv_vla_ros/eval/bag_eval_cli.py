@@ -90,10 +90,10 @@ def run(args: argparse.Namespace) -> int:
             frames.append(bag.topics[topics.image][1])
     import torch
 
-    from kv_vla_ros.vla import DEFAULT_MODEL_PATH, load_policy
+    from kv_vla_ros.vla import load_policy, model_path_or_default
 
     torch.set_num_threads(args.threads)
-    model_path = Path(args.model or DEFAULT_MODEL_PATH)
+    model_path = Path(model_path_or_default(args.model))
     if not (model_path / "config.json").is_file():
         raise ValueError(f"--model: no checkpoint at {model_path} (expected config.json there)")
     model = load_policy(str(model_path))  # the package's own VLA or π0, by config.json model_type

@@ -10,7 +10,7 @@ import statistics
 import time
 
 import torch
-from tqdm import tqdm
+from kv_vla_ros.progress import progress_bar
 
 from kv_vla_ros.cache import CacheConfig, make_cache
 from kv_vla_ros.cache.spec import add_renamed_flag
@@ -35,7 +35,8 @@ def tiny_backbone(hidden: int, layers: int, seed: int):
 
     config = LlamaConfig(
         vocab_size=512, hidden_size=hidden, intermediate_size=hidden * 3, num_hidden_layers=layers,
-        num_attention_heads=max(1, hidden // 32), num_key_value_heads=max(1, hidden // 64), max_position_embeddings=1 << 16,
+        num_attention_heads=max(1, hidden // 32), num_key_value_heads=max(1, hidden // 64),
+        max_position_embeddings=1 << 16,
     )
     torch.manual_seed(seed)
     return LlamaForCausalLM(config).eval()
@@ -52,14 +53,15 @@ def stream_lockstep(model, configs: dict[str, CacheConfig], frames: torch.Tensor
     for cache in caches.values():
         model(input_ids=prefix, past_key_values=cache, use_cache=True)
     results = {name: [] for name in configs}
-    for frame in tqdm(frames, desc="streaming frames", unit="frame"):
+    for frame in progress_bar(frames, desc="streaming frames", unit="frame"):
         for name, cache in caches.items():
             t0 = time.perf_counter()
             model(input_ids=frame, past_key_values=cache, use_cache=True)
             dt = time.perf_counter() - t0
             s = cache.stats()
             results[name].append(
-                {"latency_s": dt, "tokens_seen": s["tokens_seen"], "tokens_held": s["tokens_held"], "bytes_held": s["bytes_held"]}
+                {"latency_s": dt, "tokens_seen": s["tokens_seen"], "tokens_held": s["tokens_held"],
+                 "bytes_held": s["bytes_held"]}
             )
     return results
 
@@ -121,6 +123,7 @@ def plot(results: dict, path: str) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    load_start = os.getloadavg()[0]  # other work on the machine skews every timing: recorded with them
     for name in ("frames", "frame_tokens", "budget_frames", "hidden", "layers", "threads"):
         if getattr(args, name) < 1:
             raise SystemExit(f"kv-vla bench cache: --{name.replace('_', '-')} must be >= 1")
@@ -150,7 +153,8 @@ def run(args: argparse.Namespace) -> int:
     os.makedirs(args.out, exist_ok=True)
     md = markdown(table, policies)
     with open(os.path.join(args.out, "bench_cache.json"), "w") as f:
-        json.dump({"args": vars(args), "table": table, "steps": results}, f, indent=1)
+        json.dump({"args": vars(args), "table": table, "load_average": [load_start, os.getloadavg()[0]],
+                   "steps": results}, f, indent=1)
     with open(os.path.join(args.out, "bench_cache.md"), "w") as f:
         f.write(md + "\n")
     plot(results, os.path.join(args.out, "bench_cache.png"))

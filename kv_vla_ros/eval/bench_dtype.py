@@ -16,7 +16,7 @@ import os
 
 import numpy as np
 import torch
-from tqdm import tqdm
+from kv_vla_ros.progress import progress_bar
 
 DEFAULT_TASK = "MiniGrid-MemoryS13Random-v0"
 
@@ -27,7 +27,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", default=None, help="checkpoint directory (default: the shipped model)")
     parser.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], default="bfloat16",
                         help="dtype of the session under test (the reference is float32)")
-    parser.add_argument("--compile", action="store_true", help="run the session under test compiled (needs static=true)")
+    parser.add_argument("--compile", action="store_true",
+                        help="run the session under test compiled (needs static=true)")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     add_cache_argument(parser, repeat=False, default_help="the model's cache, for both sessions")
     parser.add_argument("--task", default=DEFAULT_TASK)
@@ -42,9 +43,9 @@ def compare(model_path, task: str, cache_spec: str | None, dtype: str, compile: 
     """Run episodes until ``steps`` control steps; returns per-step agreement and logit gaps."""
     from kv_vla_ros.cache.spec import parse_spec
     from kv_vla_ros.sim import SimRobot, eval_seeds
-    from kv_vla_ros.vla import DEFAULT_MODEL_PATH, VLAModel, VLASession
+    from kv_vla_ros.vla import VLAModel, VLASession, model_path_or_default
 
-    path = model_path or str(DEFAULT_MODEL_PATH)
+    path = model_path_or_default(model_path)
     model = VLAModel.from_pretrained(path, device=device)
     cfg = model.config.cache
     if cache_spec:
@@ -56,7 +57,7 @@ def compare(model_path, task: str, cache_spec: str | None, dtype: str, compile: 
     tested = VLASession(other, cfg, device=device, dtype=dtype, compile=compile)
     robot = SimRobot(task)
     agree, gaps, episodes = [], [], 0
-    bar = tqdm(total=steps, desc=f"float32 vs {dtype}{' compiled' if compile else ''}", disable=not progress)
+    bar = progress_bar(total=steps, desc=f"float32 vs {dtype}{' compiled' if compile else ''}", disable=not progress)
     try:
         for seed in eval_seeds(10_000, seed_offset):
             frame, instruction = robot.reset(seed)
@@ -108,7 +109,8 @@ def run(args: argparse.Namespace) -> int:
     except (FileNotFoundError, ValueError) as exc:
         raise SystemExit(f"kv-vla bench dtype: {exc}") from None
     md = "\n".join([
-        "| task | cache | device | dtype | decode | steps (episodes) | action agreement vs float32 | max / mean logit gap |",
+        "| task | cache | device | dtype | decode | steps (episodes) | action agreement vs float32 "
+        "| max / mean logit gap |",
         "|---|---|---|---|---|---|---|---|",
         f"| {result['task']} | {result['cache']['eviction']}{' static' if result['cache']['static'] else ''} | "
         f"{result['device']} | {result['dtype']} | {result['compiled']} | {result['steps']} ({result['episodes']}) | "

@@ -25,9 +25,9 @@ import time
 
 import torch
 from torch.utils.flop_counter import FlopCounterMode
-from tqdm import tqdm
+from kv_vla_ros.progress import progress_bar
 
-from kv_vla_ros.cache import CacheConfig, make_cache, use_kv_vla_attention
+from kv_vla_ros.cache import CacheConfig, attention_implementation, make_cache, use_kv_vla_attention
 from kv_vla_ros.cache.compiled import CompiledDecode
 from kv_vla_ros.cache.spec import add_renamed_flag
 from kv_vla_ros.cache.work import StepWork
@@ -59,7 +59,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--budget-frames", type=int, default=8, help="budget: this many steps' tokens (default 8)")
     add_renamed_flag(parser, "--policies", "--evictions", "evictions")
     parser.add_argument("--evictions", default=None,
-                        help="default: CPU full,window,gated,gated-static; GPU full,gated,gated-static,gated-static-compiled "
+                        help="default: CPU full,window,gated,gated-static; GPU "
+                        "full,gated,gated-static,gated-static-compiled "
                         "(static variants are skipped for pi0: its bidirectional blocks need the dynamic cache)")
     parser.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], default=None,
                         help="weights and K/V dtype (default: the backbone's: openvla and pi0 on a GPU bfloat16, "
@@ -74,13 +75,14 @@ def build_backbone(name: str, model_path: str | None, device: str, dtype: str | 
     from transformers import LlamaConfig, LlamaForCausalLM
 
     if name == "default":
-        from kv_vla_ros.vla import DEFAULT_MODEL_PATH, VLAModel
+        from kv_vla_ros.vla import VLAModel, model_path_or_default
 
         dtype = getattr(torch, dtype or "float32")
-        vla = VLAModel.from_pretrained(model_path or DEFAULT_MODEL_PATH, device=device, dtype=dtype)
+        vla = VLAModel.from_pretrained(model_path_or_default(model_path), device=device, dtype=dtype)
         return vla.backbone, vla.config.tokens_per_step, dtype
     spec = dict(BACKBONES[name])
-    frame, action, dtype = spec.pop("frame_tokens"), spec.pop("action_tokens"), getattr(torch, dtype or spec.pop("dtype"))
+    frame, action = spec.pop("frame_tokens"), spec.pop("action_tokens")
+    dtype = getattr(torch, dtype or spec.pop("dtype"))
     spec.pop("dtype", None)
     config = LlamaConfig(vocab_size=32000, max_position_embeddings=1 << 20, **spec)
     torch.manual_seed(0)
@@ -98,7 +100,8 @@ def cache_configs(policies: list[str], step: int, budget_frames: int, prefix: in
         if name.endswith("-compiled") and not static:
             raise ValueError(f"policies: {name!r}: only a static cache compiles (e.g. gated-static-compiled)")
         if policy == "full":
-            out[name] = CacheConfig(eviction="full", chunk_size=step, recent_chunks=2, sink_tokens=prefix, budget_tokens=None)
+            out[name] = CacheConfig(eviction="full", chunk_size=step, recent_chunks=2, sink_tokens=prefix,
+                                    budget_tokens=None)
         else:
             out[name] = CacheConfig(eviction=policy, chunk_size=step, recent_chunks=2, sink_tokens=prefix,
                                     budget_tokens=budget, gate_threshold=0.0, static=static)
@@ -139,7 +142,7 @@ def measure(model, configs, step: int, checkpoints: list[int], repeats: int, max
             forward(x, caches[name])
     results = {name: {} for name in configs}
     done = 0
-    bar = tqdm(total=max(checkpoints), desc="history", unit="frame")
+    bar = progress_bar(total=max(checkpoints), desc="history", unit="frame")
     for target in checkpoints:
         active = {n: c for n, c in caches.items() if target <= limits[n]}
         while done < target - repeats - 2:
@@ -169,15 +172,15 @@ def measure(model, configs, step: int, checkpoints: list[int], repeats: int, max
         # FLOPs of one more step, counted with the matmul-based eager attention (FlopCounterMode
         # does not see every fused sdpa kernel); the cache state carries on unchanged.
         x = embeds(step)
-        model.set_attn_implementation("kv_vla_eager")
-        for n, cache in active.items():
-            with FlopCounterMode(display=False) as counter:
-                forward(x, cache)
-            s = cache.stats()
-            results[n][target] = {"ms": statistics.median(times[n]) * 1e3, "flops": counter.get_total_flops(),
-                                  "tokens_seen": s["tokens_seen"], "tokens_held": s["tokens_held"],
-                                  "kv_bytes": s["bytes_held"], "kv_bytes_read": floors.kv_bytes_read(cache), **work[n]}
-        model.set_attn_implementation("kv_vla_sdpa")
+        with attention_implementation(model, "kv_vla_eager"):
+            for n, cache in active.items():
+                with FlopCounterMode(display=False) as counter:
+                    forward(x, cache)
+                s = cache.stats()
+                results[n][target] = {"ms": statistics.median(times[n]) * 1e3, "flops": counter.get_total_flops(),
+                                      "tokens_seen": s["tokens_seen"], "tokens_held": s["tokens_held"],
+                                      "kv_bytes": s["bytes_held"], "kv_bytes_read": floors.kv_bytes_read(cache),
+                                      **work[n]}
         done += 2
         bar.update(2)
         for n in [n for n in caches if limits[n] <= target]:
@@ -201,7 +204,8 @@ def ratios(results: dict) -> list[dict]:
 
 
 def markdown(table: list[dict], title: str) -> str:
-    lines = [f"**{title}**", "", "| policy | history (frames) | tokens seen | tokens held | ms/step | KV MiB | GFLOP/step "
+    lines = [f"**{title}**", "",
+             "| policy | history (frames) | tokens seen | tokens held | ms/step | KV MiB | GFLOP/step "
              "| speedup vs full | KV bytes vs full | FLOPs saved |", "|---|---|---|---|---|---|---|---|---|---|"]
     for r in table:
         extra = (f"{r['speedup']:.2f}x | {r['kv_reduction']:.2f}x | {r['flops_saved_pct']:.1f}%" if "speedup" in r
@@ -242,10 +246,12 @@ def plot(results: dict, path: str, title: str) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    load_start = os.getloadavg()[0]  # other work on the machine skews every timing: recorded with them
     try:
         checkpoints = sorted({int(x) for x in args.history.split(",") if x.strip()})
     except ValueError:
-        raise SystemExit(f"kv-vla bench paper: --history must be comma-separated integers, got {args.history!r}") from None
+        raise SystemExit(f"kv-vla bench paper: --history must be comma-separated integers, "
+                         f"got {args.history!r}") from None
     if not checkpoints or checkpoints[0] < args.repeats + 3 or args.repeats < 1 or args.budget_frames < 3:
         raise SystemExit("kv-vla bench paper: need --repeats >= 1, history lengths > repeats + 2, --budget-frames >= 3")
     if args.device.startswith("cuda") and not torch.cuda.is_available():
@@ -284,19 +290,23 @@ def run(args: argparse.Namespace) -> int:
     results = measure(model, configs, step, checkpoints, args.repeats, max_full, args.device, dtype, prefix=prefix,
                       **extra)
     title = (f"{name} backbone ({text.num_hidden_layers} layers, hidden {text.hidden_size}, "
-             f"{step} tokens/step, {str(dtype).removeprefix('torch.')}, {args.device}), budget {args.budget_frames} steps")
+             f"{step} tokens/step, {str(dtype).removeprefix('torch.')}, {args.device}), "
+             f"budget {args.budget_frames} steps")
     table = ratios(results)
     bandwidth = floors.memory_bandwidth(args.device)
     flops_per_s = floors.matmul_throughput(args.device, dtype)
     floors.add_floors(table, weight_bytes or floors.weight_bytes_read(model), bandwidth, flops_per_s)
     flat = floors.flatness(table)
-    device_name = torch.cuda.get_device_name(args.device) if args.device.startswith("cuda") else f"CPU ({args.threads} threads)"
+    on_gpu = args.device.startswith("cuda")
+    device_name = torch.cuda.get_device_name(args.device) if on_gpu else f"CPU ({args.threads} threads)"
     md = markdown(table, title) + "\n" + floors.floors_markdown(table, flat, device_name, bandwidth, flops_per_s)
     os.makedirs(args.out, exist_ok=True)
     stem = os.path.join(args.out, f"bench_{args.backbone}")
     with open(stem + ".json", "w") as f:
-        json.dump({"args": vars(args), "tokens_per_step": step, "table": table, "paper": PAPER, "device": device_name,
-                   "bandwidth_bytes_per_s": bandwidth, "matmul_flops_per_s": flops_per_s, "flatness": flat}, f, indent=1)
+        json.dump({"args": vars(args), "title": title, "tokens_per_step": step, "table": table, "paper": PAPER,
+                   "device": device_name, "load_average": [load_start, os.getloadavg()[0]],
+                   "bandwidth_bytes_per_s": bandwidth, "matmul_flops_per_s": flops_per_s, "flatness": flat},
+                  f, indent=1)
     with open(stem + ".md", "w") as f:
         f.write(md + "\n")
     plot(results, stem + ".png", title)

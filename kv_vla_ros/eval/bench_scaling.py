@@ -72,14 +72,14 @@ def run(args: argparse.Namespace) -> int:
     from kv_vla_ros.eval.grid import evaluate_grid
     from kv_vla_ros.parallel.runner import RunnerConfig
     from kv_vla_ros.sim import eval_seeds, normalize_task
-    from kv_vla_ros.vla import DEFAULT_MODEL_PATH, VLAModel
+    from kv_vla_ros.vla import VLAModel, model_path_or_default
 
     if args.episodes < 1:
         raise SystemExit("kv-vla bench eval-scaling: --episodes must be >= 1")
     if args.workers < 2 and args.ray_address is None:
         raise SystemExit("kv-vla bench eval-scaling: --workers must be >= 2 (the sequential run is the baseline)")
     torch.set_num_threads(1)  # what `kv-vla eval` uses by default (--threads 1), and what each worker uses
-    model_path = args.model or str(DEFAULT_MODEL_PATH)
+    model_path = model_path_or_default(args.model)
     model = VLAModel.from_pretrained(model_path)
     parsed = [(spec, *parse_spec(spec, model.config.cache)) for spec in args.cache or ["full"]]
     tasks = [normalize_task(t) for t in args.tasks]

@@ -59,7 +59,7 @@ def run_episode(robot, session, seed: int) -> dict:
             probe.observe(len(held))
             cue_held_at.append(cue_chunk_held(st, probe.cue_steps, len(held)))
         if queue.needs_inference:
-            queue.push(session.step_chunk(frame))
+            queue.push(session.step_action_chunk(frame))
             timings = session.stats()["latency_ms"]
             lat.append(timings["total"])
             policy_ms.append(timings.get("cache_policy", 0.0))
@@ -119,13 +119,14 @@ def evaluate_task(model, task: str, cache_config, seeds: list[int], max_steps: i
                   progress: bool = True, label: str = "", untrained_gate: bool = False) -> dict:
     """Run one task under one cache config; returns the aggregate metrics (+ per-episode lists).
     ``untrained_gate``: see `make_session`."""
-    from tqdm import tqdm
+    from kv_vla_ros.progress import progress_bar
 
     robot = make_robot(task, max_steps)
     try:
         session = make_session(model, cache_config, untrained_gate)
         records = [run_episode(robot, session, seed) for seed in
-                   tqdm(seeds, desc=f"{label or cache_config.eviction} {task}", disable=not progress, leave=False)]
+                   progress_bar(seeds, desc=f"{label or cache_config.eviction} {task}", disable=not progress,
+                                leave=False)]
     finally:
         robot.close()
     return summarize_task(task, label or cache_config.eviction, cache_config, records)

@@ -24,7 +24,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--tasks", nargs="+", default=EVAL_TASKS)
     parser.add_argument("--episodes", type=int, default=200, help="held-out eval seeds per task")
     add_cache_argument(parser)
-    parser.add_argument("--max-steps", type=int, default=100, help="episode step cap, applied only below the env's own limit (a timeout is a failure)")
+    parser.add_argument("--max-steps", type=int, default=100,
+                        help="episode step cap, applied only below the env's own limit (a timeout is a failure)")
     parser.add_argument("--seed-offset", type=int, default=0, help="offset into the eval seed range")
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads")
     parser.add_argument("--out", required=True, help="output directory for results.json/.md/.png")
@@ -40,10 +41,10 @@ def run(args: argparse.Namespace) -> int:
     from kv_vla_ros.parallel.runner import runner_config
     from kv_vla_ros.eval.report import markdown_table, plot_results
     from kv_vla_ros.sim import eval_seeds, normalize_task
-    from kv_vla_ros.vla import DEFAULT_MODEL_PATH, load_policy
+    from kv_vla_ros.vla import load_policy, model_path_or_default
 
     torch.set_num_threads(args.threads)
-    model_path = args.model or str(DEFAULT_MODEL_PATH)
+    model_path = model_path_or_default(args.model)
     model = load_policy(model_path)  # by config.json model_type: the package's own VLA or π0
     base = model.default_cache_config()
     specs = args.cache or ["full"]

@@ -107,7 +107,8 @@ def floors_markdown(table: list[dict], flat: dict[str, dict], device: str, bandw
              "| policy | history (frames) | ms/step | bandwidth floor ms | x bandwidth floor | compute floor ms "
              "| aten ops/step | elements/step | Python calls/step |", "|---|---|---|---|---|---|---|---|---|"]
     for r in table:
-        lines.append(f"| {r['policy']} | {r['frames']} | {r['ms']:.2f} | {r['floor_bw_ms']:.3f} | {r['x_bw_floor']:.2f}x "
+        lines.append(f"| {r['policy']} | {r['frames']} | {r['ms']:.2f} | {r['floor_bw_ms']:.3f} "
+                     f"| {r['x_bw_floor']:.2f}x "
                      f"| {r['floor_compute_ms']:.3f} | {r['aten_ops']} | {r['elements']} | {r['python_calls']} |")
     lines += ["", "| policy | flatness: history | ms/step ratio | elements ratio | Python calls ratio |",
               "|---|---|---|---|---|"]

@@ -138,9 +138,9 @@ def gate_score_traces(model_path: str | None, task: str, episodes: int, rows: li
 
     from kv_vla_ros.sim import SimRobot, eval_seeds
     from kv_vla_ros.sim.memory import MemoryEpisodeProbe
-    from kv_vla_ros.vla import DEFAULT_MODEL_PATH, VLAModel, VLASession
+    from kv_vla_ros.vla import VLAModel, VLASession, model_path_or_default
 
-    model = VLAModel.from_pretrained(model_path or DEFAULT_MODEL_PATH)
+    model = VLAModel.from_pretrained(model_path_or_default(model_path))
     gated = [r for r in rows if r["task"] == task and label_of(r["policy"])[0] == "trained gate" and "cache" in r]
     cfg = model.config.cache.replace(eviction="gated", gate_threshold=0.0,
                                      budget_tokens=gated[0]["cache"]["budget_tokens"] if gated else None)

@@ -2,11 +2,13 @@
 thread, so that the calling process runs episodes meanwhile instead of waiting for it.
 
 Starting a private local runtime takes seconds of wall time (``ray.init`` waits for the GCS, the
-raylet and the API server to come up), and each actor then imports torch/transformers and loads
+raylet and their agents to come up), and each actor then imports torch/transformers and loads
 the model (about 4 s of CPU). None of that needs the caller's thread: `RayLaunch` does it on a
 thread of its own and records when each part finished (``timings``).
 
-The actor class is made on first use, so that importing this module never imports Ray.
+Only Ray's public API: ``ray.init`` with its documented options, ``ray.remote`` actors, the
+``ray`` logger. The actor class is made on first use, so that importing this module never imports
+Ray.
 """
 
 from __future__ import annotations
@@ -17,8 +19,6 @@ import sys
 import threading
 import time
 from typing import Any, Callable
-
-LOOPBACK_ONLY = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"  # "0": Ray binds 127.0.0.1, not the host's address
 
 _WORKER_CLASS = None
 
@@ -65,10 +65,17 @@ def worker_class():
 
 class _NoThreadWarning(logging.Filter):
     """Ray warns that it set no SIGTERM handler when initialised off the main thread; `RayLaunch`
-    installs the same handler on the main thread itself, so the warning is noise."""
+    installs the same handler on the main thread itself, so the warning is noise. Added to the
+    handlers of the documented ``ray`` logger (where every Ray record ends up)."""
 
     def filter(self, record: logging.LogRecord) -> bool:
         return "SIGTERM handler is not set" not in record.getMessage()
+
+
+def _mute_thread_warning() -> None:
+    for handler in logging.getLogger("ray").handlers:
+        if not any(isinstance(f, _NoThreadWarning) for f in handler.filters):
+            handler.addFilter(_NoThreadWarning())
 
 
 def _exit_on_sigterm(signum, frame):  # what ray.init installs when called on the main thread
@@ -94,11 +101,6 @@ class RayLaunch:
         self._want, self._own, self._cpus = actors, own, local_cpus
         self._t0 = time.monotonic()
         self._up, self._stop = threading.Event(), threading.Event()
-        self._node = None  # the lean private runtime's head node, when this launch started one
-        if own and "ray" not in sys.modules:
-            # A private runtime talks to itself only: keep every Ray process on the loopback
-            # address (Ray reads this at import, and its processes inherit it).
-            os.environ.setdefault(LOOPBACK_ONLY, "0")
         if threading.current_thread() is threading.main_thread():
             import signal
 
@@ -111,15 +113,16 @@ class RayLaunch:
         try:
             import ray
 
-            logging.getLogger("ray._private.worker").addFilter(_NoThreadWarning())
+            _mute_thread_warning()
             cfg = self.config
             if ray.is_initialized():
                 pass  # the caller's runtime (e.g. a test cluster): use it, leave it running
             elif cfg.ray_address:
                 ray.init(address=cfg.ray_address, log_to_driver=cfg.log_to_driver)
                 self.owns = True
-            else:
-                self._start_private(ray)
+            else:  # a private runtime, never someone else's cluster by accident
+                ray.init(address="local", num_cpus=self._cpus, num_gpus=0, include_dashboard=False,
+                         object_store_memory=cfg.object_store_mb * 1024 * 1024, log_to_driver=cfg.log_to_driver)
                 self.owns = True
             self.ray = ray
             self.timings["ray_init_s"] = time.monotonic() - self._t0
@@ -139,42 +142,8 @@ class RayLaunch:
         for actor in self.actors:
             self.ray.kill(actor)
         if self.owns:
-            self.ray.shutdown()  # the driver lets go (and a runtime ray.init started goes down) ...
-            self._kill_node()  # ... then the lean runtime's processes
+            self.ray.shutdown()  # the driver lets go (and the private runtime ray.init started goes down)
         self.timings["shutdown_s"] = time.monotonic() - t0
-
-    def _start_private(self, ray) -> None:
-        """A lean private runtime: the GCS, the raylet and the raylet's two agents, without what
-        ``ray.init(address="local")`` adds that a run of ours never uses: the autoscaler monitor,
-        the dashboard's API server and (unless worker logs go to the driver) the log monitor.
-        Measured on 2 cores: ~1.7 s less CPU while the run starts, up ~1 s sooner, down ~0.8 s
-        sooner. It uses Ray's own `Node` (what ray.init starts), so it is tied to the pinned Ray;
-        if that ever fails, plain ray.init."""
-        cfg, mb = self.config, self.config.object_store_mb * 1024 * 1024
-        try:
-            from ray._private.node import Node
-            from ray._private.parameter import RayParams
-
-            class LeanHead(Node):
-                def start_api_server(self, **_) -> None:  # the dashboard/jobs API: unused here
-                    return None
-
-            params = RayParams(num_cpus=self._cpus, num_gpus=0, include_dashboard=False, object_store_memory=mb,
-                               no_monitor=True, include_log_monitor=bool(cfg.log_to_driver),
-                               node_ip_address="127.0.0.1")
-            self._node = LeanHead(params, head=True, shutdown_at_exit=False, spawn_reaper=True,
-                                  ray_init_cluster=True)
-            ray.init(address=self._node.address, log_to_driver=cfg.log_to_driver)
-        except Exception as exc:  # Ray's internals moved: the documented way
-            logging.getLogger(__name__).info("lean Ray start failed (%s); using ray.init", exc)
-            self._kill_node()
-            ray.init(address="local", num_cpus=self._cpus, include_dashboard=False, object_store_memory=mb,
-                     log_to_driver=cfg.log_to_driver)
-
-    def _kill_node(self) -> None:
-        if self._node is not None:
-            self._node.kill_all_processes(check_alive=False, allow_graceful=True, wait=True)
-            self._node = None
 
     def new_actor(self):
         return worker_class().options(num_cpus=1, max_restarts=self.config.retries,
@@ -208,4 +177,4 @@ class RayLaunch:
         self.ray = None
 
 
-__all__ = ["RayLaunch", "worker_class", "LOOPBACK_ONLY"]
+__all__ = ["RayLaunch", "worker_class"]

@@ -203,9 +203,9 @@ class Runner:
     # ---- progress -------------------------------------------------------------------------
     def _ensure_bar(self, units: int) -> None:
         if self._bar is None:
-            from tqdm import tqdm
+            from kv_vla_ros.progress import progress_bar
 
-            self._bar = tqdm(total=self.total if self.total is not None else 0, desc=self.desc, unit=self.unit,
+            self._bar = progress_bar(total=self.total if self.total is not None else 0, desc=self.desc, unit=self.unit,
                              disable=not self.config.progress, dynamic_ncols=True)
         if self.total is None or self._bar.total < self.done_units + units:
             self._bar.total = self.done_units + units if self.total is None else max(self._bar.total,
@@ -228,8 +228,9 @@ class Runner:
             on_result: Callable[[int, Any], None] | None = None) -> list:
         """``[fn(state, item, tick) for item in items]``, in item order. ``units[i]``: progress
         units of item ``i`` (default 1); ``on_result(i, result)`` runs in this process as each
-        result arrives (on the feeder's thread for an actor's result; never two at once). An exception raised by ``fn`` is raised here (no retry: it is a bug or a
-        bad input, not a lost worker)."""
+        result arrives (on the feeder's thread for an actor's result; never two at once). An
+        exception raised by ``fn`` is raised here (no retry: it is a bug or a bad input, not a lost
+        worker)."""
         items = list(items)
         units = [1] * len(items) if units is None else [int(u) for u in units]
         if len(units) != len(items):

@@ -72,7 +72,7 @@ def _median_ms(fn, frames: int) -> float:
 
 def run(args: argparse.Namespace) -> int:
     from PIL import Image
-    from tqdm import tqdm
+    from kv_vla_ros.progress import progress_bar
 
     rgb = _camera_frame(args.height, args.width)
     encoded = {}
@@ -92,7 +92,7 @@ def run(args: argparse.Namespace) -> int:
                      lambda: _pillow_raw_shrink(bgr_msg, size)),
     }
     rows = []
-    for name, (opencv_fn, pillow_fn) in tqdm(cases.items(), desc="bench image", unit="case"):
+    for name, (opencv_fn, pillow_fn) in progress_bar(cases.items(), desc="bench image", unit="case"):
         assert opencv_fn().shape == pillow_fn().shape, name  # the same work on both paths
         opencv_ms, pillow_ms = _median_ms(opencv_fn, args.frames), _median_ms(pillow_fn, args.frames)
         rows.append({"input": name, "opencv_ms": opencv_ms, "pillow_ms": pillow_ms, "speedup": pillow_ms / opencv_ms})

@@ -32,9 +32,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 
 def _model_dir(arg: str | None, tmp: Path) -> tuple[Path, str]:
-    from kv_vla_ros.vla import DEFAULT_MODEL_PATH, VLAConfig, VLAModel
+    from kv_vla_ros.vla import VLAConfig, VLAModel, model_path_or_default
 
-    path = Path(arg or DEFAULT_MODEL_PATH)
+    path = Path(model_path_or_default(arg))
     if (path / "config.json").is_file():
         return path, str(path)
     if arg:

@@ -116,9 +116,9 @@ def offline_check(model_path: str, task: str, cache: dict, seeds: list[int], max
 
 
 def run(args: argparse.Namespace) -> int:
-    from kv_vla_ros.vla import DEFAULT_MODEL_PATH
+    from kv_vla_ros.vla import model_path_or_default
 
-    model_path = Path(args.model or DEFAULT_MODEL_PATH)
+    model_path = Path(model_path_or_default(args.model))
     if not (model_path / "config.json").is_file():
         print(f"demo: no trained model at {model_path} (train it: kv-vla train ..., or pass --model DIR)")
         return 1
@@ -174,6 +174,15 @@ def run(args: argparse.Namespace) -> int:
         print(f"demo: FAILED: {failure} (logs in {out})" + "".join(f"\n  {line}" for line in tail))
         return 1
     summary = _summary(mon, t_first, time.monotonic() - t0)
+    _report(summary, mon, args, model_path)
+    (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    print(f"summary: {out / 'summary.json'}")
+    return 0
+
+
+def _report(summary: dict, mon: Monitor, args: argparse.Namespace, model_path: Path) -> None:
+    """Print the run's figures; unless ``--no-offline-check``, run the same seeds offline and add
+    how many episodes came out identical to ``summary["offline"]``."""
     print(f"\nsuccess rate           {summary['success_rate']:.1%} ({sum(r['success'] for r in mon.results)}"
           f"/{summary['episodes']}), mean {summary['mean_steps']:.1f} steps")
     print(f"control rate achieved  {summary['control_rate_hz']:.2f} Hz (target {args.control_rate_hz:g} Hz)")
@@ -184,19 +193,17 @@ def run(args: argparse.Namespace) -> int:
     print(f"tokens held / seen     peak {summary['peak_tokens_held']} / {summary['peak_tokens_seen']} "
           f"(cache {(summary['cache_config'] or {}).get('eviction')}, "
           f"budget {(summary['cache_config'] or {}).get('budget_tokens')})")
-    if not args.no_offline_check and summary["cache_config"]:
-        seeds = [r["seed"] for r in mon.results]
-        row = offline_check(str(model_path), args.task, summary["cache_config"], seeds, args.max_steps)
-        same = sum(a == b and n == m for a, b, n, m in zip(row["per_episode"]["success"], [r["success"] for r in
-                   mon.results], row["per_episode"]["length"], [r["steps"] for r in mon.results]))
-        summary["offline"] = {"success_rate": row["success_rate"], "episodes_identical": same,
-                              "mean_tokens_seen": row["mean_tokens_seen"], "mean_tokens_held": row["mean_tokens_held"]}
-        print(f"offline eval, same seeds: success {row['success_rate']:.1%}; {same}/{len(seeds)} episodes identical "
-              f"(outcome and length); mean tokens held/seen "
-              f"{row['mean_tokens_held']:.0f}/{row['mean_tokens_seen']:.0f}")
-    (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
-    print(f"summary: {out / 'summary.json'}")
-    return 0
+    if args.no_offline_check or not summary["cache_config"]:
+        return
+    seeds = [r["seed"] for r in mon.results]
+    row = offline_check(str(model_path), args.task, summary["cache_config"], seeds, args.max_steps)
+    same = sum(a == b and n == m for a, b, n, m in zip(row["per_episode"]["success"], [r["success"] for r in
+               mon.results], row["per_episode"]["length"], [r["steps"] for r in mon.results]))
+    summary["offline"] = {"success_rate": row["success_rate"], "episodes_identical": same,
+                          "mean_tokens_seen": row["mean_tokens_seen"], "mean_tokens_held": row["mean_tokens_held"]}
+    print(f"offline eval, same seeds: success {row['success_rate']:.1%}; {same}/{len(seeds)} episodes identical "
+          f"(outcome and length); mean tokens held/seen "
+          f"{row['mean_tokens_held']:.0f}/{row['mean_tokens_seen']:.0f}")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -21,10 +21,10 @@ POLL_S = 0.05  # re-check of time-dependent conditions (input freshness) while f
 
 
 class InferenceWorker:
-    """Runs ``session.reset`` / ``session.step_chunk`` on a thread of its own.
+    """Runs ``session.reset`` / ``session.step_action_chunk`` on a thread of its own.
 
     Args:
-        session: a ``VLASession`` (or anything with ``reset``, ``step_chunk``, ``stats``).
+        session: a ``VLASession`` (or anything with ``reset``, ``step_action_chunk``, ``stats``).
         to_rgb: frame object -> uint8 (H, W, 3); its exceptions count as bad frames.
         on_chunk: ``(actions (n, action_dim), source_stamp, now, episode)`` after each step;
             ``episode`` is the id `start_episode` returned for the episode the step belongs to.
@@ -172,7 +172,7 @@ class InferenceWorker:
         t0 = time.perf_counter()
         try:
             with self.session_lock:
-                chunk = self.session.step_chunk(images, state)
+                chunk = self.session.step_action_chunk(images, state)
                 self.last_stats = self._snapshot()
         except Exception as exc:
             self.inference_errors += 1

@@ -1,9 +1,10 @@
-"""The policy node's parameters as plain data (no rclpy): names, types, defaults, ranges, docs and
-when a change takes effect. The node declares exactly these; config/kv_vla.yaml lists exactly
-these (a test checks both ways).
+"""The policy node's parameters as plain data (no rclpy): names, types, defaults, ranges, help and
+when a change takes effect, all from one place: the field metadata of `NodeSettings` (the node's
+own settings) and of `CacheConfig` (``cache.<field>``), see `kv_vla_ros.cache.settings`. The node
+declares exactly these (`kv_vla_ros.ros.param_descriptors`); config/*.yaml's comments and
+docs/ros.md's table are generated from them (``python scripts/generate_docs.py``; a test fails
+when the committed files differ).
 
-The ``cache.*`` parameters are generated from ``dataclasses.fields(CacheConfig)`` (types from
-the annotations, descriptions from the class docstring), so they cannot drift from the config.
 ROS parameters have no null: ``cache.budget_tokens: -1`` and ``cache.layer_budgets: [-1]`` (or an
 empty list) mean ``None``.
 """
@@ -12,11 +13,11 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import re
 from dataclasses import dataclass
 from typing import Any
 
 from kv_vla_ros.cache.config import CacheConfig
+from kv_vla_ros.cache.settings import FIXED, LIVE, RESTART, SettingInfo, setting, settings_of
 
 NONE_INT = -1  # ROS value standing for None in int / int-array cache fields
 
@@ -27,7 +28,9 @@ class ParamSpec:
 
     kind: ``bool``, ``int``, ``double``, ``string``, ``int_array``, ``double_array`` or ``string_array``.
     bounds: inclusive (low, high) for ``int`` / ``double``; None when unbounded.
-    applies: when a change takes effect: ``live``, ``next episode`` or ``restart`` (read-only).
+    applies: when a change takes effect: ``live``, ``next episode``, ``restart`` (read-only) or
+        ``fixed by the checkpoint`` (read-only: other values than the checkpoint's are rejected).
+    when: a detail of ``applies`` (e.g. "from the next tick").
     """
 
     name: str
@@ -35,11 +38,16 @@ class ParamSpec:
     default: Any
     description: str
     bounds: tuple[float, float] | None = None
-    applies: str = "live"
+    applies: str = LIVE
+    when: str = ""
 
     @property
     def read_only(self) -> bool:
-        return self.applies == "restart"
+        return self.applies in (RESTART, FIXED)
+
+    @property
+    def applies_text(self) -> str:
+        return f"{self.applies} ({self.when})" if self.when else self.applies
 
 
 # MiniGrid actions: left, right, forward, pickup, drop, toggle, done. Left turns counter-clockwise
@@ -47,113 +55,119 @@ class ParamSpec:
 MINIGRID_LINEAR = [0.0, 0.0, 0.2, 0.0, 0.0, 0.0, 0.0]
 MINIGRID_ANGULAR = [0.5, -0.5, 0.0, 0.0, 0.0, 0.0, 0.0]
 
-NODE_PARAMS: list[ParamSpec] = [
-    ParamSpec("model_path", "string", "", "checkpoint directory (from_pretrained layout); empty: the shipped "
-              "model kv_vla_ros.vla.DEFAULT_MODEL_PATH", applies="restart"),
-    ParamSpec("device", "string", "cpu", "torch device for inference (cpu, cuda, cuda:1, ...)", applies="restart"),
-    ParamSpec("dtype", "string", "float32", "weights, activations and KV cache dtype: float32, bfloat16, or "
-              "float16 (CUDA only)", applies="restart"),
-    ParamSpec("compile", "bool", False, "run the decode step compiled (a CUDA graph on a GPU); needs "
-              "cache.static: true", applies="restart"),
-    ParamSpec("num_threads", "int", 1, "torch CPU threads for inference (0: torch's default)", (0, 256),
-              applies="restart"),
-    ParamSpec("use_compressed", "bool", False, "also subscribe <image topic>/compressed "
-              "(sensor_msgs/CompressedImage) for every image topic", applies="restart"),
-    ParamSpec("image_topics", "string_array", ["image"], "camera topics (sensor_msgs/Image), one per camera the "
-              "checkpoint takes per step, in its order; the first drives the control steps", applies="restart"),
-    ParamSpec("state_topic", "string", "", "robot state topic (empty: none); needed when the checkpoint takes a "
-              "state (π0 with state statistics)", applies="restart"),
-    ParamSpec("state_type", "string", "joint_state", "state_topic's type: joint_state (sensor_msgs/JointState, "
-              "its positions) or float32_multi_array (std_msgs/Float32MultiArray, its data)", applies="restart"),
-    ParamSpec("actions_per_inference", "int", 0, "actions of each predicted chunk executed (one per control tick) "
-              "before the next inference, as LeRobot's n_action_steps; 0: the checkpoint's default; at most the "
-              "chunk length (1 for the shipped model)", (0, 1 << 16)),
-    ParamSpec("instruction", "string", "", "instruction to start with when none arrives on the instruction "
-              "topic; setting it starts a new episode"),
-    ParamSpec("control_rate_hz", "double", 20.0, "rate of action/cmd_vel publishing", (0.1, 1000.0)),
-    ParamSpec("stale_timeout_s", "double", 1.0, "publish stop (and report WARN) after this long without a fresh "
-              "message on any input (every image topic, the state topic) or a fresh action", (0.001, 3600.0)),
-    ParamSpec("enabled", "bool", True, "false: publish stop commands only (inference keeps running)"),
-    ParamSpec("max_image_pixels", "int", 4096 * 4096, "frames with more pixels are rejected", (1, 1 << 30)),
-    ParamSpec("action.min", "double_array", [-math.inf], "lower clamp of continuous actions, one value per "
-              "dimension or one for all"),
-    ParamSpec("action.max", "double_array", [math.inf], "upper clamp of continuous actions, one value per "
-              "dimension or one for all"),
-    ParamSpec("max_linear", "double", 0.5, "cmd_vel |linear.x| limit (m/s)", (0.0, 100.0)),
-    ParamSpec("max_angular", "double", 1.5, "cmd_vel |angular.z| limit (rad/s)", (0.0, 100.0)),
-    ParamSpec("twist.discrete_linear", "double_array", MINIGRID_LINEAR, "discrete actions: linear.x per action "
-              "index (indices past the end: 0)"),
-    ParamSpec("twist.discrete_angular", "double_array", MINIGRID_ANGULAR, "discrete actions: angular.z per "
-              "action index (indices past the end: 0)"),
-    ParamSpec("twist.linear_index", "int", -1, "continuous actions: dimension sent as linear.x (-1: none)",
-              (-1, 1 << 16)),
-    ParamSpec("twist.angular_index", "int", -1, "continuous actions: dimension sent as angular.z (-1: none)",
-              (-1, 1 << 16)),
-]
+
+@dataclass
+class NodeSettings:
+    """The policy node's own settings (besides ``cache.*``); each field is one ROS parameter, named
+    as the field unless ``param=`` says otherwise. To add one: a field here (`setting` with help,
+    bounds, applies), then ``python scripts/generate_docs.py``."""
+
+    model_path: str = setting("", "checkpoint directory (from_pretrained layout); empty: the shipped model "
+                              "kv_vla_ros.vla.DEFAULT_MODEL_PATH", applies=RESTART)
+    device: str = setting("cpu", "torch device for inference (cpu, cuda, cuda:1, ...)", applies=RESTART)
+    dtype: str = setting("float32", "weights, activations and KV cache dtype: float32, bfloat16, or float16 (CUDA "
+                         "only); gate scores stay float32", applies=RESTART)
+    compile: bool = setting(False, "run the decode step compiled (a CUDA graph on a GPU); needs cache.static: true",
+                            applies=RESTART)
+    num_threads: int = setting(1, "torch CPU threads for inference (0: torch's default)", bounds=(0, 256),
+                               applies=RESTART)
+    use_compressed: bool = setting(False, "also subscribe <image topic>/compressed (sensor_msgs/CompressedImage) "
+                                   "for every image topic", applies=RESTART)
+    image_topics: list[str] = setting(help="camera topics (sensor_msgs/Image), one per camera the checkpoint takes "
+                                      "per step, in its order; the first drives the control steps",
+                                      applies=RESTART, default_factory=lambda: ["image"])
+    state_topic: str = setting("", "robot state topic (empty: none); needed when the checkpoint takes a state (π0 "
+                               "with state statistics)", applies=RESTART)
+    state_type: str = setting("joint_state", "state_topic's type: joint_state (sensor_msgs/JointState, its "
+                              "positions) or float32_multi_array (std_msgs/Float32MultiArray, its data)",
+                              applies=RESTART)
+    actions_per_inference: int = setting(0, "actions of each predicted action chunk executed (one per control "
+                                         "tick) before the next inference, as LeRobot's n_action_steps; 0: the "
+                                         "checkpoint's default; at most the action chunk length (1 for the shipped "
+                                         "model)", bounds=(0, 1 << 16),
+                                         when="from the next action chunk; a smaller value also trims the current one")
+    instruction: str = setting("", "instruction to start with when none arrives on the instruction topic; setting "
+                               "it starts a new episode")
+    control_rate_hz: float = setting(20.0, "rate of action/cmd_vel publishing", bounds=(0.1, 1000.0),
+                                     when="from the next tick")
+    stale_timeout_s: float = setting(1.0, "publish stop (and report WARN) after this long without a fresh message "
+                                     "on any input (every image topic, the state topic) or a fresh action",
+                                     bounds=(0.001, 3600.0))
+    enabled: bool = setting(True, "false: publish stop commands only (inference keeps running)")
+    max_image_pixels: int = setting(4096 * 4096, "frames with more pixels are rejected", bounds=(1, 1 << 30),
+                                    when="from the next frame")
+    action_min: list[float] = setting(help="lower clamp of continuous actions, one value per dimension or one for "
+                                      "all", param="action.min", default_factory=lambda: [-math.inf],
+                                      when="from the next tick, the held action too")
+    action_max: list[float] = setting(help="upper clamp of continuous actions, one value per dimension or one for "
+                                      "all", param="action.max", default_factory=lambda: [math.inf],
+                                      when="from the next tick, the held action too")
+    max_linear: float = setting(0.5, "cmd_vel |linear.x| limit (m/s)", bounds=(0.0, 100.0))
+    max_angular: float = setting(1.5, "cmd_vel |angular.z| limit (rad/s)", bounds=(0.0, 100.0))
+    twist_discrete_linear: list[float] = setting(help="discrete actions: linear.x per action index (indices past "
+                                                 "the end: 0)", param="twist.discrete_linear",
+                                                 default_factory=lambda: list(MINIGRID_LINEAR))
+    twist_discrete_angular: list[float] = setting(help="discrete actions: angular.z per action index (indices past "
+                                                  "the end: 0)", param="twist.discrete_angular",
+                                                  default_factory=lambda: list(MINIGRID_ANGULAR))
+    twist_linear_index: int = setting(-1, "continuous actions: dimension sent as linear.x (-1: none)",
+                                      bounds=(-1, 1 << 16), param="twist.linear_index")
+    twist_angular_index: int = setting(-1, "continuous actions: dimension sent as angular.z (-1: none)",
+                                       bounds=(-1, 1 << 16), param="twist.angular_index")
+
+
+# annotation -> ROS parameter kind
+_KINDS = {"str": "string", "int": "int", "int | None": "int", "float": "double", "bool": "bool",
+          "list[int] | None": "int_array", "list[int]": "int_array", "list[float]": "double_array",
+          "list[str]": "string_array"}
+
+
+def _kind(info: SettingInfo) -> str:
+    if info.annotation not in _KINDS:  # a new field type: teach this table, do not guess
+        raise ValueError(f"{info.param}: no ROS parameter type for the annotation {info.annotation!r}")
+    return _KINDS[info.annotation]
+
+
+def spec_of(info: SettingInfo, prefix: str = "", default: Any = dataclasses.MISSING) -> ParamSpec:
+    """The ROS parameter of one setting (``prefix`` + its param name)."""
+    value = info.default if default is dataclasses.MISSING else default
+    return ParamSpec(prefix + info.param, _kind(info), value, info.help, info.bounds, info.applies, info.when)
+
+
+NODE_PARAMS: list[ParamSpec] = [spec_of(info) for info in settings_of(NodeSettings)]
 
 # Declared once the checkpoint is loaded: their range depends on it.
 POLICY_PARAMS = ("actions_per_inference",)
 
 
-def policy_param_specs(chunk_length: int) -> list[ParamSpec]:
-    """The POLICY_PARAMS specs for a policy predicting ``chunk_length`` actions per inference
-    (``actions_per_inference`` ranges over 0 = the checkpoint's default, 1 .. chunk_length)."""
-    return [dataclasses.replace(spec, bounds=(0, int(chunk_length))) for spec in NODE_PARAMS
+def policy_param_specs(action_chunk_length: int) -> list[ParamSpec]:
+    """The POLICY_PARAMS specs for a policy predicting ``action_chunk_length`` actions per inference
+    (``actions_per_inference`` ranges over 0 = the checkpoint's default, 1 .. action_chunk_length)."""
+    return [dataclasses.replace(spec, bounds=(0, int(action_chunk_length))) for spec in NODE_PARAMS
             if spec.name in POLICY_PARAMS]
 
 
-# Bounds the ROS descriptors enforce before CacheConfig.validate sees the value.
-_CACHE_BOUNDS: dict[str, tuple[float, float]] = {
-    "chunk_size": (1, 1 << 20), "recent_chunks": (1, 1 << 20), "sink_tokens": (0, 1 << 20),
-    "budget_tokens": (NONE_INT, 1 << 30), "gate_threshold": (0.0, 1.0), "summary_threshold": (0.0, 1.0),
-    "seed": (0, (1 << 31) - 1),
-}
-# The VLA session fixes these to the model (instruction length, tokens per step): other values
-# are rejected; they are parameters so that the node mirrors CacheConfig one to one.
-_CACHE_FIXED_BY_MODEL = ("chunk_size", "sink_tokens")
-
-
-def _cache_field_docs() -> dict[str, str]:
-    """``name: description`` pairs from the Attributes section of CacheConfig's docstring."""
-    doc = (CacheConfig.__doc__ or "").split("Attributes:", 1)[-1]
-    docs: dict[str, str] = {}
-    current = None
-    for line in doc.splitlines():
-        match = re.match(r"^\s{8}(\w+): (.*)$", line)
-        if match:
-            current = match.group(1)
-            docs[current] = match.group(2).strip()
-        elif current and line.strip():
-            docs[current] += " " + line.strip()
-    return docs
-
-
-def _cache_kind(annotation: str) -> str:
-    kinds = {"str": "string", "int": "int", "int | None": "int", "float": "double", "bool": "bool",
-             "list[int] | None": "int_array"}
-    if annotation not in kinds:  # a new CacheConfig field type: teach this table, do not guess
-        raise ValueError(f"cache: no ROS parameter type for CacheConfig annotation {annotation!r}")
-    return kinds[annotation]
+# ROS notes on the None encoding, appended to the cache fields' help.
+_NONE_NOTES = {"budget_tokens": " (-1: None)", "layer_budgets": " ([-1] or []: None)"}
 
 
 def cache_param_specs(defaults: CacheConfig | None = None) -> list[ParamSpec]:
-    """One ``cache.<field>`` spec per CacheConfig field, defaults from ``defaults``."""
+    """One ``cache.<field>`` spec per CacheConfig field, defaults from ``defaults`` (the
+    checkpoint's cache config)."""
     defaults = defaults or CacheConfig()
-    docs = _cache_field_docs()
     specs = []
-    for f in dataclasses.fields(CacheConfig):
-        kind = _cache_kind(str(f.type))
-        description = docs.get(f.name, f.name)
-        if f.name == "budget_tokens":
-            description += " (-1: None)"
-        if f.name == "layer_budgets":
-            description += " ([-1] or []: None)"
-        applies = "live"  # VLASession.set_cache_config reconfigures the running cache
-        if f.name in _CACHE_FIXED_BY_MODEL:
-            description += " (fixed by the model: other values are rejected)"
-        specs.append(ParamSpec(f"cache.{f.name}", kind, cache_value_to_param(f.name, getattr(defaults, f.name)),
-                               description, _CACHE_BOUNDS.get(f.name), applies))
+    for info in settings_of(CacheConfig):
+        spec = spec_of(info, "cache.", cache_value_to_param(info.name, getattr(defaults, info.name)))
+        bounds = spec.bounds
+        if info.name == "budget_tokens" and bounds is not None:
+            bounds = (NONE_INT, bounds[1])
+        specs.append(dataclasses.replace(spec, description=spec.description + _NONE_NOTES.get(info.name, ""),
+                                         bounds=bounds))
     return specs
+
+
+def all_param_specs(cache_defaults: CacheConfig | None = None) -> list[ParamSpec]:
+    return NODE_PARAMS + cache_param_specs(cache_defaults)
 
 
 # Old parameter names that keep working for one release: {old: new}. Each is declared as a string
@@ -181,10 +195,6 @@ def apply_renamed_params(values: dict[str, Any]) -> tuple[dict[str, Any], list[s
         warnings.append(f"{old} is deprecated: use {new} (the old name goes in the next release); "
                         f"applied as {new}={value}")
     return out, warnings
-
-
-def all_param_specs(cache_defaults: CacheConfig | None = None) -> list[ParamSpec]:
-    return NODE_PARAMS + cache_param_specs(cache_defaults)
 
 
 def cache_value_to_param(field: str, value: Any) -> Any:
@@ -260,7 +270,8 @@ def coerce_param(spec: ParamSpec, value: Any) -> Any:
     raise ValueError(f"{spec.name}: expected {_KIND_NAMES[kind]} (e.g. {example}), got {describe_value(value)}")
 
 
-__all__ = ["ParamSpec", "NODE_PARAMS", "POLICY_PARAMS", "policy_param_specs", "NONE_INT", "cache_param_specs", "all_param_specs", "cache_value_to_param",
+__all__ = ["ParamSpec", "NodeSettings", "NODE_PARAMS", "POLICY_PARAMS", "policy_param_specs", "NONE_INT",
+           "cache_param_specs", "all_param_specs", "spec_of", "cache_value_to_param",
            "param_to_cache_value", "cache_changes_from_params", "render_params_yaml", "RENAMED_PARAMS",
            "renamed_param_specs", "apply_renamed_params", "MINIGRID_LINEAR",
            "MINIGRID_ANGULAR", "coerce_param", "describe_value", "PARAMS_FILE_KEY"]
@@ -270,23 +281,26 @@ __all__ = ["ParamSpec", "NODE_PARAMS", "POLICY_PARAMS", "policy_param_specs", "N
 PARAMS_FILE_KEY = "/**/{node}"
 
 
-def render_params_yaml(specs: list[ParamSpec], node_name: str = "kv_vla_node") -> str:
-    """A ``ros__parameters`` file listing ``specs`` with their defaults, one comment per entry,
-    keyed ``/**/<node_name>`` (applies under any namespace)."""
+def render_params_yaml(specs: list[ParamSpec], node_name: str = "kv_vla_node", header: str = "",
+                       values: dict[str, Any] | None = None) -> str:
+    """A ``ros__parameters`` file listing ``specs``, one comment per entry (its help and when a
+    change applies), keyed ``/**/<node_name>`` (applies under any namespace). ``values`` overrides
+    the specs' defaults; ``header``: comment lines above the key (kept as given)."""
     import json
 
-    lines = [f"{PARAMS_FILE_KEY.format(node=node_name)}:", "  ros__parameters:"]
+    values = values or {}
+    lines = [*header.splitlines(), f"{PARAMS_FILE_KEY.format(node=node_name)}:", "  ros__parameters:"]
     for spec in specs:
-        value = spec.default
+        value = values.get(spec.name, spec.default)
         if isinstance(value, bool):
             text = "true" if value else "false"
         elif isinstance(value, str):
-            text = json.dumps(value)
+            text = json.dumps(value, ensure_ascii=False)
         elif isinstance(value, (list, tuple)):
             text = "[" + ", ".join(json.dumps(v) if isinstance(v, str) else _yaml_number(v) for v in value) + "]"
         else:
             text = _yaml_number(value)
-        lines.append(f"    # {spec.description} [{spec.applies}]")
+        lines.append(f"    # {spec.description} [{spec.applies_text}]")
         lines.append(f"    {spec.name}: {text}")
     return "\n".join(lines) + "\n"
 

@@ -71,7 +71,7 @@ def load_session(model_path: str, device: str, dtype: str, num_threads: int, ses
     ``VLASession`` on it; every failure becomes a one-line StartupError."""
     import torch
 
-    from kv_vla_ros.vla import DEFAULT_MODEL_PATH, VLASession, load_policy
+    from kv_vla_ros.vla import VLASession, load_policy, model_path_or_default
     from kv_vla_ros.vla.session import resolve_device_dtype
 
     check_device(device)
@@ -81,7 +81,7 @@ def load_session(model_path: str, device: str, dtype: str, num_threads: int, ses
         raise StartupError(str(exc)) from None
     if num_threads > 0:
         torch.set_num_threads(num_threads)
-    path = model_path or str(DEFAULT_MODEL_PATH)
+    path = model_path_or_default(model_path)
     try:
         policy = load_policy(path, device=device, dtype=dtype)
         session = (session_factory or VLASession)(policy, policy.default_cache_config(), device, dtype=dtype)

@@ -157,7 +157,7 @@ def run(args: argparse.Namespace) -> int:
     import rclpy
     from std_msgs.msg import String
     from std_srvs.srv import Trigger
-    from tqdm import tqdm
+    from kv_vla_ros.progress import progress_bar
 
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -183,7 +183,7 @@ def run(args: argparse.Namespace) -> int:
         t0 = time.monotonic()
         next_frame = next_episode = t0
         next_change, next_reset, k, episode, ticks0 = t0 + args.change_every_s, t0 + args.reset_every_s, 0, 0, None
-        bar = tqdm(total=args.steps, desc="bench soak", unit="step")
+        bar = progress_bar(total=args.steps, desc="bench soak", unit="step")
         while True:
             now = time.monotonic()
             if now >= next_episode:
@@ -255,7 +255,8 @@ def budget_figures(samples: list[dict]) -> dict:
         per_budget[s["budget_tokens"]] = max(per_budget.get(s["budget_tokens"], 0), s["tokens_held"])
     return {"worst_excess": max((s["tokens_held"] - s["budget_tokens"] for s in capped), default=0),
             "uncapped_samples": len(samples) - len(capped),
-            "over_budget_history_share": sum(s["tokens_seen"] > s["budget_tokens"] for s in capped) / max(1, len(capped)),
+            "over_budget_history_share": (sum(s["tokens_seen"] > s["budget_tokens"] for s in capped)
+                                          / max(1, len(capped))),
             "peak_held_per_budget": {str(b): per_budget[b] for b in sorted(per_budget)},
             "peak_seen": max((s["tokens_seen"] for s in samples), default=0)}
 
@@ -283,10 +284,12 @@ def report(args, samples, log_text: str, rc: int, changes: int, rejected_changes
             ("tokens held", start["tokens_held"], end["tokens_held"]),
             ("CPU cores busy beside the soak", start["other_cpu_cores"], end["other_cpu_cores"])]
     last = samples[-1]
-    lines = [f"soak: {last['control_steps']} control steps at {args.control_rate_hz:g} Hz, {last['episodes']} episodes, "
+    lines = [f"soak: {last['control_steps']} control steps at {args.control_rate_hz:g} Hz, "
+             f"{last['episodes']} episodes, "
              f"{last['inferences']} inferences, {changes} live parameter changes ({len(rejected_changes)} rejected), "
              f"{last['frames_rejected']} bad frames rejected, {last['t'] / 60:.1f} min; model {model_note}",
-             f"| figure | start ({start_span[0]:.0f}-{start_span[1]:.0f} s) | end ({end_span[0]:.0f}-{end_span[1]:.0f} s)"
+             f"| figure | start ({start_span[0]:.0f}-{start_span[1]:.0f} s) "
+             f"| end ({end_span[0]:.0f}-{end_span[1]:.0f} s)"
              " | end / start |", "|---|---|---|---|"]
     lines += [f"| {name} | {a:.2f} | {b:.2f} | {b / a if a else float('nan'):.3f} |" for name, a, b in rows]
     lines.append(f"budgets set live {'/'.join(map(str, budgets))}; tokens held vs the budget in force, every "

@@ -11,7 +11,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
-from tqdm import tqdm
+from kv_vla_ros.progress import progress_bar
 
 from .env import NUM_ACTIONS, SimRobot, normalize_task
 from .experts import make_expert
@@ -51,9 +51,11 @@ def _validate_episode(ep: Episode, where: str) -> None:
         raise ValueError(f"{where} must be an Episode, got {type(ep).__name__}")
     f, a = ep.frames, ep.actions
     if not isinstance(f, np.ndarray) or f.dtype != np.uint8 or f.ndim != 4 or f.shape[-1] != 3:
-        raise ValueError(f"{where}.frames must be uint8 (T, H, W, 3), got {getattr(f, 'dtype', type(f))} {getattr(f, 'shape', '')}")
+        raise ValueError(f"{where}.frames must be uint8 (T, H, W, 3), got {getattr(f, 'dtype', type(f))} "
+                         f"{getattr(f, 'shape', '')}")
     if not isinstance(a, np.ndarray) or a.dtype != np.int64 or a.ndim != 1:
-        raise ValueError(f"{where}.actions must be int64 (T,), got {getattr(a, 'dtype', type(a))} {getattr(a, 'shape', '')}")
+        raise ValueError(f"{where}.actions must be int64 (T,), got {getattr(a, 'dtype', type(a))} "
+                         f"{getattr(a, 'shape', '')}")
     if a.shape[0] != f.shape[0]:
         raise ValueError(f"{where}.actions has length {a.shape[0]} but frames has {f.shape[0]}")
     if a.size and (a.min() < 0 or a.max() >= NUM_ACTIONS):
@@ -84,7 +86,7 @@ def generate_episodes(
     expert = make_expert(robot, look_around=look_around)
     seeds = list(seeds)
     episodes: list[Episode] = []
-    for seed in tqdm(seeds, desc=f"expert {robot.task}", disable=not progress):
+    for seed in progress_bar(seeds, desc=f"expert {robot.task}", disable=not progress):
         frame, instruction = robot.reset(seed)
         frames, actions = [], []
         while not robot.done:
@@ -193,11 +195,13 @@ def load_episodes(path: str | os.PathLike) -> list[Episode]:
     total = int(lengths.sum()) if n else 0
     if (lengths < 0).any() or frames.shape[0] != total or actions.shape != (total,):
         raise ValueError(
-            f"{path}: key 'lengths' sums to {total} but 'frames' has {frames.shape[0]} and 'actions' {actions.shape[0]} rows"
+            f"{path}: key 'lengths' sums to {total} but 'frames' has {frames.shape[0]} and 'actions' "
+            f"{actions.shape[0]} rows"
         )
     for name, labels in aux_all.items():
         if labels.dtype.kind != "i" or labels.shape != (total,):
-            raise ValueError(f"{path}: key {_AUX_PREFIX + name!r} must be integer ({total},), got {labels.dtype} {labels.shape}")
+            raise ValueError(f"{path}: key {_AUX_PREFIX + name!r} must be integer ({total},), got {labels.dtype} "
+                             f"{labels.shape}")
     bounds = np.concatenate([[0], np.cumsum(lengths)])
     episodes = []
     for i in range(n):

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+import numpy as np
 from minigrid.core.world_object import Ball, Key
 
 from .env import SimRobot, is_memory_task
@@ -104,7 +105,7 @@ def aux_labels(robot: SimRobot, seen_cue: bool, visible: bool) -> dict[str, int]
     return {"cue": cls if seen_cue else -1, "cue_view": 1 + cls if visible else 0}
 
 
-def relabel(robot: SimRobot, episode) -> dict[str, "np.ndarray"]:
+def relabel(robot: SimRobot, episode) -> dict[str, np.ndarray]:
     """The auxiliary labels of a recorded episode, by replaying its actions (levels are a pure
     function of seed and actions): for demonstrations saved before a target existed."""
     import numpy as np

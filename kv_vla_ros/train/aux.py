@@ -2,7 +2,8 @@
 
 Behaviour cloning gives the Memory decision one token of signal per episode; a linear head on the
 backbone's last hidden state at every action-predicting position, trained to name the cue on each
-step after it was seen, makes "retrieve the cue" a target at every step (see METHOD.md). The heads
+step after it was seen, makes "retrieve the cue" a target at every step (see docs/method.md, "A
+policy that uses its memory"). The heads
 live beside the policy during training (and in training checkpoints, to resume) and are never
 part of the saved policy: inference does not need them.
 """
@@ -29,7 +30,8 @@ class AuxHeads(nn.Module):
         self.targets = dict(targets)
         self.heads = nn.ModuleDict({name: nn.Linear(hidden_size, n) for name, n in targets.items()})
 
-    def loss(self, hidden: torch.Tensor, labels: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, tuple[int, int]]]:
+    def loss(self, hidden: torch.Tensor,
+             labels: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, tuple[int, int]]]:
         """Mean CE over labelled steps, averaged over targets; labels name -> (B, T) int64 (-1: none).
 
         Returns ``(loss, {name: (correct, labelled)})``; a target with no labelled step in the
@@ -52,7 +54,8 @@ class AuxHeads(nn.Module):
     def save(self, directory: str | Path) -> None:
         from safetensors.torch import save_model
 
-        save_model(self, str(Path(directory) / AUX_HEADS_FILE), metadata={"targets": repr(sorted(self.targets.items()))})
+        save_model(self, str(Path(directory) / AUX_HEADS_FILE),
+                   metadata={"targets": repr(sorted(self.targets.items()))})
 
     def load(self, directory: str | Path) -> bool:
         """Load heads saved by ``save`` if present (a resumed run); False when there are none."""

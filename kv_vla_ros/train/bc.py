@@ -17,8 +17,8 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from tqdm import tqdm
 
+import kv_vla_ros.progress as bars
 from kv_vla_ros.sim import load_episodes, save_episodes, train_seeds
 from kv_vla_ros.sim.memory import aux_targets
 from kv_vla_ros.train.aux import AuxHeads
@@ -176,7 +176,7 @@ def dagger_round(model: VLAModel, cfg: TrainConfig, round_idx: int, out: Path, p
 
         # Seeds beyond every demonstration block: offset 500k + round/task blocks.
         seeds = train_seeds(cfg.dagger_episodes, 500_000 + (round_idx * 16 + task_idx) * 10_000)
-        for s in tqdm(seeds, desc=f"dagger{round_idx} {task}", leave=False,
+        for s in bars.progress_bar(seeds, desc=f"dagger{round_idx} {task}", leave=False,
                       disable=not progress):
             episodes.append(rollout(robot, expert, s, policy=policy, max_steps=cfg.dagger_max_steps))
         robot.close()
@@ -185,20 +185,28 @@ def dagger_round(model: VLAModel, cfg: TrainConfig, round_idx: int, out: Path, p
     return episodes
 
 
-def train(cfg: TrainConfig, out: str | Path, resume: bool = False, progress_bar: bool = True) -> VLAModel:
-    """Train; writes ``out/checkpoint`` periodically and the final model to ``out``."""
-    cfg.validate()
-    torch.set_num_threads(cfg.threads)
-    torch.manual_seed(cfg.seed)
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "train_config.json").write_text(json.dumps(dataclasses.asdict(cfg), indent=2) + "\n")
+@dataclass
+class _Run:
+    """What one training run carries from step to step (built by `_prepare`)."""
+
+    model: VLAModel
+    heads: AuxHeads | None
+    opt: torch.optim.Optimizer
+    params: list
+    sampler: EpisodeSampler
+    state: dict
+    ckpt: Path
+    data_s: float
+
+
+def _prepare(cfg: TrainConfig, out: Path, resume: bool, progress_bar: bool) -> _Run:
+    """Demonstrations, the model (new, from ``init_from``, or resumed), auxiliary heads, optimizer
+    and sampler, with the DAgger rounds a resumed run had already done."""
     t_data = time.perf_counter()
     episodes = []
     for task, n in cfg.tasks.items():
         episodes += demonstrations(task, n, scan_turns=cfg.scan_turns, cache_dir=cfg.data_dir)
     data_s = time.perf_counter() - t_data
-
     ckpt = out / "checkpoint"
     state = {"step": 0, "elapsed_s": 0.0, "episodes_seen": 0, "dagger_done": 0, "losses": []}
     if resume and (ckpt / "train_state.json").is_file():
@@ -224,12 +232,63 @@ def train(cfg: TrainConfig, out: str | Path, resume: bool = False, progress_bar:
     sampler = EpisodeSampler(model, episodes, cfg.batch_tokens, seed=cfg.seed + state["step"], aux=targets)
     for r in range(state["dagger_done"]):
         sampler.add(model, dagger_round(model, cfg, r, out, progress_bar))
+    return _Run(model, heads, opt, params, sampler, state, ckpt, data_s)
 
-    budget_s = cfg.minutes * 60.0 - data_s
+
+def _train_step(cfg: TrainConfig, run: _Run, progress: float, lr: float, evict_rng) -> tuple[float, dict, int]:
+    """One optimizer step on a sampled batch; returns (behaviour-cloning loss, auxiliary statistics
+    or {}, episodes in the batch). With ``evict_prob``, the batch's histories go through the masks
+    of a budgeted chunked cache (docs/method.md, "A policy that uses its memory")."""
+    model, heads = run.model, run.heads
+    for g in run.opt.param_groups:
+        g["lr"] = lr
+    batch = run.sampler.sample()
+    b, t = batch.frames.shape[:2]
+    frames = model.processor(batch.frames.flatten(0, 1)).unflatten(0, (b, t))
+    mask, aux = None, batch.aux
+    if cfg.evict_prob > 0 and progress >= cfg.evict_from:
+        mask, evicted = eviction_batch_mask(model, cfg, batch, evict_rng)
+        # A target about what was seen long ago is unlearnable once it may be gone: auxiliary
+        # losses read whole histories only.
+        aux = {k: v.masked_fill(evicted.view(-1, 1), -1) for k, v in batch.aux.items()}
+    aux_out: dict = {}
+    if heads is None:
+        logits = model(batch.prefix, frames, batch.actions, attention_mask=mask)
+        loss = bc_loss = model.action_loss(logits, batch.actions, batch.mask, cfg.focal_gamma)
+    else:
+        logits, hidden = model(batch.prefix, frames, batch.actions, return_hidden=True, attention_mask=mask)
+        bc_loss = model.action_loss(logits, batch.actions, batch.mask, cfg.focal_gamma)
+        aux_loss, aux_stats = heads.loss(hidden, aux)
+        loss = bc_loss + cfg.aux_weight * aux_loss
+        aux_out = {"loss": aux_loss.item(), "stats": aux_stats}
+    run.opt.zero_grad(set_to_none=True)
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_([p for _, p in run.params], 1.0)
+    run.opt.step()
+    return bc_loss.item(), aux_out, b
+
+
+def _save(run: _Run) -> None:
+    save_checkpoint(run.ckpt, run.model, run.opt, run.state)
+    if run.heads is not None:
+        run.heads.save(run.ckpt)
+
+
+def train(cfg: TrainConfig, out: str | Path, resume: bool = False, progress_bar: bool = True) -> VLAModel:
+    """Train; writes ``out/checkpoint`` periodically and the final model to ``out``."""
+    cfg.validate()
+    torch.set_num_threads(cfg.threads)
+    torch.manual_seed(cfg.seed)
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "train_config.json").write_text(json.dumps(dataclasses.asdict(cfg), indent=2) + "\n")
+    run = _prepare(cfg, out, resume, progress_bar)
+    model, state = run.model, run.state
+    budget_s = cfg.minutes * 60.0 - run.data_s
     evict_rng = np.random.default_rng(cfg.seed + 7919 + state["step"])
     start = time.perf_counter() - state["elapsed_s"]
     last_ckpt = time.perf_counter()
-    bar = tqdm(total=cfg.max_steps, initial=state["step"], desc="train", disable=not progress_bar)
+    bar = bars.progress_bar(total=cfg.max_steps, initial=state["step"], desc="train", disable=not progress_bar)
     ema, aux_ema = None, {}
     while True:
         elapsed = time.perf_counter() - start
@@ -237,59 +296,34 @@ def train(cfg: TrainConfig, out: str | Path, resume: bool = False, progress_bar:
         if progress >= 1.0:
             break
         if state["dagger_done"] < len(cfg.dagger_at) and progress >= cfg.dagger_at[state["dagger_done"]]:
-            sampler.add(model, dagger_round(model, cfg, state["dagger_done"], out, progress_bar))
+            run.sampler.add(model, dagger_round(model, cfg, state["dagger_done"], out, progress_bar))
             state["dagger_done"] += 1
             continue
         lr = lr_at(cfg, state["step"], progress)
-        for g in opt.param_groups:
-            g["lr"] = lr
-        batch = sampler.sample()
-        b, t = batch.frames.shape[:2]
-        frames = model.processor(batch.frames.flatten(0, 1)).unflatten(0, (b, t))
-        mask, aux = None, batch.aux
-        if cfg.evict_prob > 0 and progress >= cfg.evict_from:
-            mask, evicted = eviction_batch_mask(model, cfg, batch, evict_rng)
-            # A target about what was seen long ago is unlearnable once it may be gone: auxiliary
-            # losses read whole histories only.
-            aux = {k: v.masked_fill(evicted.view(-1, 1), -1) for k, v in batch.aux.items()}
-        if heads is None:
-            logits = model(batch.prefix, frames, batch.actions, attention_mask=mask)
-            loss = bc_loss = model.action_loss(logits, batch.actions, batch.mask, cfg.focal_gamma)
-        else:
-            logits, hidden = model(batch.prefix, frames, batch.actions, return_hidden=True, attention_mask=mask)
-            bc_loss = model.action_loss(logits, batch.actions, batch.mask, cfg.focal_gamma)
-            aux_loss, aux_stats = heads.loss(hidden, aux)
-            loss = bc_loss + cfg.aux_weight * aux_loss
-            aux_ema = update_aux_ema(aux_ema, aux_loss.item(), aux_stats)
-            if any(count for _, count in aux_stats.values()):  # a batch with labels (not BabyAI only)
-                state.setdefault("first_aux_loss", aux_loss.item())
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_([p for _, p in params], 1.0)
-        opt.step()
+        bc_loss, aux, episodes = _train_step(cfg, run, progress, lr, evict_rng)
+        if aux:
+            aux_ema = update_aux_ema(aux_ema, aux["loss"], aux["stats"])
+            if any(count for _, count in aux["stats"].values()):  # a batch with labels (not BabyAI only)
+                state.setdefault("first_aux_loss", aux["loss"])
         state["step"] += 1
-        state["episodes_seen"] += b
+        state["episodes_seen"] += episodes
         # the logged loss is behaviour cloning's; the auxiliary loss and accuracy are logged apart
         if ema is None:
-            state.setdefault("first_loss", bc_loss.item())
-        ema = bc_loss.item() if ema is None else 0.98 * ema + 0.02 * bc_loss.item()
+            state.setdefault("first_loss", bc_loss)
+        ema = bc_loss if ema is None else 0.98 * ema + 0.02 * bc_loss
         if state["step"] % 20 == 0:
             state["losses"].append([state["step"], round(ema, 5)] + aux_log(aux_ema))
         bar.update(1)
-        bar.set_postfix(loss=f"{ema:.4f}", lr=f"{lr:.2e}", eps=state["episodes_seen"], data=len(sampler),
+        bar.set_postfix(loss=f"{ema:.4f}", lr=f"{lr:.2e}", eps=state["episodes_seen"], data=len(run.sampler),
                         **{f"aux_{k}_acc": f"{v:.2f}" for k, v in aux_ema.get("acc", {}).items()})
         if time.perf_counter() - last_ckpt > cfg.checkpoint_minutes * 60:
             state["elapsed_s"] = time.perf_counter() - start
-            save_checkpoint(ckpt, model, opt, state)
-            if heads is not None:
-                heads.save(ckpt)
+            _save(run)
             last_ckpt = time.perf_counter()
     bar.close()
     state["elapsed_s"] = time.perf_counter() - start
-    state["data_s"] = data_s
-    save_checkpoint(ckpt, model, opt, state)
-    if heads is not None:
-        heads.save(ckpt)
+    state["data_s"] = run.data_s
+    _save(run)
     model.eval()
     model.save_pretrained(out)  # the policy only: auxiliary heads stay in the training checkpoint
     summary = {k: v for k, v in state.items() if k != "losses"}

@@ -17,9 +17,8 @@ from kv_vla_ros.cache.budgets import CALIBRATION_FILE, budgets_for
 
 def configure(parser: argparse.ArgumentParser) -> None:
     from kv_vla_ros.parallel.runner import add_runner_arguments
-    from kv_vla_ros.vla import DEFAULT_MODEL_PATH
 
-    parser.add_argument("--model", default=str(DEFAULT_MODEL_PATH), help="VLA checkpoint directory")
+    parser.add_argument("--model", default=None, help="VLA checkpoint directory (default: the shipped model)")
     parser.add_argument("--tasks", nargs="+", default=None, help="tasks to roll out (default: the eval tasks)")
     parser.add_argument("--episodes", type=int, default=8, help="rollouts per task (default 8)")
     parser.add_argument("--budget-tokens", type=int, default=None,
@@ -48,8 +47,9 @@ def run(args: argparse.Namespace) -> int:
     from kv_vla_ros.sim.tasks import EVAL_TASKS
     from kv_vla_ros.train.gate_data import layer_dispersion
     from kv_vla_ros.train.gate_train import collect
-    from kv_vla_ros.vla import VLAModel
+    from kv_vla_ros.vla import VLAModel, model_path_or_default
 
+    args.model = model_path_or_default(args.model)
     if args.episodes < 1:
         raise SystemExit("kv-vla calibrate: --episodes must be >= 1")
     torch.set_num_threads(2)

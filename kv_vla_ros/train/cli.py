@@ -29,7 +29,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--dagger-at", type=float, nargs="*", default=None,
                         help="progress points (0..1) of DAgger rounds; none to disable")
     parser.add_argument("--dagger-episodes", type=int, default=None, help="episodes per task per DAgger round")
-    parser.add_argument("--dagger-tasks", nargs="*", default=None, help="tasks of DAgger rounds (default: BabyAI-GoToLocal)")
+    parser.add_argument("--dagger-tasks", nargs="*", default=None,
+                        help="tasks of DAgger rounds (default: BabyAI-GoToLocal)")
     parser.add_argument("--focal-gamma", type=float, default=2.0, help="focal-loss exponent (0: plain CE)")
     parser.add_argument("--aux-weight", type=float, default=1.0,
                         help="weight of the auxiliary-target loss (privileged labels, e.g. the Memory cue); 0: off")

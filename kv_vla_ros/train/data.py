@@ -182,5 +182,6 @@ class EpisodeSampler:
                      torch.from_numpy(mask), {k: torch.from_numpy(v) for k, v in aux.items()})
 
 
-__all__ = ["check_aux_labels", "ScanningMemoryExpert", "expert_for", "rollout", "demonstrations", "EpisodeSampler", "Batch",
+__all__ = ["check_aux_labels", "ScanningMemoryExpert", "expert_for", "rollout", "demonstrations", "EpisodeSampler",
+           "Batch",
            "DEFAULT_SCAN_TURNS"]

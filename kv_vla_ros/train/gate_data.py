@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from transformers import DynamicCache
 
-from kv_vla_ros.cache import ChunkGate, GateConfig, chunk_features
+from kv_vla_ros.cache import ChunkGate, GateConfig, attention_implementation, chunk_features
 from kv_vla_ros.sim import Episode, SimRobot
 
 
@@ -42,7 +42,7 @@ class EpisodeAttention:
 def policy_rollouts(model, task: str, seeds: list[int], cache_config=None, progress: bool = False,
                     max_steps: int | None = None) -> list[Episode]:
     """Closed-loop episodes of ``model`` (its own actions) with ``cache_config`` (default: full)."""
-    from tqdm import tqdm
+    from kv_vla_ros.progress import progress_bar
 
     from kv_vla_ros.vla import VLASession
 
@@ -50,7 +50,7 @@ def policy_rollouts(model, task: str, seeds: list[int], cache_config=None, progr
     session = VLASession(model, cfg)
     robot = SimRobot(task, max_steps=max_steps)
     episodes = []
-    for seed in tqdm(seeds, desc=f"rollouts {task}", disable=not progress, leave=False):
+    for seed in progress_bar(seeds, desc=f"rollouts {task}", disable=not progress, leave=False):
         frame, instruction = robot.reset(seed)
         session.reset(instruction)
         frames, actions = [], []
@@ -75,13 +75,9 @@ def episode_attention(model, episode: Episode) -> EpisodeAttention:
     tokens = torch.as_tensor(model.action_tokenizer.encode(episode.actions)).unsqueeze(0).to(model.device)
     embeds = model.episode_embeds(prefix, frames, tokens)
     backbone = model.backbone
-    previous = backbone.config._attn_implementation
-    backbone.set_attn_implementation("eager")
-    try:
+    with attention_implementation(backbone, "eager"):  # attention weights come out of eager only
         cache = DynamicCache(config=backbone.config)
         out = backbone(inputs_embeds=embeds, past_key_values=cache, use_cache=True, output_attentions=True)
-    finally:
-        backbone.set_attn_implementation(previous)
     n = episode.frames.shape[0]
     att = torch.stack([a[0].float() for a in out.attentions])  # [L, H, T, T]
     cols = att[..., prefix_len : prefix_len + n * step].unflatten(-1, (n, step)).sum(-1)  # [L, H, T, n]

@@ -1,4 +1,4 @@
-"""End-to-end gate target (METHOD.md, target b): distillation under a budget penalty.
+"""End-to-end gate target (docs/method.md, "Gate targets", b): distillation under a budget penalty.
 
 The frozen VLA replays a full-cache rollout teacher-forced. The gate scores every chunk from the
 same pooled K/V it reads online; each score ``s_c`` becomes a soft attention bias ``log s_c`` on
@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import torch
 from torch.nn import functional as F
 
-from kv_vla_ros.cache import ChunkGate
+from kv_vla_ros.cache import ChunkGate, attention_implementation
 
 
 @dataclass
@@ -81,7 +81,7 @@ def train_gate_distill(model, items: list[DistillItem], recent_chunks: int, in_d
                        lr: float, hidden: int, budget_weight: float = 0.05, seed: int = 0,
                        progress: bool = True) -> tuple[ChunkGate, dict]:
     """Fit a gate by distillation (VLA frozen, eager attention for the additive mask)."""
-    from tqdm import tqdm
+    from kv_vla_ros.progress import progress_bar
 
     if len(items) < 2:
         raise ValueError("episodes: need at least two rollouts to train and validate the gate")
@@ -91,11 +91,8 @@ def train_gate_distill(model, items: list[DistillItem], recent_chunks: int, in_d
 
     rng, train, val, gate = split_and_init(items, seed, in_dim, hidden)
     opt = torch.optim.Adam(gate.parameters(), lr=lr)
-    backbone = model.backbone
-    previous = backbone.config._attn_implementation
     frozen = [p.requires_grad for p in model.parameters()]
     model.requires_grad_(False)
-    backbone.set_attn_implementation("eager")  # an additive float mask, with gradients through it
 
     def evaluate(split):
         with torch.no_grad():
@@ -104,11 +101,11 @@ def train_gate_distill(model, items: list[DistillItem], recent_chunks: int, in_d
                 sum(p[2] for p in parts) / len(parts))
 
     log = {"train_loss": [], "val_loss": [], "val_kl": [], "val_mean_score": []}
-    try:
-        with torch.enable_grad():
+    try:  # eager: an additive float mask, with gradients through it
+        with torch.enable_grad(), attention_implementation(model.backbone, "eager"):
             first = evaluate(val)
             log["val_loss"].append(first[0]), log["val_kl"].append(first[1]), log["val_mean_score"].append(first[2])
-            bar = tqdm(range(epochs), desc="train-gate (distill)", disable=not progress)
+            bar = progress_bar(range(epochs), desc="train-gate (distill)", disable=not progress)
             for _ in bar:
                 gate.train()
                 rng.shuffle(train)
@@ -125,7 +122,6 @@ def train_gate_distill(model, items: list[DistillItem], recent_chunks: int, in_d
                 log["val_loss"].append(v[0]), log["val_kl"].append(v[1]), log["val_mean_score"].append(v[2])
                 bar.set_postfix(train=f"{log['train_loss'][-1]:.4f}", val_kl=f"{v[1]:.4f}", score=f"{v[2]:.2f}")
     finally:
-        backbone.set_attn_implementation(previous)
         for p, flag in zip(model.parameters(), frozen):
             p.requires_grad_(flag)
     log.update(episodes_train=len(train), episodes_val=len(val), parameters=gate.num_parameters(),

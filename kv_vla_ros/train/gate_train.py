@@ -21,9 +21,8 @@ from kv_vla_ros.cache import ChunkGate, gate_input_dim
 
 def configure(parser: argparse.ArgumentParser) -> None:
     from kv_vla_ros.parallel.runner import add_runner_arguments
-    from kv_vla_ros.vla import DEFAULT_MODEL_PATH
 
-    parser.add_argument("--model", default=str(DEFAULT_MODEL_PATH), help="VLA checkpoint directory (frozen)")
+    parser.add_argument("--model", default=None, help="VLA checkpoint directory, frozen (default: the shipped model)")
     parser.add_argument("--tasks", nargs="+", default=None, help="tasks to roll out (default: the eval tasks)")
     parser.add_argument("--episodes", type=int, default=120, help="rollouts per task (default 120)")
     parser.add_argument("--epochs", type=int, default=40, help="passes over the rollouts (default 40)")
@@ -56,7 +55,7 @@ def train_gate(items: list, recent_chunks: int, in_dim: int, epochs: int, lr: fl
 
     The target is each chunk's percentile within its episode of its future attention utility, or
     of ``values[i]`` (``[chunks]`` per item, e.g. `gate_value.keep_alone_value`) when given."""
-    from tqdm import tqdm
+    from kv_vla_ros.progress import progress_bar
 
     from kv_vla_ros.train.gate_data import future_utility, rank_targets, split_and_init
 
@@ -82,7 +81,7 @@ def train_gate(items: list, recent_chunks: int, in_dim: int, epochs: int, lr: fl
             return sum(float(loss_of(f, t)) for f, t in split) / len(split)
 
     log = {"train_loss": [evaluate(train)], "val_loss": [evaluate(val)]}
-    bar = tqdm(range(epochs), desc="train-gate", disable=not progress)
+    bar = progress_bar(range(epochs), desc="train-gate", disable=not progress)
     for _ in bar:
         gate.train()
         rng.shuffle(train)
@@ -131,10 +130,11 @@ def collect(model, tasks: list[str], episodes: int, seed_offset: int, progress: 
 
 
 def run(args: argparse.Namespace) -> int:
-    from kv_vla_ros.sim.tasks import EVAL_TASKS
     from kv_vla_ros.parallel.runner import runner_config
-    from kv_vla_ros.vla import VLAModel
+    from kv_vla_ros.sim.tasks import EVAL_TASKS
+    from kv_vla_ros.vla import VLAModel, model_path_or_default
 
+    args.model = model_path_or_default(args.model)
     for name in ("episodes", "epochs", "hidden", "threads"):
         if getattr(args, name) < 1:
             raise SystemExit(f"kv-vla train-gate: --{name} must be >= 1")
@@ -148,7 +148,8 @@ def run(args: argparse.Namespace) -> int:
     pairs = collect(model, args.tasks or EVAL_TASKS, args.episodes, args.seed_offset, with_episodes=True,
                     runner=runner, model_path=args.model)
     bb = model.backbone_config
-    in_dim = gate_input_dim(bb.num_hidden_layers, getattr(bb, "head_dim", None) or bb.hidden_size // bb.num_attention_heads)
+    head_dim = getattr(bb, "head_dim", None) or bb.hidden_size // bb.num_attention_heads
+    in_dim = gate_input_dim(bb.num_hidden_layers, head_dim)
     recent = model.config.cache.recent_chunks if args.recent_chunks is None else args.recent_chunks
     if args.target == "distill":
         from kv_vla_ros.train.gate_distill import distill_item, train_gate_distill
@@ -158,11 +159,11 @@ def run(args: argparse.Namespace) -> int:
                                        args.budget_weight, args.seed)
         target = f"end-to-end distillation (KL to full-cache actions + {args.budget_weight} x mean score)"
     elif args.target == "value":
-        from tqdm import tqdm
+        from kv_vla_ros.progress import progress_bar
 
         from kv_vla_ros.train.gate_value import keep_alone_value
 
-        values = [keep_alone_value(model, ep, recent) for ep, _ in tqdm(pairs, desc="keep-alone values")]
+        values = [keep_alone_value(model, ep, recent) for ep, _ in progress_bar(pairs, desc="keep-alone values")]
         gate, log = train_gate([att for _, att in pairs], recent, in_dim, args.epochs, args.lr, args.hidden,
                                seed=args.seed, values=values)
         target = "value of keeping the chunk alone (KL gain over the window, percentile), BCE"

@@ -31,8 +31,15 @@ def _default_model_path() -> Path:
 
 DEFAULT_MODEL_PATH: Path = _default_model_path()
 
+
+def model_path_or_default(model_path: str | Path | None) -> str:
+    """The checkpoint directory every tool and the node load: ``model_path``, or the shipped model
+    when it is empty or None."""
+    return str(model_path) if model_path else str(DEFAULT_MODEL_PATH)
+
 __all__ = [
     "VLAConfig", "ActionSpaceConfig", "ProcessorConfig", "default_backbone", "VLAModel", "VLASession",
-    "StreamingPolicy", "KVVLAPolicy", "Episode", "load_policy", "ImageProcessor", "check_image", "ActionTokenizer", "TextTokenizer",
-    "build_text_tokenizer", "DEFAULT_MODEL_PATH",
+    "StreamingPolicy", "KVVLAPolicy", "Episode", "load_policy", "ImageProcessor", "check_image", "ActionTokenizer",
+    "TextTokenizer",
+    "build_text_tokenizer", "DEFAULT_MODEL_PATH", "model_path_or_default",
 ]

@@ -97,7 +97,8 @@ def load_gate(directory: Path, backbone_config):
     path = Path(directory) / GATE_FILE
     if not path.is_file():
         return None
-    head_dim = getattr(backbone_config, "head_dim", None) or backbone_config.hidden_size // backbone_config.num_attention_heads
+    head_dim = (getattr(backbone_config, "head_dim", None)
+                or backbone_config.hidden_size // backbone_config.num_attention_heads)
     return ChunkGate.load(str(path), expected_in_dim=gate_input_dim(backbone_config.num_hidden_layers, head_dim))
 
 

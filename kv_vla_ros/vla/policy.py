@@ -9,7 +9,8 @@ A policy streams one episode over a ``ChunkedKVCache`` that the session owns:
   ``prefix_tokens`` is the always-held sink of this episode.
 - ``start(cache, episode)``: whatever must enter the cache before the first frame.
 - ``step(cache, episode, images, state) -> (actions (n, action_dim) float32, timings)``: appends
-  one control step (one cache chunk) to the history and predicts ``n = chunk_length`` actions.
+  one control step (one cache chunk) to the history and predicts an action chunk of
+  ``n = action_chunk_length`` actions.
 
 Device and dtype are resolved once (``resolve_device_dtype``) when a policy is built or loaded.
 """
@@ -25,7 +26,7 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
-from kv_vla_ros.cache.config import CacheConfig
+from kv_vla_ros.cache.config import CacheConfig, deprecated_name
 from kv_vla_ros.vla.processor import check_image
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -70,7 +71,7 @@ class StreamingPolicy:
 
     model (nn.Module), gate (``ChunkGate`` or None), device, num_cameras (images per step),
     state_dim (0: no state input), action_dim, num_actions (discrete: the number of action ids;
-    0 otherwise), chunk_length (actions per inference),
+    0 otherwise), action_chunk_length (actions one inference returns: its action chunk),
     default_actions_per_inference, discrete (actions are ids), action_names, frame_size (frames
     may be shrunk to this square when decoded, as the model resizes them anyway; None: keep the
     camera's size, the policy's processor resizes).
@@ -79,12 +80,18 @@ class StreamingPolicy:
     model_type = "base"
     num_cameras = 1
     state_dim = 0
-    chunk_length = 1
+    action_chunk_length = 1
     default_actions_per_inference = 1
     discrete = False
     num_actions = 0
     action_names: list[str] | None = None
     frame_size: int | None = None
+
+    @property
+    def chunk_length(self) -> int:
+        """Deprecated name of `action_chunk_length` (a bare "chunk" is a cache chunk)."""
+        deprecated_name("StreamingPolicy.chunk_length", "StreamingPolicy.action_chunk_length")
+        return self.action_chunk_length
 
     # ---- cache ------------------------------------------------------------------------------
     def default_cache_config(self) -> CacheConfig:

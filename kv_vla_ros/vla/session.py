@@ -16,7 +16,7 @@ import torch
 from kv_vla_ros.cache import make_cache, use_kv_vla_attention
 from kv_vla_ros.cache.chunked_cache import static_capacity
 from kv_vla_ros.cache.compiled import CompiledDecode
-from kv_vla_ros.cache.config import CacheConfig
+from kv_vla_ros.cache.config import CacheConfig, deprecated_name
 from kv_vla_ros.vla.policy import DTYPES, Episode, StreamingPolicy, as_policy, resolve_device_dtype
 
 
@@ -134,9 +134,9 @@ class VLASession:
         self._episode.decode = self._decode
 
     @torch.inference_mode()
-    def step_chunk(self, images, state: np.ndarray | None = None, **kwargs) -> np.ndarray:
+    def step_action_chunk(self, images, state: np.ndarray | None = None, **kwargs) -> np.ndarray:
         """One control step: camera frame(s) (+ robot state) -> the policy's action chunk
-        ``(chunk_length, action_dim)`` (the package's own VLA: one action).
+        ``(action_chunk_length, action_dim)`` (the package's own VLA: one action).
 
         Args:
             images: one frame (H, W, 3) / (H, W), or a list of ``policy.num_cameras`` frames.
@@ -154,9 +154,14 @@ class VLASession:
                            "cache_scoring": self._cache.score_ms - score_ms}
         return actions
 
+    def step_chunk(self, images, state: np.ndarray | None = None, **kwargs) -> np.ndarray:
+        """Deprecated name of `step_action_chunk`."""
+        deprecated_name("VLASession.step_chunk", "VLASession.step_action_chunk")
+        return self.step_action_chunk(images, state, **kwargs)
+
     def step(self, image, state: np.ndarray | None = None, **kwargs) -> np.ndarray:
-        """One control step -> the first action of the chunk (dim,): int64 (discrete) or float32."""
-        return self.step_chunk(image, state, **kwargs)[0]
+        """One control step -> the first action of the action chunk (dim,): int64 (discrete) or float32."""
+        return self.step_action_chunk(image, state, **kwargs)[0]
 
     # ---- introspection / live tuning --------------------------------------------------------
     def stats(self) -> dict:

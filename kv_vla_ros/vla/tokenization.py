@@ -105,7 +105,8 @@ class ActionTokenizer:
         if cfg.kind == "discrete":
             actions = actions.reshape(-1)
             if actions.size and (actions.min() < 0 or actions.max() >= cfg.num_actions):
-                raise ValueError(f"actions: ids must be in [0, {cfg.num_actions}), got {actions.min()}..{actions.max()}")
+                raise ValueError(f"actions: ids must be in [0, {cfg.num_actions}), "
+                                 f"got {actions.min()}..{actions.max()}")
             return actions.astype(np.int64).reshape(-1, 1)
         if actions.ndim != 2 or actions.shape[1] != cfg.dim:
             raise ValueError(f"actions: expected shape (T, {cfg.dim}), got {actions.shape}")

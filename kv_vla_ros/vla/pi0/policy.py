@@ -6,7 +6,6 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from kv_vla_ros.cache.config import CacheConfig
@@ -26,6 +25,33 @@ def check_pi0_config(config) -> None:
                              "(the action expert reads the VLM's cache layer by layer)")
 
 
+# What the streaming code reaches inside transformers' PI0ForConditionalGeneration beyond its public
+# forward: checked once when a policy is built, so that a transformers version that moved them
+# fails at load time, naming the version, instead of in the middle of an episode.
+PI0_INTERNALS = ("model.embed_prefix", "model.vlm.language_model")
+PI0_FORWARD_ARGS = ("state", "noise", "timestep", "past_key_values")
+
+
+def check_pi0_internals(model) -> None:
+    """ValueError naming the transformers version when π0's inner modules the stream uses are missing."""
+    import inspect
+
+    import transformers
+
+    where = (f"transformers {transformers.__version__}'s {type(model).__name__}; the streaming code is tested with "
+             "the range in requirements.txt")
+    for path in PI0_INTERNALS:
+        obj = model
+        for name in path.split("."):
+            obj = getattr(obj, name, None)
+            if obj is None:
+                raise ValueError(f"π0: {path} not found in {where}")
+    accepted = inspect.signature(model.forward).parameters
+    missing = [name for name in PI0_FORWARD_ARGS if name not in accepted]
+    if missing:
+        raise ValueError(f"π0: forward() takes no {', '.join(missing)} in {where}")
+
+
 class PI0Policy(StreamingPolicy):
     """π0 over the session's chunked cache: one control step = the cameras' image tokens (one chunk);
     returns a chunk of ``config.chunk_size`` actions in robot units (un-normalized with the
@@ -36,6 +62,7 @@ class PI0Policy(StreamingPolicy):
     def __init__(self, model, processor, policy_config: PI0PolicyConfig | None = None,
                  device: str | torch.device = "cpu", gate=None):
         check_pi0_config(model.config)
+        check_pi0_internals(model)
         self.model = model.to(device).eval()
         self.device = torch.device(device)
         self.processor = processor
@@ -46,7 +73,8 @@ class PI0Policy(StreamingPolicy):
         vision = mc.vlm_config.vision_config
         expected = (vision.image_size // vision.patch_size) ** 2
         if self.image_seq_length != expected:
-            raise ValueError(f"processor_config.json: image_seq_length {self.image_seq_length} does not match the vision "
+            raise ValueError(f"processor_config.json: image_seq_length {self.image_seq_length} does not match the "
+                             "vision "
                              f"tower ({vision.image_size}/{vision.patch_size})^2 = {expected}")
         self.image_size = vision.image_size
         self.num_cameras = self.config.num_cameras
@@ -55,14 +83,15 @@ class PI0Policy(StreamingPolicy):
         if self.state_dim > mc.max_state_dim:
             raise ValueError(f"state_dim: {self.state_dim} is more than the model's max_state_dim {mc.max_state_dim}")
         if stats_dim and self.state_dim != stats_dim:
-            raise ValueError(f"state_dim: {self.state_dim} does not match the processor's state statistics ({stats_dim})")
+            raise ValueError(f"state_dim: {self.state_dim} does not match the processor's state statistics "
+                             f"({stats_dim})")
         act_stats = len(processor.actions_mean) if processor.actions_mean is not None else 0
         self.action_dim = self.config.action_dim or act_stats or mc.max_action_dim
         if self.action_dim > mc.max_action_dim or (act_stats and self.action_dim != act_stats):
             raise ValueError(f"action_dim: {self.action_dim} does not fit max_action_dim {mc.max_action_dim} "
                              f"and the processor's action statistics ({act_stats or 'none'})")
         self.action_names = self.config.action_names
-        self.chunk_length = mc.chunk_size
+        self.action_chunk_length = mc.chunk_size  # transformers' PI0Config calls it chunk_size
         self.default_actions_per_inference = min(self.config.actions_per_inference or mc.chunk_size, mc.chunk_size)
         self.num_inference_steps = self.config.num_inference_steps or mc.num_inference_steps
         self.image_token_id = int(mc.vlm_config.image_token_id)
@@ -80,7 +109,8 @@ class PI0Policy(StreamingPolicy):
         processor = processing.load_processor(directory)  # fails fast, before the weights load
         policy_config = PI0PolicyConfig.load(directory)
         try:
-            model = PI0ForConditionalGeneration.from_pretrained(str(directory), dtype=dtype or torch.float32, use_safetensors=True,
+            model = PI0ForConditionalGeneration.from_pretrained(str(directory), dtype=dtype or torch.float32,
+                                                                use_safetensors=True,
                                                                 local_files_only=True)
         except OSError as exc:
             raise FileNotFoundError(f"model.safetensors: π0 weights not loadable from {directory}: {exc}") from exc
@@ -159,7 +189,8 @@ class PI0Policy(StreamingPolicy):
             noise = torch.randn(1, mc.chunk_size, mc.max_action_dim, generator=episode.data["generator"],
                                 device=self.device)
         elif tuple(noise.shape) != (1, mc.chunk_size, mc.max_action_dim):
-            raise ValueError(f"noise: expected shape (1, {mc.chunk_size}, {mc.max_action_dim}), got {tuple(noise.shape)}")
+            raise ValueError(f"noise: expected shape (1, {mc.chunk_size}, {mc.max_action_dim}), "
+                             f"got {tuple(noise.shape)}")
         x = denoise(self.model, cache, st, noise.to(self.device), num_steps or self.num_inference_steps)
         t3 = time.perf_counter()
         actions = processing.unnormalize_actions(self.processor, x[0, :, : self.action_dim])
@@ -168,4 +199,4 @@ class PI0Policy(StreamingPolicy):
                          "denoise": (t3 - t2) * 1e3, "total": (t4 - t0) * 1e3}
 
 
-__all__ = ["PI0Policy", "check_pi0_config"]
+__all__ = ["PI0Policy", "check_pi0_config", "check_pi0_internals", "PI0_INTERNALS"]

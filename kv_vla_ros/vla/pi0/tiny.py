@@ -76,7 +76,8 @@ def make_processor(config, state_dim: int = 0, action_dim: int | None = None, se
 
     vision = config.vlm_config.vision_config
     side = vision.image_size
-    images = PI0ImageProcessorPil(size={"max_height": side, "max_width": side}, pad_size={"height": side, "width": side},
+    images = PI0ImageProcessorPil(size={"max_height": side, "max_width": side},
+                                  pad_size={"height": side, "width": side},
                                   image_seq_length=(side // vision.patch_size) ** 2)
     g = torch.Generator().manual_seed(seed)
     action_dim = action_dim or config.max_action_dim
@@ -103,7 +104,9 @@ def write_pi0_checkpoint(directory, scale: str = "tiny", num_cameras: int = 1, s
     model = PI0ForConditionalGeneration(config).to(dtype).eval()
     model.save_pretrained(str(directory))
     make_processor(config, state_dim, action_dim, seed).save_pretrained(str(directory))
-    PI0PolicyConfig(num_cameras=num_cameras, state_dim=state_dim, action_dim=action_dim, **policy_fields).save(directory)
+    policy_config = PI0PolicyConfig(num_cameras=num_cameras, state_dim=state_dim, action_dim=action_dim,
+                                    **policy_fields)
+    policy_config.save(directory)
     return directory
 
 

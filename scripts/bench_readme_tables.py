@@ -1,0 +1,86 @@
+#!/usr/bin/env python3
+"""The README's benchmark tables from the benchmarks' own JSON (as scripts/gate_report_table.py
+does for the gate report), so that a table and the run it came from cannot drift apart.
+
+    python scripts/bench_readme_tables.py paper docs/bench/bench_openvla-small.json
+    python scripts/bench_readme_tables.py cache docs/bench/bench_cache.json
+
+`scripts/generate_docs.py` calls these on the JSON committed under docs/bench/ (the sections
+``bench-paper-openvla-small``, ``bench-paper-default`` and ``bench-cache`` of the README). To
+refresh them, re-run the benchmarks into docs/bench/ on a quiet machine (`make bench-readme`), then
+`python scripts/generate_docs.py`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the checkout's package
+
+# The README's bench-cache rows: the history lengths it shows.
+CACHE_FRAMES = (16, 64, 128, 256)
+
+
+def paper_table(data: dict) -> str:
+    """bench_paper's own Markdown (table + paper comparison) and one line of what the run was."""
+    from kv_vla_ros.eval.bench_paper import markdown
+
+    table = [{**row, "frames": int(row["frames"])} for row in data["table"]]
+    head = markdown(table, data.get("title") or f"{data['args']['backbone']} backbone")
+    return head + f"\n\nMeasured on: {data.get('device', 'unknown device')}{_load(data)}.\n"
+
+
+def _load(data: dict) -> str:
+    """The machine's 1-minute load average at the run's start and end (on 2 cores, above ~0.5 other
+    work was running and the timings are not a quiet machine's)."""
+    if "load_average" not in data:
+        return ", load not recorded"
+    start, end = data["load_average"]
+    return f", load average {start:.1f} at the start and {end:.1f} at the end"
+
+
+def paper_targets(data: dict, frames: int = 64) -> str:
+    """The targets line: gated against full at ``frames`` of history, and its latency over the
+    histories measured."""
+    rows = {(r["policy"], int(r["frames"])): r for r in data["table"]}
+    gated = rows.get(("gated", frames))
+    if gated is None or "speedup" not in gated:
+        return f"(no gated row against full at {frames} frames in this run)\n"
+    lat = [rows[("gated", f)]["ms"] for p, f in sorted(rows) if p == "gated" and f >= frames]
+    spread = 100 * (max(lat) / min(lat) - 1) if lat else float("nan")
+    return (f"At {frames} frames of history, gated is {gated['speedup']:.1f}x faster per step than full "
+            f"(target 3x), holds {gated['kv_reduction']:.1f}x fewer KV bytes (target 8x) and spends "
+            f"{gated['flops_saved_pct']:.1f}% fewer FLOPs per step (target 60%); its per-step latency varies "
+            f"by {spread:.0f}% from {frames} frames on ({', '.join(f'{v:.1f}' for v in lat)} ms; target 10%).\n")
+
+
+def cache_table(data: dict) -> str:
+    """bench_cache's table at the README's history lengths."""
+    from kv_vla_ros.eval.bench_cache import markdown
+
+    args = data["args"]
+    evictions = [p.strip() for p in (args.get("evictions") or args.get("policies") or "").split(",") if p.strip()]
+    rows = [r for r in data["table"] if int(r["frames"]) in CACHE_FRAMES]
+    return markdown(rows, evictions) + f"\n\nLoad{_load(data)[len(', load'):]}.\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("kind", choices=["paper", "paper-targets", "cache"])
+    parser.add_argument("json", type=Path)
+    args = parser.parse_args(argv)
+    try:
+        data = json.loads(args.json.read_text())
+        make = {"paper": paper_table, "paper-targets": paper_targets, "cache": cache_table}[args.kind]
+        sys.stdout.write(make(data))
+    except (OSError, ValueError, KeyError) as exc:
+        print(f"bench_readme_tables: {args.json}: {exc!r}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
