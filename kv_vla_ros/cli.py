@@ -25,7 +25,7 @@ COMMANDS: list[tuple[str, str, str]] = [
     ("calibrate", "kv_vla_ros.train.calibrate", "per-layer attention selectivity and per-layer budgets (ScaleKV)"),
     ("eval", "kv_vla_ros.eval.closed_loop", "closed-loop success and cache cost per task and cache policy"),
     ("gate-report", "kv_vla_ros.eval.gate_report", "trained gate vs every baseline at equal budgets, with plots"),
-    ("bag generate", "kv_vla_ros.bags.generate", "write simulator expert episodes into a bag (no ROS graph)"),
+    ("bag generate", "kv_vla_ros.eval.bag_generate", "write simulator expert episodes into a bag (no ROS graph)"),
     ("bag eval", "kv_vla_ros.bags.eval_cli", "replay a bag offline through VLASession under several cache configs"),
     ("bag record", "kv_vla_ros.bags.record", "record live topics into a bag (rclpy, raw CDR)"),
     ("bag play", "kv_vla_ros.bags.play", "publish a bag onto live topics with its original timing"),
