@@ -169,4 +169,29 @@ class ArmRobot(EpisodeFlags):
         return f"ArmRobot(task={self.task!r}, frame_size={self.frame_size}, seed={self.seed}, steps={self.steps})"
 
 
-__all__ = ["ArmRobot", "normalize_arm_task"]
+class ArmEpisodeProbe:
+    """The evaluator's view of an arm episode's memory facts, with the interface of the MiniGrid
+    ``MemoryEpisodeProbe``: ``observe(t)`` before frame ``t``'s action, ``after_step()`` after it;
+    ``cue_steps`` (frames shown that showed the lit lamp), ``decision_step``, ``decision_correct``."""
+
+    def __init__(self, robot: ArmRobot):
+        self.robot = robot
+        self.cue_steps: list[int] = []
+
+    def observe(self, t: int) -> None:
+        if self.robot.cue_visible:
+            self.cue_steps.append(t)
+
+    def after_step(self) -> None:
+        """Nothing to do: the robot follows its decision itself."""
+
+    @property
+    def decision_step(self) -> int | None:
+        return self.robot.decision_step
+
+    @property
+    def decision_correct(self) -> bool | None:
+        return self.robot.decision_correct
+
+
+__all__ = ["ArmEpisodeProbe", "ArmRobot", "normalize_arm_task"]
