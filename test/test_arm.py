@@ -125,3 +125,30 @@ def test_bag_round_trip_holds_frames_states_and_actions(short_robot, tmp_path, s
         assert np.array_equal(np.stack([f.rgb for f in got]), ref.frames)
         assert np.array_equal(np.stack([f.state for f in got]), ref.states)
         assert np.array_equal(np.stack(actions), ref.actions)
+
+
+def test_a_state_received_after_its_frame_is_still_that_frames_state(tmp_path):
+    """Over DDS a joint state can arrive just after the image it was read with (same header stamp):
+    it is that frame's state, not the next one's; a frame with no state at all is skipped."""
+    from kv_vla_ros.bags.bagio import AtomicBagWriter
+    from kv_vla_ros.bags.messages import IMAGE, JOINT_STATE, STRING, make_image, make_joint_state, make_string
+
+    period, t0 = 100_000_000, 10**18
+    frames = np.random.default_rng(1).integers(0, 256, (4, 8, 8, 3), dtype=np.uint8)
+    with AtomicBagWriter(tmp_path / "bag", "mcap") as bag:
+        ts = bag.typestore
+        bag.write("/instruction", t0, make_string(ts, "carry the cube"), STRING)
+        for k in range(4):
+            t = t0 + (k + 1) * period
+            after = k in (0, 2)  # the state of frames 0 and 2 arrives 1 ms after them
+            if k != 3:  # frame 3 never gets its own state: the newest before it (frame 2's) is used
+                bag.write("/joint_states", t + (1_000_000 if after else -1_000_000),
+                          make_joint_state(ts, [float(k)] * 9, t), JOINT_STATE)
+            bag.write("/image", t, make_image(ts, frames[k], t), IMAGE)
+    counters: dict = {}
+    with BagReader(tmp_path / "bag") as bag:
+        got = [v for kind, v in iter_episode_events(bag, BagTopics(state="/joint_states", action=None), None,
+                                                    counters) if kind == "frame"]
+    assert [f.state[0] for f in got] == [0.0, 1.0, 2.0, 2.0]
+    assert all(np.array_equal(f.rgb, frames[k]) for k, f in enumerate(got))
+    assert counters["frames_missing_inputs"] == 0
