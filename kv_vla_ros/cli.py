@@ -20,6 +20,7 @@ COMMANDS: list[tuple[str, str, str]] = [
     ("bench paper", "kv_vla_ros.eval.bench_paper", "latency, KV bytes, FLOPs vs history at paper scale, vs the paper"),
     ("bench dtype", "kv_vla_ros.eval.bench_dtype", "action agreement of a bfloat16/float16 (or compiled) session vs float32"),
     ("bench eval-scaling", "kv_vla_ros.eval.bench_scaling", "closed-loop eval sequential vs --workers N: speedup, same episodes"),
+    ("bench arm", "kv_vla_ros.eval.bench_arm", "robot-arm world: ms per rendered frame vs panda-gym, expert table, filmstrip"),
     ("train", "kv_vla_ros.train.cli", "behaviour-clone the VLA on simulator expert demonstrations"),
     ("train-gate", "kv_vla_ros.train.gate_train", "train the chunk gate on rollouts of a frozen VLA"),
     ("calibrate", "kv_vla_ros.train.calibrate", "per-layer attention selectivity and per-layer budgets (ScaleKV)"),

@@ -152,3 +152,18 @@ def test_a_state_received_after_its_frame_is_still_that_frames_state(tmp_path):
     assert [f.state[0] for f in got] == [0.0, 1.0, 2.0, 2.0]
     assert all(np.array_equal(f.rgb, frames[k]) for k, f in enumerate(got))
     assert counters["frames_missing_inputs"] == 0
+
+
+def test_bag_generate_on_two_workers_writes_the_one_process_bag(tmp_path, capsys):
+    from kv_vla_ros.cli import main
+
+    common = ["bag", "generate", "--task", "Arm-CueCarryShort", "--episodes", "3", "--split", "train",
+              "--max-steps", "9", "--start-time", "1000", "--no-progress"]
+    assert main([*common, "-o", str(tmp_path / "one"), "--workers", "1"]) == 0
+    assert main([*common, "-o", str(tmp_path / "two"), "--workers", "2", "--storage", "mcap"]) == 0
+    assert "3 episodes of Arm-CueCarryShort-v0 (train seeds), 27 steps" in capsys.readouterr().out
+    with BagReader(tmp_path / "one") as a, BagReader(tmp_path / "two") as b:
+        assert a.topics == b.topics
+        for topic in ("/image", "/joint_states", "/action", "/episode", "/instruction"):
+            assert [(t, bytes(raw)) for _, t, raw in a.raw_messages([topic])] == \
+                [(t, bytes(raw)) for _, t, raw in b.raw_messages([topic])], topic

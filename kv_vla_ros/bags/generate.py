@@ -40,18 +40,6 @@ STATE_LEAD_NS = 1_000  # a joint state is read this long (bag time) before its c
 ROLES = ("image", "instruction", "action", "episode", "state")
 DEFAULT_TOPICS = {"image": "/image", "instruction": "/instruction", "action": "/action", "episode": "/episode",
                   "state": "/joint_states"}
-SPLITS = ("eval", "train")
-
-
-def split_seeds(split: str, n: int, offset: int = 0) -> list[int]:
-    """``n`` seeds of ``split`` ("eval": held out, "train": for demonstrations) from ``offset``."""
-    from kv_vla_ros.sim import eval_seeds, train_seeds
-
-    if split not in SPLITS:
-        raise ValueError(f"split: expected one of {', '.join(SPLITS)}, got {split!r}")
-    return (eval_seeds if split == "eval" else train_seeds)(n, offset)
-
-
 def topic_names(topics: dict | None) -> dict[str, str]:
     names = dict(DEFAULT_TOPICS)
     names.update({k: normalize_topic(v, f"{k}_topic") for k, v in (topics or {}).items()})
@@ -136,7 +124,7 @@ def generate_bag(output, task: str, episodes: int, seed_offset: int = 0, storage
     """
     from tqdm import tqdm
 
-    from kv_vla_ros.sim import make_sim
+    from kv_vla_ros.sim import make_sim, split_seeds
 
     if isinstance(episodes, bool) or not isinstance(episodes, int) or episodes < 1:
         raise ValueError(f"episodes: must be an int >= 1, got {episodes!r}")
@@ -167,4 +155,4 @@ def generate_bag(output, task: str, episodes: int, seed_offset: int = 0, storage
     return summary
 
 
-__all__ = ["DEFAULT_TOPICS", "SPLITS", "generate_bag", "split_seeds", "topic_names", "write_rollouts"]
+__all__ = ["DEFAULT_TOPICS", "ROLES", "generate_bag", "topic_names", "write_rollouts"]

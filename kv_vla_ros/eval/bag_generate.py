@@ -13,7 +13,8 @@ import argparse
 
 from kv_vla_ros.bags.bagio import STORAGES
 from kv_vla_ros.bags.errors import cli_errors
-from kv_vla_ros.bags.generate import DEFAULT_TOPICS, ROLES, SPLITS, generate_bag, split_seeds
+from kv_vla_ros.bags.generate import DEFAULT_TOPICS, ROLES, generate_bag
+from kv_vla_ros.sim import SPLITS, split_seeds
 
 BATCH = 8  # seeds per work item: a worker's result stays a few tens of MB at most
 

@@ -37,6 +37,7 @@ from std_msgs.msg import Float32MultiArray, MultiArrayDimension, String
 from kv_vla_ros.ros.control import CHUNK_INDEX_PREFIX, format_source_stamp, parse_source_stamp
 from kv_vla_ros.ros.image_conversion import fill_image_msg
 from kv_vla_ros.ros.sim_node import LATCHED, RESULTS_QOS, _desc, next_view_stamp, report_episode, run_sim_node
+from kv_vla_ros.sim import split_seeds
 from kv_vla_ros.sim.arm.env import ArmRobot
 from kv_vla_ros.sim.arm.scene import STATE_JOINT_NAMES
 from kv_vla_ros.sim.arm.task import check_action
@@ -81,8 +82,6 @@ class ArmSimNode(Node):
         try:
             if self.mode not in MODES:
                 raise ValueError(f"mode: expected one of {', '.join(MODES)}, got {self.mode!r}")
-            from kv_vla_ros.bags.generate import split_seeds
-
             split_seeds(self.split, 1, self.seed_offset)  # a bad split or offset fails here, by name
             self.robot = ArmRobot(task, frame_size=frame_size, max_steps=max_steps or None)
         except ValueError as exc:
@@ -117,8 +116,6 @@ class ArmSimNode(Node):
 
     # ---- episodes ---------------------------------------------------------------------------
     def _start_episode(self) -> None:
-        from kv_vla_ros.bags.generate import split_seeds
-
         seed = split_seeds(self.split, 1, self.seed_offset + self.episode_index)[0]
         self.frame, instruction = self.robot.reset(seed)
         self.actions, self.stamp, self.view_steps = [], None, {}

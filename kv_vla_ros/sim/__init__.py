@@ -18,6 +18,7 @@ Public API:
 from .arm import ARM_TASKS, is_arm_task
 from .dataset import (
     EVAL_SEED_RANGE,
+    SPLITS,
     TRAIN_SEED_RANGE,
     Episode,
     check_disjoint,
@@ -25,6 +26,7 @@ from .dataset import (
     generate_episodes,
     load_episodes,
     save_episodes,
+    split_seeds,
     train_seeds,
 )
 from .env import (
@@ -49,6 +51,7 @@ __all__ = [
     "MemoryExpert",
     "NUM_ACTIONS",
     "SUPPORTED_TASKS",
+    "SPLITS",
     "SimRobot",
     "StepResult",
     "TRAIN_SEED_RANGE",
@@ -62,5 +65,6 @@ __all__ = [
     "make_expert",
     "normalize_task",
     "save_episodes",
+    "split_seeds",
     "train_seeds",
 ]

@@ -15,6 +15,7 @@ the robot's left, the table top at z = 0. Every body has a flat colour (no textu
 from __future__ import annotations
 
 import functools
+import hashlib
 import os
 import tempfile
 from dataclasses import dataclass
@@ -56,18 +57,27 @@ CUBE_COLOUR = (0.95, 0.75, 0.1, 1.0)
 PHYSICS_HZ = 240  # PyBullet's default time step; a control step runs PHYSICS_HZ / control_hz of them
 
 
+def full_panda_urdf() -> str:
+    """``pybullet_data``'s ``franka_panda/panda.urdf`` as shipped (its visual meshes)."""
+    return os.path.join(pybullet_data.getDataPath(), "franka_panda", "panda.urdf")
+
+
 @functools.lru_cache(maxsize=1)
 def lean_panda_urdf() -> str:
-    """Path of ``franka_panda/panda.urdf`` drawn with its collision meshes (see the module doc)."""
-    root = os.path.join(pybullet_data.getDataPath(), "franka_panda")
-    with open(os.path.join(root, "panda.urdf"), encoding="utf-8") as f:
+    """Path of ``franka_panda/panda.urdf`` drawn with its collision meshes (see the module doc): one
+    file per installed ``pybullet_data`` and user in the temporary directory, written atomically."""
+    root = os.path.dirname(full_panda_urdf())
+    with open(full_panda_urdf(), encoding="utf-8") as f:
         text = f.read()
     text = text.replace("package://meshes/visual/", "package://meshes/collision/")
     text = text.replace("package://meshes/", os.path.join(root, "meshes") + "/")
-    directory = tempfile.mkdtemp(prefix="kv_vla_panda_")
-    path = os.path.join(directory, "panda_lean.urdf")
-    with open(path, "w", encoding="utf-8") as f:
-        f.write(text)
+    key = hashlib.sha256(text.encode()).hexdigest()[:16]
+    path = os.path.join(tempfile.gettempdir(), f"kv_vla_panda_lean_{os.getuid()}_{key}.urdf")
+    if not os.path.isfile(path):
+        fd, part = tempfile.mkstemp(dir=tempfile.gettempdir(), suffix=".urdf.part")
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+        os.replace(part, path)  # several processes may write it at once: each rename is whole
     return path
 
 
@@ -98,7 +108,8 @@ class ArmScene:
     """One PyBullet DIRECT client holding the world; ``build`` re-creates it for every episode
     (``resetSimulation``: an episode's physics never depends on the one before)."""
 
-    def __init__(self, camera: Camera, control_hz: float):
+    def __init__(self, camera: Camera, control_hz: float, robot_urdf: str | None = None):
+        self.robot_urdf = robot_urdf or lean_panda_urdf()  # another URDF: e.g. the full meshes, to time them
         with quiet_fds(1):  # and "argv[0]=" on every connection
             self.client = BulletClient(connection_mode=pybullet.DIRECT)
         self.camera = camera
@@ -133,7 +144,7 @@ class ArmScene:
         c.createMultiBody(0.0, -1, post, (LAMP_POSITION[0], LAMP_POSITION[1], LAMP_POSITION[2] / 2))
         lamp_shape = c.createVisualShape(pybullet.GEOM_SPHERE, radius=LAMP_RADIUS, rgbaColor=LAMP_OFF)
         lamp = c.createMultiBody(0.0, -1, lamp_shape, LAMP_POSITION)
-        robot = c.loadURDF(lean_panda_urdf(), (0.0, 0.0, 0.0), useFixedBase=True)
+        robot = c.loadURDF(self.robot_urdf, (0.0, 0.0, 0.0), useFixedBase=True)
         self.bodies = Bodies(robot=robot, cube=-1, lamp=lamp, pads=(pads[0], pads[1]))
         joints = list(REST_POSE)
         for _ in range(3):  # IK starts from the current joints: a few rounds place the start pose exactly
