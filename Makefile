@@ -42,7 +42,7 @@ model: $(STAMP)
 	$(VENV)/bin/kv-vla train-gate --model runs/kv-vla-minigrid --episodes 40 --epochs 30 --target value \
 	    --tasks MiniGrid-MemoryS13Random MiniGrid-MemoryS17Random MiniGrid-MemoryS37 BabyAI-GoToLocal
 	$(VENV)/bin/kv-vla eval --model runs/kv-vla-minigrid --tasks MiniGrid-MemoryS13Random MiniGrid-MemoryS17Random \
-	    MiniGrid-MemoryS37 BabyAI-GoToLocal --episodes 200 --policy full --policy window:budget_frac=0.25 \
+	    MiniGrid-MemoryS37 BabyAI-GoToLocal --episodes 200 --cache full --cache window:budget_frac=0.25 \
 	    --out runs/eval-default
 
 # The gate's results: every cache policy at a quarter and an eighth of the history, closed loop,

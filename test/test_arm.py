@@ -9,9 +9,9 @@ import json
 import numpy as np
 import pytest
 
-from kv_vla_ros.bags.bagio import BagReader
-from kv_vla_ros.bags.episodes import BagTopics, iter_episode_events
-from kv_vla_ros.bags.generate import generate_bag
+from kv_vla_ros.data.bagio import BagReader
+from kv_vla_ros.data.episodes import BagTopics, iter_episode_events
+from kv_vla_ros.data.generate import generate_bag
 from kv_vla_ros.sim import ARM_TASKS, eval_seeds, make_sim, normalize_task, train_seeds
 from kv_vla_ros.sim.arm import ArmExpert, ArmRobot
 from kv_vla_ros.sim.arm.task import draw_layout
@@ -130,8 +130,8 @@ def test_bag_round_trip_holds_frames_states_and_actions(short_robot, tmp_path, s
 def test_a_state_received_after_its_frame_is_still_that_frames_state(tmp_path):
     """Over DDS a joint state can arrive just after the image it was read with (same header stamp):
     it is that frame's state, not the next one's; a frame with no state at all is skipped."""
-    from kv_vla_ros.bags.bagio import AtomicBagWriter
-    from kv_vla_ros.bags.messages import IMAGE, JOINT_STATE, STRING, make_image, make_joint_state, make_string
+    from kv_vla_ros.data.bagio import AtomicBagWriter
+    from kv_vla_ros.data.messages import IMAGE, JOINT_STATE, STRING, make_image, make_joint_state, make_string
 
     period, t0 = 100_000_000, 10**18
     frames = np.random.default_rng(1).integers(0, 256, (4, 8, 8, 3), dtype=np.uint8)

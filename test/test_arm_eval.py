@@ -29,7 +29,7 @@ def eval_rows(ckpt, out, *extra) -> list[dict]:
     args = ["eval", "--model", str(ckpt), "--tasks", TASK, "--episodes", "3", "--max-steps", "30", "--out",
             str(out), "--no-progress", *extra]
     for spec in SPECS:
-        args += ["--policy", spec]
+        args += ["--cache", spec]
     assert main(args) == 0
     return json.loads((out / "results.json").read_text())["results"]
 

@@ -16,9 +16,9 @@ import pytest
 
 pytest.importorskip("rclpy")
 
-from kv_vla_ros.bags.bagio import BagReader  # noqa: E402
-from kv_vla_ros.bags.episodes import BagTopics, iter_episode_events  # noqa: E402
-from kv_vla_ros.bags.generate import generate_bag  # noqa: E402
+from kv_vla_ros.data.bagio import BagReader  # noqa: E402
+from kv_vla_ros.data.episodes import BagTopics, iter_episode_events  # noqa: E402
+from kv_vla_ros.data.generate import generate_bag  # noqa: E402
 from kv_vla_ros.ros.processes import ARM_SIM_MODULE, pick_free_domain_id, ros_env, spawn_node, stop_node  # noqa: E402
 
 TASK = "Arm-CueCarryShort-v0"

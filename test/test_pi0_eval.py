@@ -10,8 +10,8 @@ import json
 import numpy as np
 import pytest
 
-from kv_vla_ros.bags.bagio import AtomicBagWriter
-from kv_vla_ros.bags.messages import FLOAT32_ARRAY, IMAGE, JOINT_STATE, STRING, make_action, make_image, \
+from kv_vla_ros.data.bagio import AtomicBagWriter
+from kv_vla_ros.data.messages import FLOAT32_ARRAY, IMAGE, JOINT_STATE, STRING, make_action, make_image, \
     make_joint_state, make_string
 from kv_vla_ros.cli import main
 from kv_vla_ros.vla.action_queue import ActionQueue
@@ -46,7 +46,7 @@ def test_bag_eval_with_two_cameras_and_state_through_pi0(tmp_path, storage, caps
     write_two_camera_bag(bag, storage)
     out = tmp_path / "out"
     rc = main(["bag", "eval", str(bag), "--model", str(ckpt), "--image-topic", "/front/image", "--image-topic",
-               "/wrist/image", "--state-topic", "/joint_states", "--policy", "full", "--policy",
+               "/wrist/image", "--state-topic", "/joint_states", "--cache", "full", "--cache",
                "sink_window:budget_tokens=112", "--flops-every", "3", "--out", str(out), "--no-progress",
                "--workers", "1"])
     assert rc == 0, capsys.readouterr().err

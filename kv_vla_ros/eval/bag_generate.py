@@ -1,5 +1,5 @@
 """``kv-vla bag generate``: simulator episodes (the expert's, or a checkpoint's in closed loop) written
-straight into a bag (``kv_vla_ros.bags.generate``), the rollouts spread over ``--workers`` processes
+straight into a bag (``kv_vla_ros.data.generate``), the rollouts spread over ``--workers`` processes
 (the package's Ray runner) while this process writes the bag in seed order.
 
 Arm tasks (``Arm-CueCarryShort``, ``Arm-CueCarryLong``) also record ``sensor_msgs/JointState`` on
@@ -11,16 +11,16 @@ from __future__ import annotations
 
 import argparse
 
-from kv_vla_ros.bags.bagio import STORAGES
-from kv_vla_ros.bags.errors import cli_errors
-from kv_vla_ros.bags.generate import DEFAULT_TOPICS, ROLES, generate_bag
+from kv_vla_ros.data.bagio import STORAGES
+from kv_vla_ros.data.errors import cli_errors
+from kv_vla_ros.data.generate import DEFAULT_TOPICS, ROLES, generate_bag
 from kv_vla_ros.sim import SPLITS, split_seeds
 
 BATCH = 8  # seeds per work item: a worker's result stays a few tens of MB at most
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
-    from kv_vla_ros.eval.parallel import add_runner_arguments
+    from kv_vla_ros.parallel.runner import add_runner_arguments
 
     parser.add_argument("-o", "--output", required=True, help="bag directory to create (must not exist)")
     parser.add_argument("--task", default="MiniGrid-MemoryS13Random-v0",
@@ -74,7 +74,7 @@ def parallel_rollouts(args, seeds: list[int], config):
     import queue
     import threading
 
-    from kv_vla_ros.eval.parallel import Runner
+    from kv_vla_ros.parallel.runner import Runner
 
     batches = [(i, seeds[i:i + BATCH]) for i in range(0, len(seeds), BATCH)]
     done: queue.Queue = queue.Queue()
@@ -108,7 +108,7 @@ def parallel_rollouts(args, seeds: list[int], config):
 
 @cli_errors("bag generate")
 def run(args: argparse.Namespace) -> int:
-    from kv_vla_ros.eval.parallel import runner_config
+    from kv_vla_ros.parallel.runner import runner_config
     from kv_vla_ros.sim import normalize_task
 
     normalize_task(args.task)  # a bad task fails before any worker starts

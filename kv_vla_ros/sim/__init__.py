@@ -40,12 +40,14 @@ from .env import (
     normalize_task,
 )
 from .experts import BabyAIExpert, Expert, MemoryExpert, make_expert
+from .tasks import EVAL_TASKS
 
 __all__ = [
     "ACTION_NAMES",
     "ARM_TASKS",
     "BabyAIExpert",
     "EVAL_SEED_RANGE",
+    "EVAL_TASKS",
     "Episode",
     "Expert",
     "MemoryExpert",

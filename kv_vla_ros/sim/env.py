@@ -11,12 +11,13 @@ RGB, rows top-to-bottom; the agent sits at the bottom centre looking "up" the im
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, field
 from typing import Any
 
 import gymnasium as gym
 import minigrid  # noqa: F401  (importing it registers the MiniGrid-*/BabyAI-* env ids)
 import numpy as np
+
+from kv_vla_ros.sim.robot import EpisodeFlags, StepResult  # noqa: F401  (StepResult: re-exported)
 
 SUPPORTED_TASKS: tuple[str, ...] = (
     "MiniGrid-MemoryS7-v0",
@@ -118,47 +119,6 @@ def make_sim(task: str, frame_size: int | None = None, max_steps: int | None = N
 def is_memory_task(task: str) -> bool:
     """True for the MiniGrid Memory family (needs the scripted expert), False for BabyAI."""
     return normalize_task(task).startswith("MiniGrid-Memory")
-
-
-@dataclass(frozen=True)
-class StepResult:
-    """Outcome of one :meth:`SimRobot.step`.
-
-    frame: uint8 (frame_size, frame_size, 3) RGB view *after* the action.
-    reward: the env's scalar reward (MiniGrid: ``1 - 0.9 * steps / max_steps`` on success, else 0).
-    terminated: the episode ended by reaching a goal / failure state.
-    truncated: the episode ended by running out of ``max_steps``.
-    success: the episode ended with positive reward (task solved).
-    info: the env's info dict (plus ``"steps"``).
-    """
-
-    frame: np.ndarray
-    reward: float
-    terminated: bool
-    truncated: bool
-    success: bool
-    info: dict[str, Any] = field(default_factory=dict)
-
-    @property
-    def done(self) -> bool:
-        return self.terminated or self.truncated
-
-
-class EpisodeFlags:
-    """``done`` / ``success`` of a simulated robot's current episode (every robot of this tier)."""
-
-    _done = True  # no episode yet: step() before reset() is an error
-    _success = False
-
-    @property
-    def done(self) -> bool:
-        """True before the first reset and after the episode terminated or truncated."""
-        return self._done
-
-    @property
-    def success(self) -> bool:
-        """True once the current episode has ended with positive reward."""
-        return self._success
 
 
 class SimRobot(EpisodeFlags):

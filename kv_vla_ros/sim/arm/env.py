@@ -34,7 +34,7 @@ from kv_vla_ros.sim.arm.task import (
     pad_positions,
     placed_on,
 )
-from kv_vla_ros.sim.env import EpisodeFlags, StepResult
+from kv_vla_ros.sim.robot import EpisodeFlags, StepResult
 
 SETTLE_S = 0.4  # physics after the hand opens, so the success test sees the cube at rest
 

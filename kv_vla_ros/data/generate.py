@@ -22,8 +22,8 @@ from collections.abc import Iterable
 
 import numpy as np
 
-from kv_vla_ros.bags.bagio import AtomicBagWriter, normalize_topic
-from kv_vla_ros.bags.messages import (
+from kv_vla_ros.data.bagio import AtomicBagWriter, normalize_topic
+from kv_vla_ros.data.messages import (
     FLOAT32_ARRAY,
     IMAGE,
     JOINT_STATE,
@@ -52,7 +52,7 @@ def model_rollouts(robot, model, seeds: list[int]) -> Iterable:
     from kv_vla_ros.sim.rollout import Rollout, episode_record
     from kv_vla_ros.vla import VLASession
 
-    session = VLASession(model, model.config.cache.replace(policy="full"))
+    session = VLASession(model, model.config.cache.replace(eviction="full"))
     continuous = getattr(robot, "discrete", True) is False
     for index, seed in enumerate(seeds):
         frame, instruction = robot.reset(seed)
