@@ -187,3 +187,19 @@ def test_arm_demo_runs_the_expert_until_a_model_ships(tmp_path, capsys):
     assert summary["success_rate"] == 1.0 and summary["decision_accuracy"] == 1.0 and summary["driver"] == "expert"
     assert arm_demo.main(["--model", str(tmp_path / "nothing")]) == 1
     assert "--model: no checkpoint at" in capsys.readouterr().out
+
+
+def test_kv_vla_node_drives_the_arm_over_dds_as_the_offline_closed_loop(tmp_path, capsys):
+    """kv_vla_node (a tiny random π0 that fits the arm, one action per inference) and arm_sim_node
+    in policy mode, two processes over DDS: the episode's actions are the in-process closed loop's."""
+    from pi0_models import arm_pi0_checkpoint
+
+    from kv_vla_ros.ros import arm_demo
+
+    ckpt = arm_pi0_checkpoint(tmp_path / "pi0", actions_per_inference=1)
+    assert arm_demo.main(["--episodes", "1", "--task", "Arm-CueCarryShort", "--model", str(ckpt),
+                          "--control-rate-hz", "40", "--timeout", "120", "--out", str(tmp_path / "out")]) == 0
+    assert f"driven by kv_vla_node with {ckpt}" in capsys.readouterr().out
+    summary = json.loads((tmp_path / "out" / "summary.json").read_text())
+    assert summary["per_episode"][0]["steps"] == 150  # the drifting policy never opens the hand
+    assert summary["episodes_identical_offline"] == 1

@@ -86,7 +86,7 @@ def parallel_rollouts(args, seeds: list[int], config):
                         desc=f"bag generate {args.task}") as runner:
                 runner.map(rollout_batch, batches, units=[len(b[1]) for b in batches],
                            on_result=lambda i, value: done.put((i, value)))
-        except Exception as exc:  # handed to the writer, which aborts the bag
+        except Exception as exc:  # noqa: BLE001  (any failure is handed to the writer, which aborts the bag)
             done.put((-1, exc))
         done.put((None, None))
 

@@ -151,8 +151,9 @@ def filmstrip(path: Path, frame_size: int = 64, seed: int = 1_000_001) -> list[i
 def markdown(result: dict) -> str:
     lines = ["| scene | px | ms per frame |", "| --- | --- | --- |"]
     lines += [f"| {r['scene']} | {r['px']} | {r['ms_per_frame']:.1f} |" for r in result["render"]]
-    lines += ["", "| variant | steps per episode | cue-to-decision (min / mean) | expert success | "
-                  "ms per simulated+rendered step |", "| --- | --- | --- | --- | --- |"]
+    header = ("| variant | steps per episode | cue-to-decision (min / mean) | expert success | "
+              "ms per simulated+rendered step |")
+    lines += ["", header, "| --- | --- | --- | --- | --- |"]
     for r in result["expert"]:
         lines.append(f"| {r['task']} | {r['steps_mean']:.0f} ({r['steps_min']}-{r['steps_max']}) | "
                      f"{r['cue_to_decision_min']} / {r['cue_to_decision_mean']:.0f} | "

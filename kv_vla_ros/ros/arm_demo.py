@@ -90,6 +90,32 @@ def spawn(args, model: Path | None, domain: int, out: Path):
     return procs
 
 
+def offline_actions(model_path: Path, task: str, seed: int) -> list[list[float]]:
+    """The same episode in this process, no ROS: the checkpoint (its own cache config) on the arm,
+    as `kv-vla eval` runs it (chunks through `ActionQueue`, actions clamped to [-1, 1])."""
+    import torch
+
+    from kv_vla_ros.eval.closed_loop import make_robot, robot_command
+    from kv_vla_ros.vla import VLASession, load_policy
+    from kv_vla_ros.vla.action_queue import ActionQueue
+
+    torch.set_num_threads(1)  # as the node (num_threads: 1), so the float sums are the same
+    policy = load_policy(str(model_path))
+    robot, session = make_robot(task), VLASession(policy, policy.default_cache_config())
+    queue = ActionQueue(policy.default_actions_per_inference)
+    frame, instruction = robot.reset(seed)
+    session.reset(instruction)
+    actions = []
+    while not robot.done:
+        if queue.needs_inference:
+            queue.push(session.step_chunk(frame, robot.state() if policy.state_dim else None))
+        command = robot_command(robot, queue.pop())
+        actions.append([round(float(v), 6) for v in command])
+        frame = robot.step(command).frame
+    robot.close()
+    return actions
+
+
 def run(args: argparse.Namespace) -> int:
     import rclpy
 
@@ -139,6 +165,11 @@ def run(args: argparse.Namespace) -> int:
     print(f"\nsuccess rate           {summary['success_rate']:.1%}, decision accuracy "
           f"{summary['decision_accuracy']:.1%}, mean {summary['mean_steps']:.0f} steps")
     print(f"control rate achieved  {rate:.2f} Hz (target {args.control_rate_hz:g} Hz)")
+    if model is not None:  # the loop over topics against the same seeds in process
+        same = sum(offline_actions(model, args.task, r["seed"]) == r["actions"] for r in mon.results)
+        summary["episodes_identical_offline"] = same
+        print(f"offline closed loop, same seeds: {same}/{len(mon.results)} episodes with identical actions "
+              "(with actions_per_inference > 1 the node infers ahead on the newest view: they differ)")
     (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     print(f"summary: {out / 'summary.json'}")
     return 0
