@@ -118,8 +118,10 @@ class ArmPolicyProbe:
         from std_msgs.msg import MultiArrayDimension
 
         msg = self._Float32MultiArray(data=[float(v) for v in values])
-        msg.layout.dim = [MultiArrayDimension(label="action", size=len(values), stride=len(values)),
-                          MultiArrayDimension(label=f"frame_stamp={stamp[0]}.{stamp[1]:09d}", size=1, stride=1)]
+        msg.layout.dim = [MultiArrayDimension(label="action", size=len(values), stride=len(values))]
+        if stamp is not None:
+            msg.layout.dim.append(MultiArrayDimension(label=f"frame_stamp={stamp[0]}.{stamp[1]:09d}", size=1,
+                                                      stride=1))
         self.pub.publish(msg)
 
     def close(self) -> None:
@@ -138,6 +140,7 @@ def test_policy_mode_applies_each_action_once_and_refuses_bad_ones(tmp_path):
         first = probe.order[0]
         for bad in ([float("nan"), 0.0, 0.0, -1.0], [0.0, 3.0, 0.0, -1.0], [0.5, 0.0, -1.0]):
             probe.send(bad, first)
+        probe.send([0.0, 0.0, 1.0, -1.0], None)  # names no view: ignored, with a warning
         time.sleep(1.0)  # the camera re-sends the same view: nothing was applied
         assert len(probe.order) == 1 and sim.poll() is None
         up = [0.0, 0.0, 1.0, -1.0]
@@ -157,6 +160,7 @@ def test_policy_mode_applies_each_action_once_and_refuses_bad_ones(tmp_path):
     assert "action: non-finite value in [nan, 0.0, 0.0, -1.0]: refused, the arm holds still" in log
     assert "action: out of bounds [-1, 1]: [0.0, 3.0, 0.0, -1.0]: refused" in log
     assert "action: expected dimension 4 (dx, dy, dz, gripper), got shape (3,): refused" in log
+    assert "action ignored: it names no view" in log
 
 
 def test_arm_demo_launch_file_builds_with_described_arguments():

@@ -177,7 +177,12 @@ class ArmSimNode(Node):
         if self.stamp is None or not msg.data:  # settling, finished, or a stop command
             return
         stamp, row = action_address(msg)
-        if stamp is None or self.view_steps.get(stamp, -1) + row != self.robot.steps:
+        if stamp is None:
+            self.get_logger().warning("action ignored: it names no view (a frame_stamp=<sec>.<nsec> layout label, "
+                                      "as kv_vla_node writes); the simulator runs in lockstep",
+                                      throttle_duration_sec=5.0)
+            return
+        if self.view_steps.get(stamp, -1) + row != self.robot.steps:
             return  # a held repeat, a stale action, or a chunk row meant for another step
         try:
             action = check_action(list(msg.data))
