@@ -30,7 +30,20 @@ def paper_table(data: dict) -> str:
 
     table = [{**row, "frames": int(row["frames"])} for row in data["table"]]
     head = markdown(table, data.get("title") or f"{data['args']['backbone']} backbone")
-    return head + f"\n\nMeasured on: {data.get('device', 'unknown device')}{_load(data)}.\n"
+    return _busy_warning(data) + head + f"\n\nMeasured on: {data.get('device', 'unknown device')}{_load(data)}.\n"
+
+
+BUSY_LOAD = 1.0  # a 1-minute load average above this on the 2-core machine: other work was running
+
+
+def _busy_warning(data: dict) -> str:
+    """A warning above a table whose run shared the machine (its timings are not the code's)."""
+    load = data.get("load_average")
+    if load is None or max(load) <= BUSY_LOAD:
+        return ""
+    return (f"*Taken on a busy machine (load average up to {max(load):.1f}): the timings and the ratios built on "
+            "them are not this code's; `make bench-readme` on a quiet machine replaces them. Tokens, bytes and "
+            "FLOPs do not depend on the load.*\n\n")
 
 
 def _load(data: dict) -> str:
@@ -51,7 +64,8 @@ def paper_targets(data: dict, frames: int = 64) -> str:
         return f"(no gated row against full at {frames} frames in this run)\n"
     lat = [rows[("gated", f)]["ms"] for p, f in sorted(rows) if p == "gated" and f >= frames]
     spread = 100 * (max(lat) / min(lat) - 1) if lat else float("nan")
-    return (f"At {frames} frames of history, gated is {gated['speedup']:.1f}x faster per step than full "
+    return _busy_warning(data) + (
+            f"At {frames} frames of history, gated is {gated['speedup']:.1f}x faster per step than full "
             f"(target 3x), holds {gated['kv_reduction']:.1f}x fewer KV bytes (target 8x) and spends "
             f"{gated['flops_saved_pct']:.1f}% fewer FLOPs per step (target 60%); its per-step latency varies "
             f"by {spread:.0f}% from {frames} frames on ({', '.join(f'{v:.1f}' for v in lat)} ms; target 10%).\n")
@@ -64,7 +78,7 @@ def cache_table(data: dict) -> str:
     args = data["args"]
     evictions = [p.strip() for p in (args.get("evictions") or args.get("policies") or "").split(",") if p.strip()]
     rows = [r for r in data["table"] if int(r["frames"]) in CACHE_FRAMES]
-    return markdown(rows, evictions) + f"\n\nLoad{_load(data)[len(', load'):]}.\n"
+    return _busy_warning(data) + markdown(rows, evictions) + f"\n\nLoad{_load(data)[len(', load'):]}.\n"
 
 
 def main(argv: list[str] | None = None) -> int:

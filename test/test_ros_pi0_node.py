@@ -127,7 +127,7 @@ def test_startup_reports_the_pi0_inputs_and_the_checkpoint_default(node):
     cache = json.loads(diag["cache_config"])
     assert (cache["eviction"], cache["chunk_size"], cache["budget_tokens"]) == ("sink_window", 32, 144)
     log = node.log.read_text()
-    assert "(pi0, continuous actions, chunks of 4, 4 executed per inference)" in log and "UNBOUNDED" not in log
+    assert "(pi0, continuous actions, action chunks of 4, 4 executed per inference)" in log and "UNBOUNDED" not in log
 
 
 def test_chunks_are_executed_one_action_per_tick_and_refilled(node):

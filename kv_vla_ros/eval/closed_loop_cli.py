@@ -24,8 +24,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--tasks", nargs="+", default=EVAL_TASKS)
     parser.add_argument("--episodes", type=int, default=200, help="held-out eval seeds per task")
     add_cache_argument(parser)
-    parser.add_argument("--max-steps", type=int, default=100,
-                        help="episode step cap, applied only below the env's own limit (a timeout is a failure)")
+    parser.add_argument("--max-steps", type=int, default=None,
+                        help="episode step cap, applied only below the env's own limit (a timeout is a failure; "
+                             "default: 100 for MiniGrid/BabyAI, an arm task's own cap)")
     parser.add_argument("--seed-offset", type=int, default=0, help="offset into the eval seed range")
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads")
     parser.add_argument("--out", required=True, help="output directory for results.json/.md/.png")
@@ -55,7 +56,7 @@ def run(args: argparse.Namespace) -> int:
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
     tasks = [normalize_task(t) for t in args.tasks]
-    rows, how = evaluate_grid(model, model_path, tasks, parsed, seeds, args.max_steps, runner)
+    rows, how = evaluate_grid(model, model_path, tasks, parsed, seeds, args.max_steps, runner)  # capped per task
     for row in rows:
         if "success_rate" in row:
             memory = (f" decision {row['decision_accuracy']:.1%} cue held {row['cue_held_at_decision']:.1%}"

@@ -18,7 +18,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 
 from kv_vla_ros.cache.budgets import calibrated_budgets
-from kv_vla_ros.eval.closed_loop import make_robot, make_session, run_episode, summarize_task
+from kv_vla_ros.eval.closed_loop import default_step_cap, make_robot, make_session, run_episode, summarize_task
 from kv_vla_ros.parallel.runner import Runner, RunnerConfig
 
 
@@ -117,7 +117,8 @@ def evaluate_grid(model, model_path: str, tasks: list[str], parsed: list[tuple[s
     actor result, ``driver_works``: this process was one of the workers, ``episodes_per_process``,
     ``timings``: `Runner.timings`).
 
-    ``parsed``: ``[(spec, changes, budget_frac)]`` from `parse_spec`; ``model``: the driver's
+    ``parsed``: ``[(spec, changes, budget_frac)]`` from `parse_spec`; ``max_steps``: the step cap
+    (None: `default_step_cap` per task); ``model``: the driver's
     policy (`load_policy`; its default cache config is the base of every spec; it also runs
     episodes in this process).
     """
@@ -140,7 +141,8 @@ def evaluate_grid(model, model_path: str, tasks: list[str], parsed: list[tuple[s
                     _resolve(cell, base, model_path, _full_seen_before(cells, cell) if second else None)
                 ready = [c for c in todo if not c.row]
                 runner.skip(len(seeds) * (len(todo) - len(ready)))
-                items = [(c.task, c.cfg, c.untrained_gate, seed, max_steps) for c in ready for seed in seeds]
+                items = [(c.task, c.cfg, c.untrained_gate, seed, default_step_cap(c.task, max_steps))
+                         for c in ready for seed in seeds]
                 records = runner.map(episode_item, items)
                 pids.extend(runner.item_pids)
                 for k, cell in enumerate(ready):
