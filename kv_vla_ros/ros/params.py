@@ -65,20 +65,56 @@ NODE_PARAMS: list[ParamSpec] = [
               "state (π0 with state statistics)", applies="restart"),
     ParamSpec("state_type", "string", "joint_state", "state_topic's type: joint_state (sensor_msgs/JointState, "
               "its positions) or float32_multi_array (std_msgs/Float32MultiArray, its data)", applies="restart"),
+    ParamSpec("autostart", "bool", True, "configure and activate the lifecycle node at start-up (what `ros2 run` "
+              "needs); false: it waits unconfigured for `ros2 lifecycle set <node> configure` then `activate`",
+              applies="restart"),
     ParamSpec("actions_per_inference", "int", 0, "actions of each predicted chunk executed (one per control tick) "
               "before the next inference, as LeRobot's n_action_steps; 0: the checkpoint's default; at most the "
               "chunk length (1 for the shipped model)", (0, 1 << 16)),
+    ParamSpec("action_chunk_threshold", "double", 0.0, "start the next inference while the current action chunk "
+              "still runs, once at most this share of its executed actions remain (LeRobot's chunk_size_threshold); "
+              "0: only when it is used up (the last action is held while the model thinks)", (0.0, 1.0)),
+    ParamSpec("action_chunk_merge", "string", "replace", "where a new action chunk overlaps the actions still queued "
+              "(the rows for the ticks already executed since its inference started are skipped): replace (the new "
+              "chunk's actions) or blend (a linear crossfade from the old actions to the new over the overlap)"),
+    ParamSpec("camera_sync_slop_s", "double", 0.05, "pair every further camera's frame with the first camera's by "
+              "header stamp: the closest within this many seconds (an approximate-time rule); 0: each camera's newest "
+              "frame (arrival order)", (0.0, 10.0)),
+    ParamSpec("state_joint_names", "string_array", [""], "JointState state: the joints the checkpoint's state takes, "
+              "in its order, picked from each message by name (a missing name rejects the message: the state goes "
+              "stale, named in diagnostics); [\"\"]: JointState.position in message order", applies="restart"),
     ParamSpec("instruction", "string", "", "instruction to start with when none arrives on the instruction "
               "topic; setting it starts a new episode"),
     ParamSpec("control_rate_hz", "double", 20.0, "rate of action/cmd_vel publishing", (0.1, 1000.0)),
     ParamSpec("stale_timeout_s", "double", 1.0, "publish stop (and report WARN) after this long without a fresh "
               "message on any input (every image topic, the state topic) or a fresh action", (0.001, 3600.0)),
     ParamSpec("enabled", "bool", True, "false: publish stop commands only (inference keeps running)"),
+    ParamSpec("enable_topic", "string", "", "deadman: a std_msgs/Bool heartbeat topic (empty: off); when set, the "
+              "node publishes stop and runs no inference unless a true arrived within enable_timeout_s",
+              applies="restart"),
+    ParamSpec("enable_timeout_s", "double", 0.5, "deadman: how long one true on enable_topic allows acting",
+              (0.001, 3600.0)),
     ParamSpec("max_image_pixels", "int", 4096 * 4096, "frames with more pixels are rejected", (1, 1 << 30)),
     ParamSpec("action.min", "double_array", [-math.inf], "lower clamp of continuous actions, one value per "
               "dimension or one for all"),
     ParamSpec("action.max", "double_array", [math.inf], "upper clamp of continuous actions, one value per "
               "dimension or one for all"),
+    ParamSpec("safety.reject_out_of_bounds", "bool", False, "a chunk with a value outside [action.min, action.max] "
+              "is rejected whole (false: its values are clamped to the bounds)"),
+    ParamSpec("safety.max_step", "double_array", [math.inf], "largest change between consecutive commands per "
+              "dimension (one value for all, or one per dimension; across the seam with the command last sent too): "
+              "a chunk that asks for more is rejected whole"),
+    ParamSpec("safety.max_jerk", "double_array", [math.inf], "largest jerk (third difference of consecutive commands / "
+              "control period^3, per dimension; the commands last sent included): a chunk over it is rejected whole"),
+    ParamSpec("safety.on_reject", "string", "stop", "what the robot does after a rejected chunk until the next good "
+              "one: stop (the stop command of action_output) or hold (the command last sent, repeated)"),
+    ParamSpec("action_output", "string", "twist", "published besides the action array: twist (geometry_msgs/Twist on "
+              "cmd_vel), twist_stamped (geometry_msgs/TwistStamped on cmd_vel) or trajectory "
+              "(trajectory_msgs/JointTrajectory on joint_trajectory, positions only, one point per queued action)",
+              applies="restart"),
+    ParamSpec("joint_names", "string_array", [""], "action_output trajectory: the joint name of every action "
+              "dimension, in order", applies="restart"),
+    ParamSpec("twist.frame_id", "string", "base_link", "action_output twist_stamped: header.frame_id"),
     ParamSpec("max_linear", "double", 0.5, "cmd_vel |linear.x| limit (m/s)", (0.0, 100.0)),
     ParamSpec("max_angular", "double", 1.5, "cmd_vel |angular.z| limit (rad/s)", (0.0, 100.0)),
     ParamSpec("twist.discrete_linear", "double_array", MINIGRID_LINEAR, "discrete actions: linear.x per action "
