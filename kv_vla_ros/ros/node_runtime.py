@@ -19,7 +19,7 @@ from std_srvs.srv import Trigger
 
 from kv_vla_ros.ros.control import ControlLoop, RollingStats, TwistAdapter
 from kv_vla_ros.ros.diagnostics import input_values, policy_status
-from kv_vla_ros.ros.image_conversion import compressed_to_rgb, image_to_rgb, shrink_for_model
+from kv_vla_ros.data.image_conversion import compressed_to_rgb, image_to_rgb, shrink_for_model
 from kv_vla_ros.ros.inference import InferenceWorker
 from kv_vla_ros.ros.outputs import CommandOutputs, check_output
 from kv_vla_ros.ros.params import cache_changes_from_params, cache_param_specs, policy_param_specs
