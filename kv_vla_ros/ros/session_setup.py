@@ -74,6 +74,10 @@ def load_session(model_path: str, device: str, dtype: str, num_threads: int, ses
     from kv_vla_ros.vla import DEFAULT_MODEL_PATH, VLASession, load_policy
     from kv_vla_ros.vla.session import resolve_device_dtype
 
+    from transformers.utils import logging as hf_logging
+
+    # transformers' "Loading weights" progress bar would print into the node's log under launch
+    hf_logging.disable_progress_bar()
     check_device(device)
     try:  # parameters that do not fit this machine end the node with one line, before any loading
         resolve_device_dtype(device, dtype)
