@@ -154,6 +154,7 @@ class ControlLoop:
         self._sent: deque[np.ndarray] = deque(maxlen=3)  # commands last sent while acting (seam checks)
         self._plan_pending = False  # a new plan (queue) starts at the next tick: trajectory outputs send it
         self._last_action: float | None = None
+        self._blocked = False  # the last tick stopped for an input or the deadman
         self._error = ""
         self._hold_reason = ""
         self.rejected_actions = 0  # chunks rejected whole (any rule), never published
@@ -347,7 +348,10 @@ class ControlLoop:
         problem = self._deadman_problem(now) or self._input_problem(now)
         if problem:  # planned for a world no longer observed (or not allowed to act): dropped
             self._drop_actions()
+            self._blocked = True
             return ControlCommand(None, None, *problem)
+        if self._blocked:  # no inference ran while blocked: the next one gets a full timeout
+            self._blocked, self._last_action = False, now
         if self._error:
             return ControlCommand(None, None, "error", self._error)
         if not self._pop(now) and self._last_action is not None and now - self._last_action > self.stale_timeout_s:

@@ -107,6 +107,7 @@ class KVVLANode(LifecycleNode):
             self._stop_acting()
         self._release()
         self._lifecycle_state, self.finished = "finalized", True
+        self.get_logger().info("finalized: model freed, exiting")
         return TransitionCallbackReturn.SUCCESS
 
     def on_error(self, state: LifecycleState) -> TransitionCallbackReturn:
