@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
+from kv_vla_ros.ros.bench_seams import configure_seams, run_seams
 from kv_vla_ros.ros.processes import POLICY_MODULE, pick_free_domain_id, spawn_node, stop_node
 
 REPO = Path(__file__).resolve().parents[2]
@@ -28,7 +29,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--frame-rate-hz", type=float, default=30.0, help="camera rate")
     parser.add_argument("--frame-size", type=int, default=56, help="square rgb8 frame side (px)")
     parser.add_argument("--params-file", default=str(REPO / "config" / "kv_vla.yaml"))
+    parser.add_argument("--control-rate-hz", type=float, default=50.0, help="control rate of the seam measurement")
     parser.add_argument("--out", default=str(REPO / "runs" / "bench_ros"))
+    configure_seams(parser)
 
 
 def _model_dir(arg: str | None, tmp: Path) -> tuple[Path, str]:
@@ -98,6 +101,10 @@ def _set_rate(rclpy, node, rate: float) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.extra_delay_ms:  # action chunk seams (bench_seams)
+        if not args.model:
+            raise SystemExit("bench ros: --extra-delay-ms needs --model (a chunked checkpoint; --make-tiny-pi0 writes one)")
+        return run_seams(args)
     import rclpy
 
     out = Path(args.out)
