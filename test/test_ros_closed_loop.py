@@ -65,7 +65,8 @@ def _load_launch(name: str):
     return module
 
 
-POLICY_ARGUMENTS = {"model_path", "params_file", "namespace", "autostart", "use_sim_time", "image_topics", "state_topic"}
+POLICY_ARGUMENTS = {"model_path", "params_file", "namespace", "autostart", "use_sim_time", "image_topics",
+                    "state_topic"}
 
 
 @pytest.mark.parametrize("name, arguments", [

@@ -103,7 +103,8 @@ def _set_rate(rclpy, node, rate: float) -> None:
 def run(args: argparse.Namespace) -> int:
     if args.extra_delay_ms:  # action chunk seams (bench_seams)
         if not args.model:
-            raise SystemExit("bench ros: --extra-delay-ms needs --model (a chunked checkpoint; --make-tiny-pi0 writes one)")
+            raise SystemExit("bench ros: --extra-delay-ms needs --model (a chunked checkpoint; --make-tiny-pi0 "
+                             "writes one)")
         return run_seams(args)
     import rclpy
 

@@ -128,8 +128,8 @@ def measure_delay(args, model_dir: Path, delay_ms: float, out: Path) -> dict:
             results[name] = {**action_metrics(window), "threshold": threshold, "merge": merge,
                              "trace": [[t, d[0] if d else None, lab[0] if lab else ""] for t, d, lab in window[:400]]}
             m = results[name]
-            print(f"  delay {delay_ms:g} ms, {name}: {m['no_fresh_action']} / {m['ticks']} ticks without a fresh action, "
-                  f"seam jump p50 {m['seam_jump_p50']:.3f}, rate {m['rate_hz']:.2f} Hz", flush=True)
+            print(f"  delay {delay_ms:g} ms, {name}: {m['no_fresh_action']} / {m['ticks']} ticks without a fresh "
+                  f"action, seam jump p50 {m['seam_jump_p50']:.3f}, rate {m['rate_hz']:.2f} Hz", flush=True)
     finally:
         node.destroy_node()
         rclpy.try_shutdown()
@@ -153,14 +153,15 @@ def run_seams(args) -> int:
     for delay, settings in rows.items():
         for name, m in settings.items():
             lines.append(f"| {delay:g} ms | {name} (threshold {m['threshold']:g}, {m['merge']}) | {m['ticks']} | "
-                         f"{m['no_fresh_action']} ({m['no_fresh_action'] / m['ticks']:.1%}) | {m['seam_jump_p50']:.3f} / "
+                         f"{m['no_fresh_action']} ({m['no_fresh_action'] / m['ticks']:.1%}) | "
+                         f"{m['seam_jump_p50']:.3f} / "
                          f"{m['seam_jump_p99']:.3f} | {m['inside_jump_p50']:.3f} / {m['inside_jump_p99']:.3f} | "
                          f"{m['rate_hz']:.2f} Hz |")
     table = "\n".join(lines)
     print(table)
     (out / "seams.md").write_text(table + "\n")
-    (out / "seams.json").write_text(json.dumps({"meta": {"model": str(model_dir), "control_rate_hz": args.control_rate_hz,
-                                                         "ticks": args.ticks}, "results": rows}, indent=1) + "\n")
+    meta = {"model": str(model_dir), "control_rate_hz": args.control_rate_hz, "ticks": args.ticks}
+    (out / "seams.json").write_text(json.dumps({"meta": meta, "results": rows}, indent=1) + "\n")
     _plot(rows, out / "seams.png", args.control_rate_hz)
     print(f"wrote {out / 'seams.md'}, {out / 'seams.json'} and {out / 'seams.png'}")
     return 0
@@ -182,8 +183,8 @@ def _plot(rows: dict, path: Path, rate_hz: float) -> None:
             if a != b:
                 ax.axvline(t - t0, color="grey", alpha=0.3, linewidth=0.8)
         m = rows[delay][name]
-        ax.set_title(f"{name}: threshold {m['threshold']:g}, {m['merge']} ({m['no_fresh_action']} of {m['ticks']} ticks "
-                     f"without a fresh action)", fontsize=9)
+        ax.set_title(f"{name}: threshold {m['threshold']:g}, {m['merge']} ({m['no_fresh_action']} of {m['ticks']} "
+                     "ticks without a fresh action)", fontsize=9)
         ax.set_ylabel("joint 0 command")
     axes[1].set_xlabel("s (grey: chunk seams)")
     fig.suptitle(f"kv_vla_node, {delay:g} ms extra inference delay, {rate_hz:g} Hz")

@@ -253,7 +253,8 @@ class ControlLoop:
 
     def _input_problem(self, now: float) -> tuple[str, str] | None:
         def named(i: int) -> str:
-            return self.inputs[i] + (f" (last message rejected: {self._input_notes[i]})" if self._input_notes[i] else "")
+            note = self._input_notes[i]
+            return self.inputs[i] + (f" (last message rejected: {note})" if note else "")
 
         missing = [named(i) for i, t in enumerate(self._received) if t is None]
         if missing:

@@ -5,7 +5,8 @@ Inputs: the first camera's newest frame (it drives the steps: each inference tak
 that no inference used yet, and an older untaken one is dropped and counted), the last frames of
 every further camera, and the newest robot state. Further cameras are paired with the first by
 header stamp (`pair_frame`: the closest within ``sync_slop_s``, an approximate-time rule), so
-that cameras sharing a stamp are never paired one frame apart by arrival order. No rclpy here: frames are opaque objects turned into RGB by the
+that cameras sharing a stamp are never paired one frame apart by arrival order. No rclpy here:
+frames are opaque objects turned into RGB by the
 ``to_rgb`` callable.
 """
 

@@ -6,9 +6,13 @@
 | (always) | ``action`` | std_msgs/Float32MultiArray | the action (labels: frame stamp, chunk row) | an empty array |
 | ``twist`` | ``cmd_vel`` | geometry_msgs/Twist | the twist adapter's linear.x / angular.z | a zero twist |
 | ``twist_stamped`` | ``cmd_vel`` | geometry_msgs/TwistStamped | the same, stamped, ``twist.frame_id`` | a zero twist |
-| ``trajectory`` | ``joint_trajectory`` | trajectory_msgs/JointTrajectory | sent when a plan starts: this action and the queued rest, one point per action at ``time_from_start`` k x the control period (positions only; what joint_trajectory_controller splines) | an empty trajectory (the controller holds its current position), sent once when the stop begins |
+| ``trajectory`` | ``joint_trajectory`` | trajectory_msgs/JointTrajectory | a plan (below) | an empty trajectory |
 
-A hold after a rejected chunk sends (trajectory) one point: the command last sent.
+A trajectory is sent when a plan starts (a chunk was queued): this tick's action and the queued
+rest, one point per action at ``time_from_start`` (k + 1) x the control period, positions only
+(what joint_trajectory_controller splines, continuous across chunks). Its stop, an empty
+trajectory (the controller holds its current position), is sent once when the stop begins; a
+hold after a rejected chunk sends one point, the command last sent.
 """
 
 from __future__ import annotations
@@ -60,7 +64,8 @@ class CommandOutputs:
     """The node's command publishers (lifecycle publishers: silent unless active)."""
 
     def __init__(self, node, kind: str, joint_names: list[str], twist_adapter, chunked: bool):
-        self.node, self.kind, self.joint_names, self.twist, self.chunked = node, kind, joint_names, twist_adapter, chunked
+        self.node, self.kind, self.joint_names = node, kind, joint_names
+        self.twist, self.chunked = twist_adapter, chunked
         self.frame_id = "base_link"
         self.action_pub = node.create_lifecycle_publisher(Float32MultiArray, "action", 10)
         msg_type = {"twist": Twist, "twist_stamped": TwistStamped, "trajectory": JointTrajectory}[kind]

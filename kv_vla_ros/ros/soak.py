@@ -251,8 +251,8 @@ def rate_windows(sent: list[float], rate_hz: float) -> dict:
     for i in range(len(rates)):
         run = run + 1 if i in low else 0
         runs.append(run)
-    return {"rates": rates, "interval_p99_ms": p99, "low": low, "min_rate": float(min(rates)) if rates else float("nan"),
-            "longest_low_run_s": max(runs, default=0)}
+    return {"rates": rates, "interval_p99_ms": p99, "low": low,
+            "min_rate": float(min(rates)) if rates else float("nan"), "longest_low_run_s": max(runs, default=0)}
 
 
 def windows(samples: list[dict], cycle_s: float) -> tuple[dict, dict, tuple[float, float], tuple[float, float]]:
@@ -326,7 +326,8 @@ def report(args, samples, log_text: str, rc: int, changes: int, rejected_changes
     lines.append(f"peak tokens held {peak}; exceptions in the node log: {exceptions}; node exit code {rc}")
     if rate is not None:
         p99 = [v for v in rate["interval_p99_ms"] if v == v]
-        lines.append(f"control rate per one-second window ({len(rate['rates'])} windows, {args.control_rate_hz:g} Hz set): "
+        lines.append(f"control rate per one-second window ({len(rate['rates'])} windows, "
+                     f"{args.control_rate_hz:g} Hz set): "
                      f"min {rate['min_rate']:.0f}/s, median {np.median(rate['rates']):.0f}/s; "
                      f"{len(rate['low'])} windows under {RATE_FLOOR:.0%} (longest run {rate['longest_low_run_s']} s); "
                      f"publish interval p99 per window: median {np.median(p99):.1f} ms, worst {max(p99):.1f} ms")
