@@ -37,7 +37,7 @@ def arm(tmp_path_factory):
     record = tmp / "pairs.jsonl"
     proc = spawn_node(POLICY_MODULE, domain, params, REPO / "config" / "pi0.yaml", tmp / "node.log",
                       script=REPO / "test" / "ros_policy_runner.py", env_extra={"KV_VLA_TEST_RECORD": str(record)})
-    with serving(Probe(domain), proc, tmp / "node.log", timeout=90) as probe:
+    with serving(Probe(domain), proc, tmp / "node.log", timeout=90, lifecycle="unconfigured") as probe:
         probe.arm = Arm(probe)
         probe.record = record
         yield probe

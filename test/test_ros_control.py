@@ -425,3 +425,25 @@ def test_state_joints_are_picked_by_name():
     assert state_from_msg(msg, policy, ["shoulder", "elbow"]).tolist() == pytest.approx([0.1, 0.2])
     with pytest.raises(ValueError, match=r"state_joint_names: \['wrist'\] not in the JointState's names"):
         state_from_msg(msg, policy, ["shoulder", "wrist"])
+
+
+def test_the_control_thread_skips_missed_periods_instead_of_bursting():
+    import time
+
+    from kv_vla_ros.ros.control_thread import ControlThread
+
+    ticks = []
+
+    def tick():
+        ticks.append(time.monotonic())
+        if len(ticks) == 3:
+            time.sleep(0.095)  # a stall of almost 5 periods
+
+    thread = ControlThread(tick, 0.02)
+    thread.start()
+    time.sleep(0.4)
+    thread.cancel()
+    gaps = np.diff(ticks)
+    assert thread.skipped >= 3 and len(ticks) >= 10
+    assert gaps.min() > 0.005  # no burst of catch-up ticks after the stall
+    assert not thread._thread.is_alive()

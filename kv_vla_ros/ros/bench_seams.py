@@ -116,6 +116,9 @@ def measure_delay(args, model_dir: Path, delay_ms: float, out: Path) -> dict:
     arm = _Arm(node, cameras, state_dim)
     results = {}
     try:
+        set_params(rclpy, node, {"action_chunk_threshold": 0.0})  # waits for the parameter service
+        end = time.monotonic() + 120
+        _drive(rclpy, arm, lambda: any(m[1] for m in arm.messages) or time.monotonic() > end or proc.poll() is not None)
         for name, threshold, merge in SETTINGS:
             threshold = args.threshold if threshold is None else threshold
             assert all(r.successful for r in set_params(rclpy, node, {"action_chunk_threshold": threshold,

@@ -84,7 +84,10 @@ def _apply_loop(node, rt, values: dict, get) -> None:
         loop.set_chunking(values.get("action_chunk_threshold"), values.get("action_chunk_merge"))
     if "control_rate_hz" in values:
         rt.rate_hz = float(values["control_rate_hz"])
-        rt.control_timer.timer_period_ns = int(1e9 / rt.rate_hz)
+        if hasattr(rt.control_timer, "timer_period_ns"):  # the rcl timer (use_sim_time)
+            rt.control_timer.timer_period_ns = int(1e9 / rt.rate_hz)
+        else:
+            rt.control_timer.period_s = 1.0 / rt.rate_hz
         loop.period_s = 1.0 / rt.rate_hz
         rt.tick_interval_ms = RollingStats()
     if "actions_per_inference" in values:

@@ -18,11 +18,12 @@ from std_msgs.msg import Bool, Float32MultiArray, String
 from std_srvs.srv import Trigger
 
 from kv_vla_ros.ros.control import ControlLoop, RollingStats, TwistAdapter
-from kv_vla_ros.ros.diagnostics import input_values, policy_status
+from kv_vla_ros.ros.control_thread import ControlThread
+from kv_vla_ros.ros.diagnostics import GcWatch, input_values, policy_status
 from kv_vla_ros.data.image_conversion import compressed_to_rgb, image_to_rgb, shrink_for_model
 from kv_vla_ros.ros.inference import InferenceWorker
 from kv_vla_ros.ros.outputs import CommandOutputs, check_output
-from kv_vla_ros.ros.params import cache_changes_from_params, cache_param_specs, policy_param_specs
+from kv_vla_ros.ros.params import cache_changes_from_params, cache_param_specs, coerce_param, policy_param_specs
 from kv_vla_ros.ros.session_setup import (StartupError, cache_error, check_inputs, load_session, pending_json,
                                           state_from_msg, unbounded_cache_warning)
 
@@ -43,6 +44,8 @@ class NodeRuntime:
     Every failure is one StartupError line."""
 
     def __init__(self, node):
+        # the current values: a parameter set while the node was unconfigured applies from here
+        node.p.update({name: coerce_param(node._specs[name], node.get_parameter(name).value) for name in node.p})
         self.node, p = node, node.p
         self.policy, self.session = load_session(p["model_path"], p["device"], p["dtype"], p["num_threads"],
                                                  node._session_factory)
@@ -103,9 +106,14 @@ class NodeRuntime:
                                       len(self.image_topics), self._ready_for_step, self.loop.inference_started,
                                       p["camera_sync_slop_s"])
         self._subscribe(p)
-        self.control_timer = node.create_timer(1.0 / self.rate_hz, node._tick,
-                                               callback_group=MutuallyExclusiveCallbackGroup())  # never waits
-        self._entities.append(self.control_timer)
+        self.gc_watch = GcWatch()
+        if node.get_parameter("use_sim_time").value:  # ticks follow /clock: an rcl timer on the ROS clock
+            self.control_timer = node.create_timer(1.0 / self.rate_hz, node._tick,
+                                                   callback_group=MutuallyExclusiveCallbackGroup())
+            self._entities.append(self.control_timer)
+        else:  # wall-clock rate: a thread of its own, no executor in the path (see control_thread)
+            self.control_timer = ControlThread(node._tick, 1.0 / self.rate_hz, self._on_tick_error)
+            self.control_timer.start()
         self.worker.start()
         if p["instruction"]:
             self.start_episode(p["instruction"])
@@ -157,6 +165,10 @@ class NodeRuntime:
         worker = getattr(self, "worker", None)
         if worker is not None:
             worker.stop()
+        if getattr(self, "gc_watch", None) is not None:
+            self.gc_watch.close()
+        if isinstance(getattr(self, "control_timer", None), ControlThread):
+            self.control_timer.cancel()
         for entity in self._entities + [getattr(self, "_latched_sub", None)]:
             if entity is not None:
                 destroy = {"Subscription": self.node.destroy_subscription, "Timer": self.node.destroy_timer,
@@ -252,6 +264,9 @@ class NodeRuntime:
                                          f"{'holding' if self.loop.on_reject == 'hold' else 'publishing stop'}",
                                          throttle_duration_sec=2.0)
 
+    def _on_tick_error(self, exc: Exception) -> None:
+        self.node.get_logger().error(f"control tick failed: {type(exc).__name__}: {exc}", throttle_duration_sec=2.0)
+
     def _on_error(self, kind: str, message: str) -> None:
         if kind == "inference":
             self.loop.inference_failed(message)
@@ -287,8 +302,9 @@ class NodeRuntime:
             {"lifecycle": lifecycle, "frames_repeated": self.frames_repeated, "rejected_actions": loop.rejected_actions,
              "rejected_chunks": json.dumps(loop.rejections), "stale_chunks": loop.stale_chunks,
              "frames_unpaired": self.worker.frames_unpaired, "action_output": self.outputs.kind,
-             "trajectories_sent": self.outputs.trajectories, "enable_messages": self.enable_messages,
-             "enabled": loop.enabled, "cache_config_pending": pending_json(self.session),
+             "trajectories_sent": self.outputs.trajectories,
+             "ticks_skipped": getattr(self.control_timer, "skipped", 0), "enable_messages": self.enable_messages,
+             "enabled": loop.enabled, "cache_config_pending": pending_json(self.session), **self.gc_watch.values(),
              **input_values(loop, self.node._now(), self.states_received, self.states_rejected)})
 
 

@@ -131,6 +131,17 @@ def get_params(rclpy, node, names: list[str]) -> dict:
     return {name: parameter_value_to_python(v) for name, v in zip(names, values)}
 
 
+def wait_active(rclpy, node, listener: _Listener, proc, timeout: float = 120.0) -> None:
+    """Until kv_vla_node (a lifecycle node: its parameter services come up before configure has
+    loaded the checkpoint) reports ``lifecycle: active`` on /diagnostics."""
+    end = time.monotonic() + timeout
+    while time.monotonic() < end and proc.poll() is None:
+        if listener.diag and listener.diag[-1][1].get("lifecycle") == "active":
+            return
+        rclpy.spin_once(node, timeout_sec=0.2)
+    raise SystemExit("bench: kv_vla_node did not become active (see its log)")
+
+
 def _bad_frame(listener: _Listener, k: int) -> None:
     """A malformed Image (data shorter than step x height, or an unknown encoding)."""
     msg = listener._Image(height=40, width=40, encoding="rgb8" if k % 2 else "yuv422_yuy2", step=120)
@@ -150,7 +161,8 @@ def sample_from_diagnostics(d: dict, t: float, control_steps: int, rss: int) -> 
             "inferences": int(d["inferences"]), "inference_errors": int(d["inference_errors"]),
             "frames_rejected": int(d["frames_rejected"]), "policy": cache.get("policy"),
             "budget_tokens": budget if budget is None or budget >= 0 else None,
-            "layer_budgets": cache.get("layer_budgets")}
+            "layer_budgets": cache.get("layer_budgets"), "gc_pause_max_ms": float(d.get("gc_pause_max_ms", "nan")),
+            "publish_interval_p99_ms": float(d.get("publish_interval_p99_ms", "nan"))}
 
 
 def run(args: argparse.Namespace) -> int:
@@ -175,6 +187,7 @@ def run(args: argparse.Namespace) -> int:
     samples, changes, rejected_changes = [], 0, []
     try:
         set_params(rclpy, node, {"control_rate_hz": args.control_rate_hz})  # waits for the node to come up
+        wait_active(rclpy, node, listener, proc)
         start_cfg = get_params(rclpy, node, ["cache.budget_tokens", "cache.sink_tokens", "cache.chunk_size"])
         budgets = live_budgets(start_cfg["cache.budget_tokens"], start_cfg["cache.sink_tokens"],
                                start_cfg["cache.chunk_size"])
@@ -330,7 +343,9 @@ def report(args, samples, log_text: str, rc: int, changes: int, rejected_changes
                      f"{args.control_rate_hz:g} Hz set): "
                      f"min {rate['min_rate']:.0f}/s, median {np.median(rate['rates']):.0f}/s; "
                      f"{len(rate['low'])} windows under {RATE_FLOOR:.0%} (longest run {rate['longest_low_run_s']} s); "
-                     f"publish interval p99 per window: median {np.median(p99):.1f} ms, worst {max(p99):.1f} ms")
+                     f"publish interval p99 per window: median {np.median(p99):.1f} ms, worst {max(p99):.1f} ms; "
+                     f"longest garbage-collector pause in the node "
+                     f"{max((x.get('gc_pause_max_ms', 0.0) for x in samples), default=0.0):.1f} ms")
     lines.append("checks: " + ", ".join(f"{k} {'PASS' if v else 'FAIL'}" for k, v in checks.items()))
     table = "\n".join(lines)
     print(table)
@@ -372,5 +387,5 @@ def _plot(samples: list[dict], path: Path) -> None:
     plt.close(fig)
 
 
-__all__ = ["configure", "run", "rss_bytes", "rate_windows", "set_params", "get_params", "live_budgets", "live_changes",
+__all__ = ["configure", "run", "rss_bytes", "rate_windows", "wait_active", "set_params", "get_params", "live_budgets", "live_changes",
            "sample_from_diagnostics", "budget_figures", "windows", "report"]
