@@ -33,6 +33,7 @@ setup(
             "kv-vla = kv_vla_ros.cli:main",
             "kv_vla_node = kv_vla_ros.ros.entry:kv_vla_node",
             "minigrid_sim_node = kv_vla_ros.ros.entry:minigrid_sim_node",
+            "arm_sim_node = kv_vla_ros.ros.entry:arm_sim_node",
         ],
     },
 )

@@ -60,7 +60,7 @@ def test_package_xml_matches_the_ros_packages_the_code_imports_both_ways():
     tests = rosdep_names(imported_modules(sorted((REPO / "test").glob("*.py")))) - runtime
     assert tests - declared("test") == set(), "imported only by the tests, missing from test_depend"
     assert declared("test") - tests - runtime == set(), "test_depend that no test imports"
-    assert "rcl_interfaces" in runtime and "python3-yaml" in tests  # the detection itself works
+    assert "rcl_interfaces" in runtime and "python3-pytest" in tests  # the detection itself works
 
 
 def test_ament_python_is_the_build_type_not_a_dependency():

@@ -23,4 +23,13 @@ def minigrid_sim_node() -> int:
     return main(stop=stop)
 
 
-__all__ = ["kv_vla_node", "minigrid_sim_node"]
+def arm_sim_node() -> int:
+    from kv_vla_ros.ros.signals import catch_stop_signals
+
+    stop = catch_stop_signals()
+    from kv_vla_ros.ros.arm_sim_node import main
+
+    return main(stop=stop)
+
+
+__all__ = ["kv_vla_node", "minigrid_sim_node", "arm_sim_node"]

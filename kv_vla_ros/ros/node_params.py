@@ -7,7 +7,7 @@ from __future__ import annotations
 import math
 
 from kv_vla_ros.ros.control import ON_REJECT, RollingStats, broadcast_limits
-from kv_vla_ros.ros.params import cache_changes_from_params, coerce_param
+from kv_vla_ros.ros.param_specs import cache_changes_from_params, coerce_param
 from kv_vla_ros.ros.session_setup import cache_error, reconfigure
 from kv_vla_ros.vla.action_queue import MERGE_RULES
 
@@ -38,6 +38,7 @@ def apply_parameters(node, values: dict) -> str:
     apply them; returns a note for the caller (e.g. a cache change waiting for the next episode)."""
     values = {name: coerce_param(node._specs[name], value) if name in node._specs else value
               for name, value in values.items()}
+    values = node.renamed(values)
     def get(name):
         return values.get(name, node.get_parameter(name).value)
     rt = node.rt

@@ -23,7 +23,8 @@ from kv_vla_ros.ros.diagnostics import GcWatch, input_values, policy_status
 from kv_vla_ros.data.image_conversion import compressed_to_rgb, image_to_rgb, shrink_for_model
 from kv_vla_ros.ros.inference import InferenceWorker
 from kv_vla_ros.ros.outputs import CommandOutputs, check_output
-from kv_vla_ros.ros.params import cache_changes_from_params, cache_param_specs, coerce_param, policy_param_specs
+from kv_vla_ros.ros.param_specs import (cache_changes_from_params, cache_param_specs, coerce_param, policy_param_specs,
+                                        renamed_param_specs)
 from kv_vla_ros.ros.session_setup import (StartupError, cache_error, check_inputs, load_session, pending_json,
                                           state_from_msg, unbounded_cache_warning)
 
@@ -63,14 +64,14 @@ class NodeRuntime:
         self.image_topics = list(p["image_topics"])
         self.state_topic = p["state_topic"] if policy.state_dim else ""
         self.state_joint_names = [n for n in p["state_joint_names"] if n]
-        cache_specs = cache_param_specs(self.session.cache_config)
+        cache_specs = cache_param_specs(self.session.cache_config) + renamed_param_specs()
         late_specs = policy_param_specs(policy.chunk_length)
         node._specs.update({spec.name: spec for spec in late_specs + cache_specs})
         # declared on the first configure; a later one (after cleanup) takes their current values
         p.update(node._declare([s for s in late_specs if not node.has_parameter(s.name)]))
         p.update({s.name: node.get_parameter(s.name).value for s in late_specs})
         node._declare([s for s in cache_specs if not node.has_parameter(s.name)])
-        cache_values = {s.name: node.get_parameter(s.name).value for s in cache_specs}
+        cache_values = node.renamed({s.name: node.get_parameter(s.name).value for s in cache_specs}, at_start=True)
         inputs = self.image_topics + ([self.state_topic] if self.state_topic else [])
         self.rate_hz = p["control_rate_hz"]
         try:  # parameter overrides (params file, command line) on top of the model's cache config
@@ -149,7 +150,7 @@ class NodeRuntime:
             f"configured: model {p['model_path'] or 'shipped'} ({self.policy.model_type}, "
             f"{'discrete' if self.discrete else 'continuous'} actions, chunks of {self.policy.chunk_length}, "
             f"{self.loop.queue.actions_per_inference} executed per inference), cameras {self.image_topics}, "
-            f"state {self.state_topic or 'none'}, output action + {self.outputs.kind}, cache {cfg.policy} "
+            f"state {self.state_topic or 'none'}, output action + {self.outputs.kind}, cache {cfg.eviction} "
             f"(budget {cfg.budget_tokens if cfg.budget_tokens is not None else 'none'}), {self.rate_hz:g} Hz")
         if self.state_note:
             self.node.get_logger().warning(self.state_note)

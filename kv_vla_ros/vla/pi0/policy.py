@@ -102,7 +102,7 @@ class PI0Policy(StreamingPolicy):
         return self.num_cameras * self.image_seq_length
 
     def default_cache_config(self) -> CacheConfig:
-        return self.config.cache or CacheConfig(policy="full", chunk_size=self.tokens_per_step,
+        return self.config.cache or CacheConfig(eviction="full", chunk_size=self.tokens_per_step,
                                                 sink_tokens=self.config.max_prompt_tokens, budget_tokens=None)
 
     def check_cache_config(self, cfg: CacheConfig) -> CacheConfig:
