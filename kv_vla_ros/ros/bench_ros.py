@@ -101,7 +101,7 @@ def _set_rate(rclpy, node, rate: float) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from kv_vla_ros.ros.soak import wait_active
+    from kv_vla_ros.ros.processes import wait_active
 
     if args.extra_delay_ms:  # action chunk seams (bench_seams)
         if not args.model:
@@ -127,7 +127,7 @@ def run(args: argparse.Namespace) -> int:
               f"{args.seconds:g} s per rate", flush=True)
         for rate in args.rates:
             _set_rate(rclpy, node, rate)
-            wait_active(rclpy, node, listener, proc)
+            wait_active(rclpy, node, listener.diag, proc)
             _spin_for(rclpy, listener, 2.0, 1.0 / args.frame_rate_hz, frames)  # warm-up at the new rate
             t0, n0 = time.monotonic(), len(listener.sent)
             d0 = listener.diag[-1][1]

@@ -99,8 +99,7 @@ def _drive(rclpy, arm: _Arm, until, frame_period: float = 1 / 30) -> None:
 def measure_delay(args, model_dir: Path, delay_ms: float, out: Path) -> dict:
     import rclpy
 
-    from kv_vla_ros.ros.processes import pick_free_domain_id, spawn_node, stop_node
-    from kv_vla_ros.ros.soak import set_params
+    from kv_vla_ros.ros.processes import pick_free_domain_id, set_params, spawn_node, stop_node
 
     cfg = json.loads((model_dir / "kv_vla_policy.json").read_text())
     cameras, state_dim = cfg["num_cameras"], cfg["state_dim"]

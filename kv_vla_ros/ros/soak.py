@@ -20,7 +20,8 @@ from pathlib import Path
 import numpy as np
 
 from kv_vla_ros.ros.bench_ros import _Listener, _model_dir
-from kv_vla_ros.ros.processes import POLICY_MODULE, pick_free_domain_id, spawn_node, stop_node
+from kv_vla_ros.ros.processes import (POLICY_MODULE, _call, get_params, pick_free_domain_id, set_params, spawn_node,
+                                      stop_node, wait_active)
 
 REPO = Path(__file__).resolve().parents[2]
 MAX_RECENT = 3  # the largest cache.recent_chunks the changes set
@@ -103,45 +104,6 @@ class OtherLoad:
         return max(0.0, ((total - idle) - (total0 - idle0) - (ours - ours0)) / span * ncpu)
 
 
-def _call(rclpy, node, srv_type, name: str, request, timeout: float = 10.0):
-    client = node.create_client(srv_type, name)
-    try:
-        if not client.wait_for_service(timeout_sec=30):
-            raise SystemExit(f"bench soak: service {name} did not come up")
-        future = client.call_async(request)
-        rclpy.spin_until_future_complete(node, future, timeout_sec=timeout)
-        return future.result()
-    finally:
-        node.destroy_client(client)
-
-
-def set_params(rclpy, node, values: dict) -> list:
-    from rcl_interfaces.srv import SetParameters
-    from rclpy.parameter import Parameter
-
-    request = SetParameters.Request(parameters=[Parameter(k, value=v).to_parameter_msg() for k, v in values.items()])
-    return _call(rclpy, node, SetParameters, "/kv_vla_node/set_parameters", request).results
-
-
-def get_params(rclpy, node, names: list[str]) -> dict:
-    from rcl_interfaces.srv import GetParameters
-    from rclpy.parameter import parameter_value_to_python
-
-    values = _call(rclpy, node, GetParameters, "/kv_vla_node/get_parameters", GetParameters.Request(names=names)).values
-    return {name: parameter_value_to_python(v) for name, v in zip(names, values)}
-
-
-def wait_active(rclpy, node, listener: _Listener, proc, timeout: float = 120.0) -> None:
-    """Until kv_vla_node (a lifecycle node: its parameter services come up before configure has
-    loaded the checkpoint) reports ``lifecycle: active`` on /diagnostics."""
-    end = time.monotonic() + timeout
-    while time.monotonic() < end and proc.poll() is None:
-        if listener.diag and listener.diag[-1][1].get("lifecycle") == "active":
-            return
-        rclpy.spin_once(node, timeout_sec=0.2)
-    raise SystemExit("bench: kv_vla_node did not become active (see its log)")
-
-
 def _bad_frame(listener: _Listener, k: int) -> None:
     """A malformed Image (data shorter than step x height, or an unknown encoding)."""
     msg = listener._Image(height=40, width=40, encoding="rgb8" if k % 2 else "yuv422_yuy2", step=120)
@@ -187,7 +149,7 @@ def run(args: argparse.Namespace) -> int:
     samples, changes, rejected_changes = [], 0, []
     try:
         set_params(rclpy, node, {"control_rate_hz": args.control_rate_hz})  # waits for the node to come up
-        wait_active(rclpy, node, listener, proc)
+        wait_active(rclpy, node, listener.diag, proc)
         start_cfg = get_params(rclpy, node, ["cache.budget_tokens", "cache.sink_tokens", "cache.chunk_size"])
         budgets = live_budgets(start_cfg["cache.budget_tokens"], start_cfg["cache.sink_tokens"],
                                start_cfg["cache.chunk_size"])
