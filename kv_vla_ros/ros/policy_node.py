@@ -181,8 +181,9 @@ class KVVLANode(LifecycleNode):
                 self.get_logger().warning("use_sim_time is true and no /clock message has arrived: waiting for "
                                           "/clock (the control timer runs on the ROS clock)")
                 self._clock_warned = True
-            level, message = 1, "waiting: use_sim_time is true and no /clock message has arrived"
-            values = [("state", "waiting"), ("reason", message), ("lifecycle", self._lifecycle_state)]
+            reason = "use_sim_time is true and no /clock message has arrived"
+            level, message = 1, f"waiting: {reason}"
+            values = [("state", "waiting"), ("reason", reason), ("lifecycle", self._lifecycle_state)]
         elif self.rt is None:
             level, message = 0, self._lifecycle_state
             values = [("state", self._lifecycle_state), ("reason", ""), ("lifecycle", self._lifecycle_state)]
