@@ -447,3 +447,62 @@ def test_the_control_thread_skips_missed_periods_instead_of_bursting():
     assert thread.skipped >= 3 and len(ticks) >= 10
     assert gaps.min() > 0.005  # no burst of catch-up ticks after the stall
     assert not thread._thread.is_alive()
+
+
+def test_twist_stamped_and_trajectory_outputs_and_their_stops():
+    """CommandOutputs on a real lifecycle node (in process, a private domain): what each
+    action_output publishes while running and to stop."""
+    pytest.importorskip("rclpy")
+    import time
+
+    import rclpy
+    from geometry_msgs.msg import TwistStamped
+    from rclpy.executors import SingleThreadedExecutor
+    from rclpy.lifecycle import LifecycleNode
+    from trajectory_msgs.msg import JointTrajectory
+
+    from kv_vla_ros.ros.control import ControlCommand
+    from kv_vla_ros.ros.outputs import CommandOutputs, check_output
+    from kv_vla_ros.ros.processes import pick_domain_id
+
+    context = rclpy.Context()
+    rclpy.init(context=context, domain_id=pick_domain_id(salt=107))
+    try:
+        node = LifecycleNode("outputs_test", context=context)
+        listener = rclpy.create_node("outputs_listener", context=context)
+        got = {"twist": [], "traj": []}
+        listener.create_subscription(TwistStamped, "cmd_vel", got["twist"].append, 10)
+        listener.create_subscription(JointTrajectory, "joint_trajectory", got["traj"].append, 10)
+        adapter = TwistAdapter(False, [], [], linear_index=0, angular_index=1, max_linear=1.0, max_angular=1.0)
+        stamped = CommandOutputs(node, "twist_stamped", [], adapter, True)
+        names = check_output("trajectory", ["j0", "j1"], 2, False)
+        trajectory = CommandOutputs(node, "trajectory", names, adapter, True)
+        node.trigger_configure()
+        node.trigger_activate()
+        executor = SingleThreadedExecutor(context=context)
+        executor.add_node(listener)
+        plan = np.array([[0.5, -0.2], [0.6, -0.1]])
+        for cmd in (ControlCommand(np.float32([0.5, -0.2]), None, "running", plan=plan),
+                    ControlCommand(np.float32([0.6, -0.1]), None, "running"),
+                    ControlCommand(None, None, "stale"), ControlCommand(None, None, "stale")):
+            stamped.publish(cmd, 0.05)
+            trajectory.publish(cmd, 0.05)
+            time.sleep(0.05)
+        end = time.monotonic() + 3.0
+        while time.monotonic() < end and (len(got["twist"]) < 4 or len(got["traj"]) < 2):
+            executor.spin_once(timeout_sec=0.1)
+        twists = [(m.twist.linear.x, m.twist.angular.z, m.header.frame_id) for m in got["twist"]]
+        assert twists == [(0.5, pytest.approx(-0.2), "base_link"),
+                          (pytest.approx(0.6), pytest.approx(-0.1), "base_link"),
+                          (0.0, 0.0, "base_link"), (0.0, 0.0, "base_link")]
+        # one trajectory per plan (not per tick) and one empty trajectory per stop
+        assert [len(m.points) for m in got["traj"]] == [2, 0] and got["traj"][0].joint_names == ["j0", "j1"]
+        with pytest.raises(ValueError, match="joint_names"):
+            check_output("trajectory", ["j0"], 2, False)
+        with pytest.raises(ValueError, match="action_output"):
+            check_output("position", [], 2, False)
+        executor.shutdown()
+        listener.destroy_node()
+        node.destroy_node()
+    finally:
+        context.try_shutdown()

@@ -349,5 +349,5 @@ def _plot(samples: list[dict], path: Path) -> None:
     plt.close(fig)
 
 
-__all__ = ["configure", "run", "rss_bytes", "rate_windows", "wait_active", "set_params", "get_params", "live_budgets", "live_changes",
-           "sample_from_diagnostics", "budget_figures", "windows", "report"]
+__all__ = ["configure", "run", "rss_bytes", "rate_windows", "wait_active", "set_params", "get_params",
+           "live_budgets", "live_changes", "sample_from_diagnostics", "budget_figures", "windows", "report"]
