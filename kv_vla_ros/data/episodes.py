@@ -137,6 +137,16 @@ def paired_inputs(recent: dict[str, deque], stamp_ns: int | None, slop_s: float)
     return out
 
 
+def _bag_frame(bag: BagReader, topics: BagTopics, types: dict, extras: dict, image_size: int | None,
+               frame: _PendingFrame) -> BagFrame:
+    """A complete pending frame decoded: its image, further cameras and state."""
+    rgb = frame_to_rgb(frame.msg, types["image"], image_size, f"bag {bag.path}: {topics.image} message #{frame.number}")
+    cameras = [rgb] + [frame_to_rgb(frame.inputs[t], types[role], image_size, f"bag {bag.path}: {t}")
+                       for t, role in extras.items()] if extras else None
+    state = state_vector(frame.inputs[topics.state], types["state"]) if topics.state else None
+    return BagFrame(rgb, frame.bag_ns, frame.stamp, cameras, state)
+
+
 def iter_episode_events(bag: BagReader, topics: BagTopics, image_size: int | None,
                         counters: dict | None = None) -> Iterator[tuple]:
     """Yields ``("start", instruction)``, ``("frame", BagFrame)`` and ``("end", EpisodeActions)``.
@@ -170,13 +180,8 @@ def iter_episode_events(bag: BagReader, topics: BagTopics, image_size: int | Non
         if len(frame.inputs) < len(inputs):
             counters["frames_missing_inputs"] += 1
             return
-        where = f"bag {bag.path}: {topics.image} message #{frame.number}"
-        rgb = frame_to_rgb(frame.msg, types["image"], image_size, where)
-        cameras = [rgb] + [frame_to_rgb(frame.inputs[t], types[role], image_size, f"bag {bag.path}: {t}")
-                           for t, role in extras.items()] if extras else None
-        state = state_vector(frame.inputs[topics.state], types["state"]) if topics.state else None
         episode.frames.append((frame.bag_ns, frame.stamp))
-        yield "frame", BagFrame(rgb, frame.bag_ns, frame.stamp, cameras, state)
+        yield "frame", _bag_frame(bag, topics, types, extras, image_size, frame)
 
     for topic, bag_ns, msg in bag.messages(wanted):
         if topic == topics.image:

@@ -168,9 +168,9 @@ class ArmScene:
         """Arm joint angles (7,) that put the grasp point at ``grasp_target`` with the hand down."""
         ranges = [hi - lo for lo, hi in zip(JOINT_LOWER, JOINT_UPPER)]
         joints = self.client.calculateInverseKinematics(
-            self.bodies.robot, GRASP_LINK, [float(v) for v in grasp_target], GRIPPER_DOWN, lowerLimits=list(JOINT_LOWER),
-            upperLimits=list(JOINT_UPPER), jointRanges=ranges, restPoses=list(REST_POSE), maxNumIterations=50,
-            residualThreshold=1e-5)
+            self.bodies.robot, GRASP_LINK, [float(v) for v in grasp_target], GRIPPER_DOWN,
+            lowerLimits=list(JOINT_LOWER), upperLimits=list(JOINT_UPPER), jointRanges=ranges,
+            restPoses=list(REST_POSE), maxNumIterations=50, residualThreshold=1e-5)
         return list(joints[:7])
 
     def drive(self, arm_joints, finger: float) -> None:
