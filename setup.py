@@ -31,9 +31,9 @@ setup(
     entry_points={
         "console_scripts": [
             "kv-vla = kv_vla_ros.cli:main",
-            "kv_vla_node = kv_vla_ros.ros.policy_node:main",
-            "minigrid_sim_node = kv_vla_ros.ros.sim_node:main",
-            "arm_sim_node = kv_vla_ros.ros.arm_sim_node:main",
+            "kv_vla_node = kv_vla_ros.ros.entry:kv_vla_node",
+            "minigrid_sim_node = kv_vla_ros.ros.entry:minigrid_sim_node",
+            "arm_sim_node = kv_vla_ros.ros.entry:arm_sim_node",
         ],
     },
 )

@@ -45,7 +45,9 @@ def generate_launch_description() -> LaunchDescription:
         condition=LaunchConfigurationNotEquals("model_path", ""),
         parameters=[LaunchConfiguration("params_file"),
                     {"model_path": ParameterValue(model_path, value_type=str), "control_rate_hz": rate,
-                     "action.min": [-1.0], "action.max": [1.0]}],
+                     "action.min": [-1.0], "action.max": [1.0],
+                     # the simulator's one camera and its joint state (pi0.yaml is for a two-camera arm)
+                     "image_topics": ["image"], "state_topic": "joint_states"}],
     )
     return LaunchDescription([
         DeclareLaunchArgument("model_path", default_value="",

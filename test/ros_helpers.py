@@ -210,23 +210,27 @@ class Probe:
         self.context.try_shutdown()
 
 
-def wait_until_up(probe: Probe, proc, log: Path, timeout: float = 90.0) -> None:
-    """Wait for the node's first diagnostics; fail with its log if it exits or never reports."""
+def wait_until_up(probe: Probe, proc, log: Path, timeout: float = 90.0, lifecycle: str = "active") -> None:
+    """Wait for the node's diagnostics to report its ``lifecycle`` state (a lifecycle node reports
+    before ``configure`` has loaded the checkpoint); fail with its log if it exits or never does."""
     import pytest
 
-    if not probe.wait_for(lambda: probe.diagnostics or proc.poll() is not None, timeout=timeout):
-        pytest.fail("kv_vla_node did not come up:\n" + log.read_text())
+    def up():
+        return proc.poll() is not None or any(d[1].get("lifecycle", "active") == lifecycle for d in probe.diagnostics)
+
+    if not probe.wait_for(up, timeout=timeout):
+        pytest.fail(f"kv_vla_node did not come up ({lifecycle}):\n" + log.read_text())
     assert proc.poll() is None, log.read_text()
 
 
 @contextlib.contextmanager
-def serving(probe: Probe, proc, log: Path, timeout: float = 90.0):
+def serving(probe: Probe, proc, log: Path, timeout: float = 90.0, lifecycle: str = "active"):
     """The node process ``proc`` up, as ``probe`` (with ``.proc`` and ``.log``); on exit: probe
     closed, node stopped with SIGINT, its log tail printed, and a clean exit checked."""
     from kv_vla_ros.ros.processes import stop_node
 
     try:
-        wait_until_up(probe, proc, log, timeout)
+        wait_until_up(probe, proc, log, timeout, lifecycle)
         probe.proc, probe.log = proc, log
         yield probe
     finally:

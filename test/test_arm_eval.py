@@ -69,3 +69,19 @@ def test_a_checkpoint_that_does_not_fit_the_arm_is_named(tmp_path):
     error = json.loads((out / "results.json").read_text())["results"][0]["error"]
     assert error == (f"model: {TASK} takes 4-dimensional continuous actions (dx, dy, dz, gripper); this pi0 "
                      "checkpoint has 2-dimensional actions")
+
+
+def test_bag_eval_replays_an_arm_bag_with_its_joint_states(arm_ckpt, tmp_path):
+    from kv_vla_ros.data.generate import generate_bag
+
+    bag = tmp_path / "arm"
+    generate_bag(bag, TASK, 2, max_steps=8, storage="mcap", split="train", start_time_ns=10**18)
+    out = tmp_path / "bag_eval"
+    assert main(["bag", "eval", str(bag), "--model", str(arm_ckpt), "--state-topic", "/joint_states", "--cache",
+                 "full", "--cache", "window:budget_tokens=80", "--out", str(out), "--no-progress", "--workers", "1",
+                 "--flops-every", "0"]) == 0
+    result = json.loads((out / "bag_eval.json").read_text())
+    assert result["meta"]["episodes"] == 2 and result["meta"]["steps"] == 16
+    assert result["meta"]["state_topic"] == "/joint_states"
+    full, window = result["results"]
+    assert full["agreement_recorded"]["n"] == 16 and window["peak_tokens_held"] <= 80 < full["peak_tokens_held"]

@@ -372,3 +372,27 @@ def test_closed_loop_bag_matches_live_closed_loop(model, tmp_path):
             live.append(session.step(frame))
             frame = robot.step(int(live[-1][0])).frame
         assert np.array_equal(np.stack(got), np.stack(live))
+
+
+@pytest.mark.parametrize("slop_s, paired", [(0.05, True), (0.0, False)])
+def test_cameras_are_paired_by_header_stamp(tmp_path, slop_s, paired):
+    """The wrist camera's frame of the next stamp arrives before the first camera's frame of this
+    stamp: by stamp each step meets its own wrist frame; by arrival order (slop 0) the next one."""
+    from kv_vla_ros.data.episodes import BagTopics, iter_episode_events
+
+    path = tmp_path / "two_cameras"
+    frame = lambda k: np.full((8, 8, 3), 10 * k, np.uint8)  # noqa: E731
+    with AtomicBagWriter(path, "mcap") as bag:
+        ts = bag.typestore
+        bag.write("/instruction", 1, make_string(ts, "go to the ball"), STRING)
+        bag.write("/wrist", 2, make_image(ts, frame(0), 100_000_000), IMAGE)
+        for k in range(5):
+            t = 10 + 10 * k
+            bag.write("/wrist", t, make_image(ts, frame(k + 1), (k + 2) * 100_000_000), IMAGE)
+            bag.write("/high", t + 1, make_image(ts, frame(k), (k + 1) * 100_000_000), IMAGE)
+    topics = BagTopics(image="/high", extra_images=("/wrist",), action=None, camera_sync_slop_s=slop_s)
+    with BagReader(path) as reader:
+        frames = [e[1] for e in iter_episode_events(reader, topics, None) if e[0] == "frame"]
+    pairs = [(int(f.cameras[0].mean()), int(f.cameras[1].mean())) for f in frames]
+    assert len(pairs) == 5
+    assert all(a == b for a, b in pairs) == paired and (paired or all(b == a + 10 for a, b in pairs)), pairs

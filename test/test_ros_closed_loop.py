@@ -65,21 +65,44 @@ def _load_launch(name: str):
     return module
 
 
+POLICY_ARGUMENTS = {"model_path", "params_file", "namespace", "autostart", "use_sim_time", "image_topics",
+                    "state_topic"}
+
+
 @pytest.mark.parametrize("name, arguments", [
-    ("kv_vla.launch.py", {"model_path", "params_file", "namespace"}),
-    ("demo.launch.py", {"model_path", "params_file", "namespace", "episodes", "task"}),
+    ("kv_vla.launch.py", POLICY_ARGUMENTS),
+    ("demo.launch.py", POLICY_ARGUMENTS | {"episodes", "task"}),
 ])
 def test_launch_files_build(name, arguments):
     pytest.importorskip("launch_ros")
-    from launch import LaunchDescription
-    from launch.actions import DeclareLaunchArgument
+    from launch import LaunchContext, LaunchDescription
+    from launch.actions import DeclareLaunchArgument, OpaqueFunction
     from launch_ros.actions import Node
 
     description = _load_launch(name).generate_launch_description()
     assert isinstance(description, LaunchDescription)
     declared = {a.name: a for a in description.entities if isinstance(a, DeclareLaunchArgument)}
     assert arguments <= set(declared) and all(a.description for a in declared.values())
-    assert any(isinstance(e, Node) for e in description.entities)
+    context = LaunchContext()  # the arguments given on the command line, then every other's default
+    context.launch_configurations.update({"model_path": "/models/pi0", "params_file": "pi0.yaml",
+                                          "image_topics": "[cam_high/image_raw, cam_wrist/image_raw]"})
+    for argument in declared.values():
+        argument.execute(context)
+    nodes = [n for e in description.entities if isinstance(e, OpaqueFunction) for n in e.execute(context)]
+    assert any(isinstance(n, Node) for n in nodes)
+
+
+def test_launch_arguments_override_the_params_file_only_when_given():
+    pytest.importorskip("launch_ros")
+    from kv_vla_ros.ros.launching import policy_overrides
+
+    values = {"model_path": "/m", "namespace": "", "autostart": "true", "use_sim_time": "false",
+              "image_topics": "", "state_topic": ""}
+    assert policy_overrides(values) == {"model_path": "/m", "autostart": True, "use_sim_time": False}
+    given = policy_overrides({**values, "autostart": "false", "image_topics": "[cam_high/image_raw, cam_wrist]",
+                              "state_topic": "joint_states"})
+    assert given["autostart"] is False and given["image_topics"] == ["cam_high/image_raw", "cam_wrist"]
+    assert given["state_topic"] == "joint_states"
 
 
 def test_launch_files_are_valid_python_without_launch_ros():

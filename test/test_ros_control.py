@@ -241,7 +241,7 @@ def test_inference_worker_takes_the_newest_frame_and_counts_drops():
 
     session, actions, errors = _SlowSession(), [], []
     worker = InferenceWorker(session, lambda f: np.full((2, 2, 3), f, np.uint8),
-                             lambda a, stamp, now, episode: actions.append((stamp, episode)),
+                             lambda a, stamp, now, episode, started: actions.append((stamp, episode)),
                              lambda kind, msg: errors.append(kind))
     worker.start()
     try:
@@ -282,7 +282,7 @@ def test_inference_worker_steps_on_every_camera_and_the_state_only_when_ready():
     session, chunks = _SlowSession(), []
     ready = {"value": False}
     worker = InferenceWorker(session, lambda f: np.full((2, 2, 3), f, np.uint8),
-                             lambda a, stamp, now, episode: chunks.append(stamp), lambda kind, msg: None,
+                             lambda a, stamp, now, episode, started: chunks.append(stamp), lambda kind, msg: None,
                              num_cameras=2, ready=lambda: ready["value"])
     worker.start()
     try:
@@ -316,3 +316,194 @@ def _wait(predicate, timeout=3.0) -> bool:
         time.sleep(0.01)
     return False
 
+
+
+# ---- seamless chunks, whole-chunk safety, deadman, camera pairing (issue 23) -------------------
+def arm_loop(**kw) -> ControlLoop:
+    loop = ControlLoop(False, 0, 2, stale_timeout_s=5.0, actions_per_inference=4, period_s=0.1, **kw)
+    loop.episode_started(0.0)
+    loop.frame_received(0.0)
+    return loop
+
+
+def test_a_chunk_arriving_mid_chunk_skips_the_executed_rows_and_merges_the_overlap():
+    from kv_vla_ros.vla.action_queue import merge_chunk
+
+    queued, new = np.array([[1.0], [1.0]]), np.array([[0.0], [2.0], [2.0], [2.0], [9.0]])
+    # 1 action executed since the inference started: row 0 is overtaken, rows 1.. line up with the queue
+    assert merge_chunk(queued, new, 1, 4, "replace")[:, 0].tolist() == [2.0, 2.0, 2.0]
+    assert merge_chunk(queued, new, 1, 4, "blend")[:, 0].tolist() == pytest.approx([1 + 1 / 3, 1 + 2 / 3, 2.0])
+    assert merge_chunk(np.zeros((0, 1)), new, 7, 4)[:, 0].tolist() == [9.0]  # late: at least its last row
+    with pytest.raises(ValueError, match="action_chunk_merge"):
+        merge_chunk(queued, new, 0, 4, "average")
+    loop = arm_loop()
+    loop.set_chunking(threshold=0.5, merge_rule="blend")
+    loop.action_ready(np.full((4, 2), 1.0), None, 0.0)
+    assert not loop.needs_chunk
+    loop.tick(0.1)
+    loop.tick(0.2)
+    assert loop.needs_chunk  # 2 of 4 remain: the next inference starts while the chunk still runs
+    token = loop.inference_started()
+    loop.tick(0.3)  # executed while the model thinks
+    assert loop.action_ready(np.full((4, 2), 3.0), None, 0.35, started=token) == ""
+    values = [loop.tick(0.4 + 0.1 * k) for k in range(4)]
+    # the row executed meanwhile is skipped; one queued action overlaps: blended halfway, then the new rows
+    assert [v.action[0] for v in values] == pytest.approx([2.0, 3.0, 3.0, 3.0])
+    assert [v.chunk_index for v in values] == [1, 2, 3, 3] and values[-1].state == "running"
+
+
+@pytest.mark.parametrize("rule, setup, chunk", [
+    ("non_finite", {}, [[0.1, 0.1], [np.nan, 0.1]]),
+    ("bounds", {"reject_out_of_bounds": True}, [[0.1, 0.1], [0.1, 2.0]]),
+    ("max_step", {"max_step": [0.5]}, [[0.1, 0.1], [0.1, 0.9]]),
+    ("max_step", {"max_step": [0.5]}, [[0.8, 0.0], [0.8, 0.0]]),  # across the seam with the command last sent
+    ("max_jerk", {"max_jerk": [100.0]}, [[0.0, 0.0], [0.0, 0.0], [0.3, 0.0], [0.0, 0.0]]),  # 0.6 / 0.1^3 = 600
+])
+def test_a_chunk_breaking_a_safety_rule_is_rejected_whole(rule, setup, chunk):
+    loop = arm_loop(action_min=[-1.0], action_max=[1.0])
+    loop.set_safety(**setup)
+    assert loop.action_ready(np.zeros((1, 2)), None, 0.0) == "" and loop.tick(0.1).state == "running"
+    reason = loop.action_ready(np.array(chunk), None, 0.15)
+    assert reason and loop.rejections[rule] == 1 and loop.rejected_actions == 1, reason
+    cmds = [loop.tick(0.2 + 0.1 * k) for k in range(3)]
+    assert all(c.is_stop and c.state == "error" for c in cmds)  # none of its rows, stop by default
+    assert loop.action_ready(np.zeros((4, 2)), None, 0.6) == "" and loop.tick(0.7).state == "running"
+
+
+def test_a_rejected_chunk_can_hold_the_command_last_sent():
+    loop = arm_loop()
+    loop.set_safety(max_step=[0.5], on_reject="hold")
+    loop.action_ready(np.array([[0.2, 0.2]]), None, 0.0)
+    assert loop.tick(0.1).plan.tolist() == [[0.2, 0.2]]
+    assert "max_step" in loop.action_ready(np.array([[0.9, 0.2]]), None, 0.15)
+    cmd = loop.tick(0.2)
+    assert cmd.state == "holding" and cmd.action.tolist() == pytest.approx([0.2, 0.2]) and cmd.plan is not None
+    with pytest.raises(ValueError, match="safety.on_reject"):
+        loop.set_safety(on_reject="brake")
+    with pytest.raises(ValueError, match="safety.max_step"):
+        loop.set_safety(max_step=[0.0])
+
+
+def test_the_deadman_stops_without_a_recent_true():
+    loop = arm_loop()
+    loop.enable_required, loop.enable_timeout_s = True, 0.5
+    loop.action_ready(np.zeros((4, 2)), None, 0.0)
+    cmd = loop.tick(0.1)
+    assert cmd.is_stop and cmd.state == "deadman" and loop.input_problem(0.1)[0] == "deadman"
+    loop.enable_received(True, 0.2)
+    loop.action_ready(np.zeros((4, 2)), None, 0.2)
+    assert loop.tick(0.3).state == "running" and loop.input_problem(0.3) is None
+    cmd = loop.tick(0.75)
+    assert cmd.is_stop and "no true on enable_topic for 0.55 s" in cmd.reason and loop.needs_chunk
+    loop.enable_received(True, 0.8)
+    loop.enable_received(False, 0.85)  # false stops at once
+    assert loop.tick(0.9).state == "deadman"
+
+
+def test_cameras_are_paired_by_stamp_within_the_slop():
+    from collections import deque
+
+    from kv_vla_ros.ros.inference import pair_frame
+
+    wrist = deque([("w1", (10, 0)), ("w2", (10, 100_000_000)), ("w3", (10, 200_000_000))])
+    assert pair_frame(wrist, (10, 100_000_000), 0.02)[0] == "w2"  # not the newest (arrival order)
+    assert pair_frame(wrist, (10, 110_000_000), 0.02)[0] == "w2"
+    assert pair_frame(wrist, (10, 150_000_000), 0.02) == "unpaired"  # newer frames exist, none close
+    assert pair_frame(wrist, (10, 300_000_000), 0.02) is None  # may still come: wait
+    assert pair_frame(wrist, (10, 100_000_000), 0.0)[0] == "w3"  # no slop: the newest
+
+
+def test_state_joints_are_picked_by_name():
+    pytest.importorskip("rclpy")
+    from sensor_msgs.msg import JointState
+
+    from kv_vla_ros.ros.session_setup import state_from_msg
+    from kv_vla_ros.vla.policy import StreamingPolicy
+
+    policy = StreamingPolicy()
+    policy.state_dim = 2
+    msg = JointState(name=["gripper", "elbow", "shoulder"], position=[0.9, 0.2, 0.1])
+    assert state_from_msg(msg, policy, ["shoulder", "elbow"]).tolist() == pytest.approx([0.1, 0.2])
+    with pytest.raises(ValueError, match=r"state_joint_names: \['wrist'\] not in the JointState's names"):
+        state_from_msg(msg, policy, ["shoulder", "wrist"])
+
+
+def test_the_control_thread_skips_missed_periods_instead_of_bursting():
+    import time
+
+    from kv_vla_ros.ros.control_thread import ControlThread
+
+    ticks = []
+
+    def tick():
+        ticks.append(time.monotonic())
+        if len(ticks) == 3:
+            time.sleep(0.095)  # a stall of almost 5 periods
+
+    thread = ControlThread(tick, 0.02)
+    thread.start()
+    time.sleep(0.4)
+    thread.cancel()
+    gaps = np.diff(ticks)
+    assert thread.skipped >= 3 and len(ticks) >= 10
+    assert gaps.min() > 0.005  # no burst of catch-up ticks after the stall
+    assert not thread._thread.is_alive()
+
+
+def test_twist_stamped_and_trajectory_outputs_and_their_stops():
+    """CommandOutputs on a real lifecycle node (in process, a private domain): what each
+    action_output publishes while running and to stop."""
+    pytest.importorskip("rclpy")
+    import time
+
+    import rclpy
+    from geometry_msgs.msg import TwistStamped
+    from rclpy.executors import SingleThreadedExecutor
+    from rclpy.lifecycle import LifecycleNode
+    from trajectory_msgs.msg import JointTrajectory
+
+    from kv_vla_ros.ros.control import ControlCommand
+    from kv_vla_ros.ros.outputs import CommandOutputs, check_output
+    from kv_vla_ros.ros.processes import pick_domain_id
+
+    context = rclpy.Context()
+    rclpy.init(context=context, domain_id=pick_domain_id(salt=107))
+    try:
+        node = LifecycleNode("outputs_test", context=context)
+        listener = rclpy.create_node("outputs_listener", context=context)
+        got = {"twist": [], "traj": []}
+        listener.create_subscription(TwistStamped, "cmd_vel", got["twist"].append, 10)
+        listener.create_subscription(JointTrajectory, "joint_trajectory", got["traj"].append, 10)
+        adapter = TwistAdapter(False, [], [], linear_index=0, angular_index=1, max_linear=1.0, max_angular=1.0)
+        stamped = CommandOutputs(node, "twist_stamped", [], adapter, True)
+        names = check_output("trajectory", ["j0", "j1"], 2, False)
+        trajectory = CommandOutputs(node, "trajectory", names, adapter, True)
+        node.trigger_configure()
+        node.trigger_activate()
+        executor = SingleThreadedExecutor(context=context)
+        executor.add_node(listener)
+        plan = np.array([[0.5, -0.2], [0.6, -0.1]])
+        for cmd in (ControlCommand(np.float32([0.5, -0.2]), None, "running", plan=plan),
+                    ControlCommand(np.float32([0.6, -0.1]), None, "running"),
+                    ControlCommand(None, None, "stale"), ControlCommand(None, None, "stale")):
+            stamped.publish(cmd, 0.05)
+            trajectory.publish(cmd, 0.05)
+            time.sleep(0.05)
+        end = time.monotonic() + 3.0
+        while time.monotonic() < end and (len(got["twist"]) < 4 or len(got["traj"]) < 2):
+            executor.spin_once(timeout_sec=0.1)
+        twists = [(m.twist.linear.x, m.twist.angular.z, m.header.frame_id) for m in got["twist"]]
+        assert twists == [(0.5, pytest.approx(-0.2), "base_link"),
+                          (pytest.approx(0.6), pytest.approx(-0.1), "base_link"),
+                          (0.0, 0.0, "base_link"), (0.0, 0.0, "base_link")]
+        # one trajectory per plan (not per tick) and one empty trajectory per stop
+        assert [len(m.points) for m in got["traj"]] == [2, 0] and got["traj"][0].joint_names == ["j0", "j1"]
+        with pytest.raises(ValueError, match="joint_names"):
+            check_output("trajectory", ["j0"], 2, False)
+        with pytest.raises(ValueError, match="action_output"):
+            check_output("position", [], 2, False)
+        executor.shutdown()
+        listener.destroy_node()
+        node.destroy_node()
+    finally:
+        context.try_shutdown()

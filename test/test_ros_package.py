@@ -18,7 +18,8 @@ ROS_ONLY = {"launch", "launch_ros", "launch_xml", "launch_yaml", "cv_bridge", "a
             "rosidl_runtime_py", "rosbag2_py", "message_filters", "tf2_ros", "image_transport"}
 # Python modules with a rosdep key (what package.xml names instead of the pip package)
 ROSDEP_KEYS = {"numpy": "python3-numpy", "cv2": "python3-opencv", "PIL": "python3-pil", "yaml": "python3-yaml",
-               "pytest": "python3-pytest"}
+               "pytest": "python3-pytest", "torch": "python3-torch", "matplotlib": "python3-matplotlib",
+               "tqdm": "python3-tqdm"}
 
 
 def imported_modules(paths) -> set[str]:
@@ -59,7 +60,14 @@ def test_package_xml_matches_the_ros_packages_the_code_imports_both_ways():
     tests = rosdep_names(imported_modules(sorted((REPO / "test").glob("*.py")))) - runtime
     assert tests - declared("test") == set(), "imported only by the tests, missing from test_depend"
     assert declared("test") - tests - runtime == set(), "test_depend that no test imports"
-    assert "rcl_interfaces" in runtime and "python3-yaml" in tests  # the detection itself works
+    assert "rcl_interfaces" in runtime and "python3-pytest" in tests  # the detection itself works
+
+
+def test_ament_python_is_the_build_type_not_a_dependency():
+    """`rosdep install --from-paths src` fails on ``ament_python``: no rosdep key has that name."""
+    root = ET.parse(REPO / "package.xml").getroot()
+    keys = {e.text.strip() for e in root if e.tag.endswith("depend")}
+    assert "ament_python" not in keys and root.find("export/build_type").text == "ament_python"
 
 
 def test_setup_py_data_files_exist():

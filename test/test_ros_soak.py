@@ -86,3 +86,15 @@ def test_a_short_soak_over_dds_stays_within_its_budgets(tmp_path):
     last = result["samples"][-1]
     assert last["control_steps"] >= 800 and last["episodes"] >= 3 and last["frames_rejected"] > 0
     assert len(result["budget_figures"]["peak_held_per_budget"]) >= 2  # live budget changes were applied
+
+
+def test_the_control_rate_is_checked_per_one_second_window(tmp_path):
+    steady = [k / 50 for k in range(500)]  # 10 s at 50 Hz
+    figures = soak.rate_windows(steady, 50.0)
+    assert figures["rates"] == [50] * 9 and not figures["low"] and figures["interval_p99_ms"][0] == pytest.approx(20)
+    stalled = [t for t in steady if not 3.0 <= t < 5.5] + [3.0 + k / 17 for k in range(42)]  # 17/s for 2.5 s
+    figures = soak.rate_windows(sorted(stalled), 50.0)
+    assert figures["low"] == [3, 4, 5] and figures["min_rate"] < 47.5 and figures["longest_low_run_s"] == 3
+    samples = [_sample(t, 40, 300, 96) for t in range(10)]
+    soak.report(_args(out=str(tmp_path)), samples, "", 0, 3, [], "test", (48, 96, 64), 10.0, sent=sorted(stalled))
+    assert json.loads((tmp_path / "results.json").read_text())["checks"]["control_rate"] is False

@@ -6,11 +6,14 @@ publishes one per episode, even when the text repeats); with ``reset_topic`` a m
 the episode instead, and the next frame starts one with the latest instruction.
 
 Cameras and state: the first image topic drives the steps; every further camera (``extra_images``)
-and the robot state (``state``: JointState or Float32MultiArray) contribute their newest message
-at or before that frame, or, when one stamped with the frame's header stamp arrives after the
-frame but before the next one (a recording over DDS receives two topics in either order), that
-one; a frame for which one of them has none is skipped and counted (``frames_missing_inputs``),
-as the node stops on a missing input.
+and the robot state (``state``: JointState or Float32MultiArray) contribute the message whose
+header stamp is closest to the frame's within ``camera_sync_slop_s`` (an approximate-time rule,
+as kv_vla_node's ``camera_sync_slop_s``) among their last 16 messages up to the next frame (a
+recording over DDS receives two topics in either order, and a camera's next frame may arrive
+before the first camera's frame of the same stamp); without stamps (or none within the slop)
+their newest message at or before that frame, or one stamped with the frame's header stamp that
+arrives after it; a frame for which one of them has none is skipped and counted
+(``frames_missing_inputs``), as the node stops on a missing input.
 
 Frames: a frame whose header stamp equals the previous frame's (a simulator re-sending its view
 while it waits for an action) is the same observation and is skipped, as the policy node does.
@@ -22,6 +25,7 @@ belongs to the newest frame before it that has none yet. Stop commands (empty ar
 
 from __future__ import annotations
 
+from collections import deque
 from dataclasses import dataclass, field
 from typing import Iterator
 
@@ -43,6 +47,7 @@ class BagTopics:
     reset: str | None = None
     extra_images: tuple[str, ...] = ()
     state: str | None = None
+    camera_sync_slop_s: float = 0.05  # pairing by header stamp (0: arrival order, as before)
 
 
 @dataclass
@@ -117,6 +122,31 @@ class _PendingFrame:
     inputs: dict  # input topic -> its raw message (newest so far, or the one with this stamp)
 
 
+def paired_inputs(recent: dict[str, deque], stamp_ns: int | None, slop_s: float) -> dict:
+    """Per input topic, its message whose header stamp is closest to ``stamp_ns`` within
+    ``slop_s`` (topics without one, or without stamps, are left out: the caller's fallback)."""
+    if not stamp_ns or slop_s <= 0:
+        return {}
+    out = {}
+    for topic, messages in recent.items():
+        stamped = [(abs(s - stamp_ns), msg) for s, msg in messages if s]
+        if stamped:
+            gap, msg = min(stamped, key=lambda pair: pair[0])
+            if gap <= slop_s * 1e9:
+                out[topic] = msg
+    return out
+
+
+def _bag_frame(bag: BagReader, topics: BagTopics, types: dict, extras: dict, image_size: int | None,
+               frame: _PendingFrame) -> BagFrame:
+    """A complete pending frame decoded: its image, further cameras and state."""
+    rgb = frame_to_rgb(frame.msg, types["image"], image_size, f"bag {bag.path}: {topics.image} message #{frame.number}")
+    cameras = [rgb] + [frame_to_rgb(frame.inputs[t], types[role], image_size, f"bag {bag.path}: {t}")
+                       for t, role in extras.items()] if extras else None
+    state = state_vector(frame.inputs[topics.state], types["state"]) if topics.state else None
+    return BagFrame(rgb, frame.bag_ns, frame.stamp, cameras, state)
+
+
 def iter_episode_events(bag: BagReader, topics: BagTopics, image_size: int | None,
                         counters: dict | None = None) -> Iterator[tuple]:
     """Yields ``("start", instruction)``, ``("frame", BagFrame)`` and ``("end", EpisodeActions)``.
@@ -134,6 +164,7 @@ def iter_episode_events(bag: BagReader, topics: BagTopics, image_size: int | Non
     inputs = [t for t in (*extras, topics.state) if t]
     wanted = [t for t in (topics.image, topics.instruction, topics.action, topics.reset, *inputs) if t]
     latest: dict[str, object] = {}  # newest raw message per extra camera / state topic
+    recent: dict[str, deque] = {t: deque(maxlen=16) for t in inputs}  # (header stamp, message), for pairing
     instruction: str | None = None
     episode: EpisodeActions | None = None
     pending: _PendingFrame | None = None
@@ -145,16 +176,12 @@ def iter_episode_events(bag: BagReader, topics: BagTopics, image_size: int | Non
         frame, pending = pending, None
         if frame is None:
             return
+        frame.inputs.update(paired_inputs(recent, frame.stamp, topics.camera_sync_slop_s))
         if len(frame.inputs) < len(inputs):
             counters["frames_missing_inputs"] += 1
             return
-        where = f"bag {bag.path}: {topics.image} message #{frame.number}"
-        rgb = frame_to_rgb(frame.msg, types["image"], image_size, where)
-        cameras = [rgb] + [frame_to_rgb(frame.inputs[t], types[role], image_size, f"bag {bag.path}: {t}")
-                           for t, role in extras.items()] if extras else None
-        state = state_vector(frame.inputs[topics.state], types["state"]) if topics.state else None
         episode.frames.append((frame.bag_ns, frame.stamp))
-        yield "frame", BagFrame(rgb, frame.bag_ns, frame.stamp, cameras, state)
+        yield "frame", _bag_frame(bag, topics, types, extras, image_size, frame)
 
     for topic, bag_ns, msg in bag.messages(wanted):
         if topic == topics.image:
@@ -174,6 +201,7 @@ def iter_episode_events(bag: BagReader, topics: BagTopics, image_size: int | Non
             pending = _PendingFrame(msg, bag_ns, stamp, n_frames, {t: latest[t] for t in inputs if t in latest})
         elif topic in inputs:
             latest[topic] = msg
+            recent[topic].append((header_stamp_ns(msg), msg))
             if pending is not None and pending.stamp and header_stamp_ns(msg) == pending.stamp:
                 pending.inputs[topic] = msg
         elif topic == topics.instruction:
@@ -202,4 +230,4 @@ def iter_episode_events(bag: BagReader, topics: BagTopics, image_size: int | Non
         raise BagError(f"bag {bag.path}: image topic {topics.image} has no readable frames")
 
 
-__all__ = ["BagTopics", "BagFrame", "EpisodeActions", "check_topics", "iter_episode_events"]
+__all__ = ["BagTopics", "BagFrame", "EpisodeActions", "check_topics", "iter_episode_events", "paired_inputs"]

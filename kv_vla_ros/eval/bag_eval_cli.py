@@ -49,6 +49,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--image-topic", action="append", default=None,
                         help="sensor_msgs/Image or CompressedImage topic (default /image); repeat it for more "
                              "cameras, in the policy's camera order (the first one drives the steps)")
+    parser.add_argument("--camera-sync-slop-s", type=float, default=0.05,
+                        help="pair every further camera (and the state) with the first camera's frame by header "
+                             "stamp, the closest within this (kv_vla_node's camera_sync_slop_s); 0: arrival order")
     parser.add_argument("--state-topic", default=None,
                         help="robot state: sensor_msgs/JointState (positions) or std_msgs/Float32MultiArray")
     parser.add_argument("--instruction-topic", default="/instruction",
@@ -79,7 +82,10 @@ def run(args: argparse.Namespace) -> int:
         state=normalize_topic(args.state_topic, "--state-topic") if args.state_topic else None,
         instruction=normalize_topic(args.instruction_topic, "--instruction-topic"),
         action=normalize_topic(args.action_topic, "--action-topic") if args.action_topic else None,
-        reset=normalize_topic(args.reset_topic, "--reset-topic") if args.reset_topic else None)
+        reset=normalize_topic(args.reset_topic, "--reset-topic") if args.reset_topic else None,
+        camera_sync_slop_s=args.camera_sync_slop_s)
+    if args.camera_sync_slop_s < 0:
+        raise ValueError(f"--camera-sync-slop-s: must be >= 0, got {args.camera_sync_slop_s}")
     if args.max_episodes is not None and args.max_episodes < 1:
         raise ValueError(f"--max-episodes: must be >= 1, got {args.max_episodes}")
     config = runner_config(args, progress=not args.no_progress)

@@ -83,8 +83,9 @@ def spawn(args, model: Path | None, domain: int, out: Path):
                   "frame_rate_hz": args.control_rate_hz}
     procs = {"arm_sim_node": spawn_node(ARM_SIM_MODULE, domain, sim_params, None, out / "arm_sim_node.log")}
     if model is not None:
+        # the simulator's one camera and its joint state (config/pi0.yaml is for a two-camera arm)
         params = {"model_path": str(model), "control_rate_hz": args.control_rate_hz, "action.min": [-1.0],
-                  "action.max": [1.0]}
+                  "action.max": [1.0], "image_topics": ["image"], "state_topic": "joint_states"}
         procs["kv_vla_node"] = spawn_node(POLICY_MODULE, domain, params, REPO / "config" / "pi0.yaml",
                                           out / "kv_vla_node.log")
     return procs

@@ -21,8 +21,8 @@ action it takes on ``action`` (labelled with its view's stamp), so ``kv-vla bag 
 records what ``kv-vla bag generate`` writes directly. It starts once every output topic has a
 subscriber (``wait_for_subscribers``).
 
-Images and joint states go out reliable (depth 10): a best-effort subscriber (kv_vla_node's
-sensor-data QoS) matches them, and a recorder loses none.
+Images and joint states (and the expert's actions) go out reliable, depth 100: a best-effort
+subscriber (kv_vla_node's sensor-data QoS) matches them, and a recorder loses none.
 """
 
 from __future__ import annotations
@@ -43,7 +43,9 @@ from kv_vla_ros.sim.arm.scene import STATE_JOINT_NAMES
 from kv_vla_ros.sim.arm.task import check_action
 from kv_vla_ros.sim.rollout import episode_record
 
-SENSOR_QOS = QoSProfile(depth=10, reliability=QoSReliabilityPolicy.RELIABLE)
+# Reliable with a deep history: a recorder that falls a few views behind (a busy machine) still
+# gets every view, while a best-effort subscriber (kv_vla_node's sensor-data QoS) matches it too.
+SENSOR_QOS = QoSProfile(depth=100, reliability=QoSReliabilityPolicy.RELIABLE)
 MODES = ("policy", "expert")
 
 
@@ -100,7 +102,7 @@ class ArmSimNode(Node):
             self.create_subscription(Float32MultiArray, "action", self._on_action, 10)
             self.create_timer(1.0 / frame_rate, self._camera)
         else:
-            self.action_pub = self.create_publisher(Float32MultiArray, "action", 10)
+            self.action_pub = self.create_publisher(Float32MultiArray, "action", SENSOR_QOS)
             self.create_timer(1.0 / control_rate, self._expert_tick)
         self.stamp = None  # builtin_interfaces/Time of the current view; None: nothing to act on
         self.frame = self.joints = None  # the current view: uint8 (S, S, 3) and float32 (9,)
@@ -220,8 +222,8 @@ class ArmSimNode(Node):
         report_episode(self, record, f", decision {decided}")
 
 
-def main(argv: list[str] | None = None) -> int:
-    return run_sim_node(ArmSimNode, argv)
+def main(argv: list[str] | None = None, stop=None) -> int:
+    return run_sim_node(ArmSimNode, argv, stop)
 
 
 if __name__ == "__main__":

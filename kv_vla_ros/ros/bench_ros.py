@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
+from kv_vla_ros.ros.bench_seams import configure_seams, run_seams
 from kv_vla_ros.ros.processes import POLICY_MODULE, pick_free_domain_id, spawn_node, stop_node
 
 REPO = Path(__file__).resolve().parents[2]
@@ -28,7 +29,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--frame-rate-hz", type=float, default=30.0, help="camera rate")
     parser.add_argument("--frame-size", type=int, default=56, help="square rgb8 frame side (px)")
     parser.add_argument("--params-file", default=str(REPO / "config" / "kv_vla.yaml"))
+    parser.add_argument("--control-rate-hz", type=float, default=50.0, help="control rate of the seam measurement")
     parser.add_argument("--out", default=str(REPO / "runs" / "bench_ros"))
+    configure_seams(parser)
 
 
 def _model_dir(arg: str | None, tmp: Path) -> tuple[Path, str]:
@@ -98,6 +101,13 @@ def _set_rate(rclpy, node, rate: float) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from kv_vla_ros.ros.processes import wait_active
+
+    if args.extra_delay_ms:  # action chunk seams (bench_seams)
+        if not args.model:
+            raise SystemExit("bench ros: --extra-delay-ms needs --model (a chunked checkpoint; --make-tiny-pi0 "
+                             "writes one)")
+        return run_seams(args)
     import rclpy
 
     out = Path(args.out)
@@ -117,6 +127,7 @@ def run(args: argparse.Namespace) -> int:
               f"{args.seconds:g} s per rate", flush=True)
         for rate in args.rates:
             _set_rate(rclpy, node, rate)
+            wait_active(rclpy, node, listener.diag, proc)
             _spin_for(rclpy, listener, 2.0, 1.0 / args.frame_rate_hz, frames)  # warm-up at the new rate
             t0, n0 = time.monotonic(), len(listener.sent)
             d0 = listener.diag[-1][1]

@@ -15,7 +15,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from kv_vla_ros.vla.action_queue import ActionQueue
+from kv_vla_ros.ros.safety import RULES, Rejection, SafetyLimits, check_chunk, check_sequence
+from kv_vla_ros.vla.action_queue import MERGE_RULES, ActionQueue, merge_chunk
+
+ON_REJECT = ("stop", "hold")
 
 # Float32MultiArray has no header; the second layout dimension of an `action` message names the
 # camera frame the action was inferred from, so a discrete-step consumer (the simulator) can
@@ -53,13 +56,15 @@ def broadcast_limits(name: str, values, dim: int) -> np.ndarray:
 @dataclass(frozen=True)
 class ControlCommand:
     """What one control tick publishes. ``action`` None means stop. ``chunk_index``: the action's
-    row in the chunk it comes from (None for stop)."""
+    row in the chunk it comes from (None for stop). ``plan``: set on the tick a new plan starts
+    (a chunk was queued, or a hold after a rejected one): what a trajectory output publishes."""
 
     action: np.ndarray | None
     source_stamp: tuple[int, int] | None
-    state: str  # running, waiting, stale, disabled, error
+    state: str  # running, holding, waiting, stale, deadman, disabled, error
     reason: str = ""
     chunk_index: int | None = None
+    plan: np.ndarray | None = None  # (k, d) on the tick a new plan starts: this action and the queued rest
 
     @property
     def is_stop(self) -> bool:
@@ -101,13 +106,18 @@ class ControlLoop:
     """Executes the policy's action chunks one action per control tick and decides what each tick
     publishes.
 
-    A chunk ``(n, dim)`` goes through an ``ActionQueue``: its first ``actions_per_inference`` rows
-    are published one per tick; once they are used (``needs_chunk``) the next inference may start,
-    and meanwhile the last action is held. Every queued action passes the same checks when it is
-    published (clamps, finiteness) and a chunk with any bad row is rejected whole.
+    A chunk ``(n, dim)`` is checked whole (`kv_vla_ros.ros.safety`: finiteness, ids, bounds, max
+    step and jerk with the commands last sent) and, if it passes, merged into the ``ActionQueue``
+    (rows already overtaken by the actions executed while it was inferred are skipped; the overlap
+    with the queued actions merged by ``merge_rule``). Its actions are published one per tick;
+    the next inference may start once at most ``threshold x actions_per_inference`` of them remain
+    (``needs_chunk``); a used-up queue holds its last action. A rejected chunk is never partly
+    executed: the queue is dropped and the robot stops (``on_reject="stop"``) or holds the command
+    last sent (``"hold"``), counted per rule in ``rejections``.
 
     Inputs (the cameras, the robot state) are named; each must have arrived within
-    ``stale_timeout_s``, else stop (``stale``, naming the input) and the queue is dropped.
+    ``stale_timeout_s``, else stop (``stale``, naming the input) and the queue is dropped. With a
+    deadman (``enable_required``) a ``true`` must have arrived within ``enable_timeout_s``, else stop.
 
     Thread-safe: the inference worker reports chunks, the subscriptions report inputs and the
     control timer ticks, each from its own thread.
@@ -121,22 +131,34 @@ class ControlLoop:
 
     def __init__(self, discrete: bool, num_actions: int, action_dim: int, stale_timeout_s: float = 1.0,
                  enabled: bool = True, action_min=(-np.inf,), action_max=(np.inf,), inputs=("image",),
-                 actions_per_inference: int = 1):
+                 actions_per_inference: int = 1, period_s: float = 0.05):
         self.discrete, self.num_actions, self.action_dim = discrete, int(num_actions), int(action_dim)
         self._lock = threading.Lock()
         self.stale_timeout_s = float(stale_timeout_s)
         self.enabled = bool(enabled)
+        self.period_s = float(period_s)
+        self.threshold, self.merge_rule, self.on_reject = 0.0, "replace", "stop"
+        self.enable_required, self.enable_timeout_s, self._enable_at = False, 0.5, None
+        inf = np.full(self.action_dim, np.inf)
+        self.limits = SafetyLimits(-inf, inf.copy(), inf.copy(), inf.copy())
         self.set_limits(action_min, action_max)
         self.queue = ActionQueue(actions_per_inference)
         self.inputs = list(inputs)
         self._received: list[float | None] = [None] * len(self.inputs)
+        self._input_notes: list[str] = [""] * len(self.inputs)
         self._held: np.ndarray | None = None
         self._held_stamp: tuple[int, int] | None = None
         self._held_index: int | None = None
-        self._popped = 0  # actions of the current chunk used so far
+        self._chunk_row = 0  # chunk row of the next queued action
+        self._popped_total = 0  # actions popped since start-up (aligns a late chunk with the queue)
+        self._sent: deque[np.ndarray] = deque(maxlen=3)  # commands last sent while acting (seam checks)
+        self._plan_pending = False  # a new plan (queue) starts at the next tick: trajectory outputs send it
         self._last_action: float | None = None
+        self._blocked = False  # the last tick stopped for an input or the deadman
         self._error = ""
-        self.rejected_actions = 0  # chunks with a non-finite or out-of-range action, never published
+        self._hold_reason = ""
+        self.rejected_actions = 0  # chunks rejected whole (any rule), never published
+        self.rejections = {rule: 0 for rule in RULES}
         self.stale_chunks = 0  # chunks inferred for an episode that has ended since, never published
         self._episode: int | None = None
 
@@ -149,6 +171,32 @@ class ControlLoop:
             raise ValueError(f"action.min: must be <= action.max in every dimension, got {lo.tolist()} > {hi.tolist()}")
         with self._lock:
             self.action_min, self.action_max = lo, hi
+            self.limits.action_min, self.limits.action_max = lo, hi
+
+    def set_safety(self, max_step=None, max_jerk=None, reject_out_of_bounds=None, on_reject=None) -> None:
+        """Whole-chunk safety rules (live; from the next chunk on). ValueError naming the parameter."""
+        step = None if max_step is None else broadcast_limits("safety.max_step", max_step, self.action_dim)
+        jerk = None if max_jerk is None else broadcast_limits("safety.max_jerk", max_jerk, self.action_dim)
+        for name, arr in (("safety.max_step", step), ("safety.max_jerk", jerk)):
+            if arr is not None and (np.any(np.isnan(arr)) or np.any(arr <= 0)):
+                raise ValueError(f"{name}: every value must be > 0 (inf: no limit), got {arr.tolist()}")
+        if on_reject is not None and on_reject not in ON_REJECT:
+            raise ValueError(f"safety.on_reject: expected one of {', '.join(ON_REJECT)}, got {on_reject!r}")
+        with self._lock:
+            self.limits.max_step = step if step is not None else self.limits.max_step
+            self.limits.max_jerk = jerk if jerk is not None else self.limits.max_jerk
+            if reject_out_of_bounds is not None:
+                self.limits.reject_out_of_bounds = bool(reject_out_of_bounds)
+            self.on_reject = on_reject or self.on_reject
+
+    def set_chunking(self, threshold=None, merge_rule=None) -> None:
+        if merge_rule is not None and merge_rule not in MERGE_RULES:
+            raise ValueError(f"action_chunk_merge: expected one of {', '.join(MERGE_RULES)}, got {merge_rule!r}")
+        if threshold is not None and not 0.0 <= float(threshold) <= 1.0:
+            raise ValueError(f"action_chunk_threshold: must be in [0, 1], got {threshold}")
+        with self._lock:
+            self.threshold = self.threshold if threshold is None else float(threshold)
+            self.merge_rule = merge_rule or self.merge_rule
 
     def set_actions_per_inference(self, n: int) -> None:
         """From the next chunk on (a shorter setting also trims the current one)."""
@@ -167,10 +215,21 @@ class ControlLoop:
     def input_received(self, index: int, now: float) -> None:
         with self._lock:
             self._received[index] = now
+            self._input_notes[index] = ""
+
+    def input_rejected(self, index: int, reason: str) -> None:
+        """A message on input ``index`` was unusable: named in the stale / waiting reason."""
+        with self._lock:
+            self._input_notes[index] = reason
 
     def frame_received(self, now: float) -> None:
         """The first camera's frame arrived."""
         self.input_received(0, now)
+
+    def enable_received(self, value: bool, now: float) -> None:
+        """Deadman heartbeat: ``true`` allows acting for ``enable_timeout_s``; ``false`` stops at once."""
+        with self._lock:
+            self._enable_at = now if value else None
 
     def input_ages(self, now: float) -> dict[str, float | None]:
         """Seconds since each input last arrived (None: never)."""
@@ -178,55 +237,89 @@ class ControlLoop:
             return {name: (None if t is None else now - t) for name, t in zip(self.inputs, self._received)}
 
     def input_problem(self, now: float) -> tuple[str, str] | None:
-        """``(state, reason)`` when an input is missing (``waiting``) or stale (``stale``), else None."""
+        """``(state, reason)`` when the deadman is off or an input is missing (``waiting``) or stale
+        (``stale``), else None."""
         with self._lock:
-            return self._input_problem(now)
+            return self._deadman_problem(now) or self._input_problem(now)
+
+    def _deadman_problem(self, now: float) -> tuple[str, str] | None:
+        if not self.enable_required:
+            return None
+        if self._enable_at is None:
+            return "deadman", "no true received on enable_topic (or the last was false)"
+        if now - self._enable_at > self.enable_timeout_s:
+            return "deadman", f"no true on enable_topic for {now - self._enable_at:.2f} s"
+        return None
 
     def _input_problem(self, now: float) -> tuple[str, str] | None:
-        missing = [name for name, t in zip(self.inputs, self._received) if t is None]
+        def named(i: int) -> str:
+            note = self._input_notes[i]
+            return self.inputs[i] + (f" (last message rejected: {note})" if note else "")
+
+        missing = [named(i) for i, t in enumerate(self._received) if t is None]
         if missing:
             return "waiting", f"no message received yet on {', '.join(missing)}"
-        stale = [(name, now - t) for name, t in zip(self.inputs, self._received) if now - t > self.stale_timeout_s]
+        stale = [(named(i), now - t) for i, t in enumerate(self._received) if now - t > self.stale_timeout_s]
         if stale:
             return "stale", "; ".join(f"no fresh message on {name} for {age:.2f} s" for name, age in stale)
         return None
 
     @property
     def needs_chunk(self) -> bool:
-        """True when the current chunk's executed actions are used up (or none came yet)."""
-        return self.queue.needs_inference
+        """True when at most ``threshold`` of the executed actions remain queued (0: used up)."""
+        return len(self.queue) <= int(self.threshold * self.queue.actions_per_inference)
 
-    def action_ready(self, chunk, source_stamp: tuple[int, int] | None, now: float, episode: int | None = None) -> str:
+    def inference_started(self) -> int:
+        """An inference starts on the newest inputs: its token for `action_ready` (``started``)."""
+        with self._lock:
+            return self._popped_total
+
+    def action_ready(self, chunk, source_stamp: tuple[int, int] | None, now: float, episode: int | None = None,
+                     started: int | None = None) -> str:
         """Queue a fresh chunk ``(n, action_dim)`` (or one action ``(action_dim,)``); returns "" when
-        accepted, else why it was rejected (then nothing of it is published: stop).
+        accepted, else why it was rejected (then nothing of it is published).
 
+        ``started``: `inference_started`'s token (the actions executed since then are skipped).
         ``episode``: the id of the episode the chunk was inferred for. An inference that was under
         way when a new episode started ends after it: its chunk (the old instruction's) is dropped
         silently, counted in ``stale_chunks``, and the loop keeps waiting for the new episode's."""
         arr = np.asarray(chunk, dtype=np.float64)
         arr = arr.reshape(1, -1) if arr.ndim <= 1 else arr.reshape(arr.shape[0], -1)
-        reason = ""
-        if arr.shape[0] == 0 or arr.shape[1] != self.action_dim:
-            reason = f"action: expected {self.action_dim} values per action, got {arr.shape[1]}"
-        elif not np.all(np.isfinite(arr)):
-            bad = int(np.argwhere(~np.isfinite(arr))[0, 0])
-            reason = f"action: non-finite value in action {bad} of the chunk: {arr[bad].tolist()}"
-        elif self.discrete and (np.any(arr[:, 0] != np.round(arr[:, 0])) or np.any(arr[:, 0] < 0)
-                                or np.any(arr[:, 0] >= self.num_actions)):
-            reason = f"action: {arr[:, 0].tolist()} are not all action ids in [0, {self.num_actions})"
+        rejection = check_chunk(arr, self.action_dim, self.discrete, self.num_actions)
         with self._lock:
             if episode is not None and self._episode is not None and episode != self._episode:
                 self.stale_chunks += 1
                 return ""
             self._last_action = now
-            if reason:  # never hold (or publish) any action of a bad chunk: stop until the next good one
-                self.rejected_actions += 1
-                self._drop_actions()
-                self._error = reason
-            else:
-                self.queue.push(arr, source_stamp)
-                self._popped, self._error = 0, ""
-        return reason
+            if rejection is None:
+                skip = 0 if started is None else self._popped_total - started
+                queued = self.queue.snapshot()
+                queued = queued if queued is not None else np.zeros((0, self.action_dim))
+                rows = merge_chunk(queued, arr, skip, self.queue.actions_per_inference, self.merge_rule)
+                if not self.discrete:
+                    sent = np.stack(list(self._sent)) if self._sent else np.zeros((0, self.action_dim))
+                    checked = rows if self.limits.reject_out_of_bounds else np.clip(rows, self.action_min,
+                                                                                  self.action_max)
+                    rejection = check_sequence(checked, sent, self.limits, self.period_s)
+            if rejection is not None:
+                self._reject(rejection)
+                return rejection.reason
+            self.queue.replace(rows, source_stamp)
+            self._chunk_row = min(max(0, skip), arr.shape[0] - 1)
+            self._error, self._hold_reason, self._plan_pending = "", "", True
+        return ""
+
+    def _reject(self, rejection: Rejection) -> None:
+        """Never hold (or publish) any action of a bad chunk: stop, or hold the command last sent."""
+        self.rejected_actions += 1
+        self.rejections[rejection.rule] += 1
+        self.queue.clear()
+        if self.on_reject == "hold" and self._held is not None:
+            self._hold_reason = f"holding the command last sent: {rejection.reason}"
+            self._plan_pending = True  # a trajectory output sends the hold
+        else:
+            self._held, self._held_stamp, self._held_index = None, None, None
+            self._error = rejection.reason
 
     def inference_failed(self, reason: str) -> None:
         """An exception in inference: stop until the next good chunk."""
@@ -237,29 +330,49 @@ class ControlLoop:
     def _drop_actions(self) -> None:
         self.queue.clear()
         self._held, self._held_stamp, self._held_index = None, None, None
+        self._hold_reason = ""
 
     # ---- tick -------------------------------------------------------------------------------
     def tick(self, now: float) -> ControlCommand:
         with self._lock:
-            if not self.enabled:  # the queue still drains at the control rate: inference keeps running
-                self._pop(now)
-                return ControlCommand(None, None, "disabled", "enabled is false")
-            problem = self._input_problem(now)
-            if problem:  # planned for a world no longer observed: dropped
-                self._drop_actions()
-                return ControlCommand(None, None, *problem)
-            if self._error:
-                return ControlCommand(None, None, "error", self._error)
-            if not self._pop(now) and self._last_action is not None and now - self._last_action > self.stale_timeout_s:
-                return ControlCommand(None, None, "stale", f"no fresh action for {now - self._last_action:.2f} s")
-            if self._held is None:
-                return ControlCommand(None, None, "waiting", "no action inferred yet in this episode")
-            action = self._held
-            if not self.discrete:
-                action = np.clip(action, self.action_min, self.action_max)
-            if not np.all(np.isfinite(action)):  # unreachable by construction; the last line of defence
-                return ControlCommand(None, None, "error", "non-finite action after clamping")
-            return ControlCommand(action.astype(np.float32), self._held_stamp, "running", "", self._held_index)
+            cmd = self._tick(now)
+            if cmd.is_stop:  # the robot stops: the next chunk starts a new sequence (no seam check)
+                self._sent.clear()
+            else:
+                self._sent.append(cmd.action.astype(np.float64))
+            return cmd
+
+    def _tick(self, now: float) -> ControlCommand:
+        if not self.enabled:  # the queue still drains at the control rate: inference keeps running
+            self._pop(now)
+            return ControlCommand(None, None, "disabled", "enabled is false")
+        problem = self._deadman_problem(now) or self._input_problem(now)
+        if problem:  # planned for a world no longer observed (or not allowed to act): dropped
+            self._drop_actions()
+            self._blocked = True
+            return ControlCommand(None, None, *problem)
+        if self._blocked:  # no inference ran while blocked: the next one gets a full timeout
+            self._blocked, self._last_action = False, now
+        if self._error:
+            return ControlCommand(None, None, "error", self._error)
+        if not self._pop(now) and self._last_action is not None and now - self._last_action > self.stale_timeout_s:
+            return ControlCommand(None, None, "stale", f"no fresh action for {now - self._last_action:.2f} s")
+        if self._held is None:
+            return ControlCommand(None, None, "waiting", "no action inferred yet in this episode")
+        action = self._held
+        if not self.discrete:
+            action = np.clip(action, self.action_min, self.action_max)
+        if not np.all(np.isfinite(action)):  # unreachable by construction; the last line of defence
+            return ControlCommand(None, None, "error", "non-finite action after clamping")
+        plan = None
+        if self._plan_pending:  # this action and the queued rest: what a trajectory output sends
+            queued = self.queue.snapshot()
+            plan = action[None] if queued is None else np.concatenate([action[None], queued])
+            plan = plan if self.discrete else np.clip(plan, self.action_min, self.action_max)
+            self._plan_pending = False
+        state = "holding" if self._hold_reason else "running"
+        return ControlCommand(action.astype(np.float32), self._held_stamp, state, self._hold_reason,
+                              self._held_index, plan)
 
     def _pop(self, now: float) -> bool:
         """Take the next queued action as the held one (True), or keep holding (False)."""
@@ -267,8 +380,9 @@ class ControlLoop:
         action = self.queue.pop()
         if action is None:
             return False
-        self._held, self._held_stamp, self._held_index = action, source, self._popped
-        self._popped += 1
+        self._held, self._held_stamp, self._held_index = action, source, self._chunk_row
+        self._chunk_row += 1
+        self._popped_total += 1
         self._last_action = now
         return True
 

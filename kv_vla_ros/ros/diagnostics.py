@@ -65,6 +65,38 @@ def policy_status(state: str, reason: str, worker, control_rate_hz: float, tick_
     return level, message, [(k, _fmt(v)) for k, v in values.items()]
 
 
+class GcWatch:
+    """Python's garbage collector pauses (``gc.callbacks``): every thread, the control timer's included,
+    waits while a collection runs. Reports the collections and the longest pause since the last report."""
+
+    def __init__(self):
+        import gc
+        import time
+
+        self._gc, self._clock = gc, time.perf_counter
+        self._start = 0.0
+        self.collections = [0, 0, 0]
+        self.max_pause_ms = 0.0
+        gc.callbacks.append(self._on_gc)
+
+    def _on_gc(self, phase: str, info: dict) -> None:
+        if phase == "start":
+            self._start = self._clock()
+        else:
+            self.collections[info["generation"]] += 1
+            self.max_pause_ms = max(self.max_pause_ms, (self._clock() - self._start) * 1e3)
+
+    def values(self) -> dict:
+        """Diagnostics keys; the longest pause restarts from 0 after each report."""
+        values = {"gc_collections": json.dumps(self.collections), "gc_pause_max_ms": self.max_pause_ms}
+        self.max_pause_ms = 0.0
+        return values
+
+    def close(self) -> None:
+        if self._on_gc in self._gc.callbacks:
+            self._gc.callbacks.remove(self._on_gc)
+
+
 def input_values(loop, now: float, states_received: int, states_rejected: int) -> dict:
     """Diagnostics of the node's inputs and action queue: each input's age (JSON, seconds, null:
     never received), the stale or missing ones, the robot state counters, the queue."""
@@ -76,4 +108,4 @@ def input_values(loop, now: float, states_received: int, states_rejected: int) -
             "chunks_queued": loop.queue.chunks}
 
 
-__all__ = ["policy_status", "input_values", "OK", "WARN", "ERROR"]
+__all__ = ["policy_status", "input_values", "GcWatch", "OK", "WARN", "ERROR"]

@@ -1,9 +1,12 @@
 """Inference apart from the control loop: one worker thread owns the `VLASession` and runs a step
 on the newest inputs whenever the control loop wants a new action chunk.
 
-Inputs: one slot per camera (the newest frame; the first camera drives the steps: each inference
-takes a frame of it that no inference used yet, and an older untaken one is dropped and counted)
-and the newest robot state. No rclpy here: frames are opaque objects turned into RGB by the
+Inputs: the first camera's newest frame (it drives the steps: each inference takes a frame of it
+that no inference used yet, and an older untaken one is dropped and counted), the last frames of
+every further camera, and the newest robot state. Further cameras are paired with the first by
+header stamp (`pair_frame`: the closest within ``sync_slop_s``, an approximate-time rule), so
+that cameras sharing a stamp are never paired one frame apart by arrival order. No rclpy here:
+frames are opaque objects turned into RGB by the
 ``to_rgb`` callable.
 """
 
@@ -11,6 +14,7 @@ from __future__ import annotations
 
 import threading
 import time
+from collections import deque
 from typing import Any, Callable
 
 import numpy as np
@@ -18,6 +22,34 @@ import numpy as np
 from kv_vla_ros.ros.control import RollingStats
 
 POLL_S = 0.05  # re-check of time-dependent conditions (input freshness) while frames wait
+FRAMES_KEPT = 16  # frames kept per further camera, for pairing by stamp
+
+
+def stamp_seconds(stamp) -> float | None:
+    """``(sec, nanosec)`` -> seconds; None for no stamp or a zero stamp (a camera that stamps nothing)."""
+    if stamp is None or tuple(stamp) == (0, 0):
+        return None
+    return stamp[0] + stamp[1] * 1e-9
+
+
+def pair_frame(frames, stamp, slop_s: float):
+    """The frame of a further camera to step with the first camera's frame stamped ``stamp``.
+
+    ``frames``: that camera's last ``(frame, stamp)`` pairs, oldest first. Returns the pair whose
+    stamp is closest to ``stamp`` within ``slop_s``; ``None`` when none is yet but a later frame
+    may be (wait); ``"unpaired"`` when none can ever be (every newer frame is past the slop).
+    Without a slop (0) or without stamps: the newest frame."""
+    if not frames:
+        return None
+    if slop_s <= 0:
+        return frames[-1]
+    target, newest = stamp_seconds(stamp), stamp_seconds(frames[-1][1])
+    if target is None or newest is None:
+        return frames[-1]
+    best = min(frames, key=lambda f: abs((stamp_seconds(f[1]) or float("inf")) - target))
+    if abs((stamp_seconds(best[1]) or float("inf")) - target) <= slop_s:
+        return best
+    return "unpaired" if newest > target + slop_s else None
 
 
 class InferenceWorker:
@@ -26,25 +58,33 @@ class InferenceWorker:
     Args:
         session: a ``VLASession`` (or anything with ``reset``, ``step_action_chunk``, ``stats``).
         to_rgb: frame object -> uint8 (H, W, 3); its exceptions count as bad frames.
-        on_chunk: ``(actions (n, action_dim), source_stamp, now, episode)`` after each step;
-            ``episode`` is the id `start_episode` returned for the episode the step belongs to.
+        on_chunk: ``(actions (n, action_dim), source_stamp, now, episode, started)`` after each
+            step; ``episode`` is the id `start_episode` returned for the episode the step belongs
+            to, ``started`` what ``on_start`` returned when the step began.
         on_error: ``(kind, message)`` with kind ``frame`` (bad image) or ``inference``.
         clock: monotonic seconds (shared with the control loop).
         num_cameras: frames per step (one slot each).
         ready: ``() -> bool``: may a step start now (the control loop wants a chunk and every input
             is fresh)? Default: always.
+        on_start: ``() -> token`` called as a step takes its inputs (None: no token).
+        sync_slop_s: camera pairing by stamp (see `pair_frame`); live via the attribute.
     """
 
     def __init__(self, session, to_rgb: Callable[[Any], np.ndarray],
                  on_chunk: Callable[[np.ndarray, Any, float, int], None], on_error: Callable[[str, str], None],
                  clock: Callable[[], float] = time.monotonic, num_cameras: int = 1,
-                 ready: Callable[[], bool] | None = None):
+                 ready: Callable[[], bool] | None = None, on_start: Callable[[], Any] | None = None,
+                 sync_slop_s: float = 0.0):
         self.session = session
         self._to_rgb, self._on_chunk, self._on_error, self._clock = to_rgb, on_chunk, on_error, clock
         self._ready = ready or (lambda: True)
+        self._on_start = on_start or (lambda: None)
+        self.sync_slop_s = float(sync_slop_s)
         self._cond = threading.Condition()
         self.session_lock = threading.Lock()  # held for every session call
-        self._frames: list[tuple[Any, Any] | None] = [None] * int(num_cameras)
+        self._frames: list[tuple[Any, Any] | None] = [None]  # the first camera's newest frame
+        self._others: list[deque] = [deque(maxlen=FRAMES_KEPT) for _ in range(int(num_cameras) - 1)]
+        self._partners: list | None = None  # further cameras' frames paired with the first's (set by _can_step)
         self._fresh = False  # the first camera's frame was not used by an inference yet
         self._state: np.ndarray | None = None
         self._instruction: str | None = None  # pending episode start
@@ -56,6 +96,7 @@ class InferenceWorker:
         self.frames_dropped = 0
         self.frames_without_episode = 0
         self.frames_rejected = 0
+        self.frames_unpaired = 0  # first-camera frames no further camera's frame matched within the slop
         self.inferences = 0
         self.inference_errors = 0
         self.latency_ms = RollingStats()
@@ -84,7 +125,9 @@ class InferenceWorker:
                 else:
                     self.frames_dropped += self._fresh
                     self._fresh = True
-            self._frames[camera] = (frame, source_stamp)
+                self._frames[0] = (frame, source_stamp)
+            else:
+                self._others[camera - 1].append((frame, source_stamp))
             self._cond.notify()
 
     def submit_state(self, state: np.ndarray) -> None:
@@ -130,8 +173,19 @@ class InferenceWorker:
 
     # ---- the worker ---------------------------------------------------------------------------
     def _can_step(self) -> bool:
-        return (self._fresh and self.episode_instruction is not None and all(f is not None for f in self._frames)
-                and self._ready())
+        """Under the condition's lock: a fresh first-camera frame, an episode, a partner frame of
+        every further camera (`pair_frame`; an unpairable first frame is dropped) and ``ready``."""
+        if not (self._fresh and self.episode_instruction is not None and self._frames[0] is not None):
+            return False
+        partners = [pair_frame(frames, self._frames[0][1], self.sync_slop_s) for frames in self._others]
+        if any(p == "unpaired" for p in partners):
+            self._fresh = False
+            self.frames_unpaired += 1
+            return False
+        if any(p is None for p in partners) or not self._ready():
+            return False
+        self._partners = partners
+        return True
 
     def _run(self) -> None:
         while True:
@@ -143,12 +197,13 @@ class InferenceWorker:
                 instruction, self._instruction = self._instruction, None
                 episode, inputs = self._episode, None
                 if instruction is None:
-                    inputs, state = list(self._frames), self._state
+                    inputs, state = [self._frames[0]] + list(self._partners), self._state
                     self._fresh = False
+                    started = self._on_start()
             if instruction is not None:
                 self._reset(instruction)
             else:
-                self._step(inputs, state, episode)
+                self._step(inputs, state, episode, started)
 
     def _reset(self, instruction: str) -> None:
         try:
@@ -162,7 +217,7 @@ class InferenceWorker:
             self.inference_errors += 1
             self._on_error("inference", f"reset({instruction!r}) failed: {type(exc).__name__}: {exc}")
 
-    def _step(self, inputs: list[tuple[Any, Any]], state: np.ndarray | None, episode: int) -> None:
+    def _step(self, inputs: list[tuple[Any, Any]], state: np.ndarray | None, episode: int, started=None) -> None:
         try:
             images = [self._to_rgb(frame) for frame, _ in inputs]
         except Exception as exc:  # ImageConversionError and anything a broken message throws
@@ -180,7 +235,7 @@ class InferenceWorker:
             return
         self.latency_ms.add((time.perf_counter() - t0) * 1e3)
         self.inferences += 1
-        self._on_chunk(np.asarray(chunk), inputs[0][1], self._clock(), episode)
+        self._on_chunk(np.asarray(chunk), inputs[0][1], self._clock(), episode, started)
 
 
 __all__ = ["InferenceWorker"]

@@ -8,7 +8,7 @@ from rclpy.node import Node
 from rclpy.parameter import Parameter
 
 from kv_vla_ros.cache.settings import FIXED, LIVE, NEXT_EPISODE, RESTART
-from kv_vla_ros.ros.param_specs import RENAMED_PARAMS, ParamSpec, apply_renamed_params, coerce_param
+from kv_vla_ros.ros.param_specs import ParamSpec, coerce_param
 
 _TYPES = {"bool": ParameterType.PARAMETER_BOOL, "int": ParameterType.PARAMETER_INTEGER,
           "double": ParameterType.PARAMETER_DOUBLE, "string": ParameterType.PARAMETER_STRING,
@@ -71,36 +71,4 @@ def coerce_parameters(params: list[Parameter], specs: dict[str, ParamSpec]) -> l
     return out
 
 
-class RenamedParams:
-    """Old parameter names (`RENAMED_PARAMS`) on a node, for one release: a value given under an
-    old name is applied as the new one's, with a warning in the log; the new parameter then holds
-    it and the old one is empty again, so that ``ros2 param get`` shows what runs."""
-
-    def __init__(self, node: Node) -> None:
-        self.node = node
-        self.syncing = False  # while True, the node's on-set callback accepts without applying
-
-    def apply(self, values: dict, at_start: bool = False) -> dict:
-        """``values`` with old names turned into new ones (warned); at start-up the new parameter
-        takes the value at once (later: `sync`, the post-set callback)."""
-        given = [Parameter(old, value=values[old]) for old in RENAMED_PARAMS if values.get(old) not in ("", None)]
-        values, notes = apply_renamed_params(values)
-        for note in notes:
-            self.node.get_logger().warning(note)
-        if at_start:
-            self.sync(given)
-        return values
-
-    def sync(self, params: list[Parameter]) -> None:
-        changed = [(p.name, p.value) for p in params if p.name in RENAMED_PARAMS and p.value not in ("", None)]
-        if not changed or self.syncing:
-            return
-        self.syncing = True
-        try:
-            for old, value in changed:
-                self.node.set_parameters([Parameter(RENAMED_PARAMS[old], value=value), Parameter(old, value="")])
-        finally:
-            self.syncing = False
-
-
-__all__ = ["declare_specs", "descriptor", "coerce_parameters", "RenamedParams"]
+__all__ = ["declare_specs", "descriptor", "coerce_parameters"]

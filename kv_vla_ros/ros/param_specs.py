@@ -81,11 +81,30 @@ class NodeSettings:
     state_type: str = setting("joint_state", "state_topic's type: joint_state (sensor_msgs/JointState, its "
                               "positions) or float32_multi_array (std_msgs/Float32MultiArray, its data)",
                               applies=RESTART)
+    autostart: bool = setting(True, "configure and activate the lifecycle node at start-up (what `ros2 run` needs); "
+                              "false: it waits unconfigured for `ros2 lifecycle set <node> configure` then "
+                              "`activate`", applies=RESTART)
     actions_per_inference: int = setting(0, "actions of each predicted action chunk executed (one per control "
                                          "tick) before the next inference, as LeRobot's n_action_steps; 0: the "
                                          "checkpoint's default; at most the action chunk length (1 for the shipped "
                                          "model)", bounds=(0, 1 << 16),
                                          when="from the next action chunk; a smaller value also trims the current one")
+    action_chunk_threshold: float = setting(0.0, "start the next inference while the current action chunk still "
+                                            "runs, once at most this share of its executed actions remain (LeRobot's "
+                                            "chunk_size_threshold); 0: only when it is used up (the last action is "
+                                            "held while the model thinks)", bounds=(0.0, 1.0))
+    action_chunk_merge: str = setting("replace", "where a new action chunk overlaps the actions still queued (the "
+                                      "rows for the ticks already executed since its inference started are "
+                                      "skipped): replace (the new chunk's actions) or blend (a linear crossfade "
+                                      "from the old actions to the new over the overlap)")
+    camera_sync_slop_s: float = setting(0.05, "pair every further camera's frame with the first camera's by header "
+                                        "stamp: the closest within this many seconds (an approximate-time rule); "
+                                        "0: each camera's newest frame (arrival order)", bounds=(0.0, 10.0))
+    state_joint_names: list[str] = setting(help="JointState state: the joints the checkpoint's state takes, in its "
+                                           "order, picked from each message by name (a missing name rejects the "
+                                           "message: the state goes stale, named in diagnostics); [\"\"]: "
+                                           "JointState.position in message order", applies=RESTART,
+                                           default_factory=lambda: [""])
     instruction: str = setting("", "instruction to start with when none arrives on the instruction topic; setting "
                                "it starts a new episode")
     control_rate_hz: float = setting(20.0, "rate of action/cmd_vel publishing", bounds=(0.1, 1000.0),
@@ -94,6 +113,11 @@ class NodeSettings:
                                      "on any input (every image topic, the state topic) or a fresh action",
                                      bounds=(0.001, 3600.0))
     enabled: bool = setting(True, "false: publish stop commands only (inference keeps running)")
+    enable_topic: str = setting("", "deadman: a std_msgs/Bool heartbeat topic (empty: off); when set, the node "
+                                "publishes stop and runs no inference unless a true arrived within enable_timeout_s",
+                                applies=RESTART)
+    enable_timeout_s: float = setting(0.5, "deadman: how long one true on enable_topic allows acting",
+                                      bounds=(0.001, 3600.0))
     max_image_pixels: int = setting(4096 * 4096, "frames with more pixels are rejected", bounds=(1, 1 << 30),
                                     when="from the next frame")
     action_min: list[float] = setting(help="lower clamp of continuous actions, one value per dimension or one for "
@@ -102,6 +126,30 @@ class NodeSettings:
     action_max: list[float] = setting(help="upper clamp of continuous actions, one value per dimension or one for "
                                       "all", param="action.max", default_factory=lambda: [math.inf],
                                       when="from the next tick, the held action too")
+    safety_reject_out_of_bounds: bool = setting(False, "a chunk with a value outside [action.min, action.max] is "
+                                                "rejected whole (false: its values are clamped to the bounds)",
+                                                param="safety.reject_out_of_bounds")
+    safety_max_step: list[float] = setting(help="largest change between consecutive commands per dimension (one "
+                                           "value for all, or one per dimension; across the seam with the command "
+                                           "last sent too): a chunk that asks for more is rejected whole",
+                                           param="safety.max_step", when="from the next action chunk",
+                                           default_factory=lambda: [math.inf])
+    safety_max_jerk: list[float] = setting(help="largest jerk (third difference of consecutive commands / control "
+                                           "period^3, per dimension; the commands last sent included): a chunk over "
+                                           "it is rejected whole", param="safety.max_jerk",
+                                           when="from the next action chunk",
+                                           default_factory=lambda: [math.inf])
+    safety_on_reject: str = setting("stop", "what the robot does after a rejected chunk until the next good one: "
+                                    "stop (the stop command of action_output) or hold (the command last sent, "
+                                    "repeated)", param="safety.on_reject")
+    action_output: str = setting("twist", "published besides the action array: twist (geometry_msgs/Twist on "
+                                 "cmd_vel), twist_stamped (geometry_msgs/TwistStamped on cmd_vel) or trajectory "
+                                 "(trajectory_msgs/JointTrajectory on joint_trajectory, positions only, one point "
+                                 "per queued action)", applies=RESTART)
+    joint_names: list[str] = setting(help="action_output trajectory: the joint name of every action dimension, in "
+                                     "order", applies=RESTART, default_factory=lambda: [""])
+    twist_frame_id: str = setting("base_link", "action_output twist_stamped: header.frame_id",
+                                  param="twist.frame_id")
     max_linear: float = setting(0.5, "cmd_vel |linear.x| limit (m/s)", bounds=(0.0, 100.0))
     max_angular: float = setting(1.5, "cmd_vel |angular.z| limit (rad/s)", bounds=(0.0, 100.0))
     twist_discrete_linear: list[float] = setting(help="discrete actions: linear.x per action index (indices past "

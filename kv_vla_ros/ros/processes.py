@@ -101,5 +101,47 @@ def stop_node(proc: subprocess.Popen, timeout: float = 10.0) -> int:
     return proc.returncode
 
 
-__all__ = ["pick_domain_id", "pick_free_domain_id", "ros_env", "param_args", "spawn_node", "stop_node",
+# ---- a client of kv_vla_node's services (the benchmarks) -------------------------------------------
+def _call(rclpy, node, srv_type, name: str, request, timeout: float = 10.0):
+    client = node.create_client(srv_type, name)
+    try:
+        if not client.wait_for_service(timeout_sec=30):
+            raise SystemExit(f"bench: service {name} of kv_vla_node did not come up")
+        future = client.call_async(request)
+        rclpy.spin_until_future_complete(node, future, timeout_sec=timeout)
+        return future.result()
+    finally:
+        node.destroy_client(client)
+
+
+def set_params(rclpy, node, values: dict) -> list:
+    from rcl_interfaces.srv import SetParameters
+    from rclpy.parameter import Parameter
+
+    request = SetParameters.Request(parameters=[Parameter(k, value=v).to_parameter_msg() for k, v in values.items()])
+    return _call(rclpy, node, SetParameters, "/kv_vla_node/set_parameters", request).results
+
+
+def get_params(rclpy, node, names: list[str]) -> dict:
+    from rcl_interfaces.srv import GetParameters
+    from rclpy.parameter import parameter_value_to_python
+
+    values = _call(rclpy, node, GetParameters, "/kv_vla_node/get_parameters", GetParameters.Request(names=names)).values
+    return {name: parameter_value_to_python(v) for name, v in zip(names, values)}
+
+
+def wait_active(rclpy, node, diagnostics: list, proc, timeout: float = 120.0) -> None:
+    """Until kv_vla_node (a lifecycle node: its parameter services come up before configure has
+    loaded the checkpoint) reports ``lifecycle: active`` on /diagnostics. ``diagnostics``: the
+    ``(time, {key: value})`` pairs a subscription of ``node`` appends to."""
+    end = time.monotonic() + timeout
+    while time.monotonic() < end and proc.poll() is None:
+        if diagnostics and diagnostics[-1][1].get("lifecycle") == "active":
+            return
+        rclpy.spin_once(node, timeout_sec=0.2)
+    raise SystemExit("bench: kv_vla_node did not become active (see its log)")
+
+
+__all__ = ["set_params", "get_params", "wait_active", "pick_domain_id", "pick_free_domain_id", "ros_env", "param_args",
+           "spawn_node", "stop_node",
            "POLICY_MODULE", "SIM_MODULE", "ARM_SIM_MODULE"]

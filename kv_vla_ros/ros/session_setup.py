@@ -74,6 +74,10 @@ def load_session(model_path: str, device: str, dtype: str, num_threads: int, ses
     from kv_vla_ros.vla import VLASession, load_policy, model_path_or_default
     from kv_vla_ros.vla.session import resolve_device_dtype
 
+    from transformers.utils import logging as hf_logging
+
+    # transformers' "Loading weights" progress bar would print into the node's log under launch
+    hf_logging.disable_progress_bar()
     check_device(device)
     try:  # parameters that do not fit this machine end the node with one line, before any loading
         resolve_device_dtype(device, dtype)
@@ -120,10 +124,20 @@ def check_inputs(policy, image_topics: list[str], state_topic: str, state_type: 
     return None
 
 
-def state_from_msg(msg, policy) -> np.ndarray:
-    """A JointState (its positions) or Float32MultiArray (its data) message -> the checked
-    (state_dim,) float32 state; ValueError naming ``state`` otherwise."""
-    data = msg.position if hasattr(msg, "position") else msg.data
+def state_from_msg(msg, policy, joint_names: list[str] | None = None) -> np.ndarray:
+    """A JointState (its positions; with ``joint_names``, those joints' positions in that order,
+    picked by name) or Float32MultiArray (its data) message -> the checked (state_dim,) float32
+    state; ValueError naming ``state`` or ``state_joint_names`` otherwise."""
+    if hasattr(msg, "position") and joint_names:
+        names = list(msg.name)
+        missing = [n for n in joint_names if n not in names]
+        if missing:
+            raise ValueError(f"state_joint_names: {missing} not in the JointState's names {names}")
+        if len(msg.position) != len(names):
+            raise ValueError(f"state: JointState has {len(names)} names but {len(msg.position)} positions")
+        data = [msg.position[names.index(n)] for n in joint_names]
+    else:
+        data = msg.position if hasattr(msg, "position") else msg.data
     return policy.check_state(np.asarray(data, dtype=np.float64).reshape(-1))
 
 

@@ -24,11 +24,13 @@ from rclpy.duration import Duration
 from rclpy.executors import ExternalShutdownException
 from rclpy.node import Node
 from rclpy.qos import QoSDurabilityPolicy, QoSProfile, QoSReliabilityPolicy, qos_profile_sensor_data
+from rclpy.signals import SignalHandlerOptions
 from sensor_msgs.msg import Image
 from std_msgs.msg import Float32MultiArray, String
 
 from kv_vla_ros.ros.control import parse_source_stamp
 from kv_vla_ros.data.image_conversion import fill_image_msg
+from kv_vla_ros.ros.signals import catch_stop_signals, ignore_stop_signals
 from kv_vla_ros.sim import SimRobot, eval_seeds
 
 LATCHED = QoSProfile(depth=1, reliability=QoSReliabilityPolicy.RELIABLE, durability=QoSDurabilityPolicy.TRANSIENT_LOCAL)
@@ -169,33 +171,36 @@ def report_episode(node, record: dict, detail: str = "") -> None:
         node._start_episode()
 
 
-def run_sim_node(make_node, argv: list[str] | None = None) -> int:
+def run_sim_node(make_node, argv: list[str] | None = None, stop=None) -> int:
     """Spin a simulator node (``make_node()``; it has ``finished``, ``episode_pub`` and
-    ``robot``) until it has run its episodes or is interrupted; then let its results drain."""
-    rclpy.init(args=argv if argv is not None else sys.argv)
+    ``robot``) until it has run its episodes or a stop signal came (any number of them, at any
+    moment: exit 0, no traceback; see kv_vla_ros.ros.signals); then let its results drain."""
+    stop = stop or catch_stop_signals()
+    rclpy.init(args=argv if argv is not None else sys.argv, signal_handler_options=SignalHandlerOptions.NO)
     node = None
     try:
         node = make_node()
-        while rclpy.ok() and not node.finished:
+        while rclpy.ok() and not node.finished and not stop.is_set():
             rclpy.spin_once(node, timeout_sec=0.1)
-        if node.finished:  # let the last results and their late subscribers drain
+        if node.finished and not stop.is_set():  # let the last results and their late subscribers drain
             # reliable results: first until every matched subscriber (the demo's monitor) has them
             node.episode_pub.wait_for_all_acked(Duration(seconds=5.0))
             end = node.get_clock().now().nanoseconds + int(1e9)
-            while rclpy.ok() and node.get_clock().now().nanoseconds < end:
+            while rclpy.ok() and node.get_clock().now().nanoseconds < end and not stop.is_set():
                 rclpy.spin_once(node, timeout_sec=0.1)
-    except (KeyboardInterrupt, ExternalShutdownException):
+    except ExternalShutdownException:
         pass
     finally:
         if node is not None:
             node.robot.close()
             node.destroy_node()
         rclpy.try_shutdown()
+        ignore_stop_signals()
     return 0
 
 
-def main(argv: list[str] | None = None) -> int:
-    return run_sim_node(MiniGridSimNode, argv)
+def main(argv: list[str] | None = None, stop=None) -> int:
+    return run_sim_node(MiniGridSimNode, argv, stop)
 
 
 if __name__ == "__main__":

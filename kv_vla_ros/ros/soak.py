@@ -20,7 +20,8 @@ from pathlib import Path
 import numpy as np
 
 from kv_vla_ros.ros.bench_ros import _Listener, _model_dir
-from kv_vla_ros.ros.processes import POLICY_MODULE, pick_free_domain_id, spawn_node, stop_node
+from kv_vla_ros.ros.processes import (POLICY_MODULE, _call, get_params, pick_free_domain_id, set_params, spawn_node,
+                                      stop_node, wait_active)
 
 REPO = Path(__file__).resolve().parents[2]
 MAX_RECENT = 3  # the largest cache.recent_chunks the changes set
@@ -103,34 +104,6 @@ class OtherLoad:
         return max(0.0, ((total - idle) - (total0 - idle0) - (ours - ours0)) / span * ncpu)
 
 
-def _call(rclpy, node, srv_type, name: str, request, timeout: float = 10.0):
-    client = node.create_client(srv_type, name)
-    try:
-        if not client.wait_for_service(timeout_sec=30):
-            raise SystemExit(f"bench soak: service {name} did not come up")
-        future = client.call_async(request)
-        rclpy.spin_until_future_complete(node, future, timeout_sec=timeout)
-        return future.result()
-    finally:
-        node.destroy_client(client)
-
-
-def set_params(rclpy, node, values: dict) -> list:
-    from rcl_interfaces.srv import SetParameters
-    from rclpy.parameter import Parameter
-
-    request = SetParameters.Request(parameters=[Parameter(k, value=v).to_parameter_msg() for k, v in values.items()])
-    return _call(rclpy, node, SetParameters, "/kv_vla_node/set_parameters", request).results
-
-
-def get_params(rclpy, node, names: list[str]) -> dict:
-    from rcl_interfaces.srv import GetParameters
-    from rclpy.parameter import parameter_value_to_python
-
-    values = _call(rclpy, node, GetParameters, "/kv_vla_node/get_parameters", GetParameters.Request(names=names)).values
-    return {name: parameter_value_to_python(v) for name, v in zip(names, values)}
-
-
 def _bad_frame(listener: _Listener, k: int) -> None:
     """A malformed Image (data shorter than step x height, or an unknown encoding)."""
     msg = listener._Image(height=40, width=40, encoding="rgb8" if k % 2 else "yuv422_yuy2", step=120)
@@ -150,7 +123,8 @@ def sample_from_diagnostics(d: dict, t: float, control_steps: int, rss: int) -> 
             "inferences": int(d["inferences"]), "inference_errors": int(d["inference_errors"]),
             "frames_rejected": int(d["frames_rejected"]), "eviction": cache.get("eviction"),
             "budget_tokens": budget if budget is None or budget >= 0 else None,
-            "layer_budgets": cache.get("layer_budgets")}
+            "layer_budgets": cache.get("layer_budgets"), "gc_pause_max_ms": float(d.get("gc_pause_max_ms", "nan")),
+            "publish_interval_p99_ms": float(d.get("publish_interval_p99_ms", "nan"))}
 
 
 def run(args: argparse.Namespace) -> int:
@@ -175,6 +149,7 @@ def run(args: argparse.Namespace) -> int:
     samples, changes, rejected_changes = [], 0, []
     try:
         set_params(rclpy, node, {"control_rate_hz": args.control_rate_hz})  # waits for the node to come up
+        wait_active(rclpy, node, listener.diag, proc)
         start_cfg = get_params(rclpy, node, ["cache.budget_tokens", "cache.sink_tokens", "cache.chunk_size"])
         budgets = live_budgets(start_cfg["cache.budget_tokens"], start_cfg["cache.sink_tokens"],
                                start_cfg["cache.chunk_size"])
@@ -222,10 +197,37 @@ def run(args: argparse.Namespace) -> int:
         rclpy.try_shutdown()
         rc = stop_node(proc)
     cycle_s = len(plan) * args.change_every_s
-    return report(args, samples, log.read_text(), rc, changes, rejected_changes, model_note, budgets, cycle_s)
+    return report(args, samples, log.read_text(), rc, changes, rejected_changes, model_note, budgets, cycle_s,
+                  sent=list(listener.sent))
 
 
 FIGURES = ("rss", "latency_p50_ms", "kv_bytes", "tokens_held", "other_cpu_cores")
+RATE_FLOOR = 0.95  # a one-second window below this share of control_rate_hz fails the soak
+
+
+def rate_windows(sent: list[float], rate_hz: float) -> dict:
+    """The node's published commands (publisher send times, s) in whole one-second windows from the
+    first: per window the commands sent (= the control rate achieved) and the p99 of the intervals
+    between them (ms); the windows under ``RATE_FLOOR`` x ``rate_hz`` and the runs they form."""
+    times = np.sort(np.asarray(sent, dtype=np.float64))
+    if times.size < 2:
+        return {"rates": [], "interval_p99_ms": [], "low": [], "min_rate": float("nan"), "longest_low_run_s": 0}
+    edges = np.arange(times[0], times[-1], 1.0)
+    index = np.searchsorted(times, edges)
+    rates, p99 = [], []
+    for a, b in zip(index, list(index[1:]) + [None]):
+        if b is None:  # the last window is cut by the end of the run
+            break
+        rates.append(int(b - a))
+        gaps = np.diff(times[a:b + 1]) * 1e3
+        p99.append(float(np.percentile(gaps, 99)) if gaps.size else float("nan"))
+    low = [i for i, r in enumerate(rates) if r < RATE_FLOOR * rate_hz]
+    runs, run = [], 0
+    for i in range(len(rates)):
+        run = run + 1 if i in low else 0
+        runs.append(run)
+    return {"rates": rates, "interval_p99_ms": p99, "low": low,
+            "min_rate": float(min(rates)) if rates else float("nan"), "longest_low_run_s": max(runs, default=0)}
 
 
 def windows(samples: list[dict], cycle_s: float) -> tuple[dict, dict, tuple[float, float], tuple[float, float]]:
@@ -262,7 +264,7 @@ def budget_figures(samples: list[dict]) -> dict:
 
 
 def report(args, samples, log_text: str, rc: int, changes: int, rejected_changes: list, model_note: str,
-           budgets: tuple[int, ...], cycle_s: float) -> int:
+           budgets: tuple[int, ...], cycle_s: float, sent: list[float] | None = None) -> int:
     if len(samples) < 4:
         raise SystemExit("bench soak: too few diagnostics to compare start and end (run more --steps)")
     start, end, start_span, end_span = windows(samples, cycle_s)
@@ -278,6 +280,9 @@ def report(args, samples, log_text: str, rc: int, changes: int, rejected_changes
         "changes_accepted": not rejected_changes,
         "no_exception": exceptions == 0 and samples[-1]["inference_errors"] == 0 and rc == 0,
     }
+    rate = rate_windows(sent, args.control_rate_hz) if sent is not None else None
+    if rate is not None:  # every one-second window at >= 95% of the control rate
+        checks["control_rate"] = bool(rate["rates"]) and not rate["low"]
     rows = [("resident memory (MB)", start["rss"] / 1e6, end["rss"] / 1e6),
             ("inference latency p50 (ms)", start["latency_p50_ms"], end["latency_p50_ms"]),
             ("KV bytes held (kB)", start["kv_bytes"] / 1e3, end["kv_bytes"] / 1e3),
@@ -297,6 +302,15 @@ def report(args, samples, log_text: str, rc: int, changes: int, rejected_changes
                  f"{bf['peak_held_per_budget']}; history longer than the budget in "
                  f"{100 * bf['over_budget_history_share']:.0f}% of samples (peak tokens seen {bf['peak_seen']})")
     lines.append(f"peak tokens held {peak}; exceptions in the node log: {exceptions}; node exit code {rc}")
+    if rate is not None:
+        p99 = [v for v in rate["interval_p99_ms"] if v == v]
+        lines.append(f"control rate per one-second window ({len(rate['rates'])} windows, "
+                     f"{args.control_rate_hz:g} Hz set): "
+                     f"min {rate['min_rate']:.0f}/s, median {np.median(rate['rates']):.0f}/s; "
+                     f"{len(rate['low'])} windows under {RATE_FLOOR:.0%} (longest run {rate['longest_low_run_s']} s); "
+                     f"publish interval p99 per window: median {np.median(p99):.1f} ms, worst {max(p99):.1f} ms; "
+                     f"longest garbage-collector pause in the node "
+                     f"{max((x.get('gc_pause_max_ms', 0.0) for x in samples), default=0.0):.1f} ms")
     lines.append("checks: " + ", ".join(f"{k} {'PASS' if v else 'FAIL'}" for k, v in checks.items()))
     table = "\n".join(lines)
     print(table)
@@ -306,7 +320,8 @@ def report(args, samples, log_text: str, rc: int, changes: int, rejected_changes
         "meta": {k: v for k, v in vars(args).items() if isinstance(v, (int, float, str))} | {"model": model_note},
         "budgets": list(budgets), "start": start, "end": end, "start_span_s": start_span, "end_span_s": end_span,
         "budget_figures": bf, "peak_tokens_held": peak, "exceptions": exceptions, "node_exit_code": rc,
-        "checks": checks, "rejected_changes": [[c, r] for c, r in rejected_changes], "samples": samples},
+        "checks": checks, "rejected_changes": [[c, r] for c, r in rejected_changes], "samples": samples,
+        "rate_windows": rate},
         indent=1) + "\n")
     _plot(samples, out / "soak.png")
     print(f"wrote {out / 'results.json'} and {out / 'soak.png'}")
@@ -337,5 +352,5 @@ def _plot(samples: list[dict], path: Path) -> None:
     plt.close(fig)
 
 
-__all__ = ["configure", "run", "rss_bytes", "set_params", "get_params", "live_budgets", "live_changes",
-           "sample_from_diagnostics", "budget_figures", "windows", "report"]
+__all__ = ["configure", "run", "rss_bytes", "rate_windows", "wait_active", "set_params", "get_params",
+           "live_budgets", "live_changes", "sample_from_diagnostics", "budget_figures", "windows", "report"]

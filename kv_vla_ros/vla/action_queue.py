@@ -1,5 +1,12 @@
 """`ActionQueue`: execute a policy's action chunk one action per control tick, and ask for the next
-inference once ``actions_per_inference`` of them were used (LeRobot's ``n_action_steps``).
+inference once ``actions_per_inference`` of them were used (LeRobot's ``n_action_steps``), or
+earlier: while the chunk still runs (``threshold``, LeRobot's ``chunk_size_threshold``).
+
+Seamless chunks: an inference that starts while actions are still queued returns a chunk whose
+row 0 answers the observation it started from; by the time it arrives ``skip`` more actions were
+executed. Its rows ``skip ..`` then line up with the actions still queued, and the overlap is merged
+by a documented rule (`merge_chunk`): ``replace`` (the new rows) or ``blend`` (a linear crossfade,
+weight of the new chunk ``(i + 1) / (m + 1)`` at overlap row ``i`` of ``m``).
 
 π0 predicts ``chunk_size`` actions per inference; the package's own VLA one. The node, the
 closed-loop evaluator and the benchmarks all consume chunks through this queue, so the executed
@@ -13,6 +20,25 @@ import threading
 from collections import deque
 
 import numpy as np
+
+MERGE_RULES = ("replace", "blend")
+
+
+def merge_chunk(queued: np.ndarray, chunk: np.ndarray, skip: int, executed: int, rule: str = "replace") -> np.ndarray:
+    """The actions to queue when ``chunk (L, d)`` arrives with ``queued (q, d)`` still waiting and
+    ``skip`` actions executed since its inference started. Its executed rows are ``skip ..
+    max(executed, skip + 1)`` (at least one row, at most the chunk); the first ``min(q, rows)`` of
+    them overlap the queued actions and are merged by ``rule``. Returns (rows, d)."""
+    if rule not in MERGE_RULES:
+        raise ValueError(f"action_chunk_merge: expected one of {', '.join(MERGE_RULES)}, got {rule!r}")
+    length = chunk.shape[0]
+    start = min(max(0, int(skip)), length - 1)
+    rows = np.array(chunk[start: min(length, max(int(executed), start + 1))], dtype=np.float64)
+    overlap = min(len(queued), len(rows))
+    if rule == "blend" and overlap:
+        weight = (np.arange(overlap, dtype=np.float64)[:, None] + 1.0) / (overlap + 1.0)  # of the new chunk
+        rows[:overlap] = (1.0 - weight) * np.asarray(queued[:overlap], dtype=np.float64) + weight * rows[:overlap]
+    return rows
 
 
 class ActionQueue:
@@ -56,6 +82,18 @@ class ActionQueue:
             self.chunks += 1
             self.source = source
 
+    def snapshot(self) -> np.ndarray | None:
+        """The queued actions as (q, d) (None when empty)."""
+        with self._lock:
+            return np.stack(list(self._queue)) if self._queue else None
+
+    def replace(self, actions: np.ndarray, source: object = None) -> None:
+        """Queue exactly ``actions (n, d)`` (already merged: see `merge_chunk`)."""
+        with self._lock:
+            self._queue = deque(np.array(a, copy=True) for a in actions)
+            self.chunks += 1
+            self.source = source
+
     def pop(self) -> np.ndarray | None:
         """The next action, or None when the chunk is used up."""
         with self._lock:
@@ -78,4 +116,4 @@ class ActionQueue:
             self.source = None
 
 
-__all__ = ["ActionQueue"]
+__all__ = ["ActionQueue", "merge_chunk", "MERGE_RULES"]

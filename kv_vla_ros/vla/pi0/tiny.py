@@ -94,15 +94,17 @@ def make_processor(config, state_dim: int = 0, action_dim: int | None = None, se
 
 def write_pi0_checkpoint(directory, scale: str = "tiny", num_cameras: int = 1, state_dim: int = 0,
                          action_dim: int | None = None, seed: int = 0, dtype=torch.float32, max_dim: int | None = None,
-                         **policy_fields) -> Path:
+                         chunk_size: int | None = None, **policy_fields) -> Path:
     """Write a random π0 checkpoint (weights, processor files, ``kv_vla_policy.json``) to ``directory``
-    (``max_dim``: see `pi0_config`)."""
+    (``max_dim``: see `pi0_config`; ``chunk_size``: actions per inference, default the scale's)."""
     from transformers import PI0ForConditionalGeneration
 
     from kv_vla_ros.vla.pi0.config import PI0PolicyConfig
 
     directory = Path(directory)
     config = pi0_config(scale, max_dim=max_dim)
+    if chunk_size is not None:
+        config.chunk_size = int(chunk_size)
     torch.manual_seed(seed)
     model = PI0ForConditionalGeneration(config).to(dtype).eval()
     model.save_pretrained(str(directory))

@@ -1,0 +1,56 @@
+"""The control tick on a thread of its own, on the monotonic clock (no executor in the path).
+
+Measured (`kv-vla bench soak`, docs/ros.md): with the tick as an rcl timer on the node's
+MultiThreadedExecutor, each tick took several GIL handoffs and a rebuild of the executor's wait
+set in Python (timer ready -> executor thread -> its thread pool -> the callback), all competing
+with the inference thread and the subscriptions for the GIL and, on a busy machine, for a core:
+the node fell to 26-44 ticks/s for 15 s at 50 Hz. Here a tick is one wake-up from a sleep and one
+GIL acquisition. Missed periods are skipped, never caught up in a burst (a burst would execute
+queued actions faster than real time): the next tick stays on the period grid, as rcl timers do.
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+import time
+from typing import Callable
+
+
+class ControlThread:
+    def __init__(self, tick: Callable[[], None], period_s: float, on_error: Callable[[Exception], None] | None = None,
+                 clock: Callable[[], float] = time.monotonic):
+        self._tick, self._on_error, self._clock = tick, on_error, clock
+        self.period_s = float(period_s)  # live: read at every tick
+        self.skipped = 0  # periods skipped because a tick came more than a period late
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="kv_vla_control", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def cancel(self, timeout: float = 2.0) -> None:
+        self._stop.set()
+        if self._thread.is_alive() and threading.current_thread() is not self._thread:
+            self._thread.join(timeout)
+
+    def _run(self) -> None:
+        deadline = self._clock() + self.period_s
+        while not self._stop.is_set():
+            delay = deadline - self._clock()
+            if delay > 0 and self._stop.wait(delay):
+                return
+            try:
+                self._tick()
+            except Exception as exc:  # a failing tick must not end the control loop
+                if self._on_error is not None:
+                    self._on_error(exc)
+            deadline += self.period_s
+            late = self._clock() - deadline
+            if late > 0:  # a whole period (or more) was missed: skip to the next grid point
+                missed = math.ceil(late / self.period_s)
+                self.skipped += missed
+                deadline += missed * self.period_s
+
+
+__all__ = ["ControlThread"]

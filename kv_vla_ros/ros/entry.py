@@ -1,0 +1,35 @@
+"""Console scripts of the nodes (``ros2 run kv_vla_ros kv_vla_node``): the stop signals are caught
+before rclpy, numpy or torch are imported, so a Ctrl-C in the first second of start-up ends the
+node cleanly instead of printing the import's traceback."""
+
+from __future__ import annotations
+
+
+def kv_vla_node() -> int:
+    from kv_vla_ros.ros.signals import catch_stop_signals
+
+    stop = catch_stop_signals()
+    from kv_vla_ros.ros.policy_node import main
+
+    return main(stop=stop)
+
+
+def minigrid_sim_node() -> int:
+    from kv_vla_ros.ros.signals import catch_stop_signals
+
+    stop = catch_stop_signals()
+    from kv_vla_ros.ros.sim_node import main
+
+    return main(stop=stop)
+
+
+def arm_sim_node() -> int:
+    from kv_vla_ros.ros.signals import catch_stop_signals
+
+    stop = catch_stop_signals()
+    from kv_vla_ros.ros.arm_sim_node import main
+
+    return main(stop=stop)
+
+
+__all__ = ["kv_vla_node", "minigrid_sim_node", "arm_sim_node"]

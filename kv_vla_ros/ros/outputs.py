@@ -1,0 +1,124 @@
+"""What kv_vla_node publishes per control tick: the ``action`` array (always) and, by
+``action_output``, what a controller takes. Stop is defined for each:
+
+| action_output | topic | type | a running tick | stop |
+| --- | --- | --- | --- | --- |
+| (always) | ``action`` | std_msgs/Float32MultiArray | the action (labels: frame stamp, chunk row) | an empty array |
+| ``twist`` | ``cmd_vel`` | geometry_msgs/Twist | the twist adapter's linear.x / angular.z | a zero twist |
+| ``twist_stamped`` | ``cmd_vel`` | geometry_msgs/TwistStamped | the same, stamped, ``twist.frame_id`` | a zero twist |
+| ``trajectory`` | ``joint_trajectory`` | trajectory_msgs/JointTrajectory | a plan (below) | an empty trajectory |
+
+A trajectory is sent when a plan starts (a chunk was queued): this tick's action and the queued
+rest, one point per action at ``time_from_start`` (k + 1) x the control period, positions only
+(what joint_trajectory_controller splines, continuous across chunks). Its stop, an empty
+trajectory (the controller holds its current position), is sent once when the stop begins; a
+hold after a rejected chunk sends one point, the command last sent.
+"""
+
+from __future__ import annotations
+
+from builtin_interfaces.msg import Duration
+from geometry_msgs.msg import Twist, TwistStamped
+from std_msgs.msg import Float32MultiArray, MultiArrayDimension
+from trajectory_msgs.msg import JointTrajectory, JointTrajectoryPoint
+
+from kv_vla_ros.ros.control import CHUNK_INDEX_PREFIX, format_source_stamp
+
+OUTPUTS = ("twist", "twist_stamped", "trajectory")
+TOPICS = {"twist": "cmd_vel", "twist_stamped": "cmd_vel", "trajectory": "joint_trajectory"}
+
+
+def check_output(kind: str, joint_names: list[str], action_dim: int, discrete: bool) -> list[str]:
+    """The joint names to publish (trajectory), or ValueError naming the parameter."""
+    if kind not in OUTPUTS:
+        raise ValueError(f"action_output: expected one of {', '.join(OUTPUTS)}, got {kind!r}")
+    names = [n for n in joint_names if n]
+    if kind != "trajectory":
+        return names
+    if discrete:
+        raise ValueError("action_output: trajectory needs continuous actions (joint positions); this checkpoint's "
+                         "are discrete action ids")
+    if len(names) != action_dim or len(set(names)) != len(names):
+        raise ValueError(f"joint_names: action_output trajectory needs {action_dim} distinct joint names (one per "
+                         f"action dimension), got {joint_names}")
+    return names
+
+
+def duration(seconds: float) -> Duration:
+    nanos = round(seconds * 1e9)
+    return Duration(sec=nanos // 1_000_000_000, nanosec=nanos % 1_000_000_000)
+
+
+def trajectory_msg(plan, joint_names: list[str], period_s: float) -> JointTrajectory:
+    """``plan (k, d)`` -> a positions-only trajectory: point i at (i + 1) x ``period_s`` (the
+    action published on this tick is reached one period later, as the tick model has it); None
+    gives the stop trajectory (no points). ``header.stamp`` stays zero: the controller starts it on
+    receipt (no clock shared between machines needed)."""
+    msg = JointTrajectory(joint_names=list(joint_names))
+    msg.points = [JointTrajectoryPoint(positions=[float(v) for v in row], time_from_start=duration((i + 1) * period_s))
+                  for i, row in enumerate(plan if plan is not None else [])]
+    return msg
+
+
+class CommandOutputs:
+    """The node's command publishers (lifecycle publishers: silent unless active)."""
+
+    def __init__(self, node, kind: str, joint_names: list[str], twist_adapter, chunked: bool):
+        self.node, self.kind, self.joint_names = node, kind, joint_names
+        self.twist, self.chunked = twist_adapter, chunked
+        self.frame_id = "base_link"
+        self.action_pub = node.create_lifecycle_publisher(Float32MultiArray, "action", 10)
+        msg_type = {"twist": Twist, "twist_stamped": TwistStamped, "trajectory": JointTrajectory}[kind]
+        self.output_pub = node.create_lifecycle_publisher(msg_type, TOPICS[kind], 10)
+        self._stopped = False  # trajectory: the stop was sent (sent once per stop)
+        self.trajectories = 0
+
+    def destroy(self) -> None:
+        for pub in (self.action_pub, self.output_pub):
+            self.node.destroy_lifecycle_publisher(pub)
+
+    def publish(self, cmd, period_s: float) -> None:
+        """One control tick's command (``cmd.action`` None: stop)."""
+        self._publish_action(cmd.action, cmd.source_stamp, cmd.chunk_index)
+        if self.kind == "trajectory":
+            if cmd.action is None:
+                if not self._stopped:
+                    self._send_trajectory(None, period_s)
+                self._stopped = True
+            elif cmd.plan is not None or self._stopped:  # a new plan, or acting again after a stop
+                self._send_trajectory(cmd.plan if cmd.plan is not None else cmd.action[None], period_s)
+                self._stopped = False
+            return
+        lin, ang = self.twist(cmd.action)
+        twist = Twist()
+        twist.linear.x, twist.angular.z = lin, ang
+        if self.kind == "twist":
+            self.output_pub.publish(twist)
+        else:
+            msg = TwistStamped(twist=twist)
+            msg.header.stamp, msg.header.frame_id = self.node.get_clock().now().to_msg(), self.frame_id
+            self.output_pub.publish(msg)
+
+    def publish_stop(self, period_s: float = 0.05) -> None:
+        from kv_vla_ros.ros.control import ControlCommand
+
+        self._stopped = False  # always send it: this is the node's last word (deactivate, shutdown)
+        self.publish(ControlCommand(None, None, "stop"), period_s)
+
+    def _send_trajectory(self, plan, period_s: float) -> None:
+        self.output_pub.publish(trajectory_msg(plan, self.joint_names, period_s))
+        self.trajectories += 1
+
+    def _publish_action(self, action, source_stamp, chunk_index) -> None:
+        msg = Float32MultiArray()
+        if action is not None:
+            msg.data = [float(v) for v in action]
+            msg.layout.dim = [MultiArrayDimension(label="action", size=len(msg.data), stride=len(msg.data))]
+            if source_stamp is not None:
+                msg.layout.dim.append(MultiArrayDimension(label=format_source_stamp(*source_stamp), size=1, stride=1))
+            if chunk_index is not None and self.chunked:
+                msg.layout.dim.append(MultiArrayDimension(label=f"{CHUNK_INDEX_PREFIX}{chunk_index}", size=1, stride=1))
+        self.action_pub.publish(msg)
+
+
+__all__ = ["CommandOutputs", "OUTPUTS", "TOPICS", "check_output", "trajectory_msg"]

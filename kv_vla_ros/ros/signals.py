@@ -1,0 +1,63 @@
+"""SIGINT / SIGTERM for the nodes: caught from the first line of the process to its last, so any
+number of them, at any moment (start-up, running, shutdown), ends a node with exit 0 and no
+traceback.
+
+Why each step is needed:
+- rclpy's own handler raises KeyboardInterrupt wherever the main thread happens to be (inside
+  ``destroy_node()`` in the simulator: a traceback and exit code -2); a handler that only sets an
+  event lets the node's main loop shut down in order (stop command first).
+- Python resets every handler it set to SIG_DFL while the interpreter finalizes, so a second
+  SIGINT during that time (torch's and rclpy's teardown take a while) killed the process with
+  -2. A handler set to SIG_IGN is left alone by finalization: `ignore_stop_signals` is the
+  node's last call.
+"""
+
+from __future__ import annotations
+
+import signal
+import threading
+
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+
+class StopRequest:
+    """A stop asked for by a signal (or by code: `set`); counts the signals received."""
+
+    def __init__(self):
+        self.event = threading.Event()
+        self.signals = 0
+
+    def _on_signal(self, _signum, _frame) -> None:
+        self.signals += 1
+        self.event.set()
+
+    def set(self) -> None:
+        self.event.set()
+
+    def is_set(self) -> bool:
+        return self.event.is_set()
+
+    def wait(self, timeout: float | None = None) -> bool:
+        return self.event.wait(timeout)
+
+
+_REQUEST: StopRequest | None = None
+
+
+def catch_stop_signals() -> StopRequest:
+    """Install the handlers (once per process; main thread only) and return the stop request."""
+    global _REQUEST
+    if _REQUEST is None:
+        _REQUEST = StopRequest()
+        for sig in STOP_SIGNALS:
+            signal.signal(sig, _REQUEST._on_signal)
+    return _REQUEST
+
+
+def ignore_stop_signals() -> None:
+    """From now until the process ends, SIGINT / SIGTERM do nothing (see the module docstring)."""
+    for sig in STOP_SIGNALS:
+        signal.signal(sig, signal.SIG_IGN)
+
+
+__all__ = ["StopRequest", "catch_stop_signals", "ignore_stop_signals"]
