@@ -49,14 +49,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
     bags = parser.add_argument_group("training π0 from recorded bags (--bags)")
     bags.add_argument("--bags", nargs="+", default=None, metavar="BAG",
                       help="rosbag2 bags (sqlite3 or mcap) or directories of bags: train π0 on their episodes")
-    bags.add_argument("--image-topic", action="append", default=None,
-                      help="camera topic, Image or CompressedImage (default /image; repeat per camera, in order)")
-    bags.add_argument("--state-topic", default=None, help="JointState (positions) or Float32MultiArray state topic")
-    bags.add_argument("--instruction-topic", default="/instruction", help="std_msgs/String; each message starts an episode")
-    bags.add_argument("--action-topic", default="/action", help="commanded actions, std_msgs/Float32MultiArray")
-    bags.add_argument("--reset-topic", default=None, help="split episodes at messages here instead of at instructions")
-    bags.add_argument("--control-rate-hz", type=float, default=None,
-                      help="resample the steps by header stamp to this rate (default: one step per frame)")
+    from kv_vla_ros.train.bag_cli import add_bag_topic_arguments
+
+    add_bag_topic_arguments(bags)
     bags.add_argument("--chunk-size", type=int, default=None, help="π0 actions per predicted chunk (default 10)")
     bags.add_argument("--actions-per-inference", type=int, default=None,
                       help="control steps between inferences: one stream block each (default 5)")
