@@ -99,7 +99,7 @@ def build_policy(cfg: PI0TrainConfig, episodes: list[RecordedEpisode]):
         for k in ("num_hidden_layers", "num_key_value_heads", "head_dim"):
             setattr(dit, k, getattr(text, k))
         vision.image_size = side
-        config.vlm_config.projection_dim = text.hidden_size
+        config.vlm_config.projection_dim = vision.projection_dim = text.hidden_size  # the projector maps into the LM
         config.chunk_size, config.num_inference_steps = cfg.chunk_size, cfg.num_inference_steps
         config.max_state_dim = config.max_action_dim = max(8, state_dim, action_dim)
         processor = make_processor(config, state_dim, action_dim)
