@@ -17,7 +17,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--tasks", nargs="+", metavar="TASK=N",
                         default=[f"{t}={n}" for t, n in DEFAULT_TASKS.items()],
                         help="tasks and demonstration counts (train seeds 0..N-1)")
-    parser.add_argument("--lr", type=float, default=None, help="learning rate (default 3e-3; --bags: 1e-3)")
+    parser.add_argument("--lr", type=float, default=None, help="learning rate (default 3e-3; --bags: 2e-3)")
     parser.add_argument("--batch-tokens", type=int, default=8192)
     parser.add_argument("--max-steps", type=int, default=100000)
     parser.add_argument("--threads", type=int, default=2, help="torch CPU threads")

@@ -45,13 +45,13 @@ class PI0TrainConfig:
                                                  "vision": {"hidden_size": 64, "intermediate_size": 128,
                                                             "num_hidden_layers": 2, "num_attention_heads": 4,
                                                             "patch_size": 16},
-                                                 "dit": {"hidden_size": 32, "intermediate_size": 64,
+                                                 "dit": {"hidden_size": 64, "intermediate_size": 128,
                                                          "num_attention_heads": 4}})
     chunk_size: int = 10  # actions per inference the model predicts (π0's chunk)
     actions_per_inference: int = 5  # control steps between inferences: the stream's step
     num_inference_steps: int = 5
     init_from: str | None = None
-    lr: float = 1e-3
+    lr: float = 2e-3
     min_lr_ratio: float = 0.05
     warmup_steps: int = 30
     weight_decay: float = 0.01
@@ -263,9 +263,11 @@ def train_pi0(cfg: PI0TrainConfig, episodes: list[RecordedEpisode], out: str | P
                 logf.write(json.dumps(row) + "\n")
                 logf.flush()
             bar.update(1)
-            bar.set_postfix(loss=f"{row['loss']:.4f}", aux=f"{row['aux_loss']:.4f}", lr=f"{lr:.1e}")
+            bar.set_postfix(loss=f"{row['loss']:.4f}", aux=f"{row['aux_loss']:.4f}", lr=f"{lr:.1e}", refresh=False)
             if time.perf_counter() - last_ckpt > cfg.checkpoint_minutes * 60:
                 _save(ckpt, model, opt, state, aux_head, start)
+                policy.processor.save_pretrained(str(ckpt))  # checkpoint/ loads as a policy (evaluate mid-run)
+                policy.config.save(ckpt)
                 last_ckpt = time.perf_counter()
     bar.close()
     _save(ckpt, model, opt, state, aux_head, start)
