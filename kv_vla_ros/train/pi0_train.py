@@ -194,12 +194,9 @@ def _held(cfg: PI0TrainConfig, n: int, rng: np.random.Generator, progress: float
     return (*held_steps(n, None, None, cfg.recent_chunks), False)
 
 
-def train_pi0(cfg: PI0TrainConfig, episodes: list[RecordedEpisode], out: str | Path, resume: bool = False,
-              progress_bar: bool = True, log=print):
-    """Train; writes the π0 checkpoint directory ``out`` (loadable by ``load_policy``) and returns the policy."""
-    out = Path(out)
+def _setup(cfg: PI0TrainConfig, episodes: list[RecordedEpisode], out: Path, resume: bool):
+    """``(policy, state, aux_head, optimizer, params)``, fresh or from ``out/checkpoint``."""
     ckpt = out / "checkpoint"
-    torch.set_num_threads(cfg.threads)
     policy = build_policy(cfg, episodes)
     if resume:
         from transformers import PI0ForConditionalGeneration
@@ -212,10 +209,10 @@ def train_pi0(cfg: PI0TrainConfig, episodes: list[RecordedEpisode], out: str | P
         (out / LOG_FILE).write_text("")
     (out / CONFIG_FILE).write_text(json.dumps(dataclasses.asdict(cfg), indent=2) + "\n")
     model = policy.model.train()
-    text = model.config.vlm_config.text_config
     aux_head = None
-    if cfg.aux_weight > 0:
-        aux_head = torch.nn.Linear(text.hidden_size, model.config.vlm_config.vision_config.hidden_size)
+    if cfg.aux_weight > 0:  # block hidden state -> the first frame's pooled vision features
+        aux_head = torch.nn.Linear(model.config.vlm_config.text_config.hidden_size,
+                                   model.config.vlm_config.vision_config.hidden_size)
         if resume and (ckpt / "aux_head.safetensors").is_file():
             from safetensors.torch import load_file
 
@@ -224,6 +221,36 @@ def train_pi0(cfg: PI0TrainConfig, episodes: list[RecordedEpisode], out: str | P
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     if resume:
         load_optimizer(opt, ckpt / "optimizer.safetensors", state["param_groups"])
+    return policy, state, aux_head, opt, params
+
+
+def _step(cfg, policy, data, aux_head, opt, params, rng, gen, progress: float) -> dict:
+    """One optimizer step over ``episodes_per_step`` episodes; returns the logged figures."""
+    fm_sum, aux_sum, evicted = 0.0, 0.0, 0
+    opt.zero_grad(set_to_none=True)
+    for i in rng.integers(0, len(data), cfg.episodes_per_step):
+        ep = data[int(i)]
+        before, after, ev = _held(cfg, ep.states.shape[0], rng, progress)
+        fm, aux = episode_loss(policy, ep, before, after, aux_head, gen)
+        loss = fm + (cfg.aux_weight * aux if aux is not None else 0.0)
+        (loss / cfg.episodes_per_step).backward()
+        fm_sum += fm.item()
+        aux_sum += aux.item() if aux is not None else 0.0
+        evicted += ev
+    torch.nn.utils.clip_grad_norm_(params, 1.0)
+    opt.step()
+    n = cfg.episodes_per_step
+    return {"loss": fm_sum / n, "aux_loss": aux_sum / n, "evicted_share": evicted / n}
+
+
+def train_pi0(cfg: PI0TrainConfig, episodes: list[RecordedEpisode], out: str | Path, resume: bool = False,
+              progress_bar: bool = True, log=print):
+    """Train; writes the π0 checkpoint directory ``out`` (loadable by ``load_policy``) and returns the policy."""
+    out = Path(out)
+    ckpt = out / "checkpoint"
+    torch.set_num_threads(cfg.threads)
+    policy, state, aux_head, opt, params = _setup(cfg, episodes, out, resume)
+    model = policy.model
     data = [stream_episode(policy, ep) for ep in tqdm(episodes, desc="stream episodes", disable=not progress_bar,
                                                          mininterval=5.0)]
     rng = np.random.default_rng(cfg.seed + 7919 * state["step"])
@@ -232,30 +259,16 @@ def train_pi0(cfg: PI0TrainConfig, episodes: list[RecordedEpisode], out: str | P
     bar = tqdm(total=cfg.max_steps, initial=state["step"], desc="train π0", disable=not progress_bar, mininterval=5.0)
     with (out / LOG_FILE).open("a") as logf:
         while True:
-            elapsed = time.perf_counter() - start
-            progress = max(state["step"] / cfg.max_steps, elapsed / (cfg.minutes * 60))
+            progress = max(state["step"] / cfg.max_steps, (time.perf_counter() - start) / (cfg.minutes * 60))
             if progress >= 1.0:
                 break
             lr = lr_at(cfg, state["step"], progress)
             for g in opt.param_groups:
                 g["lr"] = lr
-            fm_sum, aux_sum, evicted = 0.0, 0.0, 0
-            opt.zero_grad(set_to_none=True)
-            for i in rng.integers(0, len(data), cfg.episodes_per_step):
-                ep = data[int(i)]
-                before, after, ev = _held(cfg, ep.states.shape[0], rng, progress)
-                fm, aux = episode_loss(policy, ep, before, after, aux_head, gen)
-                loss = fm + (cfg.aux_weight * aux if aux is not None else 0.0)
-                (loss / cfg.episodes_per_step).backward()
-                fm_sum, aux_sum, evicted = fm_sum + fm.item(), aux_sum + (aux.item() if aux is not None else 0), \
-                    evicted + ev
-            torch.nn.utils.clip_grad_norm_(params, 1.0)
-            opt.step()
+            row = _step(cfg, policy, data, aux_head, opt, params, rng, gen, progress)
             state["step"] += 1
             state["episodes_seen"] += cfg.episodes_per_step
-            row = {"step": state["step"], "loss": fm_sum / cfg.episodes_per_step,
-                   "aux_loss": aux_sum / cfg.episodes_per_step, "lr": lr, "evicted_share": evicted / cfg.episodes_per_step,
-                   "elapsed_s": round(time.perf_counter() - start, 1)}
+            row = {"step": state["step"], **row, "lr": lr, "elapsed_s": round(time.perf_counter() - start, 1)}
             if state["step"] % cfg.log_every == 0 or state["step"] == 1:
                 model.eval()
                 row["probe_loss"] = probe_loss(policy, data[:4], cfg.recent_chunks)
@@ -271,7 +284,7 @@ def train_pi0(cfg: PI0TrainConfig, episodes: list[RecordedEpisode], out: str | P
                 last_ckpt = time.perf_counter()
     bar.close()
     _save(ckpt, model, opt, state, aux_head, start)
-    policy.model.eval()
+    model.eval()
     policy.save_pretrained(out)
     write_curves(out)
     log(f"π0 trained: {state['step']} steps, {state['episodes_seen']} episodes, "
