@@ -1,8 +1,8 @@
 """kv_vla_ros: a VLA policy as a ROS 2 control node with a bounded, RNN-gated chunked KV cache.
 
-Import tiers: ``kv_vla_ros.cache`` needs torch (+ transformers' cache base classes);
-``kv_vla_ros.vla`` adds transformers; ``kv_vla_ros.sim`` needs gymnasium/minigrid;
-``kv_vla_ros.train``/``kv_vla_ros.eval`` build on vla + sim; only ``kv_vla_ros.ros`` imports rclpy.
+Import tiers, each importing only the ones before it (`kv_vla_ros.tiers`, held by a test):
+``cache`` -> ``vla`` -> ``sim`` -> ``data`` -> ``parallel`` -> ``train`` -> ``eval`` -> ``ros``;
+only ``ros`` imports rclpy.
 """
 
 __version__ = "0.1.0"

@@ -23,12 +23,12 @@ COMMANDS: list[tuple[str, str, str]] = [
     ("train", "kv_vla_ros.train.cli", "behaviour-clone the VLA on simulator expert demonstrations"),
     ("train-gate", "kv_vla_ros.train.gate_train", "train the chunk gate on rollouts of a frozen VLA"),
     ("calibrate", "kv_vla_ros.train.calibrate", "per-layer attention selectivity and per-layer budgets (ScaleKV)"),
-    ("eval", "kv_vla_ros.eval.closed_loop", "closed-loop success and cache cost per task and cache policy"),
+    ("eval", "kv_vla_ros.eval.closed_loop_cli", "closed-loop success and cache cost per task and cache policy"),
     ("gate-report", "kv_vla_ros.eval.gate_report", "trained gate vs every baseline at equal budgets, with plots"),
-    ("bag generate", "kv_vla_ros.bags.generate", "write simulator expert episodes into a bag (no ROS graph)"),
-    ("bag eval", "kv_vla_ros.bags.eval_cli", "replay a bag offline through VLASession under several cache configs"),
-    ("bag record", "kv_vla_ros.bags.record", "record live topics into a bag (rclpy, raw CDR)"),
-    ("bag play", "kv_vla_ros.bags.play", "publish a bag onto live topics with its original timing"),
+    ("bag generate", "kv_vla_ros.data.generate", "write simulator expert episodes into a bag (no ROS graph)"),
+    ("bag eval", "kv_vla_ros.eval.bag_eval_cli", "replay a bag offline through VLASession under several cache configs"),
+    ("bag record", "kv_vla_ros.ros.bag_record", "record live topics into a bag (rclpy, raw CDR)"),
+    ("bag play", "kv_vla_ros.ros.bag_play", "publish a bag onto live topics with its original timing"),
 ]
 
 

@@ -13,11 +13,11 @@ import numpy as np
 import pytest
 import torch
 
-from kv_vla_ros.bags.bagio import AtomicBagWriter, BagReader
-from kv_vla_ros.bags.errors import BagError
-from kv_vla_ros.bags.generate import generate_bag
-from kv_vla_ros.bags.messages import COMPRESSED_IMAGE, IMAGE, STRING, make_image, make_string
-from kv_vla_ros.bags.offline_eval import evaluate_bag
+from kv_vla_ros.data.bagio import AtomicBagWriter, BagReader
+from kv_vla_ros.data.errors import BagError
+from kv_vla_ros.data.generate import generate_bag
+from kv_vla_ros.data.messages import COMPRESSED_IMAGE, IMAGE, STRING, make_image, make_string
+from kv_vla_ros.eval.bag_eval import evaluate_bag
 from kv_vla_ros.vla import ActionSpaceConfig, VLAConfig, VLAModel, VLASession
 
 TASK = "MiniGrid-MemoryS7-v0"  # short expert episodes: the whole file runs in seconds
@@ -211,7 +211,7 @@ def test_encodings_reach_the_model_as_rgb(model, tmp_path):
 
 
 def _no_actions():
-    from kv_vla_ros.bags.episodes import BagTopics
+    from kv_vla_ros.data.episodes import BagTopics
 
     return BagTopics(action=None)
 
@@ -281,7 +281,7 @@ def test_failed_writes_leave_no_bag(tmp_path):
 
 
 def test_reset_topic_splits_like_instructions(model, sqlite_bag):
-    from kv_vla_ros.bags.episodes import BagTopics
+    from kv_vla_ros.data.episodes import BagTopics
 
     by_instruction = evaluate_bag(sqlite_bag, model, ["full"], flops_every=0, progress=False)
     by_reset = evaluate_bag(sqlite_bag, model, ["full"], topics=BagTopics(reset="/episode"), flops_every=0,
@@ -292,15 +292,15 @@ def test_reset_topic_splits_like_instructions(model, sqlite_bag):
 
 
 def test_offline_bag_tools_never_import_rclpy():
-    code = ("import sys; import kv_vla_ros.bags.eval_cli, kv_vla_ros.bags.generate, kv_vla_ros.bags.offline_eval, "
-            "kv_vla_ros.bags.report, kv_vla_ros.bags.episodes, kv_vla_ros.bags.messages; "
-            "import kv_vla_ros.ros.image_conversion; assert 'rclpy' not in sys.modules, 'rclpy imported'")
+    code = ("import sys; import kv_vla_ros.eval.bag_eval_cli, kv_vla_ros.data.generate, kv_vla_ros.eval.bag_eval, "
+            "kv_vla_ros.eval.bag_report, kv_vla_ros.data.episodes, kv_vla_ros.data.messages; "
+            "import kv_vla_ros.data.image_conversion; assert 'rclpy' not in sys.modules, 'rclpy imported'")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0, proc.stderr
 
 
 def test_continuous_agreement_and_unfinished_recording(tmp_path, sqlite_bag):
-    from kv_vla_ros.bags.offline_eval import _agreement
+    from kv_vla_ros.eval.bag_eval import _agreement
 
     pred = [np.array([0.0, 1.0]), np.array([1.0, 1.0])]
     rec = [np.array([0.0, 0.0]), None]

@@ -15,9 +15,9 @@ import pytest
 
 pytest.importorskip("rclpy")
 
-from kv_vla_ros.bags.bagio import BagReader  # noqa: E402
-from kv_vla_ros.bags.generate import generate_bag  # noqa: E402
-from kv_vla_ros.bags.offline_eval import evaluate_bag  # noqa: E402
+from kv_vla_ros.data.bagio import BagReader  # noqa: E402
+from kv_vla_ros.data.generate import generate_bag  # noqa: E402
+from kv_vla_ros.eval.bag_eval import evaluate_bag  # noqa: E402
 
 from test_bags import TASK, one_torch_thread, tiny_model  # noqa: E402,F401  (fixture reused)
 

@@ -8,7 +8,9 @@ import json
 import pytest
 import torch
 
-from kv_vla_ros.eval.closed_loop import configure, evaluate_task, parse_spec, run
+from kv_vla_ros.cache.spec import parse_spec
+from kv_vla_ros.eval.closed_loop import evaluate_task
+from kv_vla_ros.eval.closed_loop_cli import configure, run
 from kv_vla_ros.eval.report import human_bytes, markdown_table
 from kv_vla_ros.vla import VLAConfig, VLAModel
 

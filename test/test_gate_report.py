@@ -8,7 +8,8 @@ import json
 import pytest
 import torch
 
-from kv_vla_ros.eval.closed_loop import cue_chunk_held, parse_spec
+from kv_vla_ros.cache.spec import parse_spec
+from kv_vla_ros.eval.closed_loop import cue_chunk_held
 from kv_vla_ros.eval.gate_report import POLICIES, configure, grid_specs, label_of, run
 from kv_vla_ros.vla import VLAConfig, VLAModel
 

@@ -8,7 +8,8 @@ import torch
 
 from kv_vla_ros.cache import ChunkGate, chunk_features
 from kv_vla_ros.sim import train_seeds
-from kv_vla_ros.train.calibrate import budgets_for, write_calibration
+from kv_vla_ros.cache.budgets import budgets_for
+from kv_vla_ros.train.calibrate import write_calibration
 from kv_vla_ros.train.gate_data import (
     episode_attention,
     future_utility,

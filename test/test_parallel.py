@@ -1,4 +1,4 @@
-"""Evaluation on Ray workers (kv_vla_ros.eval.parallel): the closed-loop grid, the bag evaluator
+"""Evaluation on Ray workers (kv_vla_ros.parallel.runner): the closed-loop grid, the bag evaluator
 and the gate's rollout collection give the sequential run's results item by item; a worker
 process killed mid-run loses and repeats nothing. Real Ray (a local runtime, two worker
 processes), real tiny models, real MiniGrid envs, real bags."""
@@ -13,7 +13,7 @@ import signal
 import pytest
 import torch
 
-from kv_vla_ros.eval.parallel import Runner, RunnerConfig, runner_config
+from kv_vla_ros.parallel.runner import Runner, RunnerConfig, runner_config
 
 TINY = {"model_type": "llama", "hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 4,
         "num_key_value_heads": 2, "intermediate_size": 64, "max_position_embeddings": 4096}
@@ -74,7 +74,8 @@ def test_runner_in_process_orders_ticks_and_validates():
 
 
 def test_eval_grid_on_two_workers_equals_sequential(ray_runtime, ckpt, model, tmp_path):
-    from kv_vla_ros.eval.closed_loop import configure, evaluate_task, run
+    from kv_vla_ros.eval.closed_loop import evaluate_task
+    from kv_vla_ros.eval.closed_loop_cli import configure, run
     from kv_vla_ros.sim import eval_seeds
 
     def cli(out, workers):
@@ -137,19 +138,19 @@ def test_killed_worker_is_retried_and_every_episode_reported_once(ray_runtime, c
 
 
 def test_many_bags_on_workers_equal_each_bag_alone(ray_runtime, ckpt, model, tmp_path):
-    from kv_vla_ros.bags import eval_cli
-    from kv_vla_ros.bags.generate import generate_bag
-    from kv_vla_ros.bags.offline_eval import evaluate_bag
+    from kv_vla_ros.eval import bag_eval_cli
+    from kv_vla_ros.data.generate import generate_bag
+    from kv_vla_ros.eval.bag_eval import evaluate_bag
 
     bags = tmp_path / "bags"
     for k in range(3):
         generate_bag(bags / f"b{k}", TASK, episodes=2, seed_offset=10 * k, storage="mcap" if k == 1 else "sqlite3",
                      max_steps=6)
     parser = argparse.ArgumentParser()
-    eval_cli.configure(parser)
+    bag_eval_cli.configure(parser)
     args = parser.parse_args([str(bags), "--model", str(ckpt), "--policy", "window:budget_tokens=120",
                               "--out", str(tmp_path / "out"), "--no-progress", "--workers", "2", "--flops-every", "0"])
-    assert eval_cli.run(args) == 0
+    assert bag_eval_cli.run(args) == 0
     doc = json.loads((tmp_path / "out" / "bag_eval.json").read_text())
     alone = [evaluate_bag(bags / f"b{k}", model, ["window:budget_tokens=120"], flops_every=0, progress=False)
              for k in range(3)]

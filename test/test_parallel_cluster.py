@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from kv_vla_ros.eval.grid import evaluate_grid
-from kv_vla_ros.eval.parallel import RunnerConfig
+from kv_vla_ros.parallel.runner import RunnerConfig
 
 TINY = {"model_type": "llama", "hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 4,
         "num_key_value_heads": 2, "intermediate_size": 64, "max_position_embeddings": 4096}
@@ -17,7 +17,7 @@ def test_two_node_cluster_gives_the_sequential_results(tmp_path):
     ray = pytest.importorskip("ray")
     from ray.cluster_utils import Cluster
 
-    from kv_vla_ros.eval.closed_loop import parse_spec
+    from kv_vla_ros.cache.spec import parse_spec
     from kv_vla_ros.sim import eval_seeds
     from kv_vla_ros.vla import VLAConfig, VLAModel
 

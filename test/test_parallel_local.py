@@ -13,7 +13,7 @@ import time
 import pytest
 import torch
 
-from kv_vla_ros.eval.parallel import Runner, RunnerConfig
+from kv_vla_ros.parallel.runner import Runner, RunnerConfig
 
 TINY = {"model_type": "llama", "hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 4,
         "num_key_value_heads": 2, "intermediate_size": 64, "max_position_embeddings": 4096}

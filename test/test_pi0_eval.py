@@ -10,8 +10,8 @@ import json
 import numpy as np
 import pytest
 
-from kv_vla_ros.bags.bagio import AtomicBagWriter
-from kv_vla_ros.bags.messages import FLOAT32_ARRAY, IMAGE, JOINT_STATE, STRING, make_action, make_image, \
+from kv_vla_ros.data.bagio import AtomicBagWriter
+from kv_vla_ros.data.messages import FLOAT32_ARRAY, IMAGE, JOINT_STATE, STRING, make_action, make_image, \
     make_joint_state, make_string
 from kv_vla_ros.cli import main
 from kv_vla_ros.vla.action_queue import ActionQueue

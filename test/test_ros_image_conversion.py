@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image as PILImage
 
-from kv_vla_ros.ros.image_conversion import (ImageConversionError, compressed_to_rgb, fill_image_msg, image_to_rgb,
+from kv_vla_ros.data.image_conversion import (ImageConversionError, compressed_to_rgb, fill_image_msg, image_to_rgb,
                                              shrink_for_model)
 from ros_helpers import FakeImage
 
@@ -141,7 +141,7 @@ _ALL_ENCODINGS = ["rgb8", "bgr8", "rgba8", "bgra8", "mono8", "8UC1", "rgb16", "b
 def _ros_image(encoding: str, pad: int, big: bool, seed: int = 0):
     """A real sensor_msgs/Image (what cv_bridge takes) and the RGB frame it must give."""
     Image = pytest.importorskip("sensor_msgs.msg").Image
-    from kv_vla_ros.ros.image_conversion import ENCODINGS
+    from kv_vla_ros.data.image_conversion import ENCODINGS
 
     channels, depth, order = ENCODINGS[encoding.lower()]
     rng = np.random.default_rng(seed)
@@ -167,7 +167,7 @@ def test_own_conversion_gives_the_reference_frames(encoding, pad, big):
 
 
 def _has_cv_bridge() -> bool:
-    from kv_vla_ros.ros.image_conversion import cv_bridge_available
+    from kv_vla_ros.data.image_conversion import cv_bridge_available
 
     return cv_bridge_available()
 

@@ -39,7 +39,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
 def compare(model_path, task: str, cache_spec: str | None, dtype: str, compile: bool, device: str, steps: int,
             seed_offset: int = 0, progress: bool = True) -> dict:
     """Run episodes until ``steps`` control steps; returns per-step agreement and logit gaps."""
-    from kv_vla_ros.eval.closed_loop import parse_spec
+    from kv_vla_ros.cache.spec import parse_spec
     from kv_vla_ros.sim import SimRobot, eval_seeds
     from kv_vla_ros.vla import DEFAULT_MODEL_PATH, VLAModel, VLASession
 

@@ -19,7 +19,7 @@ import json
 import time
 from pathlib import Path
 
-from kv_vla_ros.eval.closed_loop import DEFAULT_TASKS, parse_spec
+from kv_vla_ros.sim.tasks import EVAL_TASKS
 
 # What must agree episode by episode (latency differs by nature).
 SAME = ("seed", "success", "length", "tokens_seen", "mean_held", "peak_held", "peak_bytes")
@@ -27,7 +27,7 @@ SAME = ("seed", "success", "length", "tokens_seen", "mean_held", "peak_held", "p
 
 def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", default=None, help="checkpoint directory (default: the shipped model)")
-    parser.add_argument("--tasks", nargs="+", default=DEFAULT_TASKS)
+    parser.add_argument("--tasks", nargs="+", default=EVAL_TASKS)
     parser.add_argument("--episodes", type=int, default=100, help="eval seeds per task (default 100)")
     parser.add_argument("--policy", action="append", default=None, metavar="SPEC", help="cache spec (default: full)")
     parser.add_argument("--max-steps", type=int, default=100)
@@ -66,8 +66,9 @@ def _plot(seq_s: float, par_s: float, workers: int, path: Path) -> None:
 def run(args: argparse.Namespace) -> int:
     import torch
 
+    from kv_vla_ros.cache.spec import parse_spec
     from kv_vla_ros.eval.grid import evaluate_grid
-    from kv_vla_ros.eval.parallel import RunnerConfig
+    from kv_vla_ros.parallel.runner import RunnerConfig
     from kv_vla_ros.sim import eval_seeds, normalize_task
     from kv_vla_ros.vla import DEFAULT_MODEL_PATH, VLAModel
 

@@ -1,72 +1,13 @@
-"""Closed-loop evaluation of a VLA checkpoint on held-out simulator seeds, per task and per cache
-configuration: success rate, episode length, tokens seen / held, KV bytes, step latency p50/p99.
-Writes results.json, results.md (a Markdown table) and results.png into --out.
-
-Cache specs: ``POLICY[:field=value,...]`` applied to the model's default cache config, e.g.
-``full``, ``window:budget_tokens=300``, ``gated:budget_tokens=400,gate_threshold=0.3``.
-``budget_frac=F`` sets ``budget_tokens`` to F x the mean tokens seen by the previous ``full``
-run on the same task (so ``window:budget_frac=0.25`` is "a quarter of the mean history").
-Two keys choose what the cache is paired with rather than a cache field: ``gate=untrained``
-(``gated`` with a randomly initialised gate instead of the checkpoint's ``gate.safetensors``) and
-``layer_budgets=calibrated`` (per-layer budgets from the checkpoint's ``calibration.json``, same
-total as the uniform budget).
+"""Closed-loop episodes of a VLA on simulator seeds and their aggregate metrics per (task, cache
+configuration): success rate, episode length, tokens seen / held, KV bytes, step latency p50/p99.
+`kv_vla_ros.eval.grid` runs them over a grid of tasks and cache specs; the `kv-vla eval` command is
+`kv_vla_ros.eval.closed_loop_cli`.
 """
 
 from __future__ import annotations
 
-import argparse
-import json
-import time
-from pathlib import Path
-
 import numpy as np
 
-DEFAULT_TASKS = ["MiniGrid-MemoryS13Random-v0", "MiniGrid-MemoryS17Random-v0", "BabyAI-GoToLocal-v0"]
-
-
-def parse_spec(spec: str, base) -> tuple[dict, float | None]:
-    """``"window:budget_tokens=300"`` -> (changes for ``base.replace``, budget_frac or None)."""
-    from kv_vla_ros.cache.config import CacheConfig, field_names
-
-    policy, _, rest = spec.partition(":")
-    changes: dict = {"policy": policy.strip()}
-    frac = None
-    types = {f: type(getattr(base, f)) for f in field_names()}
-    for item in filter(None, (s.strip() for s in rest.split(","))):
-        key, eq, raw = item.partition("=")
-        key = key.strip()
-        if not eq:
-            raise ValueError(f"--policy: expected FIELD=VALUE in {spec!r}, got {item!r}")
-        if key == "budget_frac":
-            frac = float(raw)
-            continue
-        if key == "gate":
-            if raw.strip() not in ("untrained", "trained"):
-                raise ValueError(f"--policy: gate must be 'trained' or 'untrained' in {spec!r}, got {raw!r}")
-            changes["_gate"] = raw.strip()
-            continue
-        if key == "layer_budgets" and raw.strip() == "calibrated":
-            changes["_layer_budgets"] = "calibrated"
-            continue
-        if key not in types:
-            raise ValueError(f"--policy: unknown cache field {key!r} in {spec!r} (known: {', '.join(types)})")
-        raw = raw.strip()
-        if raw.lower() == "none":
-            value = None
-        elif key in ("budget_tokens", "chunk_size", "recent_chunks", "sink_tokens", "seed"):
-            value = int(raw)
-        elif key in ("gate_threshold", "summary_threshold"):
-            value = float(raw)
-        elif key in ("summarize", "static"):
-            value = raw.lower() in ("1", "true", "yes")
-        elif key == "layer_budgets":
-            value = [int(v) for v in raw.split("/")]
-        else:
-            value = raw
-        changes[key] = value
-    if changes["policy"] != "full" and "budget_tokens" not in changes and frac is None and base.budget_tokens is None:
-        changes["budget_tokens"] = CacheConfig(policy="full").budget_tokens
-    return changes, frac
 
 
 def make_robot(task: str, max_steps: int | None = None):
@@ -190,18 +131,6 @@ def evaluate_task(model, task: str, cache_config, seeds: list[int], max_steps: i
     return summarize_task(task, label or cache_config.policy, cache_config, records)
 
 
-def calibrated_budgets(model_path: str, cfg) -> list[int]:
-    """Per-layer budgets for ``cfg.budget_tokens`` from ``calibration.json`` (``kv-vla calibrate``)."""
-    from kv_vla_ros.train.calibrate import CALIBRATION_FILE, budgets_for
-
-    path = Path(model_path) / CALIBRATION_FILE
-    if not path.is_file():
-        raise ValueError(f"layer_budgets=calibrated: no {CALIBRATION_FILE} in {model_path} (run kv-vla calibrate)")
-    if cfg.budget_tokens is None:
-        raise ValueError("layer_budgets=calibrated: needs a budget (budget_tokens or budget_frac)")
-    return budgets_for(json.loads(path.read_text())["dispersion"], cfg, cfg.budget_tokens)
-
-
 def cue_chunk_held(stats: dict, cue_steps: list[int], step: int) -> bool | None:
     """Whether the cache (``stats`` of a session) holds the chunk of at least one earlier frame
     that showed the cue; None when no earlier frame did. Chunk ``k`` is control step ``k``:
@@ -214,61 +143,4 @@ def cue_chunk_held(stats: dict, cue_steps: list[int], step: int) -> bool | None:
     return any(c >= scored or c in kept for c in earlier)
 
 
-def configure(parser: argparse.ArgumentParser) -> None:
-    from kv_vla_ros.eval.parallel import add_runner_arguments
-
-    parser.add_argument("--model", default=None, help="checkpoint directory (default: the shipped model)")
-    parser.add_argument("--tasks", nargs="+", default=DEFAULT_TASKS)
-    parser.add_argument("--episodes", type=int, default=200, help="held-out eval seeds per task")
-    parser.add_argument("--policy", action="append", default=None, metavar="SPEC",
-                        help="cache spec POLICY[:field=value,...] (repeatable; default: full)")
-    parser.add_argument("--max-steps", type=int, default=100, help="episode step cap, applied only below the env's own limit (a timeout is a failure)")
-    parser.add_argument("--seed-offset", type=int, default=0, help="offset into the eval seed range")
-    parser.add_argument("--threads", type=int, default=1, help="torch CPU threads")
-    parser.add_argument("--out", required=True, help="output directory for results.json/.md/.png")
-    add_runner_arguments(parser)
-    parser.add_argument("--no-progress", action="store_true")
-
-
-def run(args: argparse.Namespace) -> int:
-    import torch
-
-    from kv_vla_ros.eval.grid import evaluate_grid
-    from kv_vla_ros.eval.parallel import runner_config
-    from kv_vla_ros.eval.report import markdown_table, plot_results
-    from kv_vla_ros.sim import eval_seeds, normalize_task
-    from kv_vla_ros.vla import DEFAULT_MODEL_PATH, load_policy
-
-    torch.set_num_threads(args.threads)
-    model_path = args.model or str(DEFAULT_MODEL_PATH)
-    model = load_policy(model_path)  # by config.json model_type: the package's own VLA or π0
-    base = model.default_cache_config()
-    specs = args.policy or ["full"]
-    parsed = [(spec, *parse_spec(spec, base)) for spec in specs]  # fail fast on a bad spec
-    seeds = eval_seeds(args.episodes, args.seed_offset)
-    runner = runner_config(args, progress=not args.no_progress)  # a bad --workers fails before any work
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    t0 = time.perf_counter()
-    tasks = [normalize_task(t) for t in args.tasks]
-    rows, how = evaluate_grid(model, model_path, tasks, parsed, seeds, args.max_steps, runner)
-    for row in rows:
-        if "success_rate" in row:
-            memory = (f" decision {row['decision_accuracy']:.1%} cue held {row['cue_held_at_decision']:.1%}"
-                      if "decision_accuracy" in row else "")
-            print(f"{row['task']:32s} {row['cache_label']:40s} success {row['success_rate']:.1%} "
-                  f"seen {row['mean_tokens_seen']:.0f} held {row['mean_tokens_held']:.0f}{memory}", flush=True)
-        else:
-            print(f"{row['task']:32s} {row['policy']:40s} ERROR {row['error']}", flush=True)
-    meta = {"model": model_path, "episodes": args.episodes, "seed_offset": args.seed_offset,
-            "max_steps": args.max_steps, "threads": args.threads, **how,
-            "wall_s": time.perf_counter() - t0}
-    (out / "results.json").write_text(json.dumps({"meta": meta, "results": rows}, indent=2) + "\n")
-    table = markdown_table(rows)
-    (out / "results.md").write_text(table)
-    plot_results(rows, out / "results.png")
-    print(table)
-    return 0
-
-
-__all__ = ["cue_chunk_held", "parse_spec", "make_robot", "make_session", "run_episode", "summarize_task", "evaluate_task", "configure", "run", "DEFAULT_TASKS"]
+__all__ = ["cue_chunk_held", "make_robot", "make_session", "run_episode", "summarize_task", "evaluate_task"]

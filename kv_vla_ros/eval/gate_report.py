@@ -53,7 +53,7 @@ def label_of(spec: str) -> tuple[str, float | None]:
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
-    from kv_vla_ros.eval.parallel import add_runner_arguments
+    from kv_vla_ros.parallel.runner import add_runner_arguments
 
     parser.add_argument("--model", default=None, help="checkpoint directory (default: the shipped model)")
     parser.add_argument("--tasks", nargs="+", default=DEFAULT_TASKS)
@@ -69,7 +69,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from kv_vla_ros.eval import closed_loop
+    from kv_vla_ros.eval import closed_loop_cli
 
     out = Path(args.out)
     eval_args = argparse.Namespace(model=args.model, tasks=args.tasks, episodes=args.episodes,
@@ -78,7 +78,7 @@ def run(args: argparse.Namespace) -> int:
     for name, value in vars(args).items():  # options the evaluator grew (e.g. --workers) pass through
         if not hasattr(eval_args, name):
             setattr(eval_args, name, value)
-    rc = closed_loop.run(eval_args)
+    rc = closed_loop_cli.run(eval_args)
     if rc:
         return rc
     rows = json.loads((out / "results.json").read_text())["results"]

@@ -17,8 +17,9 @@ import json
 from collections import Counter
 from dataclasses import dataclass, field
 
-from kv_vla_ros.eval.closed_loop import calibrated_budgets, make_robot, make_session, run_episode, summarize_task
-from kv_vla_ros.eval.parallel import Runner, RunnerConfig
+from kv_vla_ros.cache.budgets import calibrated_budgets
+from kv_vla_ros.eval.closed_loop import make_robot, make_session, run_episode, summarize_task
+from kv_vla_ros.parallel.runner import Runner, RunnerConfig
 
 
 @dataclass

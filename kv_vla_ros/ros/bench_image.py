@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from kv_vla_ros.ros.image_conversion import compressed_to_rgb, fill_image_msg, image_to_rgb, shrink_for_model
+from kv_vla_ros.data.image_conversion import compressed_to_rgb, fill_image_msg, image_to_rgb, shrink_for_model
 
 REPO = Path(__file__).resolve().parents[2]
 

@@ -66,7 +66,7 @@ class _Listener:
                 self.diag.append((time.monotonic(), {kv.key: kv.value for kv in status.values}))
 
     def publish_frame(self, rgb: np.ndarray):
-        from kv_vla_ros.ros.image_conversion import fill_image_msg
+        from kv_vla_ros.data.image_conversion import fill_image_msg
 
         msg = fill_image_msg(self._Image(), rgb)
         msg.header.stamp = self.node.get_clock().now().to_msg()

@@ -35,7 +35,7 @@ from std_srvs.srv import Trigger
 from kv_vla_ros.ros.control import (CHUNK_INDEX_PREFIX, ControlLoop, RollingStats, TwistAdapter, broadcast_limits,
                                     format_source_stamp)
 from kv_vla_ros.ros.diagnostics import input_values, policy_status
-from kv_vla_ros.ros.image_conversion import compressed_to_rgb, image_to_rgb, shrink_for_model
+from kv_vla_ros.data.image_conversion import compressed_to_rgb, image_to_rgb, shrink_for_model
 from kv_vla_ros.ros.inference import InferenceWorker
 from kv_vla_ros.ros.params import (NODE_PARAMS, POLICY_PARAMS, cache_changes_from_params, cache_param_specs,
                                    coerce_param, policy_param_specs)

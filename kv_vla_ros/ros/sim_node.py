@@ -28,7 +28,7 @@ from sensor_msgs.msg import Image
 from std_msgs.msg import Float32MultiArray, String
 
 from kv_vla_ros.ros.control import parse_source_stamp
-from kv_vla_ros.ros.image_conversion import fill_image_msg
+from kv_vla_ros.data.image_conversion import fill_image_msg
 from kv_vla_ros.sim import SimRobot, eval_seeds
 
 LATCHED = QoSProfile(depth=1, reliability=QoSReliabilityPolicy.RELIABLE, durability=QoSDurabilityPolicy.TRANSIENT_LOCAL)

@@ -32,11 +32,13 @@ from .env import (
     normalize_task,
 )
 from .experts import BabyAIExpert, Expert, MemoryExpert, make_expert
+from .tasks import EVAL_TASKS
 
 __all__ = [
     "ACTION_NAMES",
     "BabyAIExpert",
     "EVAL_SEED_RANGE",
+    "EVAL_TASKS",
     "Episode",
     "Expert",
     "MemoryExpert",

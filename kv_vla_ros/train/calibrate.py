@@ -12,13 +12,11 @@ from pathlib import Path
 
 import torch
 
-from kv_vla_ros.cache import allocate_layer_budgets
-
-CALIBRATION_FILE = "calibration.json"
+from kv_vla_ros.cache.budgets import CALIBRATION_FILE, budgets_for
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
-    from kv_vla_ros.eval.parallel import add_runner_arguments
+    from kv_vla_ros.parallel.runner import add_runner_arguments
     from kv_vla_ros.vla import DEFAULT_MODEL_PATH
 
     parser.add_argument("--model", default=str(DEFAULT_MODEL_PATH), help="VLA checkpoint directory")
@@ -29,12 +27,6 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed-offset", type=int, default=600_000, help="first train seed of the rollouts")
     parser.add_argument("--dry-run", action="store_true", help="print the budgets, write nothing")
     add_runner_arguments(parser)
-
-
-def budgets_for(dispersion: list[float], cache_config, budget_tokens: int) -> list[int]:
-    """Per-layer budgets with the same total as ``budget_tokens`` in every layer."""
-    return allocate_layer_budgets(dispersion, total=len(dispersion) * budget_tokens,
-                                  minimum=cache_config.min_budget, chunk_size=cache_config.chunk_size)
 
 
 def write_calibration(model_dir: Path, dispersion: list[float], budgets: list[int], budget_tokens: int) -> None:
@@ -52,8 +44,8 @@ def write_calibration(model_dir: Path, dispersion: list[float], budgets: list[in
 
 
 def run(args: argparse.Namespace) -> int:
-    from kv_vla_ros.eval.closed_loop import DEFAULT_TASKS
-    from kv_vla_ros.eval.parallel import runner_config
+    from kv_vla_ros.parallel.runner import runner_config
+    from kv_vla_ros.sim.tasks import EVAL_TASKS
     from kv_vla_ros.train.gate_data import layer_dispersion
     from kv_vla_ros.train.gate_train import collect
     from kv_vla_ros.vla import VLAModel
@@ -68,7 +60,7 @@ def run(args: argparse.Namespace) -> int:
         if budget is None:
             raise ValueError("budget_tokens: the checkpoint's cache has no budget; pass --budget-tokens")
         cache_cfg.replace(budget_tokens=budget, layer_budgets=None)  # validates the budget
-        items = collect(model, args.tasks or DEFAULT_TASKS, args.episodes, args.seed_offset,
+        items = collect(model, args.tasks or EVAL_TASKS, args.episodes, args.seed_offset,
                         runner=runner_config(args), model_path=args.model)
         dispersion = layer_dispersion(items)
         budgets = budgets_for(dispersion, cache_cfg, budget)

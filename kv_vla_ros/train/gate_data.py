@@ -9,13 +9,14 @@ past chunk at that moment.
 
 from __future__ import annotations
 
+import random
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 from transformers import DynamicCache
 
-from kv_vla_ros.cache import chunk_features
+from kv_vla_ros.cache import ChunkGate, GateConfig, chunk_features
 from kv_vla_ros.sim import Episode, SimRobot
 
 
@@ -140,3 +141,14 @@ def layer_dispersion(items: list[EpisodeAttention]) -> list[float]:
     if not shares:
         raise ValueError("episodes: need at least one episode of two or more steps to calibrate")
     return torch.stack(shares).mean(0).tolist()
+
+
+def split_and_init(items: list, seed: int, in_dim: int, hidden: int):
+    """Seeded shuffle, a fifth (at least one rollout) held out, a fresh gate:
+    ``(rng, train, val, gate)``. Shared by both gate targets so they are compared on equal terms."""
+    rng = random.Random(seed)
+    items = list(items)
+    rng.shuffle(items)
+    n_val = max(1, len(items) // 5)
+    torch.manual_seed(seed)
+    return rng, items[n_val:], items[:n_val], ChunkGate(GateConfig(in_dim=in_dim, hidden=hidden))

@@ -87,7 +87,7 @@ def train_gate_distill(model, items: list[DistillItem], recent_chunks: int, in_d
         raise ValueError("episodes: need at least two rollouts to train and validate the gate")
     if budget_weight < 0:
         raise ValueError(f"budget_weight: must be >= 0, got {budget_weight}")
-    from kv_vla_ros.train.gate_train import split_and_init
+    from kv_vla_ros.train.gate_data import split_and_init
 
     rng, train, val, gate = split_and_init(items, seed, in_dim, hidden)
     opt = torch.optim.Adam(gate.parameters(), lr=lr)

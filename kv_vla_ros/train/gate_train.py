@@ -10,18 +10,17 @@ from __future__ import annotations
 
 import argparse
 import json
-import random
 import time
 from pathlib import Path
 
 import torch
 from torch.nn import functional as F
 
-from kv_vla_ros.cache import ChunkGate, GateConfig, gate_input_dim
+from kv_vla_ros.cache import ChunkGate, gate_input_dim
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
-    from kv_vla_ros.eval.parallel import add_runner_arguments
+    from kv_vla_ros.parallel.runner import add_runner_arguments
     from kv_vla_ros.vla import DEFAULT_MODEL_PATH
 
     parser.add_argument("--model", default=str(DEFAULT_MODEL_PATH), help="VLA checkpoint directory (frozen)")
@@ -59,17 +58,6 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-progress", action="store_true")
 
 
-def split_and_init(items: list, seed: int, in_dim: int, hidden: int):
-    """Seeded shuffle, a fifth (at least one rollout) held out, a fresh gate:
-    ``(rng, train, val, gate)``. Shared by both gate targets so they are compared on equal terms."""
-    rng = random.Random(seed)
-    items = list(items)
-    rng.shuffle(items)
-    n_val = max(1, len(items) // 5)
-    torch.manual_seed(seed)
-    return rng, items[n_val:], items[:n_val], ChunkGate(GateConfig(in_dim=in_dim, hidden=hidden))
-
-
 def train_gate(items: list, recent_chunks: int, in_dim: int, epochs: int, lr: float, hidden: int,
                reduce: str = "mean", seed: int = 0, progress: bool = True,
                values: list[torch.Tensor] | None = None) -> tuple[ChunkGate, dict]:
@@ -79,7 +67,7 @@ def train_gate(items: list, recent_chunks: int, in_dim: int, epochs: int, lr: fl
     of ``values[i]`` (``[chunks]`` per item, e.g. `gate_value.keep_alone_value`) when given."""
     from tqdm import tqdm
 
-    from kv_vla_ros.train.gate_data import future_utility, rank_targets
+    from kv_vla_ros.train.gate_data import future_utility, rank_targets, split_and_init
 
     data = []
     for i, item in enumerate(items):
@@ -137,7 +125,7 @@ def collect(model, tasks: list[str], episodes: int, seed_offset: int, progress: 
     """``EpisodeAttention`` per full-cache rollout (``(episode, attention)`` pairs with
     ``with_episodes``), task-major, in seed order; on the workers of ``runner`` (a `RunnerConfig`,
     each loading ``model_path``) or in-process."""
-    from kv_vla_ros.eval.parallel import Runner, RunnerConfig
+    from kv_vla_ros.parallel.runner import Runner, RunnerConfig
     from kv_vla_ros.sim import train_seeds
     from kv_vla_ros.vla import VLAModel
 
@@ -152,8 +140,8 @@ def collect(model, tasks: list[str], episodes: int, seed_offset: int, progress: 
 
 
 def run(args: argparse.Namespace) -> int:
-    from kv_vla_ros.eval.closed_loop import DEFAULT_TASKS
-    from kv_vla_ros.eval.parallel import runner_config
+    from kv_vla_ros.sim.tasks import EVAL_TASKS
+    from kv_vla_ros.parallel.runner import runner_config
     from kv_vla_ros.vla import VLAModel
 
     for name in ("episodes", "epochs", "hidden", "threads"):
@@ -168,7 +156,7 @@ def run(args: argparse.Namespace) -> int:
     except (FileNotFoundError, ValueError) as exc:
         raise SystemExit(f"kv-vla train-gate: {exc}") from None
     t0 = time.time()
-    pairs = collect(model, args.tasks or DEFAULT_TASKS, args.episodes, args.seed_offset, with_episodes=True,
+    pairs = collect(model, args.tasks or EVAL_TASKS, args.episodes, args.seed_offset, with_episodes=True,
                     runner=runner, model_path=args.model)
     bb = model.backbone_config
     in_dim = gate_input_dim(bb.num_hidden_layers, getattr(bb, "head_dim", None) or bb.hidden_size // bb.num_attention_heads)
@@ -195,7 +183,7 @@ def run(args: argparse.Namespace) -> int:
         target = "future attention utility (percentile), BCE"
     out = Path(args.out or args.model)
     path = gate.save(str(out))
-    log.update(seconds=time.time() - t0, tasks=args.tasks or DEFAULT_TASKS, episodes_per_task=args.episodes,
+    log.update(seconds=time.time() - t0, tasks=args.tasks or EVAL_TASKS, episodes_per_task=args.episodes,
                reduce=args.reduce, target=target, recent_chunks=recent)
     (out / "gate_training.json").write_text(json.dumps(log, indent=1) + "\n")
     print(f"gate ({args.target}): {log['parameters']} parameters, val loss {log['val_loss'][0]:.4f} -> "

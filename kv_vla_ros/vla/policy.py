@@ -253,16 +253,6 @@ class KVVLAPolicy(StreamingPolicy):
         return out.logits[0, -1]
 
 
-# ---- registry ------------------------------------------------------------------------------------
-def _load_pi0(directory, device, dtype):
-    from kv_vla_ros.vla.pi0 import PI0Policy
-
-    return PI0Policy.from_pretrained(directory, device=device, dtype=dtype)
-
-
-POLICY_LOADERS: dict[str, Callable] = {"kv_vla": KVVLAPolicy.from_pretrained, "pi0": _load_pi0}
-
-
 def read_json_object(path: Path) -> dict:
     """A JSON object from ``path``; ValueError naming the file otherwise."""
     try:
@@ -288,18 +278,6 @@ def checkpoint_model_type(directory: str | Path) -> str:
     return str(meta.get("model_type", "kv_vla"))
 
 
-def load_policy(directory: str | Path, device: str | torch.device = "cpu", dtype=None) -> StreamingPolicy:
-    """Load the policy of a checkpoint directory, chosen by its config.json ``model_type``
-    (``dtype``: a name or torch dtype, default the checkpoint's)."""
-    if dtype is not None:  # a bad name, or float16 on a CPU, fails before any weights load
-        device, dtype = resolve_device_dtype(device, dtype)
-    kind = checkpoint_model_type(directory)
-    if kind not in POLICY_LOADERS:
-        raise ValueError(f"config.json: model_type {kind!r} is not a supported policy "
-                         f"(supported: {', '.join(sorted(POLICY_LOADERS))})")
-    return POLICY_LOADERS[kind](directory, device, dtype)
-
-
 def as_policy(model_or_policy, device: str | torch.device = "cpu", dtype=None) -> StreamingPolicy:
     """A ``StreamingPolicy`` as is (``dtype``, if given, must be the one it was loaded in); a
     ``VLAModel`` wrapped in ``KVVLAPolicy`` (moved to ``device``, cast to ``dtype``)."""
@@ -313,5 +291,5 @@ def as_policy(model_or_policy, device: str | torch.device = "cpu", dtype=None) -
     return model_or_policy
 
 
-__all__ = ["DTYPES", "resolve_device_dtype", "Episode", "StreamingPolicy", "KVVLAPolicy", "POLICY_LOADERS",
-           "checkpoint_model_type", "read_json_object", "load_policy", "as_policy"]
+__all__ = ["DTYPES", "resolve_device_dtype", "Episode", "StreamingPolicy", "KVVLAPolicy",
+           "checkpoint_model_type", "read_json_object", "as_policy"]

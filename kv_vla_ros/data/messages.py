@@ -1,7 +1,7 @@
 """Messages of the bag tools as rosbags typestore objects: build them (simulator -> bag) and read
 them back (bag -> frame, instruction, action), with numpy only.
 
-Images go through ``kv_vla_ros.ros.image_conversion`` (numpy + pillow, no rclpy), the converter
+Images go through ``kv_vla_ros.data.image_conversion`` (numpy + pillow, no rclpy), the converter
 the policy node uses, so a bag replayed offline reaches the model exactly as it would live.
 The action convention is the policy node's: ``std_msgs/Float32MultiArray`` whose second layout
 dimension may carry ``frame_stamp=<sec>.<nsec>``, the camera frame the action answers; an empty
@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from kv_vla_ros.bags.errors import BagError
+from kv_vla_ros.data.errors import BagError
 
 IMAGE = "sensor_msgs/msg/Image"
 COMPRESSED_IMAGE = "sensor_msgs/msg/CompressedImage"
@@ -107,7 +107,7 @@ def state_vector(msg, msgtype: str) -> np.ndarray:
 
 def frame_to_rgb(msg, msgtype: str, image_size: int | None, where: str) -> np.ndarray:
     """Image / CompressedImage -> uint8 (H, W, 3) RGB (shrunk as the node does when ``image_size``)."""
-    from kv_vla_ros.ros.image_conversion import compressed_to_rgb, image_to_rgb, shrink_for_model
+    from kv_vla_ros.data.image_conversion import compressed_to_rgb, image_to_rgb, shrink_for_model
 
     try:
         rgb = compressed_to_rgb(msg) if msgtype == COMPRESSED_IMAGE else image_to_rgb(msg)

@@ -17,8 +17,8 @@ from typing import Iterator
 
 from rosbags.rosbag2 import Reader, StoragePlugin, Writer
 
-from kv_vla_ros.bags.errors import BagError
-from kv_vla_ros.bags.typestores import WRITE_STORE, typestore_for_connections
+from kv_vla_ros.data.errors import BagError
+from kv_vla_ros.data.typestores import WRITE_STORE, typestore_for_connections
 
 STORAGES = {"sqlite3": StoragePlugin.SQLITE3, "mcap": StoragePlugin.MCAP}
 

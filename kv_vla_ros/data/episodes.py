@@ -25,9 +25,9 @@ from typing import Iterator
 
 import numpy as np
 
-from kv_vla_ros.bags.bagio import BagReader
-from kv_vla_ros.bags.errors import BagError
-from kv_vla_ros.bags.messages import (FLOAT32_ARRAY, IMAGE_TYPES, STATE_TYPES, STRING, action_source_stamp_ns,
+from kv_vla_ros.data.bagio import BagReader
+from kv_vla_ros.data.errors import BagError
+from kv_vla_ros.data.messages import (FLOAT32_ARRAY, IMAGE_TYPES, STATE_TYPES, STRING, action_source_stamp_ns,
                                       action_vector, frame_to_rgb, header_stamp_ns, state_vector)
 
 

@@ -17,9 +17,9 @@ import json
 import time
 
 
-from kv_vla_ros.bags.bagio import STORAGES, AtomicBagWriter, normalize_topic
-from kv_vla_ros.bags.errors import cli_errors
-from kv_vla_ros.bags.messages import FLOAT32_ARRAY, IMAGE, STRING, make_action, make_image, make_string
+from kv_vla_ros.data.bagio import STORAGES, AtomicBagWriter, normalize_topic
+from kv_vla_ros.data.errors import cli_errors
+from kv_vla_ros.data.messages import FLOAT32_ARRAY, IMAGE, STRING, make_action, make_image, make_string
 
 # The action goes out this long after its frame (an inference delay); a frame period at most.
 ACTION_DELAY_NS = 20_000_000

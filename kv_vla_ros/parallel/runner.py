@@ -148,7 +148,7 @@ class Runner:
 
     # ---- lifecycle ------------------------------------------------------------------------
     def _start_ray(self) -> None:
-        from kv_vla_ros.eval.ray_launch import RayLaunch
+        from kv_vla_ros.parallel.ray_launch import RayLaunch
 
         cfg = self.config
         ray = sys.modules.get("ray")
@@ -284,7 +284,7 @@ class Runner:
         same queue (the whole run when it is one of the workers, else until an actor answers)."""
         import torch
 
-        from kv_vla_ros.eval.feeder import POLL_S, Feeder
+        from kv_vla_ros.parallel.feeder import POLL_S, Feeder
 
         self._results = [None] * len(items)
         queue = deque(range(len(items)))

@@ -11,7 +11,7 @@ import rclpy
 from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
 from rosbags.interfaces import Qos, QosDurability, QosHistory, QosLiveliness, QosReliability, QosTime
 
-from kv_vla_ros.bags.errors import BagError
+from kv_vla_ros.data.errors import BagError
 
 
 def message_class(msgtype: str):

@@ -14,9 +14,9 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from kv_vla_ros.bags.bagio import BagReader
-from kv_vla_ros.bags.episodes import BagTopics, iter_episode_events
-from kv_vla_ros.bags.errors import BagError
+from kv_vla_ros.data.bagio import BagReader
+from kv_vla_ros.data.episodes import BagTopics, iter_episode_events
+from kv_vla_ros.data.errors import BagError
 
 
 @dataclass
@@ -38,10 +38,10 @@ class PolicyRun:
 def build_configs(policy, specs: list[str]) -> list[tuple[str, object]]:
     """``["full", "gated:budget_tokens=256"]`` -> [(label, CacheConfig)], full reference first.
 
-    Specs are parsed by ``kv_vla_ros.eval.closed_loop.parse_spec`` (the one spec syntax of the CLI);
+    Specs are parsed by ``kv_vla_ros.cache.spec.parse_spec`` (the one spec syntax of the CLI);
     ``budget_frac`` needs the mean history length, unknown until the bag is read: use budget_tokens.
     """
-    from kv_vla_ros.eval.closed_loop import parse_spec
+    from kv_vla_ros.cache.spec import parse_spec
 
     from kv_vla_ros.vla.policy import as_policy
 

@@ -18,7 +18,7 @@ import argparse
 import time
 from pathlib import Path
 
-from kv_vla_ros.bags.errors import cli_errors
+from kv_vla_ros.data.errors import cli_errors
 
 
 def bag_paths(paths: list[str]) -> list[Path]:
@@ -39,7 +39,7 @@ def bag_paths(paths: list[str]) -> list[Path]:
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
-    from kv_vla_ros.eval.parallel import add_runner_arguments
+    from kv_vla_ros.parallel.runner import add_runner_arguments
 
     parser.add_argument("bag", nargs="+", help="rosbag2 directories (sqlite3 or mcap), single .db3/.mcap files, "
                                                "or directories of bags (every subdirectory with a metadata.yaml)")
@@ -67,11 +67,11 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 @cli_errors("bag eval")
 def run(args: argparse.Namespace) -> int:
-    from kv_vla_ros.bags.bagio import BagReader, normalize_topic
-    from kv_vla_ros.bags.episodes import BagTopics, check_topics
-    from kv_vla_ros.bags.offline_eval import build_configs, check_inputs, merge_replays, replay_item
-    from kv_vla_ros.bags.report import markdown_table, write_report
-    from kv_vla_ros.eval.parallel import Runner, runner_config
+    from kv_vla_ros.data.bagio import BagReader, normalize_topic
+    from kv_vla_ros.data.episodes import BagTopics, check_topics
+    from kv_vla_ros.eval.bag_eval import build_configs, check_inputs, merge_replays, replay_item
+    from kv_vla_ros.eval.bag_report import markdown_table, write_report
+    from kv_vla_ros.parallel.runner import Runner, runner_config
 
     images = [normalize_topic(t, "--image-topic") for t in (args.image_topic or ["/image"])]
     topics = BagTopics(
