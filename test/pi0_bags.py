@@ -11,8 +11,8 @@ from pathlib import Path
 
 import numpy as np
 
-from kv_vla_ros.bags.bagio import AtomicBagWriter
-from kv_vla_ros.bags.messages import (
+from kv_vla_ros.data.bagio import AtomicBagWriter
+from kv_vla_ros.data.messages import (
     COMPRESSED_IMAGE,
     FLOAT32_ARRAY,
     IMAGE,

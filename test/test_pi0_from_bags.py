@@ -14,7 +14,7 @@ import pytest
 import torch
 from pi0_bags import INSTRUCTION, write_memory_bag
 
-from kv_vla_ros.bags.episodes import BagTopics
+from kv_vla_ros.data.episodes import BagTopics
 from kv_vla_ros.train.bag_episodes import read_bags
 
 REPO = Path(__file__).resolve().parents[1]

@@ -12,7 +12,7 @@ import pytest
 import torch
 from pi0_bags import write_memory_bag
 
-from kv_vla_ros.bags.episodes import BagTopics
+from kv_vla_ros.data.episodes import BagTopics
 from kv_vla_ros.train.bag_episodes import read_bags
 from kv_vla_ros.train.pi0_gate import keep_alone_sets, keep_alone_value
 from kv_vla_ros.train.pi0_train import PI0TrainConfig, stream_episode, train_pi0

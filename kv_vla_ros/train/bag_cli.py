@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from kv_vla_ros.bags.errors import cli_errors
+from kv_vla_ros.data.errors import cli_errors
 
 
 def add_bag_topic_arguments(group) -> None:
@@ -23,7 +23,7 @@ def add_bag_topic_arguments(group) -> None:
 
 def read_bag_data(args: argparse.Namespace, image_size: int | None = None):
     """``BagDataset`` of ``args.bags`` (refusals printed, one line each, on stderr)."""
-    from kv_vla_ros.bags.eval_cli import bag_paths
+    from kv_vla_ros.data.bagio import bag_paths
     from kv_vla_ros.train.bag_episodes import read_bags
 
     data = read_bags(bag_paths(args.bags), bag_topics(args), image_size=image_size,
@@ -37,8 +37,8 @@ def read_bag_data(args: argparse.Namespace, image_size: int | None = None):
 
 def bag_topics(args: argparse.Namespace):
     """``BagTopics`` from the flags (``kv-vla bag eval``'s names and defaults)."""
-    from kv_vla_ros.bags.bagio import normalize_topic
-    from kv_vla_ros.bags.episodes import BagTopics
+    from kv_vla_ros.data.bagio import normalize_topic
+    from kv_vla_ros.data.episodes import BagTopics
 
     images = [normalize_topic(t, "--image-topic") for t in (args.image_topic or ["/image"])]
     return BagTopics(image=images[0], extra_images=tuple(images[1:]),

@@ -1,10 +1,10 @@
 """Training episodes from recorded rosbags (sqlite3 or mcap): what a robot records, nothing else.
 
-The bag reading is ``kv_vla_ros.bags`` (the one bag reader every tool uses); this module only
+The bag reading is ``kv_vla_ros.data`` (the one bag reader every tool uses); this module only
 collects its episodes into arrays a trainer takes, and refuses a bad bag in one line while the
 other bags still train.
 
-Rules (all from ``kv_vla_ros.bags.episodes``, restated here because training depends on them):
+Rules (all from ``kv_vla_ros.data.episodes``, restated here because training depends on them):
 
 - **Episode boundaries**: each message on the instruction topic starts an episode (a simulator or
   an operator publishes one per episode, even when the text repeats). Fallback: with a reset topic
@@ -32,9 +32,9 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from kv_vla_ros.bags.bagio import BagReader
-from kv_vla_ros.bags.episodes import BagTopics, iter_episode_events
-from kv_vla_ros.bags.errors import BagError
+from kv_vla_ros.data.bagio import BagReader
+from kv_vla_ros.data.episodes import BagTopics, iter_episode_events
+from kv_vla_ros.data.errors import BagError
 
 
 @dataclass
