@@ -101,3 +101,23 @@ def test_train_from_bags_lowers_the_loss_logs_and_resumes(tmp_path):
     rows = [json.loads(line) for line in (out / "train_log.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows].count(80) == 1 and rows[-1]["step"] == 90  # continued, not restarted
     assert torch.isfinite(torch.tensor([r["loss"] for r in rows])).all()
+
+
+def test_init_from_a_pi0_checkpoint_fine_tunes_it(tmp_path):
+    """--init-from: the checkpoint's weights are the start (frames resized to its processor's size), the
+    bags' statistics replace its processor's, and the result loads as a π0 policy."""
+    from kv_vla_ros.vla import load_policy
+    from kv_vla_ros.vla.pi0 import write_pi0_checkpoint
+
+    base = write_pi0_checkpoint(tmp_path / "base", num_cameras=1, state_dim=2, action_dim=2)  # 32 px, 8 px patches
+    write_memory_bag(tmp_path / "bag", [0, 1], steps=6, side=48)  # another frame size than the checkpoint's
+    out = tmp_path / "tuned"
+    proc = _train([tmp_path / "bag"], out, "--init-from", str(base), "--max-steps", "3", "--minutes", "5")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    before, after = load_policy(base), load_policy(out)
+    assert after.image_seq_length == before.image_seq_length == 16
+    changed = [not torch.equal(a, b) for a, b in zip(before.model.state_dict().values(),
+                                                      after.model.state_dict().values())]
+    assert any(changed)
+    assert after.processor.actions_mean != before.processor.actions_mean
+    np.testing.assert_allclose(after.processor.state_mean, [0.4167, 0.5], atol=1e-3)  # (0..5)/6 and 0.5
