@@ -7,9 +7,11 @@ every block's action chunk given what the cache holds. For a share of episodes t
 budgeted chunked cache's (random fixed scores, ``evict_held_chunks`` old chunks beside the recent
 window), so the policy learns to act from what a budget leaves. From scratch (a small π0 config
 sized to the bags' frames) or ``init_from`` a π0 checkpoint directory. Normalization statistics
-come from the bags. Auxiliary target (``aux_weight``, from the bags only): each block predicts the
-pooled vision features of the episode's first frame (a recall target every step, no labels);
-the head is dropped at inference.
+come from the bags. Auxiliary target (``aux_weight``, from the bags only, no labels): each block
+predicts where the episode ends up, the mean commanded action over its last ``aux_tail`` share of
+steps (``aux_target="tail_actions"``: a longer action horizon than the chunk; on a memory task it is
+decided by what was seen early), or the pooled vision features of its first frame
+(``"first_frame"``); on whole-history episodes only; the head is dropped at inference.
 
 Outputs beside the checkpoint: ``train_log.jsonl`` (one line per logged step), ``train_curves.png``,
 ``train_config.json``; ``checkpoint/`` (weights, optimizer as safetensors, progress) for ``resume``.
@@ -60,7 +62,9 @@ class PI0TrainConfig:
     evict_from: float = 0.2
     evict_held_chunks: list[int] = field(default_factory=lambda: [0, 1, 2, 3, 4, 6])
     recent_chunks: int = 2
-    aux_weight: float = 0.5
+    aux_weight: float = 1.0
+    aux_target: str = "tail_actions"  # or "first_frame"
+    aux_tail: float = 0.25
     minutes: float = 55.0
     max_steps: int = 100000
     checkpoint_minutes: float = 5.0
@@ -124,9 +128,16 @@ class StreamEpisode:
     actions: torch.Tensor
     valid: torch.Tensor
     step_tokens: int
+    tail: torch.Tensor  # (max_action_dim,) mean normalized action over the episode's last steps
 
 
-def stream_episode(policy, ep: RecordedEpisode) -> StreamEpisode:
+def _tail_mean(norm: torch.Tensor, share: float, width: int) -> torch.Tensor:
+    """(width,) the mean of the last ``share`` of the rows of ``norm (T, A)``, zero-padded."""
+    k = max(1, int(round(norm.shape[0] * share)))
+    return torch.nn.functional.pad(norm[-k:].mean(0), (0, width - norm.shape[1]))
+
+
+def stream_episode(policy, ep: RecordedEpisode, aux_tail: float = 0.25) -> StreamEpisode:
     from kv_vla_ros.vla.pi0 import processing
 
     mc, proc, every, h = policy.model.config, policy.processor, policy.default_actions_per_inference, \
@@ -147,10 +158,12 @@ def stream_episode(policy, ep: RecordedEpisode) -> StreamEpisode:
         valid[i, : len(span), : norm.shape[1]] = 1.0
     prompt = processing.prompt_ids(proc, ep.instruction)
     ids = block_ids(policy.image_token_id, policy.tokens_per_step, prompt, len(idx))
-    return StreamEpisode(ids, pixels, states, actions, valid, policy.tokens_per_step + len(prompt))
+    return StreamEpisode(ids, pixels, states, actions, valid, policy.tokens_per_step + len(prompt),
+                         _tail_mean(norm, aux_tail, mc.max_action_dim))
 
 
-def episode_loss(policy, ep: StreamEpisode, before, after, aux_head=None, generator=None):
+def episode_loss(policy, ep: StreamEpisode, before, after, aux_head=None, generator=None,
+                 aux_target: str = "tail_actions"):
     """``(flow-matching loss, aux loss or None)`` of one streamed episode under held sets."""
     model = policy.model
     cache, hidden = prefix_states(model, ep.ids, ep.pixels, before, return_hidden=True)
@@ -158,10 +171,14 @@ def episode_loss(policy, ep: StreamEpisode, before, after, aux_head=None, genera
     aux = None
     if aux_head is not None:
         n = ep.states.shape[0]
-        with torch.no_grad():  # target: the pooled vision features of the episode's first frame
-            target = model.model.vlm.get_image_features(ep.pixels[0, :1]).pooler_output.mean(1)
+        if aux_target == "tail_actions":
+            target, dims = ep.tail.view(1, -1), ep.valid[0, 0]
+        else:
+            with torch.no_grad():  # the pooled vision features of the episode's first frame
+                target = model.model.vlm.get_image_features(ep.pixels[0, :1]).pooler_output.mean(1)
+            dims = torch.ones(target.shape[-1])
         blocks = hidden.reshape(n, ep.step_tokens, -1).mean(1)
-        aux = ((aux_head(blocks) - target) ** 2).mean()
+        aux = (((aux_head(blocks) - target) ** 2) * dims).sum(-1).mean() / dims.sum()
     return fm.mean(), aux
 
 
@@ -209,17 +226,23 @@ def _setup(cfg: PI0TrainConfig, episodes: list[RecordedEpisode], out: Path, resu
         (out / LOG_FILE).write_text("")
     (out / CONFIG_FILE).write_text(json.dumps(dataclasses.asdict(cfg), indent=2) + "\n")
     model = policy.model.train()
-    aux_head = None
-    if cfg.aux_weight > 0:  # block hidden state -> the first frame's pooled vision features
-        aux_head = torch.nn.Linear(model.config.vlm_config.text_config.hidden_size,
-                                   model.config.vlm_config.vision_config.hidden_size)
+    aux_head, same_head = None, True
+    if cfg.aux_weight > 0:  # block hidden state -> the aux target
+        if cfg.aux_target not in ("tail_actions", "first_frame"):
+            raise ValueError(f"aux_target: expected tail_actions or first_frame, got {cfg.aux_target!r}")
+        width = (model.config.max_action_dim if cfg.aux_target == "tail_actions"
+                 else model.config.vlm_config.vision_config.hidden_size)
+        aux_head = torch.nn.Linear(model.config.vlm_config.text_config.hidden_size, width)
         if resume and (ckpt / "aux_head.safetensors").is_file():
             from safetensors.torch import load_file
 
-            aux_head.load_state_dict(load_file(str(ckpt / "aux_head.safetensors")))
+            saved = load_file(str(ckpt / "aux_head.safetensors"))
+            same_head = saved["weight"].shape == aux_head.weight.shape  # else another target: a fresh head
+            if same_head:
+                aux_head.load_state_dict(saved)
     params = list(model.parameters()) + (list(aux_head.parameters()) if aux_head is not None else [])
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
-    if resume:
+    if resume and same_head and len(state["param_groups"][0]["params"]) == len(params):
         load_optimizer(opt, ckpt / "optimizer.safetensors", state["param_groups"])
     return policy, state, aux_head, opt, params
 
@@ -231,7 +254,8 @@ def _step(cfg, policy, data, aux_head, opt, params, rng, gen, progress: float) -
     for i in rng.integers(0, len(data), cfg.episodes_per_step):
         ep = data[int(i)]
         before, after, ev = _held(cfg, ep.states.shape[0], rng, progress)
-        fm, aux = episode_loss(policy, ep, before, after, aux_head, gen)
+        # a target about the whole episode is unlearnable once its history may be gone: whole histories only
+        fm, aux = episode_loss(policy, ep, before, after, None if ev else aux_head, gen, cfg.aux_target)
         loss = fm + (cfg.aux_weight * aux if aux is not None else 0.0)
         (loss / cfg.episodes_per_step).backward()
         fm_sum += fm.item()
@@ -240,7 +264,7 @@ def _step(cfg, policy, data, aux_head, opt, params, rng, gen, progress: float) -
     torch.nn.utils.clip_grad_norm_(params, 1.0)
     opt.step()
     n = cfg.episodes_per_step
-    return {"loss": fm_sum / n, "aux_loss": aux_sum / n, "evicted_share": evicted / n}
+    return {"loss": fm_sum / n, "aux_loss": aux_sum / max(1, n - evicted), "evicted_share": evicted / n}
 
 
 def train_pi0(cfg: PI0TrainConfig, episodes: list[RecordedEpisode], out: str | Path, resume: bool = False,
@@ -251,7 +275,7 @@ def train_pi0(cfg: PI0TrainConfig, episodes: list[RecordedEpisode], out: str | P
     torch.set_num_threads(cfg.threads)
     policy, state, aux_head, opt, params = _setup(cfg, episodes, out, resume)
     model = policy.model
-    data = [stream_episode(policy, ep) for ep in tqdm(episodes, desc="stream episodes", disable=not progress_bar,
+    data = [stream_episode(policy, ep, cfg.aux_tail) for ep in tqdm(episodes, desc="stream episodes", disable=not progress_bar,
                                                          mininterval=5.0)]
     rng = np.random.default_rng(cfg.seed + 7919 * state["step"])
     gen = torch.Generator().manual_seed(cfg.seed + state["step"])
@@ -318,7 +342,7 @@ def write_curves(out: Path) -> Path | None:
     ax[0].set(title="flow-matching loss", xlabel="step", yscale="log")
     ax[0].legend(fontsize=8)
     ax[1].plot(steps, [r["aux_loss"] for r in rows], color="tab:orange")
-    ax[1].set(title="auxiliary loss (first frame's features)", xlabel="step")
+    ax[1].set(title="auxiliary loss (whole-history episodes)", xlabel="step")
     fig.tight_layout()
     fig.savefig(out / CURVES_FILE, dpi=100)
     plt.close(fig)
