@@ -42,7 +42,7 @@ def keep_alone_sets(n: int, recent: int, chunk: int) -> tuple[np.ndarray, np.nda
 
 
 @torch.no_grad()
-def keep_alone_value(policy, ep, recent: int, draws: int = 2, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+def keep_alone_value(policy, ep, recent: int, draws: int = 1, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
     """``(value [n], features [n, in_dim])`` of one ``StreamEpisode``; value NaN for chunks that never
     leave the window."""
     model = policy.model
