@@ -42,36 +42,38 @@ def keep_alone_sets(n: int, recent: int, chunk: int) -> tuple[np.ndarray, np.nda
 
 
 @torch.no_grad()
-def keep_alone_value(policy, ep, recent: int, draws: int = 1, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+def keep_alone_value(policy, ep, recent: int, draws: int = 1, seed: int = 0,
+                     batch: int = 8) -> tuple[torch.Tensor, torch.Tensor]:
     """``(value [n], features [n, in_dim])`` of one ``StreamEpisode``; value NaN for chunks that never
-    leave the window."""
+    leave the window. The replays (full, window, window + each chunk) run ``batch`` at a time."""
     model = policy.model
     n = ep.states.shape[0]
     gen = torch.Generator().manual_seed(seed)
     time = torch.rand(draws, n, generator=gen) * 0.998 + 0.001
     noise = torch.randn((draws, *ep.actions.shape), generator=gen)
-
-    def loss(before, after, keep_cache=False):
-        cache = prefix_states(model, ep.ids, ep.pixels, before)
-        out = sum(flow_matching_loss(model, cache, after, ep.step_tokens, ep.states, ep.actions, ep.valid,
-                                     time=time[d], noise=noise[d]) for d in range(draws)) / draws
-        return (out, cache) if keep_cache else out
-
-    full, cache = loss(*held_steps(n, None, None, recent), keep_cache=True)
-    layers = [(layer.keys, layer.values) for layer in cache.layers]
-    features = torch.stack([chunk_features([(k[..., s * ep.step_tokens:(s + 1) * ep.step_tokens, :],
-                                             v[..., s * ep.step_tokens:(s + 1) * ep.step_tokens, :])
-                                            for k, v in layers]) for s in range(n)])
-    window = loss(*held_steps(n, None, 0, recent))
     judged = torch.arange(n).view(-1, 1) <= torch.arange(n).view(1, -1) - recent  # [chunks, steps]: c is old
+    chunks = [c for c in range(n) if judged[c].any()]
+    sets = [held_steps(n, None, None, recent), held_steps(n, None, 0, recent)]
+    sets += [keep_alone_sets(n, recent, c) for c in chunks]
+    losses, features = [], None
+    for i in range(0, len(sets), batch):
+        part = sets[i:i + batch]
+        before, after = np.stack([b for b, _ in part]), np.stack([a for _, a in part])
+        cache = prefix_states(model, ep.ids, ep.pixels, before)
+        if features is None:  # the full-history replay (row 0): each block's pooled K/V
+            span = ep.step_tokens
+            features = torch.stack([chunk_features([(layer.keys[:1, ..., s * span:(s + 1) * span, :],
+                                                     layer.values[:1, ..., s * span:(s + 1) * span, :])
+                                                    for layer in cache.layers]) for s in range(n)])
+        losses.append(sum(flow_matching_loss(model, cache, after, ep.step_tokens, ep.states, ep.actions, ep.valid,
+                                             time=time[d], noise=noise[d]) for d in range(draws)) / draws)
+    losses = torch.cat(losses)  # [2 + len(chunks), steps]
+    window = losses[1]
     gain = torch.zeros(n, n)
-    for c in range(n):
-        if judged[c].any():
-            gain[c] = (window - loss(*keep_alone_sets(n, recent, c))).clamp(min=0)
+    gain[chunks] = (window.unsqueeze(0) - losses[2:]).clamp(min=0)
     gain = gain * judged
     share = gain / gain.sum(0, keepdim=True).clamp(min=1e-9)
     value = (share * window.unsqueeze(0)).sum(1)
-    del full
     return value.masked_fill(~judged.any(1), float("nan")), features
 
 

@@ -47,7 +47,9 @@ def held_steps(n: int, scores: np.ndarray | None, held_chunks: int | None, recen
 
 def prefix_mask(before: np.ndarray, step_tokens: int) -> torch.Tensor:
     """Additive ``(1, 1, N, N)`` mask of the blocks (``N = n x step_tokens``): bidirectional within a
-    block, and to the earlier blocks held before it."""
+    block, and to the earlier blocks held before it. ``before (B, n, n)``: ``(B, 1, N, N)``."""
+    if before.ndim == 3:
+        return torch.cat([prefix_mask(b, step_tokens) for b in before])
     n = before.shape[0]
     see = before | np.eye(n, dtype=bool)
     allowed = torch.from_numpy(np.repeat(np.repeat(see, step_tokens, 0), step_tokens, 1))
@@ -56,7 +58,10 @@ def prefix_mask(before: np.ndarray, step_tokens: int) -> torch.Tensor:
 
 def suffix_mask(after: np.ndarray, step_tokens: int, horizon: int) -> torch.Tensor:
     """Additive ``(1, 1, M, N + M)`` mask of every step's action-expert tokens (``M = n x (1 + horizon)``):
-    the prefix blocks held after the step, then π0's suffix rule within the step's own tokens."""
+    the prefix blocks held after the step, then π0's suffix rule within the step's own tokens.
+    ``after (B, n, n)``: ``(B, 1, M, N + M)``."""
+    if after.ndim == 3:
+        return torch.cat([suffix_mask(a, step_tokens, horizon) for a in after])
     n, width = after.shape[0], 1 + horizon
     to_prefix = np.repeat(np.repeat(after, width, 0), step_tokens, 1)
     own = np.kron(np.eye(n, dtype=bool), np.ones((width, width), dtype=bool))
@@ -78,13 +83,15 @@ def prefix_states(model, ids: torch.Tensor, pixel_values: torch.Tensor, before: 
 
     Args:
         ids: (1, N) stream ids; pixel_values: (1, steps x cameras, 3, S, S) normalized.
+        before: (n, n), or (B, n, n) for B replays of the same episode under other held sets (a batch).
     """
     cams = torch.ones(1, pixel_values.shape[1], dtype=torch.bool, device=ids.device)
     embeds = model.model.embed_prefix(ids, pixel_values, cams)
-    step_tokens = ids.shape[1] // before.shape[0]
+    step_tokens = ids.shape[1] // before.shape[-1]
     mask = prefix_mask(before, step_tokens).to(device=embeds.device, dtype=embeds.dtype)
+    embeds = embeds.expand(mask.shape[0], -1, -1)
     cache = DynamicCache(config=model.config.vlm_config.text_config)
-    pos = torch.arange(ids.shape[1], device=ids.device)[None]
+    pos = torch.arange(ids.shape[1], device=ids.device)[None].expand(mask.shape[0], -1)
     out = model.model.vlm.language_model(inputs_embeds=embeds, attention_mask=mask, position_ids=pos,
                                          past_key_values=cache, use_cache=True)
     return (cache, out.last_hidden_state) if return_hidden else cache
@@ -97,19 +104,22 @@ def velocities(model, cache: DynamicCache, after: np.ndarray, step_tokens: int, 
     Args:
         cache: ``prefix_states``' cache (its K/V are used, then cropped back to the prefix).
         states: (steps, max_state_dim) normalized; noisy: (steps, horizon, max_action_dim); time: (steps,).
+        after: (n, n), or (B, n, n) with a batched cache: velocities (B, steps, horizon, max_action_dim).
     """
     n, horizon = noisy.shape[0], noisy.shape[1]
     total = n * step_tokens
+    batch = after.shape[0] if after.ndim == 3 else 1
     emb = model.embed_action_time(states, noisy, time)  # (steps, 1 + horizon, D)
-    emb = emb.reshape(1, n * (1 + horizon), emb.shape[-1])
+    emb = emb.reshape(1, n * (1 + horizon), emb.shape[-1]).expand(batch, -1, -1)
     seen = (torch.arange(n, device=emb.device) + 1) * step_tokens  # tokens seen after each step
-    pos = (seen[:, None] + torch.arange(1 + horizon, device=emb.device)[None]).reshape(1, -1)
+    pos = (seen[:, None] + torch.arange(1 + horizon, device=emb.device)[None]).reshape(1, -1).expand(batch, -1)
     mask = suffix_mask(after, step_tokens, horizon).to(device=emb.device, dtype=emb.dtype)
     out = model.model.dit(inputs_embeds=emb, attention_mask=mask, position_ids=pos, past_key_values=cache,
                           use_cache=True)
     cache.crop(total - cache.get_seq_length())  # the expert's tokens are never history
-    hidden = out.last_hidden_state.reshape(n, 1 + horizon, -1)[:, 1:]
-    return model.action_out_proj(hidden)
+    hidden = out.last_hidden_state.reshape(batch, n, 1 + horizon, -1)[:, :, 1:]
+    pred = model.action_out_proj(hidden)
+    return pred if after.ndim == 3 else pred[0]
 
 
 def flow_matching_loss(model, cache, after, step_tokens, states, actions, valid, generator=None,
@@ -128,7 +138,7 @@ def flow_matching_loss(model, cache, after, step_tokens, states, actions, valid,
     noisy = t * noise + (1 - t) * actions
     pred = velocities(model, cache, after, step_tokens, states, noisy.to(states.dtype), time)
     err = ((pred.float() - (noise - actions)) ** 2) * valid
-    return err.sum((1, 2)) / valid.sum((1, 2)).clamp(min=1)
+    return err.sum((-1, -2)) / valid.sum((1, 2)).clamp(min=1)  # (steps,), or (B, steps) batched
 
 
 __all__ = [
