@@ -264,7 +264,8 @@ def _step(cfg, policy, data, aux_head, opt, params, rng, gen, progress: float) -
     torch.nn.utils.clip_grad_norm_(params, 1.0)
     opt.step()
     n = cfg.episodes_per_step
-    return {"loss": fm_sum / n, "aux_loss": aux_sum / max(1, n - evicted), "evicted_share": evicted / n}
+    aux_loss = aux_sum / (n - evicted) if aux_head is not None and n > evicted else None  # None: no whole history
+    return {"loss": fm_sum / n, "aux_loss": aux_loss, "evicted_share": evicted / n}
 
 
 def train_pi0(cfg: PI0TrainConfig, episodes: list[RecordedEpisode], out: str | Path, resume: bool = False,
@@ -300,7 +301,7 @@ def train_pi0(cfg: PI0TrainConfig, episodes: list[RecordedEpisode], out: str | P
                 logf.write(json.dumps(row) + "\n")
                 logf.flush()
             bar.update(1)
-            bar.set_postfix(loss=f"{row['loss']:.4f}", aux=f"{row['aux_loss']:.4f}", lr=f"{lr:.1e}", refresh=False)
+            bar.set_postfix(loss=f"{row['loss']:.4f}", aux=f"{row['aux_loss'] or 0:.4f}", lr=f"{lr:.1e}", refresh=False)
             if time.perf_counter() - last_ckpt > cfg.checkpoint_minutes * 60:
                 _save(ckpt, model, opt, state, aux_head, start)
                 policy.processor.save_pretrained(str(ckpt))  # checkpoint/ loads as a policy (evaluate mid-run)
@@ -341,7 +342,8 @@ def write_curves(out: Path) -> Path | None:
     ax[0].plot(steps, [r.get("probe_loss", np.nan) for r in rows], label="fixed probe (full history)")
     ax[0].set(title="flow-matching loss", xlabel="step", yscale="log")
     ax[0].legend(fontsize=8)
-    ax[1].plot(steps, [r["aux_loss"] for r in rows], color="tab:orange")
+    aux = [(r["step"], r["aux_loss"]) for r in rows if r.get("aux_loss") is not None]
+    ax[1].plot([a for a, _ in aux], [b for _, b in aux], color="tab:orange")
     ax[1].set(title="auxiliary loss (whole-history episodes)", xlabel="step")
     fig.tight_layout()
     fig.savefig(out / CURVES_FILE, dpi=100)
