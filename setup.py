@@ -33,6 +33,7 @@ setup(
             "kv-vla = kv_vla_ros.cli:main",
             "kv_vla_node = kv_vla_ros.ros.policy_node:main",
             "minigrid_sim_node = kv_vla_ros.ros.sim_node:main",
+            "arm_sim_node = kv_vla_ros.ros.arm_sim_node:main",
         ],
     },
 )

@@ -34,14 +34,15 @@ class Tier:
 TIERS: tuple[Tier, ...] = (
     Tier("cache", "torch + transformers' cache base classes",
          "`CacheConfig`, `make_cache`, `ChunkedKVCache` / `ChunkedLayer`, eviction policies (one file each "
-         "under `cache/policies/`, registered by name), the gate, per-layer budgets and their calibration "
+         "under `cache/eviction/`, registered by name), the gate, per-layer budgets and their calibration "
          "file, cache specs, the `kv_vla_*` attention",
          forbids=ROS_MODULES + ("ray", "gymnasium", "minigrid", "rosbags")),
     Tier("vla", "+ transformers",
          "the policies behind one contract (the package's own VLA, π0), checkpoint I/O, `VLASession`",
          forbids=ROS_MODULES + ("ray", "gymnasium", "minigrid", "rosbags")),
-    Tier("sim", "gymnasium, minigrid",
-         "MiniGrid `Memory*` / BabyAI as a simulated robot, experts, datasets, task lists",
+    Tier("sim", "gymnasium, minigrid, pybullet",
+         "MiniGrid `Memory*` / BabyAI as a simulated robot, a Franka Panda arm in PyBullet (`sim/arm/`), "
+         "experts, datasets, task lists",
          forbids=ROS_MODULES + ("ray", "torch", "transformers", "rosbags")),
     Tier("data", "rosbags, numpy, OpenCV; no rclpy",
          "rosbag2 files read into episodes (frames, states, actions, instructions), message decoding, "

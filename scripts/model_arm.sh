@@ -15,7 +15,7 @@ $KV train-gate --bags "$OUT/bags" --state-topic /joint_states --model "$OUT/kv-v
     --epochs 30 --no-progress
 # no history = one step held (16 image + 17 prompt tokens); a quarter and an eighth of the mean history
 $KV eval --model "$OUT/kv-vla-arm" --tasks $TASK --episodes 200 --workers 2 --out "$OUT/eval" \
-    --policy full --policy window:recent_chunks=1,budget_tokens=33 \
-    --policy window:budget_frac=0.25 --policy gated:budget_frac=0.25 \
-    --policy window:budget_frac=0.125 --policy sink_window:budget_frac=0.125 --policy h2o:budget_frac=0.125 \
-    --policy key_norm:budget_frac=0.125 --policy random:budget_frac=0.125 --policy gated:budget_frac=0.125
+    --cache full --cache window:recent_chunks=1,budget_tokens=33 \
+    --cache window:budget_frac=0.25 --cache gated:budget_frac=0.25 \
+    --cache window:budget_frac=0.125 --cache sink_window:budget_frac=0.125 --cache h2o:budget_frac=0.125 \
+    --cache key_norm:budget_frac=0.125 --cache random:budget_frac=0.125 --cache gated:budget_frac=0.125

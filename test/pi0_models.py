@@ -89,3 +89,24 @@ def reference_actions(ref, policy, instruction: str, frames: list[list[np.ndarra
 def random_frames(steps: int, cameras: int, seed: int = 0, shape=(40, 56, 3)) -> list[list[np.ndarray]]:
     rng = np.random.default_rng(seed)
     return [[rng.integers(0, 256, shape, dtype=np.uint8) for _ in range(cameras)] for _ in range(steps)]
+
+
+def arm_pi0_checkpoint(directory, drift=(0.6, 0.5, 0.0), actions_per_inference: int = 2, seed: int = 0):
+    """A tiny random π0 that fits the arm tasks (one 64 px camera, the 9 joint positions, 4 actions)
+    and, through its action statistics, drifts by ``drift`` (dx, dy, dz in action units) with a
+    little noise and never opens the hand: closed-loop episodes run long enough to reach the lane's
+    end and take a decision (random weights alone would open the hand on the first steps)."""
+    import json
+    from pathlib import Path
+
+    from kv_vla_ros.vla.pi0 import write_pi0_checkpoint
+
+    directory = Path(directory)
+    write_pi0_checkpoint(directory, num_cameras=1, state_dim=9, action_dim=4, max_dim=16, seed=seed,
+                         actions_per_inference=actions_per_inference)
+    path = directory / "processor_config.json"
+    config = json.loads(path.read_text())
+    config["actions_mean"] = [*map(float, drift), -3.0]
+    config["actions_std"] = [0.05, 0.05, 0.05, 0.1]
+    path.write_text(json.dumps(config, indent=2))
+    return directory

@@ -22,7 +22,7 @@ from kv_vla_ros.vla import ActionSpaceConfig, VLAConfig, VLAModel, VLASession
 
 TASK = "MiniGrid-MemoryS7-v0"  # short expert episodes: the whole file runs in seconds
 SEED_OFFSET = 3
-POLICIES = ["full", "gated:budget_tokens=38", "window:budget_tokens=30"]
+EVICTIONS = ["full", "gated:budget_tokens=38", "window:budget_tokens=30"]
 
 
 def tiny_model(seed: int = 0) -> VLAModel:
@@ -74,7 +74,7 @@ def live_actions(model, seeds) -> list[np.ndarray]:
 
     robot = SimRobot(TASK)
     expert = make_expert(robot)
-    session = VLASession(model, model.config.cache.replace(policy="full"))
+    session = VLASession(model, model.config.cache.replace(eviction="full"))
     out = []
     for seed in seeds:
         frame, instruction = robot.reset(seed)
@@ -100,9 +100,9 @@ def test_generate_eval_round_trip_matches_live_session(storage, model, sqlite_ba
         topics = reader.topics
         assert topics["/instruction"] == ("std_msgs/msg/String", 2) and topics["/episode"][1] == 2
         assert topics["/image"][1] == topics["/action"][1] > 0
-    result = evaluate_bag(bag, model, POLICIES, flops_every=3, progress=False)
+    result = evaluate_bag(bag, model, EVICTIONS, flops_every=3, progress=False)
     rows = {r["policy"]: r for r in result["results"]}
-    assert list(rows) == POLICIES and result["meta"]["episodes"] == 2
+    assert list(rows) == EVICTIONS and result["meta"]["episodes"] == 2
     # The expert's actions are the recorded ones: every step has one.
     assert rows["full"]["agreement_recorded"]["n"] == rows["full"]["steps"] == result["meta"]["steps"]
     assert rows["full"]["agreement_full"]["match"] == 1.0
@@ -118,7 +118,7 @@ def test_generate_eval_round_trip_matches_live_session(storage, model, sqlite_ba
 
 def test_eval_cli_writes_json_markdown_and_plots(model_dir, sqlite_bag, tmp_path):
     out = tmp_path / "eval"
-    proc = kv_vla("bag", "eval", sqlite_bag, "--model", model_dir, "--policy", "gated:budget_tokens=38",
+    proc = kv_vla("bag", "eval", sqlite_bag, "--model", model_dir, "--cache", "gated:budget_tokens=38",
                   "--out", out, "--no-progress", "--flops-every", "4", "--workers", "1")
     assert proc.returncode == 0, proc.stderr
     names = sorted(p.name for p in out.iterdir())
@@ -329,7 +329,7 @@ def test_closed_loop_bag_matches_live_closed_loop(model, tmp_path):
     result = evaluate_bag(bag, model, ["full"], flops_every=0, progress=False)
     assert result["results"][0]["agreement_recorded"] == {"n": summary["steps"], "match": 1.0}
     robot = SimRobot(TASK, max_steps=8)
-    session = VLASession(model, model.config.cache.replace(policy="full"))
+    session = VLASession(model, model.config.cache.replace(eviction="full"))
     for seed, got in zip(eval_seeds(2, SEED_OFFSET), result["actions"]["full"]):
         frame, instruction = robot.reset(seed)
         session.reset(instruction)

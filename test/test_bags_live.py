@@ -150,7 +150,7 @@ def test_record_live_robot_stream_then_eval(tmp_path):
     recorded_actions = [[int(a[0]) for a in ep] for ep in result["recorded"]]
     assert recorded_actions == [[(ep + k) % 3 for k in range(steps)] for ep in range(episodes)]
     frames = np.random.default_rng(0).integers(0, 256, (episodes, steps, 24, 24, 3), dtype=np.uint8)
-    session = VLASession(model, model.config.cache.replace(policy="full"))
+    session = VLASession(model, model.config.cache.replace(eviction="full"))
     for ep in range(episodes):
         session.reset(result["instructions"][ep])
         want = np.stack([session.step(f) for f in frames[ep]])

@@ -10,7 +10,7 @@ def test_bench_paper_smoke(tmp_path, capsys):
     # the shipped model's backbone: the smallest one, so the smoke run stays short
     # (its steps are 5 tokens: 9 frames' budget = 45 tokens, above the 32-token prefix + window)
     rc = main(["bench", "paper", "--backbone", "default", "--history", "4,24", "--repeats", "1", "--threads", "1",
-               "--budget-frames", "9", "--policies", "full,gated,gated-static,gated-static-compiled", "--out", str(out)])
+               "--budget-frames", "9", "--evictions", "full,gated,gated-static,gated-static-compiled", "--out", str(out)])
     assert rc == 0
     data = json.loads((out / "bench_default.json").read_text())
     step = data["tokens_per_step"]
@@ -37,7 +37,7 @@ def test_bench_dtype_smoke(tmp_path, capsys):
     assert data["steps"] == 8 and data["dtype"] == "bfloat16" and 0.0 <= data["agreement"] <= 1.0
     assert (out / "bench_dtype.png").stat().st_size > 1000
     rc = main(["bench", "dtype", "--steps", "8", "--threads", "1", "--dtype", "float32", "--compile",
-               "--policy", "gated:budget_tokens=432,static=true", "--out", str(out)])
+               "--cache", "gated:budget_tokens=432,static=true", "--out", str(out)])
     data = json.loads((out / "bench_dtype.json").read_text())
     assert rc == 0 and data["compiled"] == "eager" and data["agreement"] == 1.0 and data["max_logit_gap"] == 0.0
     assert "action agreement vs float32" in capsys.readouterr().out

@@ -6,13 +6,13 @@ import torch
 from transformers import DynamicCache
 
 from cache_models import explicit_mask, reference_logits, stream, tiny_model
-from kv_vla_ros.cache import POLICY_NAMES, CacheConfig, make_cache, use_kv_vla_attention
+from kv_vla_ros.cache import EVICTION_NAMES, CacheConfig, make_cache, use_kv_vla_attention
 
-EVICTING = [p for p in POLICY_NAMES if p != "full"]
+EVICTING = [p for p in EVICTION_NAMES if p != "full"]
 
 
 def config_for(policy: str, **kw) -> CacheConfig:
-    base = dict(policy=policy, chunk_size=16, recent_chunks=2, sink_tokens=8, budget_tokens=88, gate_threshold=0.5)
+    base = dict(eviction=policy, chunk_size=16, recent_chunks=2, sink_tokens=8, budget_tokens=88, gate_threshold=0.5)
     if policy == "window":
         base["budget_tokens"] = 80
     base.update(kw)

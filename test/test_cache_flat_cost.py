@@ -15,11 +15,11 @@ from kv_vla_ros.cache.work import StepWork
 
 CHUNK = 8
 CASES = {
-    "gated": dict(policy="gated", gate_threshold=0.0),
-    "gated-summaries": dict(policy="gated", gate_threshold=0.5, summarize=True, summary_threshold=0.2),
-    "h2o": dict(policy="h2o"),
-    "key_norm-per-layer-budgets": dict(policy="key_norm", layer_budgets=[60, 36, 44]),
-    "gated-static": dict(policy="gated", gate_threshold=0.0, static=True),
+    "gated": dict(eviction="gated", gate_threshold=0.0),
+    "gated-summaries": dict(eviction="gated", gate_threshold=0.5, summarize=True, summary_threshold=0.2),
+    "h2o": dict(eviction="h2o"),
+    "key_norm-per-layer-budgets": dict(eviction="key_norm", layer_budgets=[60, 36, 44]),
+    "gated-static": dict(eviction="gated", gate_threshold=0.0, static=True),
 }
 
 
@@ -66,7 +66,7 @@ def test_step_work_is_independent_of_history(case):
 def test_counter_sees_history_dependent_work():
     """The counter itself: a full cache's step over a longer history touches more elements."""
     model = tiny_model("llama", seed=3)
-    cache = make_cache(CacheConfig(policy="full", chunk_size=CHUNK, sink_tokens=4, budget_tokens=None), model.config)
+    cache = make_cache(CacheConfig(eviction="full", chunk_size=CHUNK, sink_tokens=4, budget_tokens=None), model.config)
     ids = torch.randint(0, 97, (1, 4 + 40 * CHUNK), generator=torch.Generator().manual_seed(5))
     work = step_work(model, cache, ids, checkpoints=[5, 30])
     assert work[30][0]["elements"] > work[5][0]["elements"]

@@ -6,8 +6,8 @@ from transformers import AttentionInterface, DynamicCache
 
 from cache_models import explicit_mask, tiny_model
 from kv_vla_ros.cache import (
-    POLICIES,
-    POLICY_NAMES,
+    EVICTIONS,
+    EVICTION_NAMES,
     CacheConfig,
     ChunkGate,
     allocate_layer_budgets,
@@ -19,16 +19,16 @@ from kv_vla_ros.cache.attention import eager_attention
 
 
 def test_registry_matches_config_names():
-    assert sorted(POLICIES) == sorted(POLICY_NAMES)
+    assert sorted(EVICTIONS) == sorted(EVICTION_NAMES)
 
 
 @pytest.mark.parametrize(
     "policy, block",
-    [(p, 37) for p in POLICY_NAMES if p != "full"] + [("gated", 1), ("h2o", 16)],
+    [(p, 37) for p in EVICTION_NAMES if p != "full"] + [("gated", 1), ("h2o", 16)],
 )
 def test_long_stream_never_exceeds_budget_and_keeps_prefix_and_recent(policy, block):
     model = tiny_model("llama", seed=3)
-    cfg = CacheConfig(policy=policy, chunk_size=16, recent_chunks=3, sink_tokens=8, budget_tokens=128)
+    cfg = CacheConfig(eviction=policy, chunk_size=16, recent_chunks=3, sink_tokens=8, budget_tokens=128)
     cache = make_cache(cfg, model.config)
     ids = torch.randint(0, 97, (1, 2000), generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
@@ -54,7 +54,7 @@ def test_positions_stay_absolute_and_k_v_travel_together(policy):
     """Layer 0's K/V of a token depend only on the token and its absolute position, so the held
     K and V must equal DynamicCache's at the held positions."""
     model = tiny_model("llama", seed=4)
-    cache = make_cache(CacheConfig(policy=policy, chunk_size=16, recent_chunks=2, sink_tokens=8, budget_tokens=72), model.config)
+    cache = make_cache(CacheConfig(eviction=policy, chunk_size=16, recent_chunks=2, sink_tokens=8, budget_tokens=72), model.config)
     dyn = DynamicCache(config=model.config)
     ids = torch.randint(0, 97, (1, 300), generator=torch.Generator().manual_seed(5))
     with torch.no_grad():
@@ -83,7 +83,7 @@ def register_reference_attention(masks: dict):
 def test_per_layer_budgets_equal_per_layer_explicit_masks(base, block):
     model = use_kv_vla_attention(tiny_model("llama", seed=6), base)
     budgets = [56, 120, 88]
-    cfg = CacheConfig(policy="gated", chunk_size=16, recent_chunks=2, sink_tokens=8, budget_tokens=88,
+    cfg = CacheConfig(eviction="gated", chunk_size=16, recent_chunks=2, sink_tokens=8, budget_tokens=88,
                       gate_threshold=0.0, layer_budgets=budgets)
     cache = make_cache(cfg, model.config)
     length = 200
@@ -108,10 +108,10 @@ def test_per_layer_budgets_equal_per_layer_explicit_masks(base, block):
 def test_per_layer_budgets_need_kv_vla_attention():
     model = tiny_model("llama")
     with pytest.raises(ValueError, match="layer_budgets"):
-        make_cache(CacheConfig(policy="gated", chunk_size=16, recent_chunks=2, sink_tokens=8, budget_tokens=88,
+        make_cache(CacheConfig(eviction="gated", chunk_size=16, recent_chunks=2, sink_tokens=8, budget_tokens=88,
                                layer_budgets=[56, 120, 88]), model.config)
     with pytest.raises(ValueError, match="layer_budgets"):
-        make_cache(CacheConfig(policy="gated", chunk_size=16, recent_chunks=2, sink_tokens=8, budget_tokens=88,
+        make_cache(CacheConfig(eviction="gated", chunk_size=16, recent_chunks=2, sink_tokens=8, budget_tokens=88,
                                layer_budgets=[88, 88]), model.config)
 
 
@@ -126,7 +126,7 @@ def test_allocate_layer_budgets_favours_dispersed_layers_and_keeps_total():
 
 def test_summaries_hold_one_token_per_summarised_chunk_within_budget():
     model = tiny_model("llama", seed=8)
-    cfg = CacheConfig(policy="random", chunk_size=16, recent_chunks=2, sink_tokens=8, budget_tokens=90,
+    cfg = CacheConfig(eviction="random", chunk_size=16, recent_chunks=2, sink_tokens=8, budget_tokens=90,
                       summarize=True, summary_threshold=0.0)
     cache = make_cache(cfg, model.config)
     ids = torch.randint(0, 97, (1, 400), generator=torch.Generator().manual_seed(9))
@@ -152,7 +152,7 @@ def test_summaries_hold_one_token_per_summarised_chunk_within_budget():
 @pytest.mark.parametrize("policy", ["gated", "sink_window", "h2o"])
 def test_generate_equals_manual_greedy_loop(policy):
     model = tiny_model("qwen2", seed=10)
-    cfg = CacheConfig(policy=policy, chunk_size=8, recent_chunks=2, sink_tokens=4, budget_tokens=36, gate_threshold=0.3)
+    cfg = CacheConfig(eviction=policy, chunk_size=8, recent_chunks=2, sink_tokens=4, budget_tokens=36, gate_threshold=0.3)
     prompt = torch.randint(0, 97, (1, 40), generator=torch.Generator().manual_seed(11))
     out = model.generate(prompt, past_key_values=make_cache(cfg, model.config), max_new_tokens=40, do_sample=False,
                          min_new_tokens=40, pad_token_id=0)
@@ -168,7 +168,7 @@ def test_generate_equals_manual_greedy_loop(policy):
 
 def test_stats_report_seen_held_bytes_and_chunks():
     model = tiny_model("llama")
-    cfg = CacheConfig(policy="gated", chunk_size=16, recent_chunks=2, sink_tokens=8, budget_tokens=88, gate_threshold=0.0)
+    cfg = CacheConfig(eviction="gated", chunk_size=16, recent_chunks=2, sink_tokens=8, budget_tokens=88, gate_threshold=0.0)
     cache = make_cache(cfg, model.config)
     with torch.no_grad():
         model(input_ids=torch.randint(0, 97, (1, 200)), past_key_values=cache, use_cache=True)
@@ -241,7 +241,7 @@ def test_gate_scorer_equals_the_modules_chunk_by_chunk():
 @pytest.mark.parametrize("block", [16, 7])
 def test_chunk_states_equal_a_search_by_position(block):
     model = tiny_model("llama", seed=12)
-    cfg = CacheConfig(policy="gated", chunk_size=16, recent_chunks=2, sink_tokens=8, budget_tokens=90,
+    cfg = CacheConfig(eviction="gated", chunk_size=16, recent_chunks=2, sink_tokens=8, budget_tokens=90,
                       gate_threshold=0.0, summarize=True, summary_threshold=0.3)
     cache = make_cache(cfg, model.config)
     ids = torch.randint(0, 97, (1, 300), generator=torch.Generator().manual_seed(13))
@@ -264,7 +264,7 @@ def test_chunk_states_equal_a_search_by_position(block):
 def test_gate_dimension_mismatch_is_rejected():
     model = tiny_model("llama")
     with pytest.raises(ValueError, match="in_dim"):
-        make_cache(CacheConfig(policy="gated"), model.config, gate=ChunkGate.untrained(in_dim=5))
+        make_cache(CacheConfig(eviction="gated"), model.config, gate=ChunkGate.untrained(in_dim=5))
 
 
 @pytest.mark.parametrize(
@@ -273,12 +273,12 @@ def test_gate_dimension_mismatch_is_rejected():
         ({"chunk_size": 0}, "chunk_size"),
         ({"budget_tokens": -1}, "budget_tokens"),
         ({"budget_tokens": 100}, "budget_tokens"),  # < 32 + 2 x 50
-        ({"policy": "lru"}, "policy"),
+        ({"eviction": "lru"}, "eviction"),
         ({"recent_chunks": 0}, "recent_chunks"),
         ({"gate_threshold": 1.5}, "gate_threshold"),
         ({"sink_tokens": -3}, "sink_tokens"),
         ({"layer_budgets": [512, 10]}, "layer_budgets"),
-        ({"policy": "window", "budget_tokens": None}, "budget_tokens"),
+        ({"eviction": "window", "budget_tokens": None}, "budget_tokens"),
         ({"chunk_size": 2.5}, "chunk_size"),
     ],
 )
@@ -289,7 +289,7 @@ def test_bad_config_raises_value_error_naming_the_field(changes, field):
 
 def test_make_cache_rejects_non_config():
     with pytest.raises(ValueError, match="config"):
-        make_cache({"policy": "full"}, tiny_model().config)
+        make_cache({"eviction": "full"}, tiny_model().config)
 
 
 def stream_ids(model, cache, ids, block=16):
@@ -300,7 +300,7 @@ def stream_ids(model, cache, ids, block=16):
 
 def test_reconfigure_live_keeps_history_and_applies_at_once():
     model = tiny_model("llama", seed=12)
-    cfg = CacheConfig(policy="sink_window", chunk_size=16, recent_chunks=2, sink_tokens=8, budget_tokens=200)
+    cfg = CacheConfig(eviction="sink_window", chunk_size=16, recent_chunks=2, sink_tokens=8, budget_tokens=200)
     cache = make_cache(cfg, model.config)
     ids = torch.randint(0, 97, (1, 400), generator=torch.Generator().manual_seed(13))
     stream_ids(model, cache, ids[:, :300])
@@ -309,8 +309,8 @@ def test_reconfigure_live_keeps_history_and_applies_at_once():
     cache.reconfigure(cfg.replace(budget_tokens=104))  # tighten: evicted now, oldest first
     after = set(cache.held_positions().tolist())
     assert cache.tokens_held() <= 104 and after < before and set(range(8)) <= after
-    cache.reconfigure(cfg.replace(policy="gated", budget_tokens=104, gate_threshold=0.0))
-    assert cache.stats()["policy"] == "gated" and cache.get_seq_length() == 300
+    cache.reconfigure(cfg.replace(eviction="gated", budget_tokens=104, gate_threshold=0.0))
+    assert cache.stats()["eviction"] == "gated" and cache.get_seq_length() == 300
     stream_ids(model, cache, ids[:, 300:])
     assert cache.tokens_held() <= 104 and cache.get_seq_length() == 400
     with pytest.raises(ValueError, match="chunk_size"):
@@ -321,7 +321,7 @@ def test_reconfigure_live_keeps_history_and_applies_at_once():
 
 def test_reconfigure_to_per_layer_budgets_and_back():
     model = use_kv_vla_attention(tiny_model("llama", seed=14), "sdpa")
-    cfg = CacheConfig(policy="key_norm", chunk_size=16, recent_chunks=2, sink_tokens=8, budget_tokens=120)
+    cfg = CacheConfig(eviction="key_norm", chunk_size=16, recent_chunks=2, sink_tokens=8, budget_tokens=120)
     cache = make_cache(cfg, model.config)
     ids = torch.randint(0, 97, (1, 320), generator=torch.Generator().manual_seed(15))
     stream_ids(model, cache, ids[:, :240])

@@ -4,13 +4,13 @@ import pytest
 import torch
 
 from cache_models import explicit_mask, reference_logits, stream, tiny_model
-from kv_vla_ros.cache import POLICY_NAMES, CacheConfig, make_cache, use_kv_vla_attention
+from kv_vla_ros.cache import EVICTION_NAMES, CacheConfig, make_cache, use_kv_vla_attention
 
-EVICTING = [p for p in POLICY_NAMES if p != "full"]
+EVICTING = [p for p in EVICTION_NAMES if p != "full"]
 
 
 def config_for(policy, **kw):
-    base = dict(policy=policy, chunk_size=16, recent_chunks=2, sink_tokens=8, budget_tokens=88, gate_threshold=0.5)
+    base = dict(eviction=policy, chunk_size=16, recent_chunks=2, sink_tokens=8, budget_tokens=88, gate_threshold=0.5)
     base.update(kw)
     return CacheConfig(**base)
 
@@ -49,7 +49,7 @@ def test_static_shapes_are_fixed_and_budget_holds():
 
 def test_static_rejects_what_it_cannot_hold():
     with pytest.raises(ValueError, match="static"):
-        CacheConfig(policy="full", static=True)
+        CacheConfig(eviction="full", static=True)
     with pytest.raises(ValueError, match="static"):
         make_cache(config_for("gated", static=True), tiny_model("llama").config)  # plain sdpa
     model = use_kv_vla_attention(tiny_model("llama"))

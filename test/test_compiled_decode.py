@@ -12,7 +12,7 @@ CHUNK, SINK = 8, 4
 
 
 def config(**kw):
-    base = dict(policy="gated", chunk_size=CHUNK, recent_chunks=2, sink_tokens=SINK, budget_tokens=52,
+    base = dict(eviction="gated", chunk_size=CHUNK, recent_chunks=2, sink_tokens=SINK, budget_tokens=52,
                 gate_threshold=0.0, static=True)
     base.update(kw)
     return CacheConfig(**base)
@@ -52,7 +52,7 @@ def assert_same(a, b, atol):
 
 
 @pytest.mark.parametrize("arch, kw", [("llama", {}), ("qwen2", dict(summarize=True, summary_threshold=0.0)),
-                                      ("mistral", dict(layer_budgets=[52, 36, 44], policy="key_norm"))])
+                                      ("mistral", dict(layer_budgets=[52, 36, 44], eviction="key_norm"))])
 def test_eager_decode_equals_plain_static_steps(arch, kw):
     model = use_kv_vla_attention(tiny_model(arch, seed=7))
     ids = torch.randint(0, 97, (1, SINK + 30 * CHUNK), generator=torch.Generator().manual_seed(8))

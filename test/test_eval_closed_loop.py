@@ -27,9 +27,9 @@ def tiny_ckpt(tmp_path_factory):
 
 def test_parse_spec():
     base = VLAConfig().cache
-    assert parse_spec("full", base) == ({"policy": "full"}, None)
+    assert parse_spec("full", base) == ({"eviction": "full"}, None)
     changes, frac = parse_spec("window:budget_tokens=300,recent_chunks=3", base)
-    assert changes == {"policy": "window", "budget_tokens": 300, "recent_chunks": 3} and frac is None
+    assert changes == {"eviction": "window", "budget_tokens": 300, "recent_chunks": 3} and frac is None
     changes, frac = parse_spec("gated:budget_frac=0.25,gate_threshold=0.4,summarize=true", base)
     assert frac == 0.25 and changes["gate_threshold"] == 0.4 and changes["summarize"] is True
     with pytest.raises(ValueError, match="unknown cache field 'bogus'"):
@@ -52,7 +52,7 @@ def test_run_writes_json_markdown_png(tiny_ckpt, tmp_path):
     parser = argparse.ArgumentParser()
     configure(parser)
     args = parser.parse_args(["--model", str(tiny_ckpt), "--tasks", "MiniGrid-MemoryS7", "--episodes", "2",
-                              "--max-steps", "8", "--policy", "full", "--policy", "window:budget_frac=0.25",
+                              "--max-steps", "8", "--cache", "full", "--cache", "window:budget_frac=0.25",
                               "--out", str(tmp_path), "--no-progress", "--workers", "1"])
     assert run(args) == 0
     data = json.loads((tmp_path / "results.json").read_text())
@@ -76,7 +76,7 @@ def test_a_spec_with_its_own_budget_drops_the_checkpoints_per_layer_split():
     from kv_vla_ros.eval.grid import Cell, _resolve
 
     base = VLAConfig(backbone=dict(TINY), vision_hidden=16).cache.replace(
-        policy="gated", budget_tokens=200, layer_budgets=[260, 140])
+        eviction="gated", budget_tokens=200, layer_budgets=[260, 140])
     for spec, full_seen in (("window:budget_frac=0.25", 640.0), ("gated:budget_tokens=150", None)):
         changes, frac = parse_spec(spec, base)
         cell = Cell("MiniGrid-MemoryS7-v0", spec, changes, frac, 0)

@@ -44,7 +44,7 @@ def test_eviction_mask_equals_streaming_a_budgeted_cache(held_chunks, recent):
     frames = np.random.default_rng(held_chunks).integers(0, 256, (steps, 24, 24, 3), dtype=np.uint8)
     step_tokens = c.tokens_per_step
     budget = c.max_instruction_tokens + (recent + held_chunks) * step_tokens  # prefix + recent + held old
-    cfg = CacheConfig(policy="random", chunk_size=step_tokens, sink_tokens=c.max_instruction_tokens,
+    cfg = CacheConfig(eviction="random", chunk_size=step_tokens, sink_tokens=c.max_instruction_tokens,
                       recent_chunks=recent, budget_tokens=budget, seed=3)
     actions, streamed, scores, held = stream(model, frames, cfg)
     assert max(held) <= budget
@@ -101,7 +101,7 @@ def test_session_reports_the_cache_policys_own_time_within_the_step():
     c = model.config
     frames = np.random.default_rng(1).integers(0, 256, (6, 24, 24, 3), dtype=np.uint8)
     for policy, budget in (("gated", c.max_instruction_tokens + 2 * c.tokens_per_step), ("full", None)):
-        cfg = CacheConfig(policy=policy, chunk_size=c.tokens_per_step, sink_tokens=c.max_instruction_tokens,
+        cfg = CacheConfig(eviction=policy, chunk_size=c.tokens_per_step, sink_tokens=c.max_instruction_tokens,
                           recent_chunks=1, budget_tokens=budget, gate_threshold=0.0)
         session = VLASession(model, cache_config=cfg)
         session.reset("go to the red ball")

@@ -59,12 +59,12 @@ def test_trained_gate_keeps_the_needed_chunk_where_window_drops_it():
     gate, log = train_gate(items, recent_chunks=1, in_dim=in_dim, epochs=15, lr=3e-3, hidden=32, progress=False)
     assert log["val_loss"][-1] < log["val_loss"][0]
     budget = PREFIX + 2 * CHUNK  # the prefix, the open chunk and ONE old chunk
-    base = CacheConfig(policy="gated", chunk_size=CHUNK, recent_chunks=1, sink_tokens=PREFIX, budget_tokens=budget)
+    base = CacheConfig(eviction="gated", chunk_size=CHUNK, recent_chunks=1, sink_tokens=PREFIX, budget_tokens=budget)
     kept_gate = kept_window = 0
     for _ in range(10):
         ids, marked = marked_stream(rng)
         kept_gate += marked in held_at_end(model, ids, base, gate)
-        kept_window += marked in held_at_end(model, ids, base.replace(policy="sink_window"))
+        kept_window += marked in held_at_end(model, ids, base.replace(eviction="sink_window"))
     assert kept_gate >= 9 and kept_window == 0, (kept_gate, kept_window)
 
 

@@ -10,7 +10,7 @@ import torch
 
 from kv_vla_ros.cache.spec import parse_spec
 from kv_vla_ros.eval.closed_loop import cue_chunk_held
-from kv_vla_ros.eval.gate_report import POLICIES, configure, grid_specs, label_of, run
+from kv_vla_ros.eval.gate_report import EVICTIONS, configure, grid_specs, label_of, run
 from kv_vla_ros.vla import VLAConfig, VLAModel
 
 TINY = {"model_type": "llama", "hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 4,
@@ -19,13 +19,13 @@ TINY = {"model_type": "llama", "hidden_size": 32, "num_hidden_layers": 2, "num_a
 
 def test_grid_specs_parse_and_label_back():
     specs = grid_specs([0.25, 0.125])
-    assert specs[0] == "full" and len(specs) == 1 + 2 * len(POLICIES)
+    assert specs[0] == "full" and len(specs) == 1 + 2 * len(EVICTIONS)
     base = VLAConfig(frame_tokens=4, max_instruction_tokens=16).cache
     for spec in specs[1:]:
         changes, frac = parse_spec(spec, base)
         assert frac in (0.25, 0.125)
         name, f = label_of(spec)
-        assert f == frac and name in {label for label, _ in POLICIES}
+        assert f == frac and name in {label for label, _ in EVICTIONS}
     assert parse_spec("gated:gate=untrained,budget_frac=0.25", base)[0]["_gate"] == "untrained"
     with pytest.raises(ValueError, match="gate must be"):
         parse_spec("gated:gate=maybe", base)
@@ -51,7 +51,7 @@ def test_gate_report_smoke(tmp_path):
                               "--out", str(tmp_path / "out"), "--no-progress", "--workers", "1"])
     assert run(args) == 0
     rows = json.loads((tmp_path / "out" / "results.json").read_text())["results"]
-    assert len(rows) == 1 + len(POLICIES)
+    assert len(rows) == 1 + len(EVICTIONS)
     by_label = {label_of(r["policy"])[0]: r for r in rows}
     assert "no calibration.json" in by_label["trained gate + layer budgets"]["error"]  # named, not a crash
     full, gate = by_label["full"], by_label["trained gate"]

@@ -40,7 +40,7 @@ def test_training_features_equal_what_the_cache_pools_online(model, rollouts):
     ep = max(rollouts, key=lambda e: len(e.actions))
     item = episode_attention(model, ep)
     assert item.features.shape[0] == len(ep.actions)
-    cfg = model.config.cache.replace(policy="gated", budget_tokens=None, gate_threshold=0.0)
+    cfg = model.config.cache.replace(eviction="gated", budget_tokens=None, gate_threshold=0.0)
     session = VLASession(model, cfg)
     session.reset(ep.instruction)
     for frame in ep.frames[:4]:
@@ -112,7 +112,7 @@ def test_checkpoint_loads_its_gate_and_session_runs_per_layer_budgets(model, rol
         loaded.gate.head.weight, ChunkGate.untrained(in_dim, seed=5).head.weight)
     cfg = loaded.config.cache
     budgets = [cfg.min_budget, cfg.min_budget + 2 * cfg.chunk_size]
-    session = VLASession(loaded, cfg.replace(policy="gated", gate_threshold=0.0, budget_tokens=budgets[1],
+    session = VLASession(loaded, cfg.replace(eviction="gated", gate_threshold=0.0, budget_tokens=budgets[1],
                                              layer_budgets=budgets))
     assert loaded.backbone.config._attn_implementation == "kv_vla_sdpa"
     ep = max(rollouts, key=lambda e: len(e.actions))

@@ -82,8 +82,8 @@ def test_eval_grid_on_two_workers_equals_sequential(ray_runtime, ckpt, model, tm
         parser = argparse.ArgumentParser()
         configure(parser)
         args = parser.parse_args(["--model", str(ckpt), "--tasks", "MiniGrid-MemoryS7", "MiniGrid-MemoryS9",
-                                  "--episodes", "3", "--max-steps", "6", "--policy", "full",
-                                  "--policy", "window:budget_frac=0.5", "--policy", "random:budget_tokens=120",
+                                  "--episodes", "3", "--max-steps", "6", "--cache", "full",
+                                  "--cache", "window:budget_frac=0.5", "--cache", "random:budget_tokens=120",
                                   "--out", str(out), "--no-progress", "--workers", str(workers)])
         assert run(args) == 0
         return json.loads((out / "results.json").read_text())
@@ -100,7 +100,7 @@ def test_eval_grid_on_two_workers_equals_sequential(ray_runtime, ckpt, model, tm
                     "cache_label", "cache"):
             assert a[key] == b[key], key
     # ... and both equal the plain one-task-at-a-time loop (no runner at all).
-    ref = evaluate_task(model, TASK, model.config.cache.replace(policy="full"), eval_seeds(3), 6, progress=False)
+    ref = evaluate_task(model, TASK, model.config.cache.replace(eviction="full"), eval_seeds(3), 6, progress=False)
     assert ref["per_episode"] == par["results"][0]["per_episode"]
     assert (tmp_path / "par" / "results.png").stat().st_size > 1000
 
@@ -109,7 +109,7 @@ def test_killed_worker_is_retried_and_every_episode_reported_once(ray_runtime, c
     from kv_vla_ros.eval.grid import episode_item, worker_state
     from kv_vla_ros.sim import eval_seeds
 
-    cfg = model.config.cache.replace(policy="full")
+    cfg = model.config.cache.replace(eviction="full")
     items = [(TASK, cfg, False, seed, 8) for seed in eval_seeds(24)]
     want = [_strip(episode_item(worker_state(str(ckpt), model), item)) for item in items]
     reported, killed = [], []
@@ -148,7 +148,7 @@ def test_many_bags_on_workers_equal_each_bag_alone(ray_runtime, ckpt, model, tmp
                      max_steps=6)
     parser = argparse.ArgumentParser()
     bag_eval_cli.configure(parser)
-    args = parser.parse_args([str(bags), "--model", str(ckpt), "--policy", "window:budget_tokens=120",
+    args = parser.parse_args([str(bags), "--model", str(ckpt), "--cache", "window:budget_tokens=120",
                               "--out", str(tmp_path / "out"), "--no-progress", "--workers", "2", "--flops-every", "0"])
     assert bag_eval_cli.run(args) == 0
     doc = json.loads((tmp_path / "out" / "bag_eval.json").read_text())

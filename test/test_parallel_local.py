@@ -75,7 +75,7 @@ def test_private_runtime_caller_works_and_results_equal_sequential(tmp_path):
     path = str(VLAModel(VLAConfig(backbone=dict(TINY), vision_hidden=16, max_instruction_tokens=8)).eval()
                .save_pretrained(tmp_path / "tiny"))
     model = VLAModel.from_pretrained(path)
-    cfg = model.config.cache.replace(policy="full")
+    cfg = model.config.cache.replace(eviction="full")
     items = [(task, cfg, False, seed, 8) for task in ("MiniGrid-MemoryS7-v0", "MiniGrid-MemoryS9-v0")
              for seed in eval_seeds(8, 70)]
     want = [_strip(episode_item(worker_state(path, model), item)) for item in items]

@@ -46,7 +46,7 @@ def test_bag_eval_with_two_cameras_and_state_through_pi0(tmp_path, storage, caps
     write_two_camera_bag(bag, storage)
     out = tmp_path / "out"
     rc = main(["bag", "eval", str(bag), "--model", str(ckpt), "--image-topic", "/front/image", "--image-topic",
-               "/wrist/image", "--state-topic", "/joint_states", "--policy", "full", "--policy",
+               "/wrist/image", "--state-topic", "/joint_states", "--cache", "full", "--cache",
                "sink_window:budget_tokens=112", "--flops-every", "3", "--out", str(out), "--no-progress",
                "--workers", "1"])
     assert rc == 0, capsys.readouterr().err

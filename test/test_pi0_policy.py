@@ -102,7 +102,7 @@ def test_every_eviction_keeps_whole_steps(cameras, spec, tmp_path):
     policy = load_policy(write_pi0_checkpoint(tmp_path / "c", num_cameras=cameras, state_dim=3, action_dim=2))
     step = policy.tokens_per_step + len(processing.prompt_ids(policy.processor, INSTRUCTION))
     budget = 3 * step + step // 2  # room for 3.5 steps: a frame-cutting cache would hold 3.5
-    cfg = policy.default_cache_config().replace(policy=spec, budget_tokens=budget, gate_threshold=0.0)
+    cfg = policy.default_cache_config().replace(eviction=spec, budget_tokens=budget, gate_threshold=0.0)
     session = VLASession(policy, cfg)
     session.reset(INSTRUCTION)
     for cams in random_frames(9, cameras):
@@ -118,7 +118,7 @@ def test_every_eviction_keeps_whole_steps(cameras, spec, tmp_path):
 def test_a_budget_is_checked_against_the_episode_stream(policy):
     """The rule: a budget holds recent_chunks whole steps of this episode (images + its prompt)."""
     step_short = policy.tokens_per_step + len(processing.prompt_ids(policy.processor, "go"))  # 16 + 3
-    cfg = policy.default_cache_config().replace(policy="sink_window", budget_tokens=2 * step_short)
+    cfg = policy.default_cache_config().replace(eviction="sink_window", budget_tokens=2 * step_short)
     session = VLASession(policy, cfg)  # a budget is not refused for a prompt it has not seen
     session.reset("go")
     assert np.isfinite(session.step_chunk(random_frames(1, 1)[0], np.zeros(3))).all()
@@ -128,7 +128,7 @@ def test_a_budget_is_checked_against_the_episode_stream(policy):
         session.reset(INSTRUCTION)
     assert session.instruction == "go" and session.stats()["tokens_seen"] == step_short  # untouched
     with pytest.raises(ValueError, match="cache.sink_tokens: must be 0 for π0"):
-        VLASession(policy, cfg.replace(sink_tokens=48, budget_tokens=None, policy="full"))
+        VLASession(policy, cfg.replace(sink_tokens=48, budget_tokens=None, eviction="full"))
 
 
 def _stream(session, frames, state, noise):
@@ -141,9 +141,9 @@ def _stream(session, frames, state, noise):
 
 
 @pytest.mark.parametrize("changes", [
-    {"policy": "window", "budget_tokens": 80},
-    {"policy": "gated", "budget_tokens": 96, "gate_threshold": 0.0},
-    {"policy": "key_norm", "budget_tokens": 96, "layer_budgets": [80, 120]},
+    {"eviction": "window", "budget_tokens": 80},
+    {"eviction": "gated", "budget_tokens": 96, "gate_threshold": 0.0},
+    {"eviction": "key_norm", "budget_tokens": 96, "layer_budgets": [80, 120]},
 ], ids=["window", "gated", "per-layer"])
 def test_eviction_equals_explicit_mask_forward(policy, changes):
     cfg = policy.default_cache_config().replace(**changes)
@@ -172,7 +172,7 @@ def _snapshot(cache):
 
 
 def test_rollback_leaves_the_cache_exactly_as_before(policy):
-    cfg = policy.default_cache_config().replace(policy="gated", budget_tokens=96, gate_threshold=0.0)
+    cfg = policy.default_cache_config().replace(eviction="gated", budget_tokens=96, gate_threshold=0.0)
     session = VLASession(policy, cfg)
     session.reset(INSTRUCTION)
     for cams in random_frames(6, 1):
@@ -183,7 +183,7 @@ def test_rollback_leaves_the_cache_exactly_as_before(policy):
                                                       torch.float32, "cpu"), torch.ones(1, 1, dtype=torch.bool))
     with torch.inference_mode():
         vlm_block(policy.model, cache, embeds)
-        before, gate_state = _snapshot(cache), [s.clone() for s in cache.policy.state]
+        before, gate_state = _snapshot(cache), [s.clone() for s in cache.eviction.state]
         st = torch.zeros(1, policy.model.config.max_state_dim)
         x = denoise(policy.model, cache, st, _noise(policy), 3)
         after = _snapshot(cache)
@@ -191,7 +191,7 @@ def test_rollback_leaves_the_cache_exactly_as_before(policy):
     for (k0, v0, p0, s0), (k1, v1, p1, s1) in zip(before[0], after[0]):
         assert torch.equal(k0, k1) and torch.equal(v0, v1) and torch.equal(p0, p1) and s0 == s1
     assert torch.equal(before[1], after[1]) and torch.equal(before[2], after[2]) and before[3] == after[3]
-    assert all(torch.equal(a, b) for a, b in zip(gate_state, cache.policy.state))
+    assert all(torch.equal(a, b) for a, b in zip(gate_state, cache.eviction.state))
 
 
 def test_gate_file_loads_with_the_pi0_checkpoint_and_scores_frames(ckpt, tmp_path):
@@ -202,7 +202,7 @@ def test_gate_file_loads_with_the_pi0_checkpoint_and_scores_frames(ckpt, tmp_pat
     ChunkGate.untrained(gate_input_dim(text.num_hidden_layers, text.head_dim), seed=3).save(str(directory))
     policy = load_policy(directory)
     assert policy.gate is not None
-    session = VLASession(policy, policy.default_cache_config().replace(policy="gated", budget_tokens=96))
+    session = VLASession(policy, policy.default_cache_config().replace(eviction="gated", budget_tokens=96))
     session.reset(INSTRUCTION)
     scored = {}
     for cams in random_frames(8, 1):
@@ -219,7 +219,7 @@ def test_live_reconfiguration_keeps_the_pi0_history(policy):
     for cams in random_frames(6, 1):
         session.step_chunk(cams, np.zeros(3))
     seen = session.stats()["tokens_seen"]
-    session.set_cache_config(session.cache_config.replace(policy="sink_window", budget_tokens=80))
+    session.set_cache_config(session.cache_config.replace(eviction="sink_window", budget_tokens=80))
     st = session.stats()
     assert st["tokens_seen"] == seen and st["tokens_held"] <= 80
     assert np.isfinite(session.step_chunk(random_frames(1, 1)[0], np.zeros(3))).all()
@@ -251,7 +251,7 @@ def test_bad_inputs_give_clear_errors(ckpt, policy, tmp_path):
     with pytest.raises(ValueError, match="cache.chunk_size"):
         VLASession(policy, policy.default_cache_config().replace(chunk_size=7))
     with pytest.raises(ValueError, match="cache.static"):
-        VLASession(policy, policy.default_cache_config().replace(policy="window", budget_tokens=80, static=True))
+        VLASession(policy, policy.default_cache_config().replace(eviction="window", budget_tokens=80, static=True))
     assert np.isfinite(session.step_chunk(frame, np.zeros(3))).all()  # still usable after the errors
     odd = shutil.copytree(ckpt, tmp_path / "odd")
     meta = json.loads((odd / "config.json").read_text())
@@ -266,7 +266,7 @@ def test_bfloat16_pi0_tracks_float32_and_compile_is_refused(ckpt, policy):
     half = load_policy(ckpt, dtype="bfloat16")
     runs = []
     for pol in (policy, half):
-        session = VLASession(pol, pol.default_cache_config().replace(policy="sink_window", budget_tokens=80))
+        session = VLASession(pol, pol.default_cache_config().replace(eviction="sink_window", budget_tokens=80))
         session.reset(INSTRUCTION)
         runs.append(np.stack([session.step_chunk(f, np.zeros(3), noise=_noise(pol, s))
                               for s, f in enumerate(random_frames(6, 1))]))

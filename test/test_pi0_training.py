@@ -50,9 +50,9 @@ def _stream(policy, cfg, frames, states, noisy, time):
     return torch.stack(out), before, after, step
 
 
-@pytest.mark.parametrize("spec", [{"policy": "full"}, {"policy": "window", "budget_tokens": 3 * 39},
-                                  {"policy": "random", "budget_tokens": 4 * 39},
-                                  {"policy": "key_norm", "budget_tokens": 3 * 39, "recent_chunks": 1}],
+@pytest.mark.parametrize("spec", [{"eviction": "full"}, {"eviction": "window", "budget_tokens": 3 * 39},
+                                  {"eviction": "random", "budget_tokens": 4 * 39},
+                                  {"eviction": "key_norm", "budget_tokens": 3 * 39, "recent_chunks": 1}],
                          ids=["full", "window", "random", "key_norm"])
 def test_teacher_forced_episode_equals_streaming(policy, spec):
     mc = policy.model.config
@@ -64,7 +64,7 @@ def test_teacher_forced_episode_equals_streaming(policy, spec):
     cfg = policy.default_cache_config().replace(**spec)
     streamed, before, after, step = _stream(policy, cfg, frames, states, noisy, time)
     assert step == 2 * 16 + 7
-    if spec["policy"] != "full":
+    if spec["eviction"] != "full":
         assert not after[-1].all() and after[-1].sum() < STEPS  # holes: eviction happened
     prompt = processing.prompt_ids(policy.processor, INSTRUCTION)
     ids = block_ids(policy.image_token_id, policy.tokens_per_step, prompt, STEPS)
@@ -74,9 +74,9 @@ def test_teacher_forced_episode_equals_streaming(policy, spec):
         cache = prefix_states(policy.model, ids, pix, before)
         forced = velocities(policy.model, cache, after, step, states, noisy, time)
     torch.testing.assert_close(forced, streamed, atol=2e-5, rtol=1e-4)
-    if spec["policy"] == "window":  # the fixed-score held sets are the cache's (window: scores = recency)
+    if spec["eviction"] == "window":  # the fixed-score held sets are the cache's (window: scores = recency)
         b, a = held_steps(STEPS, np.arange(STEPS, dtype=float), 1, 2)
         assert (b == before).all() and (a == after).all()
-    if spec["policy"] == "full":
+    if spec["eviction"] == "full":
         b, a = held_steps(STEPS, None, None, 2)
         assert (b == before).all() and (a == after).all()

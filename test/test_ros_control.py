@@ -11,7 +11,7 @@ import yaml
 
 from kv_vla_ros.cache.config import CacheConfig
 from kv_vla_ros.ros.control import ControlLoop, TwistAdapter, format_source_stamp, parse_source_stamp
-from kv_vla_ros.ros.params import (NODE_PARAMS, all_param_specs, cache_changes_from_params, cache_param_specs,
+from kv_vla_ros.ros.param_specs import (NODE_PARAMS, all_param_specs, cache_changes_from_params, cache_param_specs,
                                    cache_value_to_param, coerce_param)
 from ros_helpers import PARAMS_FILE
 
@@ -161,7 +161,7 @@ def test_cache_params_mirror_every_cache_field():
     specs = {s.name: s for s in cache_param_specs()}
     assert specs["cache.budget_tokens"].bounds[0] == -1 and specs["cache.gate_threshold"].bounds == (0.0, 1.0)
     assert all(s.description for s in specs.values())
-    cfg = CacheConfig(policy="gated", chunk_size=50, sink_tokens=32, budget_tokens=None, layer_budgets=[300, 400])
+    cfg = CacheConfig(eviction="gated", chunk_size=50, sink_tokens=32, budget_tokens=None, layer_budgets=[300, 400])
     params = {f"cache.{f}": cache_value_to_param(f, getattr(cfg, f)) for f in cfg.to_dict()}
     assert params["cache.budget_tokens"] == -1
     assert CacheConfig().replace(**cache_changes_from_params(params)) == cfg  # round trip through ROS values

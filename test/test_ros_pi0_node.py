@@ -82,7 +82,7 @@ def node(ckpt, tmp_path_factory):
     domain = pick_free_domain_id(salt=61)
     # sink_window: at least 3 steps of 2 cameras x 16 image tokens + the prompt (each step carries it)
     params = {"model_path": str(ckpt), "image_topics": CAMERAS, "state_topic": STATE_TOPIC,
-              "control_rate_hz": RATE_HZ, "stale_timeout_s": STALE_S, "cache.policy": "sink_window",
+              "control_rate_hz": RATE_HZ, "stale_timeout_s": STALE_S, "cache.eviction": "sink_window",
               "cache.recent_chunks": 2, "cache.budget_tokens": 48 + 3 * 32}
     proc = spawn_node(POLICY_MODULE, domain, params, PI0_PARAMS_FILE, tmp / "node.log",
                       script=REPO / "test" / "ros_policy_runner.py")
@@ -125,7 +125,7 @@ def test_startup_reports_the_pi0_inputs_and_the_checkpoint_default(node):
     assert set(json.loads(diag["input_ages_s"])) == {*CAMERAS, STATE_TOPIC}
     assert int(diag["actions_per_inference"]) == CHUNK  # 0 = the checkpoint's default: the whole chunk
     cache = json.loads(diag["cache_config"])
-    assert (cache["policy"], cache["chunk_size"], cache["budget_tokens"]) == ("sink_window", 32, 144)
+    assert (cache["eviction"], cache["chunk_size"], cache["budget_tokens"]) == ("sink_window", 32, 144)
     log = node.log.read_text()
     assert "(pi0, continuous actions, chunks of 4, 4 executed per inference)" in log and "UNBOUNDED" not in log
 

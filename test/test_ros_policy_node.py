@@ -19,7 +19,7 @@ from PIL import Image as PILImage
 
 pytest.importorskip("rclpy")
 
-from kv_vla_ros.ros.params import all_param_specs  # noqa: E402
+from kv_vla_ros.ros.param_specs import RENAMED_PARAMS, all_param_specs  # noqa: E402
 from kv_vla_ros.ros.processes import POLICY_MODULE, pick_domain_id, pick_free_domain_id, spawn_node  # noqa: E402
 from ros_helpers import PARAMS_FILE, REPO, Probe, build_tiny_model, params_file_value, serving  # noqa: E402
 
@@ -63,9 +63,9 @@ def test_params_file_loads_and_matches_declarations(node):
     """Under a namespace too: the file is keyed ``/**/kv_vla_node`` (the tiny model's own cache
     config is full / no budget, so the file's gated budget can only come from the file)."""
     declared = set(node.list_params()) - {"use_sim_time", "start_type_description_service"}
-    assert declared == {s.name for s in all_param_specs()}
-    values = node.get_params(["cache.policy", "cache.budget_tokens", "use_compressed", "twist.discrete_linear"])
-    assert values["cache.policy"] == "gated"
+    assert declared == {s.name for s in all_param_specs()} | set(RENAMED_PARAMS)  # + old names, for one release
+    values = node.get_params(["cache.eviction", "cache.budget_tokens", "use_compressed", "twist.discrete_linear"])
+    assert values["cache.eviction"] == "gated"
     assert values["cache.budget_tokens"] == params_file_value("cache.budget_tokens") > 0  # from the file, not the model
     assert values["use_compressed"] is True and values["twist.discrete_linear"][2] == pytest.approx(0.2)
 
@@ -108,7 +108,7 @@ def test_parameters_apply_live_or_are_rejected_with_a_reason(node):
         "control_rate_hz": 5000.0,  # outside the descriptor's range
         "cache.budget_tokens": 10,  # smaller than prefix + recent window
         "cache.chunk_size": 7,  # fixed by the model's tokens per step
-        "cache.policy": "bogus",
+        "cache.eviction": "bogus",
         "action.min": [1.0],  # above action.max? no: discrete model, 1 dim, min 1 > max 0 below
         "model_path": "/elsewhere",  # read-only
     }
@@ -121,7 +121,7 @@ def test_parameters_apply_live_or_are_rejected_with_a_reason(node):
             assert name.split(".")[-1] in result.reason
     assert all(r.successful for r in node.set_params(**{"control_rate_hz": RATE_HZ, "action.max": [math.inf]}))
     diag = node.last_diag(after=time.monotonic())
-    assert float(diag["control_rate_hz"]) == RATE_HZ and '"policy": "gated"' in diag["cache_config"]
+    assert float(diag["control_rate_hz"]) == RATE_HZ and '"eviction": "gated"' in diag["cache_config"]
 
 
 def test_reset_service_starts_a_new_episode(node):

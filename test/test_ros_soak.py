@@ -28,7 +28,7 @@ def _args(**overrides) -> argparse.Namespace:
 def _sample(t, held, seen, budget, rss=400e6, latency=7.0):
     return {"t": t, "control_steps": int(t * 50), "rss": rss, "tokens_held": held, "tokens_seen": seen,
             "kv_bytes": held * 2048, "latency_p50_ms": latency, "episodes": 1, "inferences": int(t * 25),
-            "inference_errors": 0, "frames_rejected": 0, "policy": "gated", "budget_tokens": budget,
+            "inference_errors": 0, "frames_rejected": 0, "eviction": "gated", "budget_tokens": budget,
             "layer_budgets": None}
 
 

@@ -51,7 +51,7 @@ def test_shipped_model_without_params_file_runs_a_bounded_cache(shipped):
     shipped_budget = json.loads((DEFAULT_MODEL_PATH / "config.json").read_text())["cache"]["budget_tokens"]
     diag = shipped.last_diag(after=time.monotonic())
     cache = json.loads(diag["cache_config"])
-    assert cache["policy"] != "full" and shipped_budget is not None and cache["budget_tokens"] == shipped_budget, cache
+    assert cache["eviction"] != "full" and shipped_budget is not None and cache["budget_tokens"] == shipped_budget, cache
     assert shipped.get_params(["cache.budget_tokens"])["cache.budget_tokens"] == shipped_budget
     assert "UNBOUNDED" not in shipped.log.read_text()
 
@@ -76,27 +76,27 @@ def test_layout_cache_changes_apply_from_the_next_episode(shipped):
     shipped.publish_instruction("go to the key")
     _stream(shipped, 1.5).join()
     assert int(shipped.last_diag(after=time.monotonic())["tokens_seen"]) > 0  # an episode is open
-    (result,) = shipped.set_params(**{"cache.policy": "window"})
+    (result,) = shipped.set_params(**{"cache.eviction": "window"})
     assert result.successful, result.reason
-    assert shipped.wait_for(lambda: "policy=window (applies from the next episode" in shipped.log.read_text())
+    assert shipped.wait_for(lambda: "eviction=window (applies from the next episode" in shipped.log.read_text())
     diag = shipped.last_diag(after=time.monotonic())
-    assert json.loads(diag["cache_config"])["policy"] == "gated"  # the running cache keeps its layout
-    assert json.loads(diag["cache_config_pending"])["policy"] == "window"
+    assert json.loads(diag["cache_config"])["eviction"] == "gated"  # the running cache keeps its layout
+    assert json.loads(diag["cache_config_pending"])["eviction"] == "window"
     (result,) = shipped.set_params(**{"cache.budget_tokens": 80})  # stacks on the pending change
     assert result.successful
     shipped.publish_instruction("go to the door")
     _stream(shipped, 1.5).join()
     diag = shipped.last_diag(after=time.monotonic())
     cache = json.loads(diag["cache_config"])
-    assert (cache["policy"], cache["budget_tokens"], diag["cache_config_pending"]) == ("window", 80, "")
-    results = shipped.set_params(**{"cache.policy": "gated", "cache.static": True})
+    assert (cache["eviction"], cache["budget_tokens"], diag["cache_config_pending"]) == ("window", 80, "")
+    results = shipped.set_params(**{"cache.eviction": "gated", "cache.static": True})
     assert all(r.successful for r in results), results
     assert shipped.reset().success
     start = time.monotonic()
     _stream(shipped, 2.0).join()
     diag = shipped.last_diag(after=time.monotonic())
     cache = json.loads(diag["cache_config"])
-    assert cache["static"] is True and cache["policy"] == "gated"
+    assert cache["static"] is True and cache["eviction"] == "gated"
     assert 0 < int(diag["tokens_held"]) <= 80 and int(diag["inference_errors"]) == 0
     assert any(a[1] for a in shipped.actions_since(start))  # acting under the static cache
     (result,) = shipped.set_params(**{"cache.layer_budgets": [500]})  # one budget for a 4-layer model
@@ -128,7 +128,7 @@ def test_diagnostics_show_the_gates_last_scores_and_the_chunks_it_keeps(shipped)
     shipped.publish_instruction("go to the key")
     _stream(shipped, 2.0).join()  # ~40 steps: chunks leave the window and are scored, many evicted
     diag = shipped.last_diag(after=time.monotonic())
-    assert json.loads(diag["cache_config"])["policy"] == "gated"
+    assert json.loads(diag["cache_config"])["eviction"] == "gated"
     scores, kept = json.loads(diag["gate_scores"]), json.loads(diag["kept_chunks"])
     assert scores and all(0.0 <= v <= 1.0 for v in scores.values()), diag["gate_scores"]
     steps = int(diag["steps"])
@@ -232,3 +232,17 @@ def test_reset_and_new_instructions_mid_episode_keep_the_closed_loop_running(tmp
         if sim is not None:
             stop_node(sim)
         stop_node(policy)
+
+
+def test_the_old_parameter_name_cache_policy_still_works_with_a_warning(shipped):
+    """``cache.policy`` (renamed ``cache.eviction``) keeps working for one release: applied as the
+    new name, a deprecation line in the log, and ``ros2 param get`` shows what runs."""
+    try:
+        (result,) = shipped.set_params(**{"cache.policy": "sink_window"})
+        assert result.successful, result.reason
+        assert shipped.wait_for(lambda: "cache.policy is deprecated: use cache.eviction" in shipped.log.read_text())
+        assert shipped.get_params(["cache.eviction", "cache.policy"]) == {"cache.eviction": "sink_window",
+                                                                            "cache.policy": ""}
+        assert json.loads(shipped.last_diag(after=time.monotonic())["cache_config"])["eviction"] == "sink_window"
+    finally:
+        assert shipped.set_params(**{"cache.eviction": "gated"})[0].successful

@@ -16,7 +16,7 @@ STEPS = 24
 
 def gated(model, **kw):
     per_step = model.config.tokens_per_step
-    base = dict(policy="gated", gate_threshold=0.0, budget_tokens=8 + 4 * per_step)
+    base = dict(eviction="gated", gate_threshold=0.0, budget_tokens=8 + 4 * per_step)
     base.update(kw)
     return model.config.cache.replace(**base)
 
@@ -64,7 +64,7 @@ def test_static_cache_matches_dynamic_in_each_dtype(dtype):
     st = VLASession(model, gated(model, static=True), dtype=dtype)
     st_logits, st_kept = run(st, frs)
     assert st_kept == dyn_kept, "the static cache must make the dynamic cache's decisions"
-    assert st._cache.policy.gate.lstm.weight_ih_l0.dtype == torch.float32  # scores in float32
+    assert st._cache.eviction.gate.lstm.weight_ih_l0.dtype == torch.float32  # scores in float32
     scores = list(st.stats()["gate_scores"].values())
     assert scores and all(0.0 <= s <= 1.0 for s in scores)
     tol = 1e-5 if dtype == "float32" else 0.05 * dyn_logits.abs().max().item() + 0.05

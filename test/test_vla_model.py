@@ -166,7 +166,7 @@ def test_reset_starts_a_fresh_episode():
 
 def test_bounded_cache_policy_holds_at_most_budget():
     model = tiny_model()
-    cc = model.config.cache.replace(policy="sink_window", budget_tokens=8 + 3 * 10, recent_chunks=3)
+    cc = model.config.cache.replace(eviction="sink_window", budget_tokens=8 + 3 * 10, recent_chunks=3)
     session, actions, _ = run_session(model, "go to the box", frames(15), cc)
     st = session.stats()
     assert st["tokens_seen"] > st["tokens_held"] and st["tokens_held"] <= 38
@@ -181,14 +181,14 @@ def test_set_cache_config_keeps_history():
     for f in frames(6):
         session.step(f)
     seen = session.stats()["tokens_seen"]
-    session.set_cache_config(model.config.cache.replace(policy="sink_window", budget_tokens=38, recent_chunks=3))
+    session.set_cache_config(model.config.cache.replace(eviction="sink_window", budget_tokens=38, recent_chunks=3))
     st = session.stats()
-    assert st["tokens_seen"] == seen and st["tokens_held"] <= 38 and session.cache_config.policy == "sink_window"
+    assert st["tokens_seen"] == seen and st["tokens_held"] <= 38 and session.cache_config.eviction == "sink_window"
     session.step(frames(1)[0])
     assert session.stats()["tokens_seen"] == seen + 10
     with pytest.raises(ValueError, match="chunk_size"):
         session.set_cache_config(model.config.cache.replace(chunk_size=7))
-    assert session.cache_config.policy == "sink_window"
+    assert session.cache_config.eviction == "sink_window"
 
 
 def test_text_tokenizer_pads_and_truncates():
@@ -207,7 +207,7 @@ def test_config_validation_names_fields():
     with pytest.raises(ValueError, match="action.q01"):
         ActionSpaceConfig(kind="continuous", dim=2)
     with pytest.raises(ValueError, match="cache.sink_tokens"):
-        VLAConfig(cache=CacheConfig(policy="full", chunk_size=50, sink_tokens=16, budget_tokens=None))
+        VLAConfig(cache=CacheConfig(eviction="full", chunk_size=50, sink_tokens=16, budget_tokens=None))
     with pytest.raises(ValueError, match="backbone.model_type"):
         VLAModel(VLAConfig(backbone={"model_type": "not-a-model"}))
 
@@ -220,7 +220,7 @@ def test_shipped_default_model_loads_and_acts():
     model = VLAModel.from_pretrained(DEFAULT_MODEL_PATH)
     cfg = model.config
     assert cfg.tokens_per_step == cfg.cache.chunk_size and cfg.cache.sink_tokens == cfg.max_instruction_tokens
-    assert cfg.cache.policy != "full" and cfg.cache.budget_tokens is not None  # bounded unless asked otherwise
+    assert cfg.cache.eviction != "full" and cfg.cache.budget_tokens is not None  # bounded unless asked otherwise
     session = VLASession(model)
     session.reset("go to the matching object at the end of the hallway")
     a = session.step(np.zeros((56, 56, 3), np.uint8))

@@ -5,7 +5,7 @@ They do two things the plain functions cannot:
 - per-layer budgets: layers then hold different lengths, but the model builds one mask from the
   first layer's sizes. Every held key is visible to the new queries, so the right mask for any
   layer is "all past columns visible" followed by the mask's own last ``q`` (causal) columns;
-- heavy hitters: they report the attention mass of the step's queries to the cache's policy.
+- heavy hitters: they report the attention mass of the step's queries to the cache's eviction.
 """
 
 from __future__ import annotations
@@ -67,11 +67,11 @@ def _wrap(base):
         else:
             attention_mask = _fit_mask(attention_mask, key.shape[-2])
         out, weights = base(module, query, key, value, attention_mask, **kwargs)
-        if mine and cache.policy.wants_attention:
+        if mine and cache.eviction.wants_attention:
             if weights is None:
                 scaling = kwargs.get("scaling") or query.shape[-1] ** -0.5
                 weights = _probabilities(query, key, attention_mask, scaling, kwargs.get("softcap"))
-            cache.policy.observe_attention(layer_idx, weights.float().sum(dim=(0, 1, 2)))
+            cache.eviction.observe_attention(layer_idx, weights.float().sum(dim=(0, 1, 2)))
         return out, weights
 
     return attention

@@ -2,8 +2,8 @@
 
 A `transformers.Cache` of `ChunkedLayer`s. Every layer's `update` appends and returns the
 pre-eviction K/V; after the last attention layer of a forward, the container scores the chunks
-that just left the recent window (the policy), decides what stays (threshold, budget, per-layer
-budgets, summaries: here, once, for every policy) and evicts in all layers at once, so K and V,
+that just left the recent window (the eviction), decides what stays (threshold, budget, per-layer
+budgets, summaries: here, once, for every eviction) and evicts in all layers at once, so K and V,
 and by default all layers, share one decision per chunk.
 """
 
@@ -21,8 +21,8 @@ from .shapes import head_dim_of, kv_bytes_per_token, static_capacity, text_confi
 from .gate import ChunkGate, gate_input_dim
 from .layer import ChunkedLayer
 from .static_layer import StaticChunkedLayer
-from .policies import make_policy
-from .policies.base import ChunkPolicy
+from .eviction import make_eviction
+from .eviction.base import Eviction
 
 KEPT, SUMMARY, DROPPED = 0, 1, 2
 
@@ -67,7 +67,7 @@ class ChunkedKVCache(Cache):
                 f"(model uses {self.attn_implementation!r}); call kv_vla_ros.cache.use_kv_vla_attention(model) first"
             )
         in_dim = gate_input_dim(len(self.chunked), self.head_dim)
-        if config.policy == "gated":
+        if config.eviction == "gated":
             gate = gate if gate is not None else ChunkGate.untrained(in_dim, seed=config.seed)
             if gate.config.in_dim != in_dim:
                 raise ValueError(
@@ -75,10 +75,10 @@ class ChunkedKVCache(Cache):
                     f"head_dim {self.head_dim} = {in_dim})"
                 )
         self.gate = gate
-        # With the kv_vla_* attention the real attention of each step is reported to the policy.
+        # With the kv_vla_* attention the real attention of each step is reported to the eviction.
         self.attention_hooked = self.attn_implementation.startswith("kv_vla_")
         self._all_dynamic = all(type(self.layers[i]) is ChunkedLayer for i in self.chunked)  # not static
-        self.policy = make_policy(config.policy, self)
+        self.eviction = make_eviction(config.eviction, self)
         self.external_step = False  # a forward prepared by `begin_step` (compiled decode) is under way
         self._clear()
 
@@ -109,7 +109,7 @@ class ChunkedKVCache(Cache):
         # holds are tracked (``old_ids``); a chunk dropped everywhere is forgotten for good.
         # Plain lists, not tensors: a handful of entries, read and written one by one on every
         # control step, where a tensor op per element would cost more than the gate itself.
-        self.policy_ms = 0.0  # time spent scoring and evicting (see `_after_step`)
+        self.eviction_ms = 0.0  # time spent scoring and evicting (see `_after_step`)
         self.score_ms = 0.0  # the scoring part of it (the gate, for `gated`)
         self.n_old = 0  # chunks that have left the recent window (each scored once): a count only
         self.old_ids: list[int] = []  # [n_tracked] ascending ids of old chunks held by some group
@@ -128,11 +128,11 @@ class ChunkedKVCache(Cache):
         return torch.tensor(self._states, dtype=torch.int8).view(len(self._states), len(self.old_ids))
 
     def reset(self) -> None:
-        """New episode: drop every token and the gate/policy state."""
+        """New episode: drop every token and the gate/eviction state."""
         super().reset()
         self.end_step(evict=False)
         self._clear()
-        self.policy.reset()
+        self.eviction.reset()
 
     @property
     def tokens_seen(self) -> int:
@@ -143,8 +143,8 @@ class ChunkedKVCache(Cache):
         keys, values = self.layers[layer_idx].update(key_states, value_states, *args, **kwargs)
         if layer_idx in self.chunked:
             ACTIVE.cache, ACTIVE.layer_idx = self, layer_idx
-            if self.policy.wants_attention:
-                self.policy.observe_update(layer_idx, keys, key_states.shape[-2])
+            if self.eviction.wants_attention:
+                self.eviction.observe_update(layer_idx, keys, key_states.shape[-2])
             if layer_idx == self.chunked[-1] and not self.external_step:
                 # The returned `keys`/`values` are tensors of their own: evicting now leaves this
                 # layer's attention over the pre-eviction states untouched.
@@ -172,7 +172,7 @@ class ChunkedKVCache(Cache):
         return layers[0].bound[2]
 
     def end_step(self, evict: bool = True) -> None:
-        """End a prepared step: apply the cache policy (``evict=False`` after a failed forward)."""
+        """End a prepared step: apply the eviction (``evict=False`` after a failed forward)."""
         for i in self.chunked:
             self.layers[i].external = False
         self.external_step = False
@@ -185,8 +185,8 @@ class ChunkedKVCache(Cache):
         try:
             self._score_and_evict()
         finally:
-            # the cache policy's own cost (scoring + eviction), summed over the episode
-            self.policy_ms += (time.perf_counter() - t0) * 1e3
+            # the eviction's own cost (scoring + eviction), summed over the episode
+            self.eviction_ms += (time.perf_counter() - t0) * 1e3
 
     def _score_and_evict(self) -> None:
         cfg, seen, sink = self.config, self.tokens_seen, self.sink
@@ -195,7 +195,7 @@ class ChunkedKVCache(Cache):
         new_ids = list(range(self.n_old, first_recent))
         if new_ids:
             t0 = time.perf_counter()
-            new_scores = self.policy.score(new_ids).float().tolist()
+            new_scores = self.eviction.score(new_ids).float().tolist()
             self.score_ms += (time.perf_counter() - t0) * 1e3
             self.last_scores = dict(zip(new_ids, new_scores))
             self.old_ids += new_ids
@@ -209,12 +209,12 @@ class ChunkedKVCache(Cache):
         """Apply the keep rule to every old chunk still held, in every layer. The layers' tensors
         are touched only where some chunk's state changed (``force``: always, after a
         reconfiguration)."""
-        if not self.policy.evicts or not self.old_ids:
+        if not self.eviction.evicts or not self.old_ids:
             return
         cfg, seen, sink = self.config, self.tokens_seen, self.sink
         scores = self._scores
-        if type(self.policy).rescore is not ChunkPolicy.rescore:  # dynamic scores (h2o)
-            scores = self.policy.rescore(list(self.old_ids), torch.tensor(scores, dtype=torch.float32)).float().tolist()
+        if type(self.eviction).rescore is not Eviction.rescore:  # dynamic scores (h2o)
+            scores = self.eviction.rescore(list(self.old_ids), torch.tensor(scores, dtype=torch.float32)).float().tolist()
         recent_start = sink + self.n_old * cfg.chunk_size
         fixed = min(seen, sink) + max(0, seen - recent_start)  # prefix + recent window
         for g, group in enumerate(self._groups()):
@@ -229,16 +229,16 @@ class ChunkedKVCache(Cache):
         alive = [any(state[j] != DROPPED for state in self._states) for j in range(len(self.old_ids))]
         if all(alive):
             return
-        self.policy.forget([c for c, a in zip(self.old_ids, alive) if not a])
+        self.eviction.forget([c for c, a in zip(self.old_ids, alive) if not a])
         self.old_ids = [c for c, a in zip(self.old_ids, alive) if a]
         self._scores = [x for x, a in zip(self._scores, alive) if a]
         self._states = [[x for x, a in zip(state, alive) if a] for state in self._states]
 
     def reconfigure(self, config: CacheConfig) -> None:
-        """Change the policy, budgets, window or thresholds live, keeping the episode's history.
+        """Change the eviction, budgets, window or thresholds live, keeping the episode's history.
 
         Tightening takes effect at once (the excess is evicted now); evicted tokens never come
-        back. A new policy re-scores the old chunks that every layer still holds (in chunk order)
+        back. A new eviction re-scores the old chunks that every layer still holds (in chunk order)
         and ranks the others lowest. ``chunk_size`` and ``sink_tokens`` define the chunk layout
         of the history, so they change only with a new cache (next episode): ``ValueError``.
         """
@@ -248,8 +248,8 @@ class ChunkedKVCache(Cache):
                 raise ValueError(f"{name}: cannot change in the middle of an episode (applies to a new cache)")
         if config.static != self.config.static:  # the layers' kind is fixed when the cache is built
             raise ValueError("static: switching the static-shape cache on or off applies to a new cache")
-        if (config.policy == "window") != (self.config.policy == "window") and self.tokens_seen > 0:
-            raise ValueError("policy: switching to or from 'window' changes the prefix layout; it applies to a new cache")
+        if (config.eviction == "window") != (self.config.eviction == "window") and self.tokens_seen > 0:
+            raise ValueError("eviction: switching to or from 'window' changes the prefix layout; it applies to a new cache")
         self._check_layer_budgets(config)
         slots = min((getattr(self.layers[i], "capacity", 1 << 62) for i in self.chunked), default=1 << 62)
         if static_capacity(config) > slots and config.static:
@@ -258,7 +258,7 @@ class ChunkedKVCache(Cache):
                 f"{static_capacity(config)}; a larger budget needs a new cache"
             )
         n_groups_old = len(self._states)
-        old_policy = self.config.policy
+        old_eviction = self.config.eviction
         self.config = config
         n_groups = len(self._groups())
         if n_groups != n_groups_old:
@@ -266,14 +266,14 @@ class ChunkedKVCache(Cache):
             # shared: a chunk counts as held if any layer still holds it (the best state).
             self._states = ([list(self._states[0]) for _ in range(n_groups)] if n_groups_old == 1
                             else [[min(col) for col in zip(*self._states)] if self.old_ids else []])
-        if config.policy != old_policy:
-            if config.policy == "gated" and self.gate is None:
+        if config.eviction != old_eviction:
+            if config.eviction == "gated" and self.gate is None:
                 in_dim = gate_input_dim(len(self.chunked), self.head_dim)
                 self.gate = ChunkGate.untrained(in_dim, seed=config.seed)
-            self.policy = make_policy(config.policy, self)
+            self.eviction = make_eviction(config.eviction, self)
             everywhere = [all(state[j] == KEPT for state in self._states) for j in range(len(self.old_ids))]
             held_everywhere = [c for c, e in zip(self.old_ids, everywhere) if e]
-            new_scores = iter(self.policy.score(held_everywhere).float().tolist() if held_everywhere else [])
+            new_scores = iter(self.eviction.score(held_everywhere).float().tolist() if held_everywhere else [])
             self._scores = [next(new_scores) if e else float("-inf") for e in everywhere]
         self._evict(force=True)
 
@@ -284,7 +284,7 @@ class ChunkedKVCache(Cache):
         cfg, state, ids = self.config, self._states[g], self.old_ids
         kept = [j for j, st in enumerate(state) if st == KEPT]  # column indices
         evicted = []
-        if self.policy.uses_threshold:
+        if self.eviction.uses_threshold:
             evicted = [j for j in kept if scores[j] < cfg.gate_threshold]
             kept = [j for j in kept if scores[j] >= cfg.gate_threshold]
         used = 0
@@ -394,7 +394,7 @@ class ChunkedKVCache(Cache):
         cfg = self.config
         kept = [c for c, st in zip(self.old_ids, self._states[0]) if st == KEPT]
         return {
-            "policy": cfg.policy,
+            "eviction": cfg.eviction,
             "tokens_seen": self.tokens_seen,
             "tokens_held": self.tokens_held(),
             "tokens_held_per_layer": [self.layers[i].held for i in self.chunked],

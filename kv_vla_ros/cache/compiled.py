@@ -45,10 +45,10 @@ class CompiledDecode:
         if mode == "cuda_graph":
             if device.type != "cuda":
                 raise ValueError(f"compile: CUDA graphs need a CUDA device, the model is on {device}")
-            if cache.policy.wants_attention:
-                # a replayed graph runs no Python: the policy would never see the step's attention
-                raise ValueError(f"compile: policy {cache.config.policy!r} reads each step's attention from "
-                                 "Python; it cannot run inside a CUDA graph (use another policy or compile: false)")
+            if cache.eviction.wants_attention:
+                # a replayed graph runs no Python: the eviction would never see the step's attention
+                raise ValueError(f"compile: eviction {cache.config.eviction!r} reads each step's attention from "
+                                 "Python; it cannot run inside a CUDA graph (use another eviction or compile: false)")
         self.model, self.cache, self.mode = model, cache, mode
         self.captures = 0  # graphs captured so far (one per block length)
         self._graphs: dict[int, tuple[torch.Tensor, torch.cuda.CUDAGraph, torch.Tensor]] = {}

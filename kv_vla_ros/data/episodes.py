@@ -7,8 +7,10 @@ the episode instead, and the next frame starts one with the latest instruction.
 
 Cameras and state: the first image topic drives the steps; every further camera (``extra_images``)
 and the robot state (``state``: JointState or Float32MultiArray) contribute their newest message
-at or before that frame; a frame for which one of them has none yet is skipped and counted
-(``frames_missing_inputs``), as the node stops on a missing input.
+at or before that frame, or, when one stamped with the frame's header stamp arrives after the
+frame but before the next one (a recording over DDS receives two topics in either order), that
+one; a frame for which one of them has none is skipped and counted (``frames_missing_inputs``),
+as the node stops on a missing input.
 
 Frames: a frame whose header stamp equals the previous frame's (a simulator re-sending its view
 while it waits for an action) is the same observation and is skipped, as the policy node does.
@@ -104,24 +106,61 @@ def check_topics(bag: BagReader, topics: BagTopics) -> dict[str, str]:
     return types
 
 
+@dataclass
+class _PendingFrame:
+    """A frame read but not yet handed out: an input with its header stamp may still come."""
+
+    msg: object
+    bag_ns: int
+    stamp: int | None
+    number: int
+    inputs: dict  # input topic -> its raw message (newest so far, or the one with this stamp)
+
+
+def _bag_frame(bag: BagReader, topics: BagTopics, types: dict, extras: dict, image_size: int | None,
+               frame: _PendingFrame) -> BagFrame:
+    """A complete pending frame decoded: its image, further cameras and state."""
+    rgb = frame_to_rgb(frame.msg, types["image"], image_size, f"bag {bag.path}: {topics.image} message #{frame.number}")
+    cameras = [rgb] + [frame_to_rgb(frame.inputs[t], types[role], image_size, f"bag {bag.path}: {t}")
+                       for t, role in extras.items()] if extras else None
+    state = state_vector(frame.inputs[topics.state], types["state"]) if topics.state else None
+    return BagFrame(rgb, frame.bag_ns, frame.stamp, cameras, state)
+
+
 def iter_episode_events(bag: BagReader, topics: BagTopics, image_size: int | None,
                         counters: dict | None = None) -> Iterator[tuple]:
     """Yields ``("start", instruction)``, ``("frame", BagFrame)`` and ``("end", EpisodeActions)``.
 
     ``counters`` (optional) receives ``frames_without_instruction`` and ``repeated_frames``.
+    A frame is handed out once the next message on the image topic (or an episode boundary) is read:
+    a further camera or state message received after it but stamped with its header stamp (two
+    topics over DDS arrive in either order) is then its input, not the next frame's.
     """
     types = check_topics(bag, topics)
     counters = counters if counters is not None else {}
-    counters.setdefault("frames_without_instruction", 0)
-    counters.setdefault("repeated_frames", 0)
-    counters.setdefault("frames_missing_inputs", 0)
+    for name in ("frames_without_instruction", "repeated_frames", "frames_missing_inputs"):
+        counters.setdefault(name, 0)
     extras = {topic: f"camera{i + 1}" for i, topic in enumerate(topics.extra_images)}
-    wanted = [t for t in (topics.image, topics.instruction, topics.action, topics.reset, topics.state, *extras) if t]
+    inputs = [t for t in (*extras, topics.state) if t]
+    wanted = [t for t in (topics.image, topics.instruction, topics.action, topics.reset, *inputs) if t]
     latest: dict[str, object] = {}  # newest raw message per extra camera / state topic
     instruction: str | None = None
     episode: EpisodeActions | None = None
+    pending: _PendingFrame | None = None
     last_stamp: int | None = None
     n_frames = 0
+
+    def flush() -> Iterator[tuple]:
+        nonlocal pending
+        frame, pending = pending, None
+        if frame is None:
+            return
+        if len(frame.inputs) < len(inputs):
+            counters["frames_missing_inputs"] += 1
+            return
+        episode.frames.append((frame.bag_ns, frame.stamp))
+        yield "frame", _bag_frame(bag, topics, types, extras, image_size, frame)
+
     for topic, bag_ns, msg in bag.messages(wanted):
         if topic == topics.image:
             n_frames += 1
@@ -136,17 +175,12 @@ def iter_episode_events(bag: BagReader, topics: BagTopics, image_size: int | Non
                 counters["repeated_frames"] += 1
                 continue
             last_stamp = stamp
-            if any(t not in latest for t in (*extras, topics.state) if t):
-                counters["frames_missing_inputs"] += 1
-                continue
-            rgb = frame_to_rgb(msg, types["image"], image_size, f"bag {bag.path}: {topics.image} message #{n_frames}")
-            cameras = [rgb] + [frame_to_rgb(latest[t], types[role], image_size, f"bag {bag.path}: {t}")
-                               for t, role in extras.items()] if extras else None
-            state = state_vector(latest[topics.state], types["state"]) if topics.state else None
-            episode.frames.append((bag_ns, stamp))
-            yield "frame", BagFrame(rgb, bag_ns, stamp, cameras, state)
-        elif topic in extras or topic == topics.state:
+            yield from flush()
+            pending = _PendingFrame(msg, bag_ns, stamp, n_frames, {t: latest[t] for t in inputs if t in latest})
+        elif topic in inputs:
             latest[topic] = msg
+            if pending is not None and pending.stamp and header_stamp_ns(msg) == pending.stamp:
+                pending.inputs[topic] = msg
         elif topic == topics.instruction:
             text = str(msg.data)
             if not text.strip():
@@ -154,10 +188,12 @@ def iter_episode_events(bag: BagReader, topics: BagTopics, image_size: int | Non
             instruction = text
             if not topics.reset:
                 if episode is not None:
+                    yield from flush()
                     yield "end", episode
                 episode = None  # the next frame opens the episode of this instruction
         elif topic == topics.reset:
             if episode is not None:
+                yield from flush()
                 yield "end", episode
             episode = None
         elif topic == topics.action and episode is not None:
@@ -165,6 +201,7 @@ def iter_episode_events(bag: BagReader, topics: BagTopics, image_size: int | Non
             if vec is not None:
                 episode.actions.append((bag_ns, action_source_stamp_ns(msg), vec))
     if episode is not None:
+        yield from flush()
         yield "end", episode
     if n_frames == 0:
         raise BagError(f"bag {bag.path}: image topic {topics.image} has no readable frames")

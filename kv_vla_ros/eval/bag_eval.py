@@ -50,14 +50,14 @@ def build_configs(policy, specs: list[str]) -> list[tuple[str, object]]:
     for spec in specs or ["full"]:
         changes, frac = parse_spec(spec, base)
         if frac is not None:
-            raise ValueError(f"--policy {spec}: budget_frac is not supported by bag eval; give budget_tokens")
+            raise ValueError(f"--cache {spec}: budget_frac is not supported by bag eval; give budget_tokens")
         if spec in seen:
-            raise ValueError(f"--policy {spec}: given twice")
+            raise ValueError(f"--cache {spec}: given twice")
         seen.add(spec)
         out.append((spec, base.replace(**changes)))
-    if not any(cfg.policy == "full" for _, cfg in out):
-        out.insert(0, ("full", base.replace(policy="full")))
-    out.sort(key=lambda item: item[1].policy != "full")  # stable: the first full is the reference
+    if not any(cfg.eviction == "full" for _, cfg in out):
+        out.insert(0, ("full", base.replace(eviction="full")))
+    out.sort(key=lambda item: item[1].eviction != "full")  # stable: the first full is the reference
     return out
 
 
@@ -97,7 +97,7 @@ def _step(run: PolicyRun, frame, count_flops: bool) -> None:
     run.actions[-1].append(np.asarray(action).reshape(-1).copy())
     run.tokens_held.append(int(st["tokens_held"]))
     run.bytes_held.append(int(st["bytes_held"]))
-    if run.cache_config.policy != "gated":
+    if run.cache_config.eviction != "gated":
         return  # other policies report their ranking utility there (recency, norms), not a gate score
     episode = len(run.actions) - 1
     scored = {c for e, c, _ in run.gate_scores[-64:] if e == episode}

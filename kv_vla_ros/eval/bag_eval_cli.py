@@ -23,13 +23,13 @@ from kv_vla_ros.data.errors import cli_errors
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
+    from kv_vla_ros.cache.spec import add_cache_argument
     from kv_vla_ros.parallel.runner import add_runner_arguments
 
     parser.add_argument("bag", nargs="+", help="rosbag2 directories (sqlite3 or mcap), single .db3/.mcap files, "
                                                "or directories of bags (every subdirectory with a metadata.yaml)")
     parser.add_argument("--model", default=None, help="checkpoint directory (default: the shipped model)")
-    parser.add_argument("--policy", action="append", default=None, metavar="SPEC",
-                        help="cache spec POLICY[:field=value,...] (repeatable; default: full)")
+    add_cache_argument(parser)
     parser.add_argument("--image-topic", action="append", default=None,
                         help="sensor_msgs/Image or CompressedImage topic (default /image); repeat it for more "
                              "cameras, in the policy's camera order (the first one drives the steps)")
@@ -81,7 +81,7 @@ def run(args: argparse.Namespace) -> int:
     if not (model_path / "config.json").is_file():
         raise ValueError(f"--model: no checkpoint at {model_path} (expected config.json there)")
     model = load_policy(str(model_path))  # the package's own VLA or π0, by config.json model_type
-    configs = build_configs(model, args.policy or ["full"])  # a bad spec fails before the bag is read
+    configs = build_configs(model, args.cache or ["full"])  # a bad spec fails before the bag is read
     check_inputs(model, topics)
     t0 = time.perf_counter()
     items = [(str(path), configs, topics, args.flops_every, args.max_episodes) for path in bags]

@@ -13,14 +13,16 @@ import torch
 from tqdm import tqdm
 
 from kv_vla_ros.cache import CacheConfig, make_cache
+from kv_vla_ros.cache.spec import add_renamed_flag
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--frames", type=int, default=256, help="frames streamed per policy (default 256)")
+    parser.add_argument("--frames", type=int, default=256, help="frames streamed per eviction (default 256)")
     parser.add_argument("--frame-tokens", type=int, default=16, help="tokens per frame (default 16)")
     parser.add_argument("--budget-frames", type=int, default=8, help="budget in frames' tokens, plus the prefix")
     parser.add_argument("--sink-tokens", type=int, default=16, help="instruction prefix length (default 16)")
-    parser.add_argument("--policies", default="full,window,gated", help="comma-separated policies")
+    parser.add_argument("--evictions", default="full,window,gated", help="comma-separated evictions")
+    add_renamed_flag(parser, "--policies", "--evictions", "evictions")
     parser.add_argument("--hidden", type=int, default=256, help="backbone hidden size (default 256)")
     parser.add_argument("--layers", type=int, default=4, help="backbone layers (default 4)")
     parser.add_argument("--threads", type=int, default=2, help="torch CPU threads (default 2)")
@@ -123,7 +125,7 @@ def run(args: argparse.Namespace) -> int:
         if getattr(args, name) < 1:
             raise SystemExit(f"kv-vla bench cache: --{name.replace('_', '-')} must be >= 1")
     torch.set_num_threads(args.threads)
-    policies = [p.strip() for p in args.policies.split(",") if p.strip()]
+    policies = [p.strip() for p in args.evictions.split(",") if p.strip()]
     model = tiny_backbone(args.hidden, args.layers, args.seed)
     g = torch.Generator().manual_seed(args.seed)
     prefix = torch.randint(0, 512, (1, args.sink_tokens), generator=g)
@@ -133,7 +135,7 @@ def run(args: argparse.Namespace) -> int:
     for policy in policies:
         try:
             configs[policy] = CacheConfig(
-                policy=policy, chunk_size=args.frame_tokens, recent_chunks=2, sink_tokens=args.sink_tokens,
+                eviction=policy, chunk_size=args.frame_tokens, recent_chunks=2, sink_tokens=args.sink_tokens,
                 # window holds no prefix: give it the same number of tokens as the others
                 budget_tokens=None if policy == "full" else budget,
                 # threshold 0: the budget alone binds, so every policy holds the same number of tokens

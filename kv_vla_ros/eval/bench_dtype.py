@@ -5,7 +5,7 @@ The float32 session drives the simulated robot; the session under test sees the 
 actions agree and how far apart the action logits are. Writes bench_dtype.json, .md and .png.
 
     kv-vla bench dtype --dtype bfloat16 --steps 300
-    kv-vla bench dtype --dtype bfloat16 --compile --policy gated:budget_tokens=432,static=true
+    kv-vla bench dtype --dtype bfloat16 --compile --cache gated:budget_tokens=432,static=true
 """
 
 from __future__ import annotations
@@ -22,13 +22,14 @@ DEFAULT_TASK = "MiniGrid-MemoryS13Random-v0"
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
+    from kv_vla_ros.cache.spec import add_cache_argument
+
     parser.add_argument("--model", default=None, help="checkpoint directory (default: the shipped model)")
     parser.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], default="bfloat16",
                         help="dtype of the session under test (the reference is float32)")
     parser.add_argument("--compile", action="store_true", help="run the session under test compiled (needs static=true)")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--policy", default=None,
-                        help="cache spec POLICY[:field=value,...] for both sessions (default: the model's cache)")
+    add_cache_argument(parser, repeat=False, default_help="the model's cache, for both sessions")
     parser.add_argument("--task", default=DEFAULT_TASK)
     parser.add_argument("--steps", type=int, default=300, help="control steps in total, over whole episodes")
     parser.add_argument("--seed-offset", type=int, default=0, help="first evaluation seed (offset)")
@@ -102,14 +103,14 @@ def run(args: argparse.Namespace) -> int:
         raise SystemExit("kv-vla bench dtype: --steps must be >= 1")
     torch.set_num_threads(args.threads)
     try:
-        result = compare(args.model, args.task, args.policy, args.dtype, args.compile, args.device, args.steps,
+        result = compare(args.model, args.task, args.cache, args.dtype, args.compile, args.device, args.steps,
                          args.seed_offset)
     except (FileNotFoundError, ValueError) as exc:
         raise SystemExit(f"kv-vla bench dtype: {exc}") from None
     md = "\n".join([
         "| task | cache | device | dtype | decode | steps (episodes) | action agreement vs float32 | max / mean logit gap |",
         "|---|---|---|---|---|---|---|---|",
-        f"| {result['task']} | {result['cache']['policy']}{' static' if result['cache']['static'] else ''} | "
+        f"| {result['task']} | {result['cache']['eviction']}{' static' if result['cache']['static'] else ''} | "
         f"{result['device']} | {result['dtype']} | {result['compiled']} | {result['steps']} ({result['episodes']}) | "
         f"{100 * result['agreement']:.1f}% | {result['max_logit_gap']:.3g} / {result['mean_logit_gap']:.3g} |",
     ])

@@ -29,6 +29,7 @@ from tqdm import tqdm
 
 from kv_vla_ros.cache import CacheConfig, make_cache, use_kv_vla_attention
 from kv_vla_ros.cache.compiled import CompiledDecode
+from kv_vla_ros.cache.spec import add_renamed_flag
 from kv_vla_ros.cache.work import StepWork
 from kv_vla_ros.eval import floors
 
@@ -56,7 +57,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-full-frames", type=int, default=None,
                         help="stop the full cache here (its cost grows without bound; default: CPU 256, GPU all)")
     parser.add_argument("--budget-frames", type=int, default=8, help="budget: this many steps' tokens (default 8)")
-    parser.add_argument("--policies", default=None,
+    add_renamed_flag(parser, "--policies", "--evictions", "evictions")
+    parser.add_argument("--evictions", default=None,
                         help="default: CPU full,window,gated,gated-static; GPU full,gated,gated-static,gated-static-compiled "
                         "(static variants are skipped for pi0: its bidirectional blocks need the dynamic cache)")
     parser.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], default=None,
@@ -96,9 +98,9 @@ def cache_configs(policies: list[str], step: int, budget_frames: int, prefix: in
         if name.endswith("-compiled") and not static:
             raise ValueError(f"policies: {name!r}: only a static cache compiles (e.g. gated-static-compiled)")
         if policy == "full":
-            out[name] = CacheConfig(policy="full", chunk_size=step, recent_chunks=2, sink_tokens=prefix, budget_tokens=None)
+            out[name] = CacheConfig(eviction="full", chunk_size=step, recent_chunks=2, sink_tokens=prefix, budget_tokens=None)
         else:
-            out[name] = CacheConfig(policy=policy, chunk_size=step, recent_chunks=2, sink_tokens=prefix,
+            out[name] = CacheConfig(eviction=policy, chunk_size=step, recent_chunks=2, sink_tokens=prefix,
                                     budget_tokens=budget, gate_threshold=0.0, static=static)
     return out
 
@@ -125,7 +127,7 @@ def measure(model, configs, step: int, checkpoints: list[int], repeats: int, max
         return torch.randn(1, n, hidden, generator=gen).to(device, dtype)
 
     caches = {name: make_cache(cfg, cache_model_config or model.config) for name, cfg in configs.items()}
-    limits = {name: max_full if cfg.policy == "full" else max(checkpoints) for name, cfg in configs.items()}
+    limits = {name: max_full if cfg.eviction == "full" else max(checkpoints) for name, cfg in configs.items()}
     for cache in caches.values():
         forward(embeds(prefix), cache)
     decoders = {name: CompiledDecode(model, caches[name]) for name in configs if name.endswith("-compiled")}
@@ -254,7 +256,7 @@ def run(args: argparse.Namespace) -> int:
         raise SystemExit("kv-vla bench paper: --dtype float16 needs a CUDA device; use bfloat16 or float32 on a CPU")
     default = ("full,gated,gated-static,gated-static-compiled" if args.device.startswith("cuda")
                else "full,window,gated,gated-static")
-    policies = [p.strip() for p in (args.policies or default).split(",") if p.strip()]
+    policies = [p.strip() for p in (args.evictions or default).split(",") if p.strip()]
     extra, prefix, name, weight_bytes = {}, PREFIX, args.backbone, None
     if args.backbone == "pi0":
         from kv_vla_ros.eval.bench_pi0 import PROMPT_TOKENS, build_pi0, pi0_forward, pi0_weight_bytes

@@ -26,10 +26,12 @@ SAME = ("seed", "success", "length", "tokens_seen", "mean_held", "peak_held", "p
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
+    from kv_vla_ros.cache.spec import add_cache_argument
+
     parser.add_argument("--model", default=None, help="checkpoint directory (default: the shipped model)")
     parser.add_argument("--tasks", nargs="+", default=EVAL_TASKS)
     parser.add_argument("--episodes", type=int, default=100, help="eval seeds per task (default 100)")
-    parser.add_argument("--policy", action="append", default=None, metavar="SPEC", help="cache spec (default: full)")
+    add_cache_argument(parser)
     parser.add_argument("--max-steps", type=int, default=100)
     parser.add_argument("--workers", type=int, default=2, help="parallel workers of the second run (default 2)")
     parser.add_argument("--ray-address", default=None, metavar="ADDR", help="run the parallel side on this cluster")
@@ -79,7 +81,7 @@ def run(args: argparse.Namespace) -> int:
     torch.set_num_threads(1)  # what `kv-vla eval` uses by default (--threads 1), and what each worker uses
     model_path = args.model or str(DEFAULT_MODEL_PATH)
     model = VLAModel.from_pretrained(model_path)
-    parsed = [(spec, *parse_spec(spec, model.config.cache)) for spec in args.policy or ["full"]]
+    parsed = [(spec, *parse_spec(spec, model.config.cache)) for spec in args.cache or ["full"]]
     tasks = [normalize_task(t) for t in args.tasks]
     seeds = eval_seeds(args.episodes)
     progress = not args.no_progress

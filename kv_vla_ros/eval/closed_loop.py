@@ -8,21 +8,31 @@ from __future__ import annotations
 
 import numpy as np
 
+MINIGRID_MAX_STEPS = 100  # the step cap of MiniGrid/BabyAI episodes unless --max-steps says otherwise
 
 
 def make_robot(task: str, max_steps: int | None = None):
-    """A `SimRobot` for ``task``; ``max_steps`` caps its episodes only below the env's own limit."""
-    from kv_vla_ros.sim import SimRobot
+    """The simulated robot of ``task`` (`kv_vla_ros.sim.make_sim`); ``max_steps`` caps its episodes
+    only below the task's own limit (None: the task's own)."""
+    from kv_vla_ros.sim import make_sim
 
-    robot = SimRobot(task)
+    robot = make_sim(task)
     if max_steps and max_steps < robot.max_steps:  # a cap only ever shortens the env's own limit
         robot.close()
-        robot = SimRobot(task, max_steps=max_steps)
+        robot = make_sim(task, max_steps=max_steps)
     return robot
 
 
+def default_step_cap(task: str, max_steps: int | None) -> int | None:
+    """``--max-steps`` for ``task``: as given, or when not given 100 for MiniGrid/BabyAI (their envs
+    allow far longer wandering) and the task's own cap for an arm task."""
+    from kv_vla_ros.sim import is_arm_task
+
+    return max_steps if max_steps is not None or is_arm_task(task) else MINIGRID_MAX_STEPS
+
+
 def make_session(model, cache_config, untrained_gate: bool = False):
-    """A `VLASession` for closed-loop MiniGrid episodes (discrete actions only).
+    """A `VLASession` for closed-loop episodes (`check_fits` tells whether it fits a task).
 
     ``untrained_gate``: ``gated`` scores with a randomly initialised gate (seeded by
     ``cache_config.seed``), the baseline of the paper's released code, not the checkpoint's."""
@@ -31,35 +41,77 @@ def make_session(model, cache_config, untrained_gate: bool = False):
     session = VLASession(model, cache_config)
     if untrained_gate:
         session.gate = None  # the cache then builds ChunkGate.untrained(seed=cache_config.seed)
-    if not session.policy.discrete:
-        raise ValueError(f"model: MiniGrid tasks take discrete actions; this {session.policy.model_type} checkpoint "
-                         "has continuous ones (evaluate it on a bag: kv-vla bag eval)")
     return session
+
+
+def check_fits(robot, policy) -> None:
+    """ValueError naming the mismatch when ``policy`` cannot drive ``robot``: MiniGrid takes
+    discrete action ids; an arm takes ``robot.action_dim`` continuous actions (and the policy's
+    robot state, if it takes one, must be the arm's joint state)."""
+    if getattr(robot, "discrete", True):
+        if not policy.discrete:
+            raise ValueError(f"model: MiniGrid tasks take discrete actions; this {policy.model_type} checkpoint "
+                             "has continuous ones (evaluate it on a bag: kv-vla bag eval)")
+        return
+    if policy.discrete or policy.action_dim != robot.action_dim:
+        kind = "discrete action ids" if policy.discrete else f"{policy.action_dim}-dimensional actions"
+        raise ValueError(f"model: {robot.task} takes {robot.action_dim}-dimensional continuous actions "
+                         f"({', '.join(robot.action_names)}); this {policy.model_type} checkpoint has {kind}")
+    if policy.state_dim not in (0, robot.state_dim):
+        raise ValueError(f"model: {robot.task} gives a robot state of dimension {robot.state_dim} (joint "
+                         f"positions); this checkpoint takes {policy.state_dim}")
+
+
+def episode_probe(robot):
+    """What follows the memory facts of an episode (the cue's frames, the decision): the MiniGrid
+    Memory probe, the arm's own, or None for a task without a cue (BabyAI)."""
+    from kv_vla_ros.sim import is_memory_task
+    from kv_vla_ros.sim.memory import MemoryEpisodeProbe
+
+    if getattr(robot, "discrete", True) is False:
+        from kv_vla_ros.sim.arm.env import ArmEpisodeProbe
+
+        return ArmEpisodeProbe(robot)
+    return MemoryEpisodeProbe(robot) if is_memory_task(robot.task) else None
+
+
+def robot_command(robot, action):
+    """The policy's action as ``robot.step`` takes it: an action id, or an arm command clamped to
+    [-1, 1] (a non-finite one becomes a stop: no motion, the hand kept closed), as the node does."""
+    if getattr(robot, "discrete", True):
+        return int(action[0])
+    arr = np.asarray(action, dtype=np.float64)
+    if not np.isfinite(arr).all():
+        return np.array([0.0, 0.0, 0.0, -1.0])
+    return np.clip(arr, -1.0, 1.0)
 
 
 def run_episode(robot, session, seed: int) -> dict:
     """One closed-loop episode; returns its record: scalars (outcome, length, tokens, and on
-    Memory tasks whether the decision was right and the cue's chunk held then) plus
+    tasks with a cue whether the decision was right and a cue chunk held then) plus
     ``latency_ms``, the latency of every inference. Records are all `summarize_task` needs, so
-    episodes can run anywhere (`kv_vla_ros.eval.grid`)."""
-    from kv_vla_ros.sim import is_memory_task
-    from kv_vla_ros.sim.memory import MemoryEpisodeProbe
+    episodes can run anywhere (`kv_vla_ros.eval.grid`). A chunked policy (π0) infers once per
+    ``actions_per_inference`` steps: only the frames it read are in its cache."""
     from kv_vla_ros.vla.action_queue import ActionQueue
 
+    check_fits(robot, session.policy)
     queue = ActionQueue(session.policy.default_actions_per_inference)  # chunked policies: one chunk, many steps
     frame, instruction = robot.reset(seed)
     session.reset(instruction)
-    probe = MemoryEpisodeProbe(robot) if is_memory_task(robot.task) else None
-    held, cue_held_at, lat, policy_ms, scoring_ms = [], [], [], [], []
+    probe = episode_probe(robot)
+    wants_state = session.policy.state_dim > 0
+    held, cue_held_at, cue_chunks, lat, policy_ms, scoring_ms = [], [], [], [], [], []
     bytes_max = 0
     st = session.stats()
     while not robot.done:
         if probe is not None:
-            # what the step's attention can read: held after the previous step's eviction
+            # what the step's attention can read: held after the previous inference's eviction
             probe.observe(len(held))
-            cue_held_at.append(cue_chunk_held(st, probe.cue_steps, len(held)))
+            cue_held_at.append(cue_chunk_held(st, cue_chunks, session.steps))
         if queue.needs_inference:
-            queue.push(session.step_chunk(frame))
+            queue.push(session.step_chunk(frame, robot.state() if wants_state else None))
+            if probe is not None and probe.cue_steps and probe.cue_steps[-1] == len(held):
+                cue_chunks.append(session.steps - 1)  # this frame showed the cue: so does its chunk
             timings = session.stats()["latency_ms"]
             lat.append(timings["total"])
             policy_ms.append(timings.get("cache_policy", 0.0))
@@ -68,7 +120,7 @@ def run_episode(robot, session, seed: int) -> dict:
         st = session.stats()
         held.append(st["tokens_held"])
         bytes_max = max(bytes_max, st["bytes_held"])
-        frame = robot.step(int(action[0])).frame
+        frame = robot.step(robot_command(robot, action)).frame
         if probe is not None:
             probe.after_step()
     record = {"seed": int(seed), "success": bool(robot.success), "length": len(held), "tokens_seen": st["tokens_seen"],
@@ -125,17 +177,18 @@ def evaluate_task(model, task: str, cache_config, seeds: list[int], max_steps: i
     try:
         session = make_session(model, cache_config, untrained_gate)
         records = [run_episode(robot, session, seed) for seed in
-                   tqdm(seeds, desc=f"{label or cache_config.policy} {task}", disable=not progress, leave=False)]
+                   tqdm(seeds, desc=f"{label or cache_config.eviction} {task}", disable=not progress, leave=False)]
     finally:
         robot.close()
-    return summarize_task(task, label or cache_config.policy, cache_config, records)
+    return summarize_task(task, label or cache_config.eviction, cache_config, records)
 
 
-def cue_chunk_held(stats: dict, cue_steps: list[int], step: int) -> bool | None:
-    """Whether the cache (``stats`` of a session) holds the chunk of at least one earlier frame
-    that showed the cue; None when no earlier frame did. Chunk ``k`` is control step ``k``:
-    chunks not yet scored are in the recent window (held); scored ones are held if kept."""
-    earlier = [c for c in cue_steps if c < step]
+def cue_chunk_held(stats: dict, cue_chunks: list[int], chunks: int) -> bool | None:
+    """Whether the cache (``stats`` of a session) holds at least one of the chunks ``cue_chunks``
+    made before the first ``chunks`` (the frames that showed the cue); None when there is none.
+    Chunk ``k`` is the ``k``-th inference's frame (MiniGrid: control step ``k``): chunks not yet
+    scored are in the recent window (held); scored ones are held if kept."""
+    earlier = [c for c in cue_chunks if c < chunks]
     if not earlier:
         return None
     kept = set(stats.get("kept_chunks", []))
@@ -143,4 +196,5 @@ def cue_chunk_held(stats: dict, cue_steps: list[int], step: int) -> bool | None:
     return any(c >= scored or c in kept for c in earlier)
 
 
-__all__ = ["cue_chunk_held", "make_robot", "make_session", "run_episode", "summarize_task", "evaluate_task"]
+__all__ = ["MINIGRID_MAX_STEPS", "check_fits", "cue_chunk_held", "default_step_cap", "episode_probe", "evaluate_task",
+           "make_robot", "make_session", "robot_command", "run_episode", "summarize_task"]

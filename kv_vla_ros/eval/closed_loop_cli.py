@@ -17,14 +17,16 @@ from kv_vla_ros.sim.tasks import EVAL_TASKS
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
+    from kv_vla_ros.cache.spec import add_cache_argument
     from kv_vla_ros.parallel.runner import add_runner_arguments
 
     parser.add_argument("--model", default=None, help="checkpoint directory (default: the shipped model)")
     parser.add_argument("--tasks", nargs="+", default=EVAL_TASKS)
     parser.add_argument("--episodes", type=int, default=200, help="held-out eval seeds per task")
-    parser.add_argument("--policy", action="append", default=None, metavar="SPEC",
-                        help="cache spec POLICY[:field=value,...] (repeatable; default: full)")
-    parser.add_argument("--max-steps", type=int, default=100, help="episode step cap, applied only below the env's own limit (a timeout is a failure)")
+    add_cache_argument(parser)
+    parser.add_argument("--max-steps", type=int, default=None,
+                        help="episode step cap, applied only below the env's own limit (a timeout is a failure; "
+                             "default: 100 for MiniGrid/BabyAI, an arm task's own cap)")
     parser.add_argument("--seed-offset", type=int, default=0, help="offset into the eval seed range")
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads")
     parser.add_argument("--out", required=True, help="output directory for results.json/.md/.png")
@@ -46,7 +48,7 @@ def run(args: argparse.Namespace) -> int:
     model_path = args.model or str(DEFAULT_MODEL_PATH)
     model = load_policy(model_path)  # by config.json model_type: the package's own VLA or π0
     base = model.default_cache_config()
-    specs = args.policy or ["full"]
+    specs = args.cache or ["full"]
     parsed = [(spec, *parse_spec(spec, base)) for spec in specs]  # fail fast on a bad spec
     seeds = eval_seeds(args.episodes, args.seed_offset)
     runner = runner_config(args, progress=not args.no_progress)  # a bad --workers fails before any work
@@ -54,7 +56,7 @@ def run(args: argparse.Namespace) -> int:
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
     tasks = [normalize_task(t) for t in args.tasks]
-    rows, how = evaluate_grid(model, model_path, tasks, parsed, seeds, args.max_steps, runner)
+    rows, how = evaluate_grid(model, model_path, tasks, parsed, seeds, args.max_steps, runner)  # capped per task
     for row in rows:
         if "success_rate" in row:
             memory = (f" decision {row['decision_accuracy']:.1%} cue held {row['cue_held_at_decision']:.1%}"

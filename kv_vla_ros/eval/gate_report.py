@@ -20,7 +20,7 @@ LONGEST_MEMORY_TASK = "MiniGrid-MemoryS37-v0"
 DEFAULT_TASKS = ["MiniGrid-MemoryS13Random-v0", "MiniGrid-MemoryS17Random-v0", LONGEST_MEMORY_TASK,
                  "BabyAI-GoToLocal-v0"]
 # (label, spec without the budget); gate_threshold=0 makes every policy fill the same budget.
-POLICIES = [
+EVICTIONS = [
     ("window", "window"),
     ("sink_window", "sink_window"),
     ("h2o", "h2o"),
@@ -37,7 +37,7 @@ def grid_specs(fractions: list[float]) -> list[str]:
     """``full`` first (the budgets are fractions of its mean history), then each policy per fraction."""
     specs = ["full"]
     for frac in fractions:
-        for _, spec in POLICIES:
+        for _, spec in EVICTIONS:
             specs.append(f"{spec}{',' if ':' in spec else ':'}budget_frac={frac:g}")
     return specs
 
@@ -48,7 +48,7 @@ def label_of(spec: str) -> tuple[str, float | None]:
         return "full", None
     head, _, frac = spec.rpartition("budget_frac=")
     base = head.rstrip(",:")
-    name = next(label for label, s in POLICIES if s == base)
+    name = next(label for label, s in EVICTIONS if s == base)
     return name, float(frac)
 
 
@@ -73,7 +73,7 @@ def run(args: argparse.Namespace) -> int:
 
     out = Path(args.out)
     eval_args = argparse.Namespace(model=args.model, tasks=args.tasks, episodes=args.episodes,
-                                   policy=grid_specs(args.fractions), max_steps=args.max_steps, seed_offset=0,
+                                   cache=grid_specs(args.fractions), max_steps=args.max_steps, seed_offset=0,
                                    threads=args.threads, out=str(out), no_progress=args.no_progress)
     for name, value in vars(args).items():  # options the evaluator grew (e.g. --workers) pass through
         if not hasattr(eval_args, name):
@@ -142,7 +142,7 @@ def gate_score_traces(model_path: str | None, task: str, episodes: int, rows: li
 
     model = VLAModel.from_pretrained(model_path or DEFAULT_MODEL_PATH)
     gated = [r for r in rows if r["task"] == task and label_of(r["policy"])[0] == "trained gate" and "cache" in r]
-    cfg = model.config.cache.replace(policy="gated", gate_threshold=0.0,
+    cfg = model.config.cache.replace(eviction="gated", gate_threshold=0.0,
                                      budget_tokens=gated[0]["cache"]["budget_tokens"] if gated else None)
     session = VLASession(model, cfg)
     robot = SimRobot(task)
@@ -193,4 +193,4 @@ def plot_gate_scores(traces: list[dict], path: Path) -> Path:
     return path
 
 
-__all__ = ["grid_specs", "label_of", "POLICIES", "plot_success_vs_budget", "gate_score_traces", "plot_gate_scores"]
+__all__ = ["grid_specs", "label_of", "EVICTIONS", "plot_success_vs_budget", "gate_score_traces", "plot_gate_scores"]

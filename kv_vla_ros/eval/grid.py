@@ -18,7 +18,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 
 from kv_vla_ros.cache.budgets import calibrated_budgets
-from kv_vla_ros.eval.closed_loop import make_robot, make_session, run_episode, summarize_task
+from kv_vla_ros.eval.closed_loop import default_step_cap, make_robot, make_session, run_episode, summarize_task
 from kv_vla_ros.parallel.runner import Runner, RunnerConfig
 
 
@@ -30,7 +30,7 @@ class Cell:
     spec: str
     changes: dict
     frac: float | None
-    index: int  # the spec's position in the --policy list
+    index: int  # the spec's position in the --cache list
     cfg: object = None
     untrained_gate: bool = False
     label: str = ""
@@ -77,9 +77,9 @@ def _resolve(cell: Cell, base, model_path: str, full_seen: float | None) -> None
     try:
         if cell.frac is not None:
             if full_seen is None:
-                raise ValueError(f"--policy {cell.spec}: budget_frac needs a 'full' row that ran on {cell.task}")
+                raise ValueError(f"--cache {cell.spec}: budget_frac needs a 'full' row that ran on {cell.task}")
             # never below prefix + recent window (a short history's fraction can be)
-            layout = base.replace(policy="full", budget_tokens=None, layer_budgets=None,
+            layout = base.replace(eviction="full", budget_tokens=None, layer_budgets=None,
                                   **{k: v for k, v in changes.items()
                                      if k in ("recent_chunks", "chunk_size", "sink_tokens")})
             changes["budget_tokens"] = max(int(round(cell.frac * full_seen)), layout.min_budget)
@@ -104,7 +104,7 @@ def _full_seen_before(cells: list[Cell], cell: Cell) -> float | None:
     """Mean tokens seen of the last ``full`` row before ``cell`` on its task (sequential order)."""
     seen = None
     for other in cells:
-        if other.task == cell.task and other.index < cell.index and other.changes["policy"] == "full":
+        if other.task == cell.task and other.index < cell.index and other.changes["eviction"] == "full":
             seen = other.row.get("mean_tokens_seen", seen)
     return seen
 
@@ -117,15 +117,16 @@ def evaluate_grid(model, model_path: str, tasks: list[str], parsed: list[tuple[s
     actor result, ``driver_works``: this process was one of the workers, ``episodes_per_process``,
     ``timings``: `Runner.timings`).
 
-    ``parsed``: ``[(spec, changes, budget_frac)]`` from `parse_spec`; ``model``: the driver's
+    ``parsed``: ``[(spec, changes, budget_frac)]`` from `parse_spec`; ``max_steps``: the step cap
+    (None: `default_step_cap` per task); ``model``: the driver's
     policy (`load_policy`; its default cache config is the base of every spec; it also runs
     episodes in this process).
     """
     from kv_vla_ros.vla.policy import as_policy
 
     for i, (spec, _, frac) in enumerate(parsed):
-        if frac is not None and not any(c["policy"] == "full" for _, c, _ in parsed[:i]):
-            raise ValueError(f"--policy {spec}: budget_frac needs an earlier 'full' spec")
+        if frac is not None and not any(c["eviction"] == "full" for _, c, _ in parsed[:i]):
+            raise ValueError(f"--cache {spec}: budget_frac needs an earlier 'full' spec")
     cells = [Cell(task, spec, changes, frac, i) for task in tasks for i, (spec, changes, frac) in enumerate(parsed)]
     base = as_policy(model).default_cache_config()
     local = worker_state(model_path, model)
@@ -140,7 +141,8 @@ def evaluate_grid(model, model_path: str, tasks: list[str], parsed: list[tuple[s
                     _resolve(cell, base, model_path, _full_seen_before(cells, cell) if second else None)
                 ready = [c for c in todo if not c.row]
                 runner.skip(len(seeds) * (len(todo) - len(ready)))
-                items = [(c.task, c.cfg, c.untrained_gate, seed, max_steps) for c in ready for seed in seeds]
+                items = [(c.task, c.cfg, c.untrained_gate, seed, default_step_cap(c.task, max_steps))
+                         for c in ready for seed in seeds]
                 records = runner.map(episode_item, items)
                 pids.extend(runner.item_pids)
                 for k, cell in enumerate(ready):

@@ -182,7 +182,7 @@ def run(args: argparse.Namespace) -> int:
     print(f"inference latency      p50 {summary['inference_latency_p50_ms']:.1f} ms, "
           f"p99 {summary['inference_latency_p99_ms']:.1f} ms (node's last window)")
     print(f"tokens held / seen     peak {summary['peak_tokens_held']} / {summary['peak_tokens_seen']} "
-          f"(cache {(summary['cache_config'] or {}).get('policy')}, "
+          f"(cache {(summary['cache_config'] or {}).get('eviction')}, "
           f"budget {(summary['cache_config'] or {}).get('budget_tokens')})")
     if not args.no_offline_check and summary["cache_config"]:
         seeds = [r["seed"] for r in mon.results]

@@ -54,7 +54,7 @@ def policy_status(state: str, reason: str, worker, control_rate_hz: float, tick_
         "publish_interval_p99_ms": tick_interval_ms.percentile(99),
         "control_ticks": ticks,
         "cache_config": json.dumps(cache_config.to_dict(), sort_keys=True),
-        # what the cache policy decided last: the scores of the chunks that last left the recent
+        # what the eviction decided last: the scores of the chunks that last left the recent
         # window ({chunk id: score}; the trained gate's, under `gated`) and the old chunks held
         "gate_scores": json.dumps({str(k): round(float(v), 4) for k, v in (stats.get("gate_scores") or {}).items()}),
         "kept_chunks": json.dumps([int(c) for c in stats.get("kept_chunks") or []]),

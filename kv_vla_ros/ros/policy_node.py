@@ -37,9 +37,10 @@ from kv_vla_ros.ros.control import (CHUNK_INDEX_PREFIX, ControlLoop, RollingStat
 from kv_vla_ros.ros.diagnostics import input_values, policy_status
 from kv_vla_ros.data.image_conversion import compressed_to_rgb, image_to_rgb, shrink_for_model
 from kv_vla_ros.ros.inference import InferenceWorker
-from kv_vla_ros.ros.params import (NODE_PARAMS, POLICY_PARAMS, cache_changes_from_params, cache_param_specs,
-                                   coerce_param, policy_param_specs)
-from kv_vla_ros.ros.ros_params import coerce_parameters, declare_specs
+from kv_vla_ros.ros.param_specs import (NODE_PARAMS, POLICY_PARAMS, RENAMED_PARAMS, apply_renamed_params,
+                                        cache_changes_from_params, cache_param_specs, coerce_param,
+                                        policy_param_specs, renamed_param_specs)
+from kv_vla_ros.ros.param_descriptors import coerce_parameters, declare_specs
 from kv_vla_ros.ros.session_setup import (StartupError, cache_error, check_inputs, load_session, pending_json,
                                           reconfigure, state_from_msg, unbounded_cache_warning)
 
@@ -70,9 +71,10 @@ class KVVLANode(Node):
         self.state_topic = p["state_topic"] if self.policy.state_dim else ""
         cache_specs = cache_param_specs(self.session.cache_config)
         late_specs = policy_param_specs(self.policy.chunk_length)
-        self._specs = {spec.name: spec for spec in NODE_PARAMS + late_specs + cache_specs}
+        self._specs = {spec.name: spec for spec in NODE_PARAMS + late_specs + cache_specs + renamed_param_specs()}
         p.update(self._declare(late_specs))
-        cache_values = self._declare(cache_specs)
+        self._syncing_renamed = False
+        cache_values = self._renamed(self._declare(cache_specs + renamed_param_specs()), at_start=True)
         inputs = self.image_topics + ([self.state_topic] if self.state_topic else [])
         try:  # parameter overrides (params file, command line) on top of the model's cache config
             try:
@@ -130,6 +132,7 @@ class KVVLANode(Node):
         self.create_timer(1.0, self._publish_diagnostics, callback_group=MutuallyExclusiveCallbackGroup())
         self.add_pre_set_parameters_callback(lambda params: coerce_parameters(params, self._specs))
         self.add_on_set_parameters_callback(self._on_set_parameters)
+        self.add_post_set_parameters_callback(self._sync_renamed)
         self.worker.start()
         if p["instruction"]:
             self._start_episode(p["instruction"])
@@ -138,7 +141,7 @@ class KVVLANode(Node):
             f"ready: model {p['model_path'] or 'shipped'} ({self.policy.model_type}, "
             f"{'discrete' if self.discrete else 'continuous'} actions, chunks of {self.policy.chunk_length}, "
             f"{self.loop.queue.actions_per_inference} executed per inference), cameras {self.image_topics}, "
-            f"state {self.state_topic or 'none'}, cache {cfg.policy} "
+            f"state {self.state_topic or 'none'}, cache {cfg.eviction} "
             f"(budget {cfg.budget_tokens if cfg.budget_tokens is not None else 'none'}), {self.control_rate_hz:g} Hz")
         if state_note:
             self.get_logger().warning(state_note)
@@ -152,6 +155,30 @@ class KVVLANode(Node):
         text = unbounded_cache_warning(cfg, self.policy)
         if text:
             self.get_logger().warning(text)
+
+    def _renamed(self, values: dict, at_start: bool = False) -> dict:
+        """Old parameter names (``cache.policy``) given a value -> their new names, with a warning;
+        at start-up the new parameter takes the value at once (later: `_sync_renamed`)."""
+        given = [Parameter(old, value=values[old]) for old in RENAMED_PARAMS if values.get(old) not in ("", None)]
+        values, notes = apply_renamed_params(values)
+        for note in notes:
+            self.get_logger().warning(note)
+        if at_start:
+            self._sync_renamed(given)
+        return values
+
+    def _sync_renamed(self, params: list[Parameter]) -> None:
+        """After an old name was set: the new parameter holds the value, the old one is empty again
+        (so that ``ros2 param get`` shows what runs)."""
+        changed = [(p.name, p.value) for p in params if p.name in RENAMED_PARAMS and p.value not in ("", None)]
+        if not changed or self._syncing_renamed:
+            return
+        self._syncing_renamed = True
+        try:
+            for old, value in changed:
+                self.set_parameters([Parameter(RENAMED_PARAMS[old], value=value), Parameter(old, value="")])
+        finally:
+            self._syncing_renamed = False
 
     def _declare(self, specs) -> dict:
         try:
@@ -295,6 +322,8 @@ class KVVLANode(Node):
 
     # ---- live parameters --------------------------------------------------------------------
     def _on_set_parameters(self, params: list[Parameter]) -> SetParametersResult:
+        if self._syncing_renamed:  # the new name takes the value an old name already applied
+            return SetParametersResult(successful=True)
         values = {p.name: p.value for p in params}
         try:
             note = self._apply_parameters(values)
@@ -307,6 +336,7 @@ class KVVLANode(Node):
         """Validate everything first, then apply; raises ValueError (naming the field) to reject."""
         values = {name: coerce_param(self._specs[name], value) if name in self._specs else value
                   for name, value in values.items()}
+        values = self._renamed(values)
         get = lambda name: values.get(name, self.get_parameter(name).value)  # noqa: E731
         lo, hi = get("action.min"), get("action.max")
         dim = self.loop.action_dim

@@ -14,6 +14,7 @@ from pathlib import Path
 
 POLICY_MODULE = "kv_vla_ros.ros.policy_node"
 SIM_MODULE = "kv_vla_ros.ros.sim_node"
+ARM_SIM_MODULE = "kv_vla_ros.ros.arm_sim_node"
 
 
 def pick_domain_id(salt: int = 0) -> int:
@@ -101,4 +102,4 @@ def stop_node(proc: subprocess.Popen, timeout: float = 10.0) -> int:
 
 
 __all__ = ["pick_domain_id", "pick_free_domain_id", "ros_env", "param_args", "spawn_node", "stop_node",
-           "POLICY_MODULE", "SIM_MODULE"]
+           "POLICY_MODULE", "SIM_MODULE", "ARM_SIM_MODULE"]

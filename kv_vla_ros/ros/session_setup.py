@@ -58,10 +58,10 @@ def unbounded_cache_warning(cfg, policy) -> str | None:
     element = next(policy.model.parameters()).element_size()
     per_token = kv_bytes_per_token(policy.cache_model_config(), element)
     per_step = per_token * cfg.chunk_size
-    why = "policy full" if not cfg.evicts else f"policy {cfg.policy} with no budget_tokens"
+    why = "eviction full" if not cfg.evicts else f"eviction {cfg.eviction} with no budget_tokens"
     return (f"cache: UNBOUNDED ({why}): the KV cache grows by {per_step} bytes per control step "
             f"({cfg.chunk_size} tokens x {per_token} B) for as long as an episode lasts "
-            f"({per_step * 20 * 3600 / 1e9:.2f} GB per hour at one step per 50 ms); set cache.policy and "
+            f"({per_step * 20 * 3600 / 1e9:.2f} GB per hour at one step per 50 ms); set cache.eviction and "
             f"cache.budget_tokens to bound it (e.g. sink_window, {cfg.sink_tokens + 8 * cfg.chunk_size}: "
             f"the prefix and 8 control steps, or as config/kv_vla.yaml does)")
 

@@ -46,6 +46,15 @@ def _desc(text: str, int_range=None, float_range=None) -> ParameterDescriptor:
     return d
 
 
+def next_view_stamp(clock, previous):
+    """The stamp of a new view: now, or 1 ns after ``previous`` (stamps must differ between views,
+    even within one clock tick)."""
+    now = clock.now().to_msg()
+    if previous is not None and (now.sec, now.nanosec) <= (previous.sec, previous.nanosec):
+        now.sec, now.nanosec = previous.sec, previous.nanosec + 1
+    return now
+
+
 class MiniGridSimNode(Node):
     def __init__(self, **node_kwargs):
         super().__init__("minigrid_sim_node", **node_kwargs)
@@ -108,10 +117,7 @@ class MiniGridSimNode(Node):
             self._publish_frame()
 
     def _new_view(self) -> None:
-        now = self.get_clock().now().to_msg()
-        if self.stamp is not None and (now.sec, now.nanosec) <= (self.stamp.sec, self.stamp.nanosec):
-            now.nanosec += 1  # stamps must differ between views, even within one clock tick
-        self.stamp = now
+        self.stamp = next_view_stamp(self.get_clock(), self.stamp)
         self._publish_frame()
 
     def _publish_frame(self) -> None:
@@ -144,24 +150,32 @@ class MiniGridSimNode(Node):
         record = {"episode": self.episode_index, "success": bool(success), "steps": self.robot.steps,
                   "seed": self.robot.seed, "task": self.robot.task, "instruction": self.robot.instruction,
                   "actions": self.actions}
-        self.results.append(record)
-        self.episode_pub.publish(String(data=json.dumps(record)))
-        rate = sum(r["success"] for r in self.results) / len(self.results)
-        self.get_logger().info(f"episode {self.episode_index + 1}: {'success' if success else 'failure'} in "
-                               f"{self.robot.steps} steps (success so far {rate:.0%})")
-        self.episode_index += 1
-        if self.episodes and self.episode_index >= self.episodes:
-            self.finished = True
-            self.get_logger().info(f"done: {self.episode_index} episodes, success rate {rate:.1%}")
-        else:
-            self._start_episode()
+        report_episode(self, record)
 
 
-def main(argv: list[str] | None = None) -> int:
+def report_episode(node, record: dict, detail: str = "") -> None:
+    """A simulator node's finished episode: ``record`` out on ``~/episode`` and in the log (with
+    ``detail``), then the next episode starts, or the node is finished after ``episodes``."""
+    node.results.append(record)
+    node.episode_pub.publish(String(data=json.dumps(record)))
+    rate = sum(r["success"] for r in node.results) / len(node.results)
+    node.get_logger().info(f"episode {node.episode_index + 1}: {'success' if record['success'] else 'failure'} in "
+                           f"{record['steps']} steps{detail} (success so far {rate:.0%})")
+    node.episode_index += 1
+    if node.episodes and node.episode_index >= node.episodes:
+        node.finished = True
+        node.get_logger().info(f"done: {node.episode_index} episodes, success rate {rate:.1%}")
+    else:
+        node._start_episode()
+
+
+def run_sim_node(make_node, argv: list[str] | None = None) -> int:
+    """Spin a simulator node (``make_node()``; it has ``finished``, ``episode_pub`` and
+    ``robot``) until it has run its episodes or is interrupted; then let its results drain."""
     rclpy.init(args=argv if argv is not None else sys.argv)
     node = None
     try:
-        node = MiniGridSimNode()
+        node = make_node()
         while rclpy.ok() and not node.finished:
             rclpy.spin_once(node, timeout_sec=0.1)
         if node.finished:  # let the last results and their late subscribers drain
@@ -178,6 +192,10 @@ def main(argv: list[str] | None = None) -> int:
             node.destroy_node()
         rclpy.try_shutdown()
     return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    return run_sim_node(MiniGridSimNode, argv)
 
 
 if __name__ == "__main__":

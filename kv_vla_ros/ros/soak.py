@@ -43,9 +43,9 @@ def live_changes(budgets: tuple[int, int, int]) -> list[dict]:
     recent chunk)."""
     small, base, middle = budgets
     return [
-        {"cache.budget_tokens": small}, {"cache.policy": "sink_window"}, {"stale_timeout_s": 1.5},
-        {"cache.budget_tokens": middle}, {"cache.policy": "h2o"}, {"cache.recent_chunks": MAX_RECENT},
-        {"cache.policy": "window"}, {"cache.recent_chunks": 2}, {"cache.policy": "gated"},
+        {"cache.budget_tokens": small}, {"cache.eviction": "sink_window"}, {"stale_timeout_s": 1.5},
+        {"cache.budget_tokens": middle}, {"cache.eviction": "h2o"}, {"cache.recent_chunks": MAX_RECENT},
+        {"cache.eviction": "window"}, {"cache.recent_chunks": 2}, {"cache.eviction": "gated"},
         {"stale_timeout_s": 2.0}, {"cache.budget_tokens": base}, {"cache.recent_chunks": 1},
     ]
 
@@ -148,7 +148,7 @@ def sample_from_diagnostics(d: dict, t: float, control_steps: int, rss: int) -> 
             "tokens_seen": int(d["tokens_seen"]), "kv_bytes": int(d["kv_bytes"]),
             "latency_p50_ms": float(d["latency_p50_ms"]), "episodes": int(d["episodes"]),
             "inferences": int(d["inferences"]), "inference_errors": int(d["inference_errors"]),
-            "frames_rejected": int(d["frames_rejected"]), "policy": cache.get("policy"),
+            "frames_rejected": int(d["frames_rejected"]), "eviction": cache.get("eviction"),
             "budget_tokens": budget if budget is None or budget >= 0 else None,
             "layer_budgets": cache.get("layer_budgets")}
 

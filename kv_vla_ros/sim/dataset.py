@@ -127,6 +127,16 @@ def eval_seeds(n: int, offset: int = 0) -> list[int]:
     return _seed_block(n, offset, EVAL_SEED_RANGE, "eval")
 
 
+SPLITS = ("eval", "train")
+
+
+def split_seeds(split: str, n: int, offset: int = 0) -> list[int]:
+    """``n`` seeds of ``split`` ("eval": held out, "train": for demonstrations) from ``offset``."""
+    if split not in SPLITS:
+        raise ValueError(f"split: expected one of {', '.join(SPLITS)}, got {split!r}")
+    return (eval_seeds if split == "eval" else train_seeds)(n, offset)
+
+
 def check_disjoint(a: Iterable[int], b: Iterable[int]) -> None:
     """Raise ValueError if the two seed collections share any seed."""
     overlap = sorted(set(int(s) for s in a) & set(int(s) for s in b))

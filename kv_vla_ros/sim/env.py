@@ -11,12 +11,13 @@ RGB, rows top-to-bottom; the agent sits at the bottom centre looking "up" the im
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, field
 from typing import Any
 
 import gymnasium as gym
 import minigrid  # noqa: F401  (importing it registers the MiniGrid-*/BabyAI-* env ids)
 import numpy as np
+
+from kv_vla_ros.sim.robot import EpisodeFlags, StepResult  # noqa: F401  (StepResult: re-exported)
 
 SUPPORTED_TASKS: tuple[str, ...] = (
     "MiniGrid-MemoryS7-v0",
@@ -81,20 +82,38 @@ def _quiet_babyai_level_generation() -> None:
 
 
 def normalize_task(task: str) -> str:
-    """Return the canonical gymnasium id for ``task`` (the "-v0" suffix is optional).
+    """Return the canonical id for ``task`` (the "-v0" suffix is optional): a gymnasium id of
+    ``SUPPORTED_TASKS`` or an arm task of ``kv_vla_ros.sim.arm.ARM_TASKS``.
 
     Raises ValueError naming ``task`` (and listing the supported ids) if it is unknown.
     """
+    from kv_vla_ros.sim.arm.task import ARM_TASKS
+
     if not isinstance(task, str):
         raise ValueError(f"task must be a str, got {type(task).__name__}")
     name = task.strip()
     if not name.endswith("-v0"):
         name = name + "-v0"
-    if name not in SUPPORTED_TASKS:
+    if name not in SUPPORTED_TASKS and name not in ARM_TASKS:
         raise ValueError(
-            f"task {task!r} is not supported; supported tasks: {', '.join(SUPPORTED_TASKS)}"
+            f"task {task!r} is not supported; supported tasks: {', '.join(SUPPORTED_TASKS + ARM_TASKS)}"
         )
     return name
+
+
+def make_sim(task: str, frame_size: int | None = None, max_steps: int | None = None):
+    """The simulated robot of ``task``: a `SimRobot` (MiniGrid / BabyAI, discrete actions, 56 px by
+    default) or an ``ArmRobot`` (``Arm-*``: continuous actions and a joint state, 64 px by default).
+    Both take ``reset(seed) -> (frame, instruction)`` and ``step(action) -> StepResult``; an arm also
+    has ``state()``. ``max_steps`` None: the task's own step cap."""
+    from kv_vla_ros.sim.arm.task import is_arm_task
+
+    name = normalize_task(task)
+    if is_arm_task(name):
+        from kv_vla_ros.sim.arm.env import ArmRobot
+
+        return ArmRobot(name, frame_size=64 if frame_size is None else frame_size, max_steps=max_steps)
+    return SimRobot(name, frame_size=56 if frame_size is None else frame_size, max_steps=max_steps)
 
 
 def is_memory_task(task: str) -> bool:
@@ -102,31 +121,7 @@ def is_memory_task(task: str) -> bool:
     return normalize_task(task).startswith("MiniGrid-Memory")
 
 
-@dataclass(frozen=True)
-class StepResult:
-    """Outcome of one :meth:`SimRobot.step`.
-
-    frame: uint8 (frame_size, frame_size, 3) RGB view *after* the action.
-    reward: the env's scalar reward (MiniGrid: ``1 - 0.9 * steps / max_steps`` on success, else 0).
-    terminated: the episode ended by reaching a goal / failure state.
-    truncated: the episode ended by running out of ``max_steps``.
-    success: the episode ended with positive reward (task solved).
-    info: the env's info dict (plus ``"steps"``).
-    """
-
-    frame: np.ndarray
-    reward: float
-    terminated: bool
-    truncated: bool
-    success: bool
-    info: dict[str, Any] = field(default_factory=dict)
-
-    @property
-    def done(self) -> bool:
-        return self.terminated or self.truncated
-
-
-class SimRobot:
+class SimRobot(EpisodeFlags):
     """One simulated robot = one MiniGrid env + camera rendering + input validation.
 
     Usage::
@@ -141,6 +136,8 @@ class SimRobot:
 
     def __init__(self, task: str, frame_size: int = 56, max_steps: int | None = None):
         self.task: str = normalize_task(task)
+        if self.task.startswith("Arm-"):
+            raise ValueError(f"task {task!r} is an arm task: use kv_vla_ros.sim.make_sim (an ArmRobot)")
         if isinstance(frame_size, bool) or not isinstance(frame_size, (int, np.integer)):
             raise ValueError(f"frame_size must be an int, got {frame_size!r}")
         if frame_size < _VIEW_TILES:
@@ -180,15 +177,6 @@ class SimRobot:
         """Step budget of the current episode (BabyAI recomputes it per level at reset)."""
         return int(self.env.max_steps)
 
-    @property
-    def done(self) -> bool:
-        """True before the first reset and after the episode terminated or truncated."""
-        return self._done
-
-    @property
-    def success(self) -> bool:
-        """True once the current episode has ended with positive reward."""
-        return self._success
 
     # -- API ------------------------------------------------------------------------------
     def reset(self, seed: int) -> tuple[np.ndarray, str]:

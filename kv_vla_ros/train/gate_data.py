@@ -46,7 +46,7 @@ def policy_rollouts(model, task: str, seeds: list[int], cache_config=None, progr
 
     from kv_vla_ros.vla import VLASession
 
-    cfg = cache_config or model.config.cache.replace(policy="full", budget_tokens=None)
+    cfg = cache_config or model.config.cache.replace(eviction="full", budget_tokens=None)
     session = VLASession(model, cfg)
     robot = SimRobot(task, max_steps=max_steps)
     episodes = []

@@ -159,7 +159,7 @@ class VLAConfig:
         self.validate()
         if self.cache is None:
             self.cache = CacheConfig(
-                policy="full",
+                eviction="full",
                 chunk_size=self.tokens_per_step,
                 sink_tokens=self.max_instruction_tokens,
                 budget_tokens=None,

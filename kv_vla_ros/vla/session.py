@@ -81,16 +81,16 @@ class VLASession:
         return cfg
 
     def _check_compilable(self, cfg: CacheConfig) -> None:
-        from kv_vla_ros.cache import POLICIES
+        from kv_vla_ros.cache import EVICTIONS
 
         if self.policy.compile_model() is None:
             raise ValueError(f"compile: the {self.policy.model_type} policy has no compiled decode step "
                              "(the package's own VLA has one); use compile: false")
         if not cfg.static:
             raise ValueError("cache.static: compile needs the static-shape cache (cache.static: true, with an "
-                             "evicting cache.policy and a cache.budget_tokens)")
-        if self.device.type == "cuda" and POLICIES[cfg.policy].wants_attention:
-            raise ValueError(f"cache.policy: {cfg.policy!r} reads each step's attention from Python, which a "
+                             "evicting cache.eviction and a cache.budget_tokens)")
+        if self.device.type == "cuda" and EVICTIONS[cfg.eviction].wants_attention:
+            raise ValueError(f"cache.eviction: {cfg.eviction!r} reads each step's attention from Python, which a "
                              "CUDA graph does not run; use another policy or compile: false")
 
     def set_compile(self, on: bool) -> None:
@@ -146,12 +146,12 @@ class VLASession:
         """
         if self._cache is None:
             raise RuntimeError("VLASession.step: call reset(instruction) first")
-        policy_ms, score_ms = self._cache.policy_ms, self._cache.score_ms
+        policy_ms, score_ms = self._cache.eviction_ms, self._cache.score_ms
         actions, timings = self.policy.step(self._cache, self._episode, images, state, **kwargs)
         self._episode.steps += 1
         self.steps += 1
         # the part of the step spent choosing what to keep (gate scores + eviction), within forward
-        self.latency_ms = {**timings, "cache_policy": self._cache.policy_ms - policy_ms,
+        self.latency_ms = {**timings, "cache_policy": self._cache.eviction_ms - policy_ms,
                            "cache_scoring": self._cache.score_ms - score_ms}
         return actions
 
@@ -164,7 +164,7 @@ class VLASession:
         """Tokens seen/held, KV bytes held, kept chunk ids, last gate scores, latency (ms)."""
         out = {"steps": self.steps, "tokens_seen": 0, "tokens_held": 0, "bytes_held": 0,
                "kept_chunks": [], "gate_scores": [], "latency_ms": dict(self.latency_ms),
-               "policy": self.cache_config.policy, "dtype": str(self.dtype).removeprefix("torch."),
+               "eviction": self.cache_config.eviction, "dtype": str(self.dtype).removeprefix("torch."),
                "compiled": self._decode.mode if self._decode is not None else "off"}
         if self._cache is not None:
             cs = dict(self._cache.stats())

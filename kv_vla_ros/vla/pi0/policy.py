@@ -106,7 +106,7 @@ class PI0Policy(StreamingPolicy):
         return self.num_cameras * self.image_seq_length
 
     def default_cache_config(self) -> CacheConfig:
-        return self.config.cache or CacheConfig(policy="full", chunk_size=self.tokens_per_step, sink_tokens=0,
+        return self.config.cache or CacheConfig(eviction="full", chunk_size=self.tokens_per_step, sink_tokens=0,
                                                 budget_tokens=None)
 
     def check_cache_config(self, cfg: CacheConfig) -> CacheConfig:

@@ -36,8 +36,9 @@ WORDS = ["pick", "up", "the", "red", "green", "blue", "cube", "ball", "place", "
          "drawer", "go", "to", "door", "and", "a", "on", "left", "right"]
 
 
-def pi0_config(scale: str = "tiny", vocab_size: int | None = None):
-    """A ``PI0Config`` at ``scale`` (see the module docstring)."""
+def pi0_config(scale: str = "tiny", vocab_size: int | None = None, max_dim: int | None = None):
+    """A ``PI0Config`` at ``scale`` (see the module docstring); ``max_dim``: its max state and
+    action dimension instead of the scale's (e.g. 16 for the arm's 9 joint positions)."""
     from transformers import PI0Config
 
     if scale not in SCALES:
@@ -50,8 +51,8 @@ def pi0_config(scale: str = "tiny", vocab_size: int | None = None):
                head_dim=text["head_dim"], max_position_embeddings=8192, **s["dit"])
     return PI0Config(vlm_config=dict(text_config=text, vision_config=vision, projection_dim=text["hidden_size"],
                                      image_token_id=vocab + 1),
-                     dit_config=dit, chunk_size=s["chunk_size"], max_state_dim=s["max_dim"],
-                     max_action_dim=s["max_dim"], num_inference_steps=s["steps"])
+                     dit_config=dit, chunk_size=s["chunk_size"], max_state_dim=max_dim or s["max_dim"],
+                     max_action_dim=max_dim or s["max_dim"], num_inference_steps=s["steps"])
 
 
 def tiny_tokenizer():
@@ -92,14 +93,16 @@ def make_processor(config, state_dim: int = 0, action_dim: int | None = None, se
 
 
 def write_pi0_checkpoint(directory, scale: str = "tiny", num_cameras: int = 1, state_dim: int = 0,
-                         action_dim: int | None = None, seed: int = 0, dtype=torch.float32, **policy_fields) -> Path:
-    """Write a random π0 checkpoint (weights, processor files, ``kv_vla_policy.json``) to ``directory``."""
+                         action_dim: int | None = None, seed: int = 0, dtype=torch.float32, max_dim: int | None = None,
+                         **policy_fields) -> Path:
+    """Write a random π0 checkpoint (weights, processor files, ``kv_vla_policy.json``) to ``directory``
+    (``max_dim``: see `pi0_config`)."""
     from transformers import PI0ForConditionalGeneration
 
     from kv_vla_ros.vla.pi0.config import PI0PolicyConfig
 
     directory = Path(directory)
-    config = pi0_config(scale)
+    config = pi0_config(scale, max_dim=max_dim)
     processor = make_processor(config, state_dim, action_dim, seed)
     # the model embeds the image features where the processor's tokenizer writes its image token
     config.vlm_config.image_token_id = int(processor.image_token_id)

@@ -7,7 +7,7 @@ from rclpy.node import Node
 
 from rclpy.parameter import Parameter
 
-from kv_vla_ros.ros.params import ParamSpec, coerce_param
+from kv_vla_ros.ros.param_specs import ParamSpec, coerce_param
 
 _TYPES = {"bool": ParameterType.PARAMETER_BOOL, "int": ParameterType.PARAMETER_INTEGER,
           "double": ParameterType.PARAMETER_DOUBLE, "string": ParameterType.PARAMETER_STRING,

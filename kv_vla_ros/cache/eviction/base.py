@@ -1,8 +1,8 @@
-"""The tiny base class of eviction policies and their registry by name (kvpress style).
+"""The tiny base class of evictions and their registry by name (kvpress style).
 
-A policy only *ranks* chunks: it gives each closed chunk a utility score when the chunk leaves
+An eviction only *ranks* chunks: it gives each closed chunk a utility score when the chunk leaves
 the recent window. The cache turns scores into keep/evict decisions (threshold, budget, per-layer
-budgets, summaries) in one place, so every policy obeys the same invariants.
+budgets, summaries) in one place, so every eviction obeys the same invariants.
 """
 
 from __future__ import annotations
@@ -14,27 +14,27 @@ import torch
 if TYPE_CHECKING:  # pragma: no cover
     from ..chunked_cache import ChunkedKVCache
 
-POLICIES: dict[str, type["ChunkPolicy"]] = {}
+EVICTIONS: dict[str, type["Eviction"]] = {}
 
 
-def register_policy(name: str) -> Callable[[type["ChunkPolicy"]], type["ChunkPolicy"]]:
-    def wrap(cls: type[ChunkPolicy]) -> type[ChunkPolicy]:
-        if name in POLICIES:
-            raise ValueError(f"policy: {name!r} is registered twice")
+def register_eviction(name: str) -> Callable[[type["Eviction"]], type["Eviction"]]:
+    def wrap(cls: type[Eviction]) -> type[Eviction]:
+        if name in EVICTIONS:
+            raise ValueError(f"eviction: {name!r} is registered twice")
         cls.name = name
-        POLICIES[name] = cls
+        EVICTIONS[name] = cls
         return cls
 
     return wrap
 
 
-class ChunkPolicy:
+class Eviction:
     """Scores chunks. Subclasses override `score` (and, for dynamic scores, `rescore`)."""
 
     name = "base"
     #: whether `gate_threshold` applies (scores are utilities in [0, 1])
     uses_threshold = False
-    #: whether the policy wants the attention of each step's queries (see `observe_attention`)
+    #: whether the eviction wants the attention of each step's queries (see `observe_attention`)
     wants_attention = False
     #: False for `full`: the cache never evicts
     evicts = True
@@ -53,7 +53,7 @@ class ChunkPolicy:
         raise NotImplementedError
 
     def rescore(self, chunk_ids: list[int], scores: torch.Tensor) -> torch.Tensor:
-        """Current utility of old chunks still held; static policies return ``scores``."""
+        """Current utility of old chunks still held; static evictions return ``scores``."""
         return scores
 
     def forget(self, chunk_ids: list[int]) -> None:

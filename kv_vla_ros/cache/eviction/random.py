@@ -2,11 +2,11 @@
 
 import torch
 
-from .base import ChunkPolicy, register_policy
+from .base import Eviction, register_eviction
 
 
-@register_policy("random")
-class RandomPolicy(ChunkPolicy):
+@register_eviction("random")
+class RandomEviction(Eviction):
     def __init__(self, cache) -> None:
         super().__init__(cache)
         self.reset()

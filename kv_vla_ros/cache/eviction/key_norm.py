@@ -7,11 +7,11 @@ and the chunk's tokens.
 
 import torch
 
-from .base import ChunkPolicy, register_policy
+from .base import Eviction, register_eviction
 
 
-@register_policy("key_norm")
-class KeyNormPolicy(ChunkPolicy):
+@register_eviction("key_norm")
+class KeyNormEviction(Eviction):
     def score(self, chunk_ids: list[int]) -> torch.Tensor:
         norms = []
         for cid in chunk_ids:

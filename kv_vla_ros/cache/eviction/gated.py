@@ -12,11 +12,11 @@ import copy
 import torch
 
 from ..gate import chunk_features
-from .base import ChunkPolicy, register_policy
+from .base import Eviction, register_eviction
 
 
-@register_policy("gated")
-class GatedPolicy(ChunkPolicy):
+@register_eviction("gated")
+class GatedEviction(Eviction):
     uses_threshold = True
 
     def __init__(self, cache) -> None:

@@ -1,9 +1,9 @@
 """`sink_window` (StreamingLLM): the prefix as attention sink plus the newest chunks that fit."""
 
-from .base import register_policy
-from .window import WindowPolicy
+from .base import register_eviction
+from .window import WindowEviction
 
 
-@register_policy("sink_window")
-class SinkWindowPolicy(WindowPolicy):
+@register_eviction("sink_window")
+class SinkWindowEviction(WindowEviction):
     """Same recency ranking as `window`; the difference is the held prefix (see `CacheConfig`)."""

@@ -2,11 +2,11 @@
 
 import torch
 
-from .base import ChunkPolicy, register_policy
+from .base import Eviction, register_eviction
 
 
-@register_policy("window")
-class WindowPolicy(ChunkPolicy):
+@register_eviction("window")
+class WindowEviction(Eviction):
     def score(self, chunk_ids: list[int]) -> torch.Tensor:
         # Rank by recency: the budget then holds the newest chunks that fit.
         return torch.tensor(chunk_ids, dtype=torch.float32)

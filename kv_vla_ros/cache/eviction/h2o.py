@@ -11,11 +11,11 @@ from __future__ import annotations
 import torch
 
 from ..static_layer import EMPTY
-from .base import ChunkPolicy, register_policy
+from .base import Eviction, register_eviction
 
 
-@register_policy("h2o")
-class H2OPolicy(ChunkPolicy):
+@register_eviction("h2o")
+class H2OEviction(Eviction):
     wants_attention = True
 
     def __init__(self, cache) -> None:
