@@ -133,7 +133,7 @@ class StreamEpisode:
 
 def _tail_mean(norm: torch.Tensor, share: float, width: int) -> torch.Tensor:
     """(width,) the mean of the last ``share`` of the rows of ``norm (T, A)``, zero-padded."""
-    k = max(1, int(round(norm.shape[0] * share)))
+    k = max(1, round(norm.shape[0] * share))
     return torch.nn.functional.pad(norm[-k:].mean(0), (0, width - norm.shape[1]))
 
 
