@@ -8,7 +8,7 @@ PIP := $(PY) -m pip
 STAMP := $(VENV)/.kv_vla_installed
 PYTEST_ARGS ?=
 
-.PHONY: venv test docs demo demo-arm bench bench-readme model gate-report ablation clean
+.PHONY: venv test docs demo demo-arm bench bench-readme model model-arm gate-report ablation clean
 
 venv: $(STAMP)
 
@@ -58,6 +58,12 @@ model: $(STAMP)
 	$(VENV)/bin/kv-vla eval --model runs/kv-vla-minigrid --tasks MiniGrid-MemoryS13Random MiniGrid-MemoryS17Random \
 	    MiniGrid-MemoryS37 BabyAI-GoToLocal --episodes 200 --cache full --cache window:budget_frac=0.25 \
 	    --out runs/eval-default
+
+# The arm recipe from bags only (issue 22): expert bags of Arm-CueCarryLong -> π0 trained with a
+# streamed, budgeted history (55 min) -> its gate from the same bags -> closed-loop table, 200
+# held-out seeds (runs/arm/eval). See docs/pi0.md, "Training π0 from bags".
+model-arm: $(STAMP)
+	KV=$(VENV)/bin/kv-vla scripts/model_arm.sh
 
 # The gate's results: every cache policy at a quarter and an eighth of the history, closed loop,
 # 200 seeds per task (table, success-vs-budget plot, gate-score plot under runs/gate_report; the

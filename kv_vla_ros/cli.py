@@ -26,7 +26,7 @@ COMMANDS: list[tuple[str, str, str]] = [
     ("bench arm", "kv_vla_ros.eval.bench_arm",
      "robot-arm world: ms per rendered frame vs panda-gym, expert table, filmstrip"),
     ("train", "kv_vla_ros.train.cli", "behaviour-clone the VLA on simulator expert demonstrations"),
-    ("train-gate", "kv_vla_ros.train.gate_train", "train the chunk gate on rollouts of a frozen VLA"),
+    ("train-gate", "kv_vla_ros.train.gate_cli", "train the chunk gate on a frozen VLA's rollouts (or bags: --bags)"),
     ("calibrate", "kv_vla_ros.train.calibrate", "per-layer attention selectivity and per-layer budgets (ScaleKV)"),
     ("eval", "kv_vla_ros.eval.closed_loop_cli", "closed-loop success and cache cost per task and cache policy"),
     ("gate-report", "kv_vla_ros.eval.gate_report", "trained gate vs every baseline at equal budgets, with plots"),

@@ -50,12 +50,13 @@ def reference_actions(ref, policy, instruction: str, frames: list[list[np.ndarra
     mc, proc = ref.config, policy.processor
     prompt = processing.prompt_ids(proc, instruction)
     per_step = policy.tokens_per_step
-    ids = prompt + [policy.image_token_id] * per_step * len(frames)
+    step_ids = [policy.image_token_id] * per_step + prompt  # π0's order: images, then the prompt
+    ids = step_ids * len(frames)
     n = len(ids)
     pix = torch.cat([processing.pixel_values(proc, [f.astype(np.float32) / 255 for f in cams], torch.float32, "cpu")
                      for cams in frames], dim=1)
     embeds = ref.model.embed_prefix(torch.tensor([ids]), pix, torch.ones(1, pix.shape[1], dtype=torch.bool))
-    block = torch.tensor([0] * len(prompt) + [t for t in range(len(frames)) for _ in range(per_step)])
+    block = torch.tensor([t for t in range(len(frames)) for _ in range(len(step_ids))])
     layers = mc.vlm_config.text_config.num_hidden_layers
     for layer in range(layers):
         mask = block[:, None] == block[None, :]  # bidirectional within a step's block

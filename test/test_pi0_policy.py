@@ -52,21 +52,84 @@ def test_checkpoint_round_trip_through_load_policy(policy, tmp_path):
         np.testing.assert_array_equal(a, b)
 
 
-def test_one_frame_history_equals_sample_actions(policy):
-    """Measured difference: 0.0 (float32, CPU): the streamed step is sample_actions' computation."""
-    frames, state, noise = random_frames(1, 1, seed=3)[0], np.array([0.5, 0.0, -1.0]), _noise(policy)
+TINY_VARIANTS = {  # several tiny configs: layers, heads, head size, image tokens, cameras
+    "2-layer-1-camera": (dict(), 1),
+    "3-layer-2-cameras": (dict(text=dict(num_hidden_layers=3, num_attention_heads=4, head_dim=8)), 2),
+    "1-layer-64px": (dict(text=dict(num_hidden_layers=1), vision=dict(image_size=64, patch_size=16)), 1),
+}
+
+
+def _variant_policy(tmp_path, overrides, cameras):
+    """A tiny π0 checkpoint with ``overrides`` of the tiny scale's sections, loaded as a policy."""
+    import copy
+
+    from kv_vla_ros.vla.pi0 import tiny
+
+    saved = copy.deepcopy(tiny.SCALES["tiny"])
+    try:
+        for section, fields in overrides.items():
+            tiny.SCALES["tiny"][section].update(fields)
+        return load_policy(write_pi0_checkpoint(tmp_path / "v", num_cameras=cameras, state_dim=3, action_dim=2, seed=4))
+    finally:
+        tiny.SCALES["tiny"] = saved
+
+
+@pytest.mark.parametrize("variant", list(TINY_VARIANTS))
+def test_first_step_equals_pi0_processor_and_sample_actions(variant, tmp_path):
+    """The first step of a stream is transformers' PI0Processor (images before ``<bos> instruction \\n``,
+    its padding) + sample_actions on the same frames, state and noise."""
+    policy = _variant_policy(tmp_path, *TINY_VARIANTS[variant])
+    cams, state, noise = random_frames(1, policy.num_cameras, seed=3)[0], np.array([0.5, 0.0, -1.0]), _noise(policy)
     session = VLASession(policy)
     session.reset(INSTRUCTION)
-    got = session.step_action_chunk(frames, state, noise=noise.clone())
-    proc, mc = policy.processor, policy.model.config
-    ids = torch.tensor([processing.prompt_ids(proc, INSTRUCTION) + [policy.image_token_id] * policy.tokens_per_step])
-    pix = processing.pixel_values(proc, [f.astype(np.float32) / 255 for f in frames], torch.float32, "cpu")
-    st = processing.normalized_state(proc, state, mc.max_state_dim, torch.float32, "cpu")
-    ref = policy.model.sample_actions(state=st, input_ids=ids, pixel_values=pix, noise=noise.clone(),
-                                      attention_mask=torch.ones_like(ids),
-                                      pixel_attention_mask=torch.ones(1, 1, dtype=torch.bool))
+    got = session.step_action_chunk(cams, state, noise=noise.clone())
+    proc = policy.processor
+    inputs = proc(images=[cams], text=INSTRUCTION, state=torch.tensor(state, dtype=torch.float32))
+    assert inputs["input_ids"][0, 0] == policy.image_token_id  # π0's order: the images come first
+    ref = policy.model.sample_actions(state=inputs["state"], input_ids=inputs["input_ids"],
+                                      pixel_values=inputs["pixel_values"], attention_mask=inputs["attention_mask"],
+                                      pixel_attention_mask=inputs["pixel_attention_mask"], noise=noise.clone())
     ref = processing.unnormalize_actions(proc, ref[0, :, :2])
-    assert np.abs(got - ref).max() <= 1e-6
+    assert np.abs(got - ref).max() <= 1e-5 * max(1.0, np.abs(ref).max())
+    real = int(inputs["attention_mask"].sum())  # the stream holds the block without the processor's padding
+    prompt = len(processing.prompt_ids(proc, INSTRUCTION))
+    assert session.stats()["tokens_seen"] == real == policy.tokens_per_step + prompt
+
+
+@pytest.mark.parametrize("cameras", [1, 2])
+@pytest.mark.parametrize("spec", ["window", "sink_window", "h2o", "key_norm", "random", "gated"])
+def test_every_eviction_keeps_whole_steps(cameras, spec, tmp_path):
+    """Chunks are steps (images + prompt), starting at position 0: every eviction holds whole steps."""
+    policy = load_policy(write_pi0_checkpoint(tmp_path / "c", num_cameras=cameras, state_dim=3, action_dim=2))
+    step = policy.tokens_per_step + len(processing.prompt_ids(policy.processor, INSTRUCTION))
+    budget = 3 * step + step // 2  # room for 3.5 steps: a frame-cutting cache would hold 3.5
+    cfg = policy.default_cache_config().replace(eviction=spec, budget_tokens=budget, gate_threshold=0.0)
+    session = VLASession(policy, cfg)
+    session.reset(INSTRUCTION)
+    for cams in random_frames(9, cameras):
+        session.step_action_chunk(cams, np.zeros(3))
+        for layer in session._cache.chunked:
+            held = sorted(session._cache.layers[layer].positions.tolist())
+            steps = sorted({p // step for p in held})
+            assert held == [p for s in steps for p in range(s * step, (s + 1) * step)], (spec, held)
+    st = session.stats()
+    assert st["tokens_seen"] == 9 * step and st["tokens_held"] == 3 * step
+
+
+def test_a_budget_is_checked_against_the_episode_stream(policy):
+    """The rule: a budget holds recent_chunks whole steps of this episode (images + its prompt)."""
+    step_short = policy.tokens_per_step + len(processing.prompt_ids(policy.processor, "go"))  # 16 + 3
+    cfg = policy.default_cache_config().replace(eviction="sink_window", budget_tokens=2 * step_short)
+    session = VLASession(policy, cfg)  # a budget is not refused for a prompt it has not seen
+    session.reset("go")
+    assert np.isfinite(session.step_action_chunk(random_frames(1, 1)[0], np.zeros(3))).all()
+    with pytest.raises(ValueError, match=r"budget_tokens: 38 cannot hold this episode's recent window: a π0 budget "
+                                         r"must hold recent_chunks whole steps, 2 x \(1 camera\(s\) x 16 image "
+                                         r"tokens \+ 7 prompt tokens of 'pick up the red cube'\) = 46"):
+        session.reset(INSTRUCTION)
+    assert session.instruction == "go" and session.stats()["tokens_seen"] == step_short  # untouched
+    with pytest.raises(ValueError, match="cache.sink_tokens: must be 0 for π0"):
+        VLASession(policy, cfg.replace(sink_tokens=48, budget_tokens=None, eviction="full"))
 
 
 def _stream(session, frames, state, noise):
@@ -81,7 +144,7 @@ def _stream(session, frames, state, noise):
 @pytest.mark.parametrize("changes", [
     {"eviction": "window", "budget_tokens": 80},
     {"eviction": "gated", "budget_tokens": 96, "gate_threshold": 0.0},
-    {"eviction": "key_norm", "budget_tokens": 96, "layer_budgets": [80, 112]},
+    {"eviction": "key_norm", "budget_tokens": 96, "layer_budgets": [80, 120]},
 ], ids=["window", "gated", "per-layer"])
 def test_eviction_equals_explicit_mask_forward(policy, changes):
     cfg = policy.default_cache_config().replace(**changes)

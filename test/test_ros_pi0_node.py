@@ -80,7 +80,7 @@ class Robot:
 def node(ckpt, tmp_path_factory):
     tmp = tmp_path_factory.mktemp("ros_pi0_node")
     domain = pick_free_domain_id(salt=61)
-    # sink_window: the prompt (at most 48 tokens) + 3 steps of 2 cameras x 16 image tokens
+    # sink_window: at least 3 steps of 2 cameras x 16 image tokens + the prompt (each step carries it)
     params = {"model_path": str(ckpt), "image_topics": CAMERAS, "state_topic": STATE_TOPIC,
               "control_rate_hz": RATE_HZ, "stale_timeout_s": STALE_S, "cache.eviction": "sink_window",
               "cache.recent_chunks": 2, "cache.budget_tokens": 48 + 3 * 32}

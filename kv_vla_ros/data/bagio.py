@@ -32,6 +32,23 @@ def normalize_topic(name: str, field: str = "topic") -> str:
     return name if name.startswith("/") else "/" + name
 
 
+def bag_paths(paths: list[str]) -> list[Path]:
+    """The bags named by ``paths``, in order: a bag (a directory with metadata.yaml, or a storage
+    file) stands for itself; another directory for its subdirectories that are bags (sorted), or,
+    if it has none, for itself (so `BagReader` names what is wrong with it)."""
+    out: list[Path] = []
+    for raw in paths:
+        path = Path(raw)
+        if path.is_dir() and not (path / "metadata.yaml").exists():
+            inner = sorted(p for p in path.iterdir() if p.is_dir() and (p / "metadata.yaml").exists())
+            out.extend(inner or [path])
+        else:
+            out.append(path)
+    if len(set(out)) != len(out):
+        raise ValueError("bag: the same bag is named twice")
+    return out
+
+
 class BagReader:
     """An open bag with the typestore it decodes with.
 
@@ -246,4 +263,4 @@ class AtomicBagWriter:
             self.abort()
 
 
-__all__ = ["STORAGES", "BagReader", "AtomicBagWriter", "normalize_topic"]
+__all__ = ["STORAGES", "BagReader", "AtomicBagWriter", "bag_paths", "normalize_topic"]

@@ -18,24 +18,8 @@ import argparse
 import time
 from pathlib import Path
 
+from kv_vla_ros.data.bagio import bag_paths  # noqa: F401 (re-exported: bag eval's paths rule)
 from kv_vla_ros.data.errors import cli_errors
-
-
-def bag_paths(paths: list[str]) -> list[Path]:
-    """The bags named by ``paths``, in order: a bag (a directory with metadata.yaml, or a storage
-    file) stands for itself; another directory for its subdirectories that are bags (sorted), or,
-    if it has none, for itself (so `BagReader` names what is wrong with it)."""
-    out: list[Path] = []
-    for raw in paths:
-        path = Path(raw)
-        if path.is_dir() and not (path / "metadata.yaml").exists():
-            inner = sorted(p for p in path.iterdir() if p.is_dir() and (p / "metadata.yaml").exists())
-            out.extend(inner or [path])
-        else:
-            out.append(path)
-    if len(set(out)) != len(out):
-        raise ValueError("bag: the same bag is named twice")
-    return out
 
 
 def configure(parser: argparse.ArgumentParser) -> None:

@@ -1,5 +1,6 @@
 """Behaviour-clone the VLA on expert demonstrations (MiniGrid Memory + BabyAI mixture), with
-DAgger rounds, periodic checkpoints and a wall-clock cap."""
+DAgger rounds, periodic checkpoints and a wall-clock cap; or, with ``--bags``, train π0 from
+recorded rosbags to use a streamed, budgeted history (``kv_vla_ros.train.pi0_train``)."""
 
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--tasks", nargs="+", metavar="TASK=N",
                         default=[f"{t}={n}" for t, n in DEFAULT_TASKS.items()],
                         help="tasks and demonstration counts (train seeds 0..N-1)")
-    parser.add_argument("--lr", type=float, default=3e-3)
+    parser.add_argument("--lr", type=float, default=None, help="learning rate (default 3e-3; --bags: 2e-3)")
     parser.add_argument("--batch-tokens", type=int, default=8192)
     parser.add_argument("--max-steps", type=int, default=100000)
     parser.add_argument("--threads", type=int, default=2, help="torch CPU threads")
@@ -32,8 +33,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--dagger-tasks", nargs="*", default=None,
                         help="tasks of DAgger rounds (default: BabyAI-GoToLocal)")
     parser.add_argument("--focal-gamma", type=float, default=2.0, help="focal-loss exponent (0: plain CE)")
-    parser.add_argument("--aux-weight", type=float, default=1.0,
-                        help="weight of the auxiliary-target loss (privileged labels, e.g. the Memory cue); 0: off")
+    parser.add_argument("--aux-weight", type=float, default=None,
+                        help="weight of the auxiliary-target loss (default 1; privileged labels, e.g. the Memory cue; "
+                             "--bags: 0.5, the first frame's features, from the bags only); 0: off")
     parser.add_argument("--evict-prob", type=float, default=None,
                         help="share of episodes trained under a random eviction mask (0: whole histories only)")
     parser.add_argument("--evict-from", type=float, default=None,
@@ -45,6 +47,18 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--data-dir", default="runs/data", help="cache of expert demonstrations (.npz)")
     parser.add_argument("--checkpoint-minutes", type=float, default=5.0)
     parser.add_argument("--no-progress", action="store_true")
+    bags = parser.add_argument_group("training π0 from recorded bags (--bags)")
+    bags.add_argument("--bags", nargs="+", default=None, metavar="BAG",
+                      help="rosbag2 bags (sqlite3 or mcap) or directories of bags: train π0 on their episodes")
+    from kv_vla_ros.train.bag_cli import add_bag_topic_arguments
+
+    add_bag_topic_arguments(bags)
+    bags.add_argument("--chunk-size", type=int, default=None, help="π0 actions per predicted chunk (default 10)")
+    bags.add_argument("--actions-per-inference", type=int, default=None,
+                      help="control steps between inferences: one stream block each (default 5)")
+    bags.add_argument("--episodes-per-step", type=int, default=None, help="episodes per optimizer step (default 4)")
+    bags.add_argument("--pi0-model", type=json.loads, default=None,
+                      help='π0 config sections from scratch as JSON, e.g. \'{"text": {"num_hidden_layers": 4}}\'')
 
 
 def parse_tasks(items: list[str]) -> dict[str, int]:
@@ -62,11 +76,16 @@ def parse_tasks(items: list[str]) -> dict[str, int]:
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.bags:
+        from kv_vla_ros.train.bag_cli import run_bags
+
+        return run_bags(args)
     from kv_vla_ros.sim import normalize_task
     from kv_vla_ros.train.bc import TrainConfig, train
     from kv_vla_ros.vla import default_backbone
 
-    cfg = TrainConfig(tasks=parse_tasks(args.tasks), lr=args.lr, batch_tokens=args.batch_tokens,
+    cfg = TrainConfig(tasks=parse_tasks(args.tasks), lr=3e-3 if args.lr is None else args.lr,
+                      batch_tokens=args.batch_tokens,
                       max_steps=args.max_steps, minutes=args.minutes, seed=args.seed, threads=args.threads,
                       data_dir=args.data_dir, checkpoint_minutes=args.checkpoint_minutes)
     if args.scan_turns is not None:
@@ -80,7 +99,7 @@ def run(args: argparse.Namespace) -> int:
     if args.dagger_tasks is not None:
         cfg.dagger_tasks = [normalize_task(t) for t in args.dagger_tasks]
     cfg.focal_gamma = args.focal_gamma
-    cfg.aux_weight = args.aux_weight
+    cfg.aux_weight = 1.0 if args.aux_weight is None else args.aux_weight
     if args.dagger_episodes is not None:
         cfg.dagger_episodes = args.dagger_episodes
     for name in ("evict_prob", "evict_from", "evict_held_chunks", "init_from"):

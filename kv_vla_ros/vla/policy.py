@@ -103,6 +103,12 @@ class StreamingPolicy:
             raise ValueError(f"cache_config: expected a CacheConfig, got {type(cfg).__name__}")
         return cfg
 
+    def episode_cache_config(self, cfg: CacheConfig, episode: "Episode") -> CacheConfig:
+        """The cache config of one episode: ``cfg`` with the episode's prefix as the sink (its
+        instruction's length); a policy whose chunks vary by episode sets them here too."""
+        n = episode.prefix_tokens
+        return cfg if cfg.sink_tokens == n else cfg.replace(sink_tokens=n)
+
     def cache_model_config(self):
         """The transformers config of the decoder whose K/V the cache holds (``make_cache``'s)."""
         raise NotImplementedError

@@ -71,9 +71,8 @@ class VLASession:
             use_kv_vla_attention(self.policy.attention_model(), "eager" if impl == "eager" else "sdpa")
 
     def _episode_config(self, cfg: CacheConfig) -> CacheConfig:
-        """``cfg`` with the episode's prefix as the sink (π0's prompt length varies by instruction)."""
-        n = self._episode.prefix_tokens
-        return cfg if cfg.sink_tokens == n else cfg.replace(sink_tokens=n)
+        """``cfg`` laid out for the running episode (its prefix as the sink; π0: its step size)."""
+        return self.policy.episode_cache_config(cfg, self._episode)
 
     def _check_cache_config(self, cfg: CacheConfig) -> CacheConfig:
         cfg = self.policy.check_cache_config(cfg)
@@ -114,7 +113,9 @@ class VLASession:
         if self.pending_cache_config is not None:  # a change that waited for a new cache
             self._ensure_attention(self.pending_cache_config)
             self.cache_config, self.pending_cache_config = self.pending_cache_config, None
-        self._episode = self.policy.new_episode(instruction)
+        episode = self.policy.new_episode(instruction)
+        self.policy.episode_cache_config(self.cache_config, episode)  # a bad fit fails before anything changes
+        self._episode = episode
         self._new_cache()
         self.policy.start(self._cache, self._episode)
         self.instruction = instruction

@@ -95,6 +95,10 @@ class PI0Policy(StreamingPolicy):
         self.default_actions_per_inference = min(self.config.actions_per_inference or mc.chunk_size, mc.chunk_size)
         self.num_inference_steps = self.config.num_inference_steps or mc.num_inference_steps
         self.image_token_id = int(mc.vlm_config.image_token_id)
+        if int(getattr(processor, "image_token_id", self.image_token_id)) != self.image_token_id:
+            raise ValueError(f"config.json: vlm_config.image_token_id {self.image_token_id} is not the processor's "
+                             f"image token id {processor.image_token_id} (the processor's tokenizer and the model "
+                             "must agree where the image features go)")
 
     # ---- loading ----------------------------------------------------------------------------
     @classmethod
@@ -132,19 +136,35 @@ class PI0Policy(StreamingPolicy):
         return self.num_cameras * self.image_seq_length
 
     def default_cache_config(self) -> CacheConfig:
-        return self.config.cache or CacheConfig(eviction="full", chunk_size=self.tokens_per_step,
-                                                sink_tokens=self.config.max_prompt_tokens, budget_tokens=None)
+        return self.config.cache or CacheConfig(eviction="full", chunk_size=self.tokens_per_step, sink_tokens=0,
+                                                budget_tokens=None)
 
     def check_cache_config(self, cfg: CacheConfig) -> CacheConfig:
         cfg = super().check_cache_config(cfg)
         if cfg.chunk_size != self.tokens_per_step:
             raise ValueError(f"cache.chunk_size: must equal the image tokens per step {self.tokens_per_step} "
                              f"({self.num_cameras} camera(s) x {self.image_seq_length}), got {cfg.chunk_size}")
-        if cfg.sink_tokens < 1:
-            raise ValueError(f"cache.sink_tokens: the longest prompt π0 may take, must be >= 1, got {cfg.sink_tokens}")
+        if cfg.sink_tokens != 0:
+            raise ValueError(f"cache.sink_tokens: must be 0 for π0, got {cfg.sink_tokens} (every step's chunk carries "
+                             "its own prompt after its images, as π0's processor orders them: there is no prefix)")
         if cfg.static:
             raise ValueError("cache.static: π0's bidirectional blocks need the dynamic cache (static=False)")
         return cfg
+
+    def episode_cache_config(self, cfg: CacheConfig, episode: Episode) -> CacheConfig:
+        """The cache of one episode: one chunk per step = its images + its prompt (see ``streaming.py``);
+        the budget must hold the recent window of whole steps (the rule is in the error)."""
+        step = episode.data["step_tokens"]
+        need = cfg.recent_chunks * step
+        budgets = ([("budget_tokens", cfg.budget_tokens)] if cfg.budget_tokens is not None else [])
+        budgets += [(f"layer_budgets[{i}]", b) for i, b in enumerate(cfg.layer_budgets or [])]
+        for name, budget in budgets:
+            if cfg.evicts and budget < need:
+                raise ValueError(
+                    f"{name}: {budget} cannot hold this episode's recent window: a π0 budget must hold recent_chunks "
+                    f"whole steps, {cfg.recent_chunks} x ({self.num_cameras} camera(s) x {self.image_seq_length} "
+                    f"image tokens + {step - self.tokens_per_step} prompt tokens of {episode.instruction!r}) = {need}")
+        return cfg.replace(sink_tokens=0, chunk_size=step)
 
     def cache_model_config(self):
         return self.model.config.vlm_config.text_config
@@ -159,11 +179,12 @@ class PI0Policy(StreamingPolicy):
             raise ValueError(f"instruction: {len(ids)} prompt tokens, more than max_prompt_tokens="
                              f"{self.config.max_prompt_tokens} ({POLICY_FILE})")
         gen = torch.Generator(device=self.device).manual_seed(self.config.noise_seed)
-        return Episode(instruction, len(ids), data={"prompt": ids, "generator": gen})
+        return Episode(instruction, 0, data={"prompt": ids, "generator": gen,
+                                             "step_tokens": self.tokens_per_step + len(ids)})
 
     def block_ids(self, episode: Episode) -> torch.Tensor:
-        """(1, q) ids of a step's block: the prompt first (first step only), then image tokens."""
-        ids = ([] if episode.steps else list(episode.data["prompt"])) + [self.image_token_id] * self.tokens_per_step
+        """(1, q) ids of every step's block, in π0's order: the cameras' image tokens, then the prompt."""
+        ids = [self.image_token_id] * self.tokens_per_step + list(episode.data["prompt"])
         return torch.tensor([ids], dtype=torch.long, device=self.device)
 
     def step(self, cache, episode, images, state=None, noise: torch.Tensor | None = None,

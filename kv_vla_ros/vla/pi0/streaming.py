@@ -1,17 +1,29 @@
-"""Long-horizon π0 on the chunked cache: the two forwards of a control step.
+"""Long-horizon π0 on the chunked cache: the stream and the two forwards of a control step.
 
-1. ``vlm_block``: the step's block of prefix tokens (the prompt on the first step, then the
-   cameras' image tokens) goes through the VLM's language model into the cache, at absolute
-   positions ``tokens_seen ...``. π0 attends bidirectionally over its prefix; a stream cannot let
-   an old frame see a newer one, so here attention is bidirectional within a step's block and
-   causal across steps: every held token and every token of the block is visible to the block,
-   nothing later exists yet. The cache then applies its policy (one frame = one chunk).
+The stream of an episode, one cache chunk per control step::
+
+    [step 1: cameras x image tokens, <bos> instruction \n][step 2: images, <bos> instruction \n] ...
+
+Every step's block is π0's own single-frame prefix, in ``PI0Processor``'s order (images first, then
+the prompt). Why this layout for a checkpoint trained on single frames: at every step the tokens
+nearest the action expert (the current images, then the prompt, then the state and the noisy
+actions) sit at exactly the relative positions and in exactly the order the checkpoint was trained
+on; the history is extra context before that block, never between its parts. So the first step
+*is* ``PI0Processor`` + ``sample_actions`` (tested), a cache that holds only the newest step is the
+single-frame checkpoint on the current frame (the no-history baseline), and the instruction is
+never evicted: each chunk carries it (its cost: the prompt's few tokens per step, beside
+cameras x 256 image tokens at π0's size). There is no prefix to hold (``sink_tokens`` 0), so
+chunks start at position 0 and every eviction, ``window`` included, keeps or drops whole steps.
+
+1. ``vlm_block``: the step's block goes through the VLM's language model into the cache, at
+   absolute positions ``tokens_seen ...``. π0 attends bidirectionally over its prefix; a stream
+   cannot let an old frame see a newer one, so attention is bidirectional within a step's block
+   and causal across steps: every held token and every token of the block is visible to the
+   block, nothing later exists yet. The cache then applies its eviction (one step = one chunk).
 2. ``denoise``: the action expert's tokens (state + noisy chunk) attend to the held prefix through
    a ``TransientView``: they are never stored, scored, evicted or counted as history. π0's own
    ``forward`` runs each denoising step (its block mask: the state token sees the prefix and
    itself, the action tokens see everything).
-
-With one frame of history this is ``sample_actions`` on ``[prompt][image tokens]`` (same noise).
 """
 
 from __future__ import annotations

@@ -63,8 +63,9 @@ def tiny_tokenizer():
 
     words = ["<pad>", "<unk>", "<bos>", "<eos>", "\n"] + WORDS
     tok = Tokenizer(WordLevel({w: i for i, w in enumerate(words)}, unk_token="<unk>"))
+    # "\n" is a token of π0's prompt (a whitespace split would drop it); spaces separate words
     tok.pre_tokenizer = pre_tokenizers.Sequence([pre_tokenizers.Split(Regex("\n"), "isolated"),
-                                                 pre_tokenizers.WhitespaceSplit()])
+                                                 pre_tokenizers.Split(Regex("[ \t]+"), "removed")])
     return PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<bos>", eos_token="<eos>", pad_token="<pad>",
                                    unk_token="<unk>")
 
@@ -105,10 +106,13 @@ def write_pi0_checkpoint(directory, scale: str = "tiny", num_cameras: int = 1, s
     config = pi0_config(scale, max_dim=max_dim)
     if chunk_size is not None:
         config.chunk_size = int(chunk_size)
+    processor = make_processor(config, state_dim, action_dim, seed)
+    # the model embeds the image features where the processor's tokenizer writes its image token
+    config.vlm_config.image_token_id = int(processor.image_token_id)
     torch.manual_seed(seed)
     model = PI0ForConditionalGeneration(config).to(dtype).eval()
     model.save_pretrained(str(directory))
-    make_processor(config, state_dim, action_dim, seed).save_pretrained(str(directory))
+    processor.save_pretrained(str(directory))
     policy_config = PI0PolicyConfig(num_cameras=num_cameras, state_dim=state_dim, action_dim=action_dim,
                                     **policy_fields)
     policy_config.save(directory)
