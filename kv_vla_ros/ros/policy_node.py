@@ -209,6 +209,24 @@ class KVVLANode(LifecycleNode):
         return SetParametersResult(successful=True, reason=note)
 
 
+
+def _spin(executor, spinning: threading.Event) -> None:
+    """``executor.spin()`` that survives rclpy's destroy-while-waiting race: an entity destroyed in a
+    callback (the latched instruction subscription after its window, the entities of ``cleanup``)
+    while another executor thread builds its wait set raises ``InvalidHandle`` out of ``spin()``,
+    which ended the node (exit 0, no stop reason) in 2 of 2 failing CI runs; the next wait set no
+    longer holds the entity, so spinning on is correct."""
+    from rclpy.exceptions import InvalidHandle
+    from rclpy.executors import ExternalShutdownException, ShutdownException
+
+    while spinning.is_set() and executor.context.ok():
+        try:
+            executor.spin_once(timeout_sec=0.1)
+        except InvalidHandle:
+            continue
+        except (ExternalShutdownException, ShutdownException):
+            break
+
 def main(argv: list[str] | None = None, session_factory=None, stop=None) -> int:
     """Console script ``kv_vla_node``: exit 1 with one error line when the node cannot start
     (bad parameters; with ``autostart``, a checkpoint that does not load), 0 after a stop signal
@@ -228,7 +246,9 @@ def main(argv: list[str] | None = None, session_factory=None, stop=None) -> int:
     sys.setswitchinterval(0.001)
     executor = MultiThreadedExecutor(num_threads=4)
     executor.add_node(node)
-    spinner = threading.Thread(target=executor.spin, daemon=True)
+    spinning = threading.Event()
+    spinning.set()
+    spinner = threading.Thread(target=_spin, args=(executor, spinning), daemon=True)
     spinner.start()
     code = 0
     if node.autostart and not stop.is_set():
@@ -238,9 +258,13 @@ def main(argv: list[str] | None = None, session_factory=None, stop=None) -> int:
             node.trigger_activate()
     while code == 0 and not node.finished and spinner.is_alive() and not stop.wait(0.2):
         pass
+    if code == 0 and not spinner.is_alive() and not node.finished and not stop.is_set():
+        node.get_logger().error("the executor stopped unexpectedly (see the traceback above): shutting down")
+        code = 1
     if not node.finished:
         node.trigger_shutdown()  # publishes stop when acting, frees the model
     time.sleep(0.1)  # let the stop command leave before the publishers go
+    spinning.clear()
     executor.shutdown(timeout_sec=2.0)
     node.destroy_node()
     rclpy.try_shutdown()
