@@ -306,6 +306,41 @@ def test_inference_worker_steps_on_every_camera_and_the_state_only_when_ready():
         worker.stop()
 
 
+def test_the_state_is_paired_with_the_frame_by_stamp_not_by_arrival():
+    """A simulator publishes a view's state and image with one stamp; when the image is taken
+    first (an executor that found both ready), the step waits for the state of that stamp instead
+    of stepping with the previous view's; a state without stamps, or with none close once the slop
+    went by, is the newest."""
+    import time
+
+    from kv_vla_ros.ros.inference import InferenceWorker
+
+    session, chunks = _SlowSession(), []
+    worker = InferenceWorker(session, lambda f: np.full((2, 2, 3), f, np.uint8),
+                             lambda a, stamp, now, episode, started: chunks.append(stamp), lambda kind, msg: None,
+                             sync_slop_s=0.5)
+    worker.start()
+    try:
+        worker.start_episode("go")
+        worker.submit_state(np.array([1.0]), (5, 0))
+        worker.submit(10, (5, 0))
+        assert _wait(lambda: chunks == [(5, 0)]) and session.calls[-1] == ("step", 10, 1.0)
+        worker.submit(11, (6, 0))  # view 2's image before its state
+        time.sleep(0.2)
+        assert chunks == [(5, 0)]  # waits: the state stamped (6, 0) may still come
+        worker.submit_state(np.array([2.0]), (6, 0))
+        assert _wait(lambda: len(chunks) == 2) and session.calls[-1] == ("step", 11, 2.0)
+        worker.submit(12, (7, 0))  # no state of that stamp ever comes: after the slop, the newest
+        t0 = time.monotonic()
+        assert _wait(lambda: len(chunks) == 3) and session.calls[-1] == ("step", 12, 2.0)
+        assert 0.4 < time.monotonic() - t0 < 1.5
+        worker.submit_state(np.array([3.0]), None)  # no stamp (Float32MultiArray): the newest, at once
+        worker.submit(13, (8, 0))
+        assert _wait(lambda: len(chunks) == 4, timeout=0.4) and session.calls[-1] == ("step", 13, 3.0)
+    finally:
+        worker.stop()
+
+
 def _wait(predicate, timeout=3.0) -> bool:
     import time
 

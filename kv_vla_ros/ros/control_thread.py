@@ -23,6 +23,9 @@ class ControlThread:
         self._tick, self._on_error, self._clock = tick, on_error, clock
         self.period_s = float(period_s)  # live: read at every tick
         self.skipped = 0  # periods skipped because a tick came more than a period late
+        # since the last `take_timing()`: the latest a tick started after its grid point (the OS or
+        # the GIL kept the thread waiting) and the longest a tick ran (what it waited for inside)
+        self.late_max_s = self.duration_max_s = 0.0
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="kv_vla_control", daemon=True)
 
@@ -40,17 +43,27 @@ class ControlThread:
             delay = deadline - self._clock()
             if delay > 0 and self._stop.wait(delay):
                 return
+            started = self._clock()
             try:
                 self._tick()
             except Exception as exc:  # a failing tick must not end the control loop
                 if self._on_error is not None:
                     self._on_error(exc)
+            ended = self._clock()
+            self.late_max_s = max(self.late_max_s, started - deadline)
+            self.duration_max_s = max(self.duration_max_s, ended - started)
             deadline += self.period_s
             late = self._clock() - deadline
             if late > 0:  # a whole period (or more) was missed: skip to the next grid point
                 missed = math.ceil(late / self.period_s)
                 self.skipped += missed
                 deadline += missed * self.period_s
+
+    def take_timing(self) -> dict:
+        """Diagnostics keys (ms): the worst tick start lateness and tick duration since the last call."""
+        values = {"tick_late_max_ms": self.late_max_s * 1e3, "tick_duration_max_ms": self.duration_max_s * 1e3}
+        self.late_max_s = self.duration_max_s = 0.0
+        return values
 
 
 __all__ = ["ControlThread"]

@@ -3,11 +3,13 @@ on the newest inputs whenever the control loop wants a new action chunk.
 
 Inputs: the first camera's newest frame (it drives the steps: each inference takes a frame of it
 that no inference used yet, and an older untaken one is dropped and counted), the last frames of
-every further camera, and the newest robot state. Further cameras are paired with the first by
-header stamp (`pair_frame`: the closest within ``sync_slop_s``, an approximate-time rule), so
-that cameras sharing a stamp are never paired one frame apart by arrival order. No rclpy here:
-frames are opaque objects turned into RGB by the
-``to_rgb`` callable.
+every further camera, and the last robot states. Further cameras and the state are paired with the
+first camera's frame by header stamp (`pair_frame`: the closest within ``sync_slop_s``, an
+approximate-time rule, waiting up to ``sync_slop_s`` for a message at or after the frame's stamp),
+so that inputs sharing a stamp are never paired one message apart by arrival order: topics arrive
+in either order, and an executor that finds two ready runs them in its own order. The state falls
+back to the newest when it carries no stamp or none is close (a robot whose clocks disagree still
+moves). No rclpy here: frames are opaque objects turned into RGB by the ``to_rgb`` callable.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from kv_vla_ros.ros.control import RollingStats
 
 POLL_S = 0.05  # re-check of time-dependent conditions (input freshness) while frames wait
 FRAMES_KEPT = 16  # frames kept per further camera, for pairing by stamp
+STATES_KEPT = 64  # robot states kept for pairing by stamp (joint states come faster than frames)
 
 
 def stamp_seconds(stamp) -> float | None:
@@ -32,13 +35,15 @@ def stamp_seconds(stamp) -> float | None:
     return stamp[0] + stamp[1] * 1e-9
 
 
-def pair_frame(frames, stamp, slop_s: float):
+def pair_frame(frames, stamp, slop_s: float, waited_s: float = float("inf")):
     """The frame of a further camera to step with the first camera's frame stamped ``stamp``.
 
-    ``frames``: that camera's last ``(frame, stamp)`` pairs, oldest first. Returns the pair whose
-    stamp is closest to ``stamp`` within ``slop_s``; ``None`` when none is yet but a later frame
-    may be (wait); ``"unpaired"`` when none can ever be (every newer frame is past the slop).
-    Without a slop (0) or without stamps: the newest frame."""
+    ``frames``: that camera's last ``(frame, stamp)`` pairs, oldest first; ``waited_s``: how long
+    the first camera's frame has waited. Returns the pair whose stamp is closest to ``stamp`` within
+    ``slop_s``, once one at or after ``stamp`` arrived or ``slop_s`` went by (a message of the same
+    stamp may still be on its way); ``None`` when none is yet but a later frame may be (wait);
+    ``"unpaired"`` when none can ever be (every newer frame is past the slop). Without a slop (0)
+    or without stamps: the newest frame."""
     if not frames:
         return None
     if slop_s <= 0:
@@ -46,10 +51,25 @@ def pair_frame(frames, stamp, slop_s: float):
     target, newest = stamp_seconds(stamp), stamp_seconds(frames[-1][1])
     if target is None or newest is None:
         return frames[-1]
+    if newest < target and waited_s < slop_s:
+        return None
     best = min(frames, key=lambda f: abs((stamp_seconds(f[1]) or float("inf")) - target))
     if abs((stamp_seconds(best[1]) or float("inf")) - target) <= slop_s:
         return best
     return "unpaired" if newest > target + slop_s else None
+
+
+def pair_state(states, stamp, slop_s: float, waited_s: float):
+    """The robot state to step with the first camera's frame stamped ``stamp``: as `pair_frame`,
+    but never unpaired: without stamps, or with none within ``slop_s`` once the wait is over, the
+    newest state. ``states``: the last ``(state, stamp)`` pairs, oldest first. Returns
+    ``(state or None,)``, or ``None`` to wait."""
+    paired = pair_frame(states, stamp, slop_s, waited_s)
+    if paired is None and states and waited_s < slop_s:
+        return None
+    if isinstance(paired, tuple):
+        return (paired[0],)
+    return (states[-1][0] if states else None,)
 
 
 class InferenceWorker:
@@ -86,7 +106,10 @@ class InferenceWorker:
         self._others: list[deque] = [deque(maxlen=FRAMES_KEPT) for _ in range(int(num_cameras) - 1)]
         self._partners: list | None = None  # further cameras' frames paired with the first's (set by _can_step)
         self._fresh = False  # the first camera's frame was not used by an inference yet
-        self._state: np.ndarray | None = None
+        self._frame_arrived = 0.0  # time.monotonic() when the first camera's newest frame came
+        self._retry_s = POLL_S  # when to look again while a frame waits for its partners
+        self._states: deque = deque(maxlen=STATES_KEPT)
+        self._state: np.ndarray | None = None  # the state paired with the step's frame (set by _can_step)
         self._instruction: str | None = None  # pending episode start
         self._episode = 0  # id of the newest episode started (`start_episode`)
         self._stop = False
@@ -126,14 +149,15 @@ class InferenceWorker:
                     self.frames_dropped += self._fresh
                     self._fresh = True
                 self._frames[0] = (frame, source_stamp)
+                self._frame_arrived = time.monotonic()
             else:
                 self._others[camera - 1].append((frame, source_stamp))
             self._cond.notify()
 
-    def submit_state(self, state: np.ndarray) -> None:
-        """The newest robot state (already checked: (state_dim,) finite)."""
+    def submit_state(self, state: np.ndarray, source_stamp: Any = None) -> None:
+        """A robot state (already checked: (state_dim,) finite) with its header stamp, if any."""
         with self._cond:
-            self._state = state
+            self._states.append((state, source_stamp))
             self._cond.notify()
 
     def wake(self) -> None:
@@ -177,21 +201,24 @@ class InferenceWorker:
         every further camera (`pair_frame`; an unpairable first frame is dropped) and ``ready``."""
         if not (self._fresh and self.episode_instruction is not None and self._frames[0] is not None):
             return False
-        partners = [pair_frame(frames, self._frames[0][1], self.sync_slop_s) for frames in self._others]
+        stamp, waited = self._frames[0][1], time.monotonic() - self._frame_arrived
+        self._retry_s = min(POLL_S, max(self.sync_slop_s - waited, 0.0) + 1e-3)
+        partners = [pair_frame(frames, stamp, self.sync_slop_s, waited) for frames in self._others]
         if any(p == "unpaired" for p in partners):
             self._fresh = False
             self.frames_unpaired += 1
             return False
-        if any(p is None for p in partners) or not self._ready():
+        state = pair_state(self._states, stamp, self.sync_slop_s, waited)
+        if any(p is None for p in partners) or state is None or not self._ready():
             return False
-        self._partners = partners
+        self._partners, self._state = partners, state[0]
         return True
 
     def _run(self) -> None:
         while True:
             with self._cond:
                 while not self._stop and self._instruction is None and not self._can_step():
-                    self._cond.wait(POLL_S if self._fresh else None)
+                    self._cond.wait(self._retry_s if self._fresh else None)
                 if self._stop:
                     return
                 instruction, self._instruction = self._instruction, None

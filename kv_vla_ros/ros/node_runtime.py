@@ -203,7 +203,8 @@ class NodeRuntime:
                                          throttle_duration_sec=2.0)
             return
         self.loop.input_received(len(self.image_topics), self.node._now())
-        self.worker.submit_state(state)
+        header = getattr(msg, "header", None)  # JointState: paired with the frame by stamp; an array has none
+        self.worker.submit_state(state, (header.stamp.sec, header.stamp.nanosec) if header is not None else None)
 
     def _on_enable(self, msg: Bool) -> None:
         self.enable_messages += 1
@@ -307,6 +308,7 @@ class NodeRuntime:
              "trajectories_sent": self.outputs.trajectories,
              "ticks_skipped": getattr(self.control_timer, "skipped", 0), "enable_messages": self.enable_messages,
              "enabled": loop.enabled, "cache_config_pending": pending_json(self.session), **self.gc_watch.values(),
+             **(self.control_timer.take_timing() if isinstance(self.control_timer, ControlThread) else {}),
              **input_values(loop, self.node._now(), self.states_received, self.states_rejected)})
 
 

@@ -97,9 +97,12 @@ class NodeSettings:
                                       "rows for the ticks already executed since its inference started are "
                                       "skipped): replace (the new chunk's actions) or blend (a linear crossfade "
                                       "from the old actions to the new over the overlap)")
-    camera_sync_slop_s: float = setting(0.05, "pair every further camera's frame with the first camera's by header "
-                                        "stamp: the closest within this many seconds (an approximate-time rule); "
-                                        "0: each camera's newest frame (arrival order)", bounds=(0.0, 10.0))
+    camera_sync_slop_s: float = setting(0.05, "pair every further camera's frame and the JointState state with the "
+                                        "first camera's frame by header stamp: the closest within this many "
+                                        "seconds, waiting up to this long for one at or after the frame's stamp "
+                                        "(an approximate-time rule; a state with no stamp or none that close: the "
+                                        "newest); 0: each input's newest message (arrival order)",
+                                        bounds=(0.0, 10.0))
     state_joint_names: list[str] = setting(help="JointState state: the joints the checkpoint's state takes, in its "
                                            "order, picked from each message by name (a missing name rejects the "
                                            "message: the state goes stale, named in diagnostics); [\"\"]: "

@@ -112,6 +112,11 @@ def _bad_frame(listener: _Listener, k: int) -> None:
     listener.image_pub.publish(msg)
 
 
+def _worst(samples: list[dict], key: str) -> float:
+    values = [x[key] for x in samples if x.get(key, float("nan")) == x.get(key, float("nan"))]
+    return max(values, default=float("nan"))
+
+
 def sample_from_diagnostics(d: dict, t: float, control_steps: int, rss: int) -> dict:
     """One soak sample from a kv_vla_node diagnostics status (key -> string). ``budget_tokens``
     is the budget of the cache config the node reports with the same figures (None: no cap)."""
@@ -124,7 +129,9 @@ def sample_from_diagnostics(d: dict, t: float, control_steps: int, rss: int) -> 
             "frames_rejected": int(d["frames_rejected"]), "eviction": cache.get("eviction"),
             "budget_tokens": budget if budget is None or budget >= 0 else None,
             "layer_budgets": cache.get("layer_budgets"), "gc_pause_max_ms": float(d.get("gc_pause_max_ms", "nan")),
-            "publish_interval_p99_ms": float(d.get("publish_interval_p99_ms", "nan"))}
+            "publish_interval_p99_ms": float(d.get("publish_interval_p99_ms", "nan")),
+            "tick_late_max_ms": float(d.get("tick_late_max_ms", "nan")),
+            "tick_duration_max_ms": float(d.get("tick_duration_max_ms", "nan"))}
 
 
 def run(args: argparse.Namespace) -> int:
@@ -310,7 +317,9 @@ def report(args, samples, log_text: str, rc: int, changes: int, rejected_changes
                      f"{len(rate['low'])} windows under {RATE_FLOOR:.0%} (longest run {rate['longest_low_run_s']} s); "
                      f"publish interval p99 per window: median {np.median(p99):.1f} ms, worst {max(p99):.1f} ms; "
                      f"longest garbage-collector pause in the node "
-                     f"{max((x.get('gc_pause_max_ms', 0.0) for x in samples), default=0.0):.1f} ms")
+                     f"{max((x.get('gc_pause_max_ms', 0.0) for x in samples), default=0.0):.1f} ms; "
+                     f"control tick: latest start {_worst(samples, 'tick_late_max_ms'):.1f} ms after its period, "
+                     f"longest run {_worst(samples, 'tick_duration_max_ms'):.1f} ms")
     lines.append("checks: " + ", ".join(f"{k} {'PASS' if v else 'FAIL'}" for k, v in checks.items()))
     table = "\n".join(lines)
     print(table)
