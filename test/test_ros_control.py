@@ -463,6 +463,29 @@ def test_state_joints_are_picked_by_name():
         state_from_msg(msg, policy, ["shoulder", "wrist"])
 
 
+def test_the_control_thread_runs_under_the_real_time_priority_it_was_given_or_says_why_not():
+    import os
+    import time
+
+    from kv_vla_ros.ros.control_thread import ControlThread
+
+    policies = []
+    normal = ControlThread(lambda: policies.append(("normal", os.sched_getscheduler(0))), 0.01)
+    normal.start()
+    assert normal.scheduling == "normal" and normal.scheduling_error is None
+    fifo = ControlThread(lambda: policies.append(("fifo", os.sched_getscheduler(0))), 0.01, priority=10)
+    fifo.start()
+    time.sleep(0.1)
+    normal.cancel(), fifo.cancel()
+    assert ("normal", os.SCHED_OTHER) in policies
+    if fifo.scheduling_error is None:  # permitted (root, CAP_SYS_NICE or an rtprio limit): the tick runs FIFO
+        assert fifo.scheduling == "SCHED_FIFO 10" and ("fifo", os.SCHED_FIFO) in policies
+        assert ("fifo", os.SCHED_OTHER) not in policies
+    else:  # refused: said why, ticks on the normal scheduler all the same
+        assert "PermissionError" in fifo.scheduling_error and fifo.scheduling == "normal"
+        assert ("fifo", os.SCHED_OTHER) in policies
+
+
 def test_the_control_thread_skips_missed_periods_instead_of_bursting():
     import time
 

@@ -113,8 +113,16 @@ class NodeRuntime:
                                                    callback_group=MutuallyExclusiveCallbackGroup())
             self._entities.append(self.control_timer)
         else:  # wall-clock rate: a thread of its own, no executor in the path (see control_thread)
-            self.control_timer = ControlThread(node._tick, 1.0 / self.rate_hz, self._on_tick_error)
+            self.control_timer = ControlThread(node._tick, 1.0 / self.rate_hz, self._on_tick_error,
+                                               priority=p["control_thread_priority"])
             self.control_timer.start()
+            if self.control_timer.scheduling_error:
+                node.get_logger().warning(
+                    f"control_thread_priority {p['control_thread_priority']}: SCHED_FIFO refused "
+                    f"({self.control_timer.scheduling_error}); the control tick runs on the normal scheduler and "
+                    "may start late under load. Allow it with an rtprio limit (e.g. '@realtime - rtprio 98' in "
+                    "/etc/security/limits.conf, the user in group realtime) or CAP_SYS_NICE, or set 0 to silence "
+                    "this")
         self.worker.start()
         if p["instruction"]:
             self.start_episode(p["instruction"])
@@ -307,6 +315,7 @@ class NodeRuntime:
              "frames_unpaired": self.worker.frames_unpaired, "action_output": self.outputs.kind,
              "trajectories_sent": self.outputs.trajectories,
              "ticks_skipped": getattr(self.control_timer, "skipped", 0), "enable_messages": self.enable_messages,
+             "control_scheduling": getattr(self.control_timer, "scheduling", "rcl timer (use_sim_time)"),
              "enabled": loop.enabled, "cache_config_pending": pending_json(self.session), **self.gc_watch.values(),
              **(self.control_timer.take_timing() if isinstance(self.control_timer, ControlThread) else {}),
              **input_values(loop, self.node._now(), self.states_received, self.states_rejected)})

@@ -71,6 +71,11 @@ class NodeSettings:
                             applies=RESTART)
     num_threads: int = setting(1, "torch CPU threads for inference (0: torch's default)", bounds=(0, 256),
                                applies=RESTART)
+    control_thread_priority: int = setting(50, "SCHED_FIFO priority (1-99) of the control tick's thread, as "
+                                           "ros2_control's controller_manager thread_priority; 0: the normal "
+                                           "scheduler. Needs an rtprio limit (limits.conf) or CAP_SYS_NICE; "
+                                           "without it the node warns once and ticks on the normal scheduler",
+                                           bounds=(0, 99), applies=RESTART)
     use_compressed: bool = setting(False, "also subscribe <image topic>/compressed (sensor_msgs/CompressedImage) "
                                    "for every image topic", applies=RESTART)
     image_topics: list[str] = setting(help="camera topics (sensor_msgs/Image), one per camera the checkpoint takes "
