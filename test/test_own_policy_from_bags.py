@@ -14,7 +14,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 
 from kv_vla_ros.cli import main
 from kv_vla_ros.data.bagio import AtomicBagWriter
@@ -30,22 +29,14 @@ TINY_BACKBONE = {"model_type": "llama", "hidden_size": 48, "num_hidden_layers": 
 INSTRUCTIONS = ["go to the matching object at the end of the hallway", "pick up the red key"]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def cue_rollout(k: int, cue: int, steps: int = 8, instruction: str = INSTRUCTIONS[0]) -> Rollout:
     """A memory task in miniature with MiniGrid's discrete actions: a red or blue cue frame for two
-    steps, then grey frames with a moving bar; forward (2) until the last step, then left (0) after
-    a red cue and right (1) after a blue one."""
+    steps, then grey frames with a moving bar (the same after either cue); forward (2) until the
+    last step, then left (0) after a red cue and right (1) after a blue one: only memory decides."""
     frames = np.full((steps, SIDE, SIDE, 3), 100, np.uint8)
     frames[:2] = (220, 30, 30) if cue == 0 else (30, 30, 220)
     for t in range(steps):
-        frames[t, :, (t * 5 + k) % SIDE] = 200
+        frames[t, :, (t * 5) % SIDE] = 200
     actions = np.full((steps, 1), 2.0, np.float32)
     actions[-1] = cue
     return Rollout("MiniGrid-MemoryS7-v0", k, instruction, frames, None, actions, {"success": True})
@@ -101,8 +92,7 @@ def test_train_from_bags_refuses_continuous_actions_lowers_the_loss_and_evaluate
     out_of_range = Rollout("MiniGrid-MemoryS7-v0", 0, INSTRUCTIONS[1], np.zeros((4, SIDE, SIDE, 3), np.uint8), None,
                            np.array([[2], [9], [2], [2]], np.float32), {"success": True})
     ids = write_bag(bags / "ids", [out_of_range])
-    good = write_bag(bags / "good", [cue_rollout(k, k % 2, instruction=INSTRUCTIONS[k % 2]) for k in range(8)],
-                     storage="mcap")
+    good = write_bag(bags / "good", [cue_rollout(k, k % 2) for k in range(8)], storage="mcap")
     out = tmp_path / "own"
     assert _train([arm, ids, good], out, "--max-steps", "40") == 0
     err = capsys.readouterr().err
@@ -110,10 +100,10 @@ def test_train_from_bags_refuses_continuous_actions_lowers_the_loss_and_evaluate
     assert len(refusals) == 2, err
     assert f"bag {arm}: /action: continuous actions (4 floats per step)" in refusals[0] and "π0" in refusals[0]
     assert f"bag {ids}: /action: action ids 2..9 outside the policy's 7 actions" in refusals[1]
-    summary = json.loads((out / "train_summary.json").read_text())
-    assert summary["step"] == 40 and summary["final_loss"] < 0.5 * summary["first_loss"], summary
+    assert json.loads((out / "train_summary.json").read_text())["step"] == 40
     rows = [json.loads(line) for line in (out / "train_log.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows] == [1, 20, 40] and (out / "train_curves.png").stat().st_size > 0
+    assert rows[-1]["loss"] < 0.3 * rows[0]["loss"], rows  # every batch holds all 8 episodes: little noise
     config = json.loads((out / "train_config.json").read_text())
     assert config["bags"] == [str(arm), str(ids), str(good)] and config["aux_weight"] == 0 and config["dagger_at"] == []
 
@@ -125,7 +115,8 @@ def test_train_from_bags_refuses_continuous_actions_lowers_the_loss_and_evaluate
     result = evaluate_bag(good, policy, ["full", "window:budget_tokens=40"], progress=False)
     rows_by = {r["policy"]: r for r in result["results"]}
     assert rows_by["full"]["agreement_recorded"]["n"] == result["meta"]["steps"] == 64
-    assert rows_by["full"]["agreement_recorded"]["match"] >= 0.75  # forward, the majority action, is learnt
+    # forward at every step but the last is learnt (the cue's decision too in 4 of 5 seeds tried)
+    assert rows_by["full"]["agreement_recorded"]["match"] >= 0.875
 
     # --resume continues the run (one log, not restarted)
     assert _train([good], out, "--max-steps", "45", "--resume") == 0
@@ -153,3 +144,20 @@ def test_policy_type_follows_init_from_and_refusals_are_one_line(tmp_path, capsy
         assert main(["train", "--bags", str(good), "--out", str(tmp_path / "x"), "--no-progress", *extra]) == 1
         err = capsys.readouterr().err.strip()
         assert err.startswith("kv-vla train: error: ") and "\n" not in err and expected in err, err
+
+
+def test_expert_bag_of_bag_generate_trains_and_bag_eval_replays_it(tmp_path):
+    """The whole path on a real simulator's bag: ``kv-vla bag generate --task MiniGrid-MemoryS7 --split
+    train`` -> ``kv-vla train --bags --policy-type kv_vla`` -> ``kv-vla bag eval`` (CLI, in process)."""
+    from kv_vla_ros.data.generate import generate_bag
+
+    bag = tmp_path / "expert"
+    summary = generate_bag(bag, "MiniGrid-MemoryS7-v0", episodes=2, split="train", start_time_ns=10**18)
+    out = tmp_path / "own"
+    assert _train([bag], out, "--max-steps", "3") == 0
+    assert json.loads((out / "train_summary.json").read_text())["episodes_seen"] == 3 * 2  # both episodes each step
+    report = tmp_path / "eval"
+    assert main(["bag", "eval", str(bag), "--model", str(out), "--cache", "window:budget_tokens=40", "--out",
+                 str(report), "--no-progress", "--flops-every", "0", "--workers", "1"]) == 0
+    result = json.loads((report / "bag_eval.json").read_text())
+    assert result["meta"]["policy_type"] == "kv_vla" and result["meta"]["steps"] == summary["steps"]
