@@ -22,6 +22,9 @@ from kv_vla_ros.data.generate import topic_names, write_rollouts
 from kv_vla_ros.sim.rollout import Rollout
 from kv_vla_ros.train.bag_episodes import read_bags
 from kv_vla_ros.train.own_bags import action_check, to_episodes
+from kv_vla_ros.vla import ActionSpaceConfig
+
+MINIGRID_ACTIONS = ActionSpaceConfig()  # 7 discrete actions
 
 SIDE = 56  # MiniGrid's frame size
 TINY_BACKBONE = {"model_type": "llama", "hidden_size": 48, "num_hidden_layers": 2, "num_attention_heads": 4,
@@ -50,9 +53,9 @@ def write_bag(path: Path, rollouts: list[Rollout], storage: str = "sqlite3") -> 
     return path
 
 
-def arm_like_rollout(steps: int = 6) -> Rollout:
+def arm_like_rollout(steps: int = 6, seed: int = 1) -> Rollout:
     """Continuous 4-d commands and a joint state, 64-pixel frames: what an arm bag records."""
-    rng = np.random.default_rng(1)
+    rng = np.random.default_rng(seed)
     return Rollout("Arm-CueCarry", 0, "pick up the red key", rng.integers(0, 255, (steps, 64, 64, 3), np.uint8),
                    rng.random((steps, 3)).astype(np.float32), rng.uniform(-1, 1, (steps, 4)).astype(np.float32),
                    {"success": True})
@@ -67,8 +70,8 @@ def test_minigrid_bag_gives_own_vla_episodes_exactly(tmp_path, storage):
         rollouts.append(Rollout("MiniGrid-MemoryS7-v0", k, text, rng.integers(0, 255, (steps, SIDE, SIDE, 3), np.uint8),
                                 None, rng.integers(0, 7, (steps, 1)).astype(np.float32), {"success": True}))
     bag = write_bag(tmp_path / "bag", rollouts, storage)
-    data = read_bags([bag], BagTopics(), progress=False, check=action_check(7, "/action"))
-    episodes = to_episodes(data.episodes, 7)
+    data = read_bags([bag], BagTopics(), progress=False, check=action_check(MINIGRID_ACTIONS, "/action"))
+    episodes = to_episodes(data.episodes, MINIGRID_ACTIONS)
     assert len(episodes) == 3 and not data.refused
     for ep, ro in zip(episodes, rollouts):
         assert ep.instruction == ro.instruction and len(ep) == len(ro)
@@ -161,3 +164,27 @@ def test_expert_bag_of_bag_generate_trains_and_bag_eval_replays_it(tmp_path):
                  str(report), "--no-progress", "--flops-every", "0", "--workers", "1"]) == 0
     result = json.loads((report / "bag_eval.json").read_text())
     assert result["meta"]["policy_type"] == "kv_vla" and result["meta"]["steps"] == summary["steps"]
+
+
+def test_continuous_actions_train_binned_with_action_bins(tmp_path, capsys):
+    """--action-bins: a new own VLA over the bags' percentiles (OpenVLA's binning) trains on arm-like
+    bags; its checkpoint loads as a continuous policy whose commands lie within the recorded range."""
+    from kv_vla_ros.vla import VLASession, load_policy
+
+    bags = [write_bag(tmp_path / f"arm{i}", [arm_like_rollout(seed=i), arm_like_rollout(seed=10 + i)])
+            for i in range(2)]
+    out = tmp_path / "binned"
+    assert _train(bags, out, "--max-steps", "3", "--action-bins", "16") == 0
+    policy = load_policy(out)
+    space = policy.model.config.action
+    assert not policy.discrete and space.kind == "continuous" and space.dim == 4 and space.bins == 16
+    assert -1.0 <= min(space.q01) and max(space.q99) <= 1.0  # the recorded commands' percentiles
+    session = VLASession(policy)
+    session.reset("pick up the red key")
+    command = session.step(np.zeros((64, 64, 3), np.uint8))
+    assert command.shape == (4,) and np.all(command >= np.array(space.q01) - 1e-6)
+    assert np.all(command <= np.array(space.q99) + 1e-6)
+    capsys.readouterr()
+    assert main(["train", "--bags", str(bags[0]), "--out", str(tmp_path / "x"), "--init-from", str(out),
+                 "--action-bins", "8", "--no-progress"]) == 1
+    assert "--action-bins 8: " in capsys.readouterr().err

@@ -57,6 +57,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
     bags.add_argument("--policy-type", choices=("pi0", "kv_vla"), default=None,
                       help="the policy trained from --bags: pi0, or kv_vla (the package's own VLA; bags of discrete "
                            "action ids); default: --init-from's checkpoint type, else pi0")
+    bags.add_argument("--action-bins", type=int, default=None,
+                      help="kv_vla from bags of continuous actions: a new model's bins per action dimension "
+                           "(over the bags' 1st-99th percentiles); default: discrete action ids")
     from kv_vla_ros.train.bag_cli import add_bag_topic_arguments
 
     add_bag_topic_arguments(bags)
@@ -119,6 +122,8 @@ def run_bags(args: argparse.Namespace) -> int:
 
     if resolve_policy_type(args) == "kv_vla":
         return run_own_bags(args, train_config(args, tasks={}))
+    if args.action_bins is not None:
+        raise ValueError("--action-bins: bins the kv_vla policy's actions (--policy-type kv_vla); π0 predicts them")
     from kv_vla_ros.train.bag_cli import run_bags as run_pi0_bags
 
     return run_pi0_bags(args)
@@ -129,6 +134,8 @@ def run(args: argparse.Namespace) -> int:
         return run_bags(args)
     if args.policy_type == "pi0":
         raise ValueError("--policy-type pi0: π0 trains from --bags; simulator demonstrations train kv_vla")
+    if args.action_bins is not None:
+        raise ValueError("--action-bins: applies to --bags --policy-type kv_vla")
     from kv_vla_ros.train.bc import train
 
     cfg = train_config(args, parse_tasks(args.tasks))

@@ -8,17 +8,20 @@ integer in ``[0, action.num_actions)`` (what ``kv-vla bag generate --task MiniGr
 MiniGrid simulator node and the policy node driving it record; ``kv-vla bag eval`` compares such
 actions by exact match). A bag with continuous actions (several floats per step, or fractional
 values: the arm's) or with ids outside the policy's action set is refused in one line naming the
-bag and why, and the other bags still train. Binning continuous actions into the own policy's
-action tokens is not built: train π0 on such bags.
+bag and why, and the other bags still train. With ``--action-bins N`` (a new model) continuous
+commands fit instead: each dimension binned into N bins over the bags' 1st-99th percentiles
+(``ActionTokenizer``'s OpenVLA binning); a checkpoint of continuous actions keeps its own.
 
 Conversion (``to_episodes``): the policy sees one camera and no robot state; a recorded episode
-becomes a ``kv_vla_ros.sim.Episode`` with frames ``(T, H, W, 3)`` uint8 and actions ``(T,)`` int64,
-step for step, and no auxiliary labels (the simulator's are privileged; bags carry none).
+becomes a ``kv_vla_ros.sim.Episode`` with frames ``(T, H, W, 3)`` uint8 and actions ``(T,)`` int64
+(or ``(T, dim)`` float32 commands, binned by the model's action tokenizer), step for step, and no
+auxiliary labels (the simulator's are privileged; bags carry none).
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 from pathlib import Path
 
 import numpy as np
@@ -38,8 +41,8 @@ def discrete_action_ids(ep: RecordedEpisode, num_actions: int, where: str) -> np
         raise BagError(f"{where}: non-finite recorded actions")
     if actions.shape[1] != 1 or not np.array_equal(actions, np.rint(actions)):
         what = f"{actions.shape[1]} floats per step" if actions.shape[1] != 1 else "fractional values"
-        raise BagError(f"{where}: continuous actions ({what}) but the kv_vla policy takes discrete action ids: "
-                       f"train π0 on this bag (--policy-type pi0); binning continuous actions is not built")
+        raise BagError(f"{where}: continuous actions ({what}) but this kv_vla policy takes discrete action ids: "
+                       f"bin them (--action-bins N, a new model) or train π0 (--policy-type pi0)")
     ids = actions[:, 0].astype(np.int64)
     if ids.min() < 0 or ids.max() >= num_actions:
         raise BagError(f"{where}: action ids {ids.min()}..{ids.max()} outside the policy's {num_actions} actions "
@@ -47,17 +50,40 @@ def discrete_action_ids(ep: RecordedEpisode, num_actions: int, where: str) -> np
     return ids
 
 
-def action_check(num_actions: int, action_topic: str):
-    """``check(path, episodes)`` for ``read_bags``: refuses a bag whose actions do not fit."""
+def fitting_actions(ep: RecordedEpisode, space, where: str) -> np.ndarray:
+    """The actions the policy trains on: ``(T,)`` int64 ids for a discrete ``space``, else ``(T, dim)``
+    float32 commands (binned by the action tokenizer; ``space`` None: a new binned space, any dim)."""
+    if space is not None and space.kind == "discrete":
+        return discrete_action_ids(ep, space.num_actions, where)
+    if not np.isfinite(ep.actions).all():
+        raise BagError(f"{where}: non-finite recorded actions")
+    if space is not None and ep.actions.shape[1] != space.dim:
+        raise BagError(f"{where}: {ep.actions.shape[1]} floats per step, the policy's actions have {space.dim} "
+                       f"(action.dim)")
+    return ep.actions.astype(np.float32)
+
+
+def action_check(space, action_topic: str):
+    """``check(path, episodes)`` for ``read_bags``: refuses a bag whose actions do not fit ``space``."""
 
     def check(path, episodes: list[RecordedEpisode]) -> None:
         for ep in episodes:
-            discrete_action_ids(ep, num_actions, f"bag {path}: {action_topic}")
+            fitting_actions(ep, space, f"bag {path}: {action_topic}")
 
     return check
 
 
-def to_episodes(recorded: list[RecordedEpisode], num_actions: int) -> list:
+def binned_space(recorded: list[RecordedEpisode], bins: int):
+    """A continuous ``ActionSpaceConfig`` of ``bins`` bins per dimension over the bags' 1st-99th
+    percentiles of each command (OpenVLA's binning, ``ActionTokenizer``)."""
+    from kv_vla_ros.vla import ActionSpaceConfig, ActionTokenizer
+
+    actions = np.concatenate([ep.actions for ep in recorded])
+    q01, q99 = ActionTokenizer.stats(actions)
+    return ActionSpaceConfig(kind="continuous", dim=int(actions.shape[1]), bins=bins, q01=q01, q99=q99, names=None)
+
+
+def to_episodes(recorded: list[RecordedEpisode], space) -> list:
     """Recorded episodes (one camera) -> ``kv_vla_ros.sim.Episode`` (task ``bag:<source>``)."""
     from kv_vla_ros.sim import Episode
 
@@ -67,7 +93,7 @@ def to_episodes(recorded: list[RecordedEpisode], num_actions: int) -> list:
             raise ValueError(f"frames: the kv_vla policy sees one camera, {ep.source} has {ep.frames.shape[1]}")
         out.append(Episode(task=f"bag:{ep.source}", seed=k, instruction=ep.instruction,
                            frames=np.ascontiguousarray(ep.frames[:, 0]),
-                           actions=discrete_action_ids(ep, num_actions, ep.source), success=True))
+                           actions=fitting_actions(ep, space, ep.source), success=True))
     return out
 
 
@@ -114,21 +140,27 @@ def own_train_config(args: argparse.Namespace, cfg):
     return cfg
 
 
-def action_space(cfg, out: Path, resume: bool):
-    """The ``ActionSpaceConfig`` trained: the resumed checkpoint's, ``init_from``'s, or ``cfg.vla``'s."""
+def action_space(cfg, out: Path, resume: bool, bins: int | None = None):
+    """The ``ActionSpaceConfig`` trained: the resumed checkpoint's, ``init_from``'s, or ``cfg.vla``'s;
+    None with ``bins`` for a new model (binned over the bags' own percentiles, once they are read)."""
     from kv_vla_ros.vla import ActionSpaceConfig
     from kv_vla_ros.vla.policy import read_json_object
 
+    if bins is not None and (isinstance(bins, bool) or not isinstance(bins, int) or bins < 2):
+        raise ValueError(f"--action-bins: must be an int >= 2, got {bins!r}")
     resumed = out / "checkpoint"
     source = resumed if resume and (resumed / "train_state.json").is_file() else cfg.init_from
+    if bins is not None and not source:
+        return None
     fields = read_json_object(Path(source) / "config.json").get("action", {}) if source else cfg.vla.get("action", {})
     try:
         space = ActionSpaceConfig(**fields)
     except TypeError as exc:  # an unknown field in --vla's "action"
         raise ValueError(f"action: {exc}") from None
-    if space.kind != "discrete":
-        raise ValueError(f"action.kind: {source or '--vla'} has {space.kind} actions; the kv_vla policy trains "
-                         f"discrete action ids from bags (binning continuous actions is not built)")
+    if bins is not None and (space.kind != "continuous" or space.bins != bins):
+        raise ValueError(f"--action-bins {bins}: {source} has {space.kind} actions"
+                         + (f" of {space.bins} bins" if space.kind == "continuous" else "")
+                         + " (the checkpoint's action space is trained)")
     return space
 
 
@@ -139,13 +171,17 @@ def run_own_bags(args: argparse.Namespace, cfg) -> int:
     from kv_vla_ros.train.bc import train
 
     cfg = own_train_config(args, cfg)
-    space = action_space(cfg, Path(args.out), args.resume)
-    data = read_bag_data(args, check=action_check(space.num_actions, args.action_topic))
-    episodes = to_episodes(data.episodes, space.num_actions)
+    space = action_space(cfg, Path(args.out), args.resume, args.action_bins)
+    data = read_bag_data(args, check=action_check(space, args.action_topic))
+    if space is None:  # a new binned action space, from the bags that were read
+        space = binned_space(data.episodes, args.action_bins)
+        cfg.vla = {**cfg.vla, "action": dataclasses.asdict(space)}
+    episodes = to_episodes(data.episodes, space)
     train(cfg, args.out, resume=args.resume, progress_bar=not args.no_progress, episodes=episodes)
     print(f"kv_vla policy trained on {len(episodes)} episodes; written to {args.out}", flush=True)
     return 0
 
 
-__all__ = ["POLICY_TYPES", "action_check", "action_space", "discrete_action_ids", "own_train_config",
+__all__ = ["POLICY_TYPES", "action_check", "action_space", "binned_space", "discrete_action_ids", "fitting_actions",
+           "own_train_config",
            "resolve_policy_type", "run_own_bags", "to_episodes"]
