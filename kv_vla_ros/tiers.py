@@ -7,7 +7,7 @@ table is generated from it (``python scripts/generate_docs.py``).
 
 Outside the order: ``kv_vla_ros`` (the version) and ``kv_vla_ros.tiers`` import nothing of the
 package, ``kv_vla_ros.cli`` imports each subcommand's module by name when that subcommand runs, and
-the `FOUNDATION` modules (progress bars) may be imported by every tier and import nothing of it.
+the `FOUNDATION` modules (progress bars, machine load) may be imported by every tier and import nothing of it.
 """
 
 from __future__ import annotations
@@ -65,7 +65,7 @@ TIERS: tuple[Tier, ...] = (
 
 # Top-level modules outside the tiers (see the module docstring).
 TOP_LEVEL = ("kv_vla_ros", "kv_vla_ros.cli", "kv_vla_ros.tiers")
-FOUNDATION = ("kv_vla_ros.progress",)
+FOUNDATION = ("kv_vla_ros.progress", "kv_vla_ros.machine_load")
 
 
 def tier_index(module: str) -> int | None:
@@ -85,7 +85,7 @@ def markdown_table() -> str:
     for i, tier in enumerate(TIERS, 1):
         lines.append(f"| {i} | `kv_vla_ros.{tier.package}` | {tier.needs} | {tier.holds} |")
     lines.append(f"| any | {', '.join(f'`{m}`' for m in FOUNDATION)} | tqdm | progress bars (a line every few "
-                 "seconds off a terminal); imports nothing of the package |")
+                 "seconds off a terminal), the machine's load beside a measurement; import nothing of the package |")
     return "\n".join(lines) + "\n"
 
 

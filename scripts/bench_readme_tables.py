@@ -36,23 +36,36 @@ def paper_table(data: dict) -> str:
 BUSY_LOAD = 1.0  # a 1-minute load average above this on the 2-core machine: other work was running
 
 
+OTHER_CORES_BUSY = 0.25  # CPU cores other processes used on average during the run: above, it shared the machine
+
+
 def _busy_warning(data: dict) -> str:
-    """A warning above a table whose run shared the machine (its timings are not the code's)."""
-    load = data.get("load_average")
-    if load is None or max(load) <= BUSY_LOAD:
+    """A warning above a table whose run shared the machine (its timings are not the code's). Runs
+    that recorded ``other_cpu_cores`` (CPU used by other processes) are judged by it; older runs
+    by the load average, which also counts the benchmark's own threads."""
+    other, load = data.get("other_cpu_cores"), data.get("load_average")
+    if other is not None and other == other:
+        if other <= OTHER_CORES_BUSY:
+            return ""
+        what = f"other processes used {other:.2f} CPU cores on average during it"
+    elif load is None or max(load) <= BUSY_LOAD:
         return ""
-    return (f"*Taken on a busy machine (load average up to {max(load):.1f}): the timings and the ratios built on "
-            "them are not this code's; `make bench-readme` on a quiet machine replaces them. Tokens, bytes and "
-            "FLOPs do not depend on the load.*\n\n")
+    else:
+        what = f"load average up to {max(load):.1f}"
+    return (f"*Taken on a busy machine ({what}): the timings and the ratios built on them are not this code's; "
+            "`make bench-readme` on a quiet machine replaces them. Tokens, bytes and FLOPs do not depend on the "
+            "load.*\n\n")
 
 
 def _load(data: dict) -> str:
-    """The machine's 1-minute load average at the run's start and end (on 2 cores, above ~0.5 other
-    work was running and the timings are not a quiet machine's)."""
+    """How busy the machine was: CPU cores other processes used during the run (when recorded),
+    and the 1-minute load average at its start and end (which counts the run's own threads)."""
     if "load_average" not in data:
         return ", load not recorded"
     start, end = data["load_average"]
-    return f", load average {start:.1f} at the start and {end:.1f} at the end"
+    other = data.get("other_cpu_cores")
+    beside = f", other processes {other:.2f} CPU cores on average" if other is not None and other == other else ""
+    return f"{beside}, load average {start:.1f} at the start and {end:.1f} at the end (its own threads included)"
 
 
 def paper_targets(data: dict, frames: int = 64) -> str:
@@ -78,7 +91,7 @@ def cache_table(data: dict) -> str:
     args = data["args"]
     evictions = [p.strip() for p in (args.get("evictions") or args.get("policies") or "").split(",") if p.strip()]
     rows = [r for r in data["table"] if int(r["frames"]) in CACHE_FRAMES]
-    return _busy_warning(data) + markdown(rows, evictions) + f"\n\nLoad{_load(data)[len(', load'):]}.\n"
+    return _busy_warning(data) + markdown(rows, evictions) + f"\n\nMeasured on: CPU{_load(data)}.\n"
 
 
 def main(argv: list[str] | None = None) -> int:

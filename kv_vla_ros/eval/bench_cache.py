@@ -10,6 +10,8 @@ import statistics
 import time
 
 import torch
+
+from kv_vla_ros.machine_load import OtherLoad
 from kv_vla_ros.progress import progress_bar
 
 from kv_vla_ros.cache import CacheConfig, make_cache
@@ -124,6 +126,7 @@ def plot(results: dict, path: str) -> None:
 
 def run(args: argparse.Namespace) -> int:
     load_start = os.getloadavg()[0]  # other work on the machine skews every timing: recorded with them
+    other_load = OtherLoad()  # CPU cores other processes use meanwhile (the load average counts ours too)
     for name in ("frames", "frame_tokens", "budget_frames", "hidden", "layers", "threads"):
         if getattr(args, name) < 1:
             raise SystemExit(f"kv-vla bench cache: --{name.replace('_', '-')} must be >= 1")
@@ -154,6 +157,7 @@ def run(args: argparse.Namespace) -> int:
     md = markdown(table, policies)
     with open(os.path.join(args.out, "bench_cache.json"), "w") as f:
         json.dump({"args": vars(args), "table": table, "load_average": [load_start, os.getloadavg()[0]],
+                   "other_cpu_cores": other_load.cores(),
                    "steps": results}, f, indent=1)
     with open(os.path.join(args.out, "bench_cache.md"), "w") as f:
         f.write(md + "\n")

@@ -25,6 +25,7 @@ import time
 
 import torch
 from torch.utils.flop_counter import FlopCounterMode
+from kv_vla_ros.machine_load import OtherLoad
 from kv_vla_ros.progress import progress_bar
 
 from kv_vla_ros.cache import CacheConfig, attention_implementation, make_cache, use_kv_vla_attention
@@ -247,6 +248,7 @@ def plot(results: dict, path: str, title: str) -> None:
 
 def run(args: argparse.Namespace) -> int:
     load_start = os.getloadavg()[0]  # other work on the machine skews every timing: recorded with them
+    other_load = OtherLoad()  # CPU cores other processes use meanwhile (the load average counts ours too)
     try:
         checkpoints = sorted({int(x) for x in args.history.split(",") if x.strip()})
     except ValueError:
@@ -305,6 +307,7 @@ def run(args: argparse.Namespace) -> int:
     with open(stem + ".json", "w") as f:
         json.dump({"args": vars(args), "title": title, "tokens_per_step": step, "table": table, "paper": PAPER,
                    "device": device_name, "load_average": [load_start, os.getloadavg()[0]],
+                   "other_cpu_cores": other_load.cores(),
                    "bandwidth_bytes_per_s": bandwidth, "matmul_flops_per_s": flops_per_s, "flatness": flat},
                   f, indent=1)
     with open(stem + ".md", "w") as f:

@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from kv_vla_ros.ros.bench_ros import _Listener, _model_dir
+from kv_vla_ros.machine_load import OtherLoad
 from kv_vla_ros.ros.processes import (POLICY_MODULE, _call, get_params, pick_free_domain_id, set_params, spawn_node,
                                       stop_node, wait_active)
 
@@ -71,37 +72,6 @@ def rss_bytes(pid: int) -> int:
         if line.startswith("VmRSS:"):
             return int(line.split()[1]) * 1024
     return 0
-
-
-class OtherLoad:
-    """CPU cores busy with processes other than the node and this one since the last call (from
-    /proc/stat and /proc/<pid>/stat): a soak on a shared machine says how busy it was around it,
-    so that a latency change can be read against the load beside it."""
-
-    def __init__(self, pids: list[int]):
-        self.pids = pids
-        self._last = self._read()
-
-    def _read(self) -> tuple[float, float, float]:
-        fields = [float(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
-        total, idle = sum(fields[:8]), fields[3] + fields[4]  # user..steal; idle + iowait
-        ours = 0.0
-        for pid in self.pids:
-            try:
-                stat = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-                ours += float(stat[11]) + float(stat[12])  # utime + stime (clock ticks, as /proc/stat)
-            except (OSError, IndexError):
-                pass
-        return total, idle, ours
-
-    def cores(self) -> float:
-        (total, idle, ours), (total0, idle0, ours0) = self._read(), self._last
-        self._last = (total, idle, ours)
-        span = total - total0
-        if span <= 0:
-            return 0.0
-        ncpu = max(1, len(os.sched_getaffinity(0)))
-        return max(0.0, ((total - idle) - (total0 - idle0) - (ours - ours0)) / span * ncpu)
 
 
 def _bad_frame(listener: _Listener, k: int) -> None:
