@@ -1,7 +1,7 @@
 """Behaviour-clone the VLA on expert demonstrations (MiniGrid Memory + BabyAI mixture), with
 DAgger rounds, periodic checkpoints and a wall-clock cap; or, with ``--bags``, train π0 from
 recorded rosbags to use a streamed, budgeted history (``kv_vla_ros.train.pi0_train``), or with
-``--bags --policy-type kv_vla`` the package's own VLA on bags of discrete actions
+``--bags --policy-type kv_vla`` the package's own VLA on bags of discrete (or binned) actions
 (``kv_vla_ros.train.own_bags``, the same loop as the simulator's demonstrations)."""
 
 from __future__ import annotations
@@ -56,7 +56,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
                       help="rosbag2 bags (sqlite3 or mcap) or directories of bags: train a policy on their episodes")
     bags.add_argument("--policy-type", choices=("pi0", "kv_vla"), default=None,
                       help="the policy trained from --bags: pi0, or kv_vla (the package's own VLA; bags of discrete "
-                           "action ids); default: --init-from's checkpoint type, else pi0")
+                           "action ids, or binned ones with --action-bins); default: --init-from's checkpoint "
+                           "type, else pi0")
     bags.add_argument("--action-bins", type=int, default=None,
                       help="kv_vla from bags of continuous actions: a new model's bins per action dimension "
                            "(over the bags' 1st-99th percentiles); default: discrete action ids")
