@@ -1,4 +1,5 @@
-"""``kv-vla train --bags``: bags -> episodes -> π0 trained with a streamed, budgeted history."""
+"""``kv-vla train --bags``: bags -> episodes -> π0 trained with a streamed, budgeted history (the
+package's own VLA from bags, ``--policy-type kv_vla``: ``kv_vla_ros.train.own_bags``)."""
 
 from __future__ import annotations
 
@@ -21,14 +22,15 @@ def add_bag_topic_arguments(group) -> None:
                        help="resample the steps by header stamp to this rate (default: one step per frame)")
 
 
-def read_bag_data(args: argparse.Namespace, image_size: int | None = None):
-    """``BagDataset`` of ``args.bags`` (refusals printed, one line each, on stderr)."""
+def read_bag_data(args: argparse.Namespace, image_size: int | None = None, check=None):
+    """``BagDataset`` of ``args.bags`` (refusals printed, one line each, on stderr; ``check``: see
+    ``read_bags``)."""
     from kv_vla_ros.data.bagio import bag_paths
     from kv_vla_ros.train.bag_episodes import read_bags
 
     data = read_bags(bag_paths(args.bags), bag_topics(args), image_size=image_size,
                      control_rate_hz=args.control_rate_hz, progress=not args.no_progress,
-                     log=lambda line: print(line, file=sys.stderr, flush=True))
+                     log=lambda line: print(line, file=sys.stderr, flush=True), check=check)
     steps = sum(len(e) for e in data.episodes)
     print(f"{len(data.episodes)} episodes, {steps} steps from {len(args.bags)} path(s); "
           f"{len(data.refused)} bag(s) refused", flush=True)

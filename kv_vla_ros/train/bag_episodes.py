@@ -116,13 +116,17 @@ def read_bag(path: str | Path, topics: BagTopics, image_size: int | None = None,
 
 def read_bags(paths: list[Path], topics: BagTopics, image_size: int | None = None,
               control_rate_hz: float | None = None, min_steps: int = 2, progress: bool = True,
-              log=print) -> BagDataset:
+              log=print, check=None) -> BagDataset:
     """Episodes of every readable bag; a bad bag is refused in one line (``log``) naming the bag and
-    the topic, and the others still load. ``ValueError`` when no bag is usable."""
+    the topic, and the others still load. ``check(path, episodes)`` (optional) raises ``BagError``
+    for a bag the trainer cannot take (e.g. continuous actions for a discrete policy): refused the
+    same way, before the bags are compared. ``ValueError`` when no bag is usable."""
     data = BagDataset()
     for path in progress_bar(paths, desc="read bags", unit="bag", disable=not progress):
         try:
             episodes = read_bag(path, topics, image_size, control_rate_hz, min_steps, data.counters)
+            if check is not None:
+                check(path, episodes)
         except BagError as exc:
             data.refused.append(str(exc))
             log(f"refused: {exc}")

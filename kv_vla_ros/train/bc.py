@@ -4,6 +4,12 @@ One step = one batch of whole episodes under a token budget, one no-cache forwar
 action positions (the same stream layout ``VLASession`` streams). The learning rate follows a
 cosine over ``progress = max(step / max_steps, elapsed / minutes)`` so a run always finishes
 inside its time cap; DAgger rounds (policy drives, expert labels) start at fixed progress points.
+
+The same loop trains from recorded bags (``kv-vla train --bags --policy-type kv_vla``,
+``kv_vla_ros.train.own_bags``): ``train(..., episodes=...)`` takes the bags' episodes instead of the
+simulator's demonstrations, with no DAgger (no expert) and no auxiliary labels (bags carry none).
+Outputs beside the model: ``train_log.jsonl`` (a line every ``log_every`` steps), ``train_curves.png``,
+``train_summary.json``, ``train_config.json`` and ``checkpoint/`` for ``resume``.
 """
 
 from __future__ import annotations
@@ -11,6 +17,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import re
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,10 +30,12 @@ from kv_vla_ros.sim import load_episodes, save_episodes, train_seeds
 from kv_vla_ros.sim.memory import aux_targets
 from kv_vla_ros.train.aux import AuxHeads
 from kv_vla_ros.train.checkpoint import load_optimizer, load_progress, save_checkpoint
+from kv_vla_ros.train.curves import LOG_FILE, write_curves
 from kv_vla_ros.train.eviction import batch_eviction_mask
 from kv_vla_ros.train.data import DEFAULT_SCAN_TURNS, EpisodeSampler, demonstrations, expert_for, rollout
 from kv_vla_ros.vla import VLAConfig, VLAModel, VLASession, default_backbone
 from kv_vla_ros.vla.processor import ImageProcessor
+from kv_vla_ros.vla.tokenization import TextTokenizer, build_text_tokenizer
 
 DEFAULT_TASKS = {
     # Short hallways make the cue -> exit association cheap to find; the long fixed hallway
@@ -85,10 +94,17 @@ class TrainConfig:
     dagger_tasks: list[str] | None = field(default_factory=lambda: ["BabyAI-GoToLocal-v0"])
     dagger_max_steps: int = 64
     data_dir: str = "runs/data"
+    log_every: int = 20  # steps between train_log.jsonl lines (and train_summary.json loss points)
+    bags: list[str] = field(default_factory=list)  # recorded bags trained from (empty: the simulator's tasks)
 
     def validate(self) -> None:
-        if not self.tasks:
+        if not self.tasks and not self.bags:
             raise ValueError("tasks: at least one task is needed")
+        if self.bags and self.dagger_at:
+            raise ValueError(f"dagger_at: DAgger rounds need a simulator expert; training from bags takes none, "
+                             f"got {self.dagger_at!r}")
+        if isinstance(self.log_every, bool) or not isinstance(self.log_every, int) or self.log_every < 1:
+            raise ValueError(f"log_every: must be an int >= 1, got {self.log_every!r}")
         for name in ("lr", "minutes", "batch_tokens", "max_steps"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name}: must be > 0, got {getattr(self, name)}")
@@ -150,7 +166,11 @@ def eviction_batch_mask(model: VLAModel, cfg: TrainConfig, batch, rng: np.random
 def build_model(cfg: TrainConfig, episodes) -> VLAModel:
     frames = np.concatenate([e.frames[:: max(1, len(e.frames) // 4)] for e in episodes[:2000]])
     vcfg = VLAConfig(backbone=dict(cfg.backbone), processor=ImageProcessor.stats(frames), **cfg.vla)
-    return VLAModel(vcfg)
+    text = None
+    if cfg.bags:  # a team's instructions may use words outside MiniGrid's missions: the vocabulary takes them
+        words = {w for e in episodes for w in re.findall(r"\w+|[^\w\s]+", e.instruction.lower())}
+        text = TextTokenizer(build_text_tokenizer(sorted(words)), vcfg.max_instruction_tokens)
+    return VLAModel(vcfg, text)
 
 
 def dagger_round(model: VLAModel, cfg: TrainConfig, round_idx: int, out: Path, progress: bool = True) -> list:
@@ -199,13 +219,14 @@ class _Run:
     data_s: float
 
 
-def _prepare(cfg: TrainConfig, out: Path, resume: bool, progress_bar: bool) -> _Run:
-    """Demonstrations, the model (new, from ``init_from``, or resumed), auxiliary heads, optimizer
-    and sampler, with the DAgger rounds a resumed run had already done."""
+def _prepare(cfg: TrainConfig, out: Path, resume: bool, progress_bar: bool, episodes: list | None = None) -> _Run:
+    """Demonstrations (``episodes``, else the simulator's), the model (new, from ``init_from``, or
+    resumed), auxiliary heads, optimizer and sampler, with the DAgger rounds a resumed run had done."""
     t_data = time.perf_counter()
-    episodes = []
-    for task, n in cfg.tasks.items():
-        episodes += demonstrations(task, n, scan_turns=cfg.scan_turns, cache_dir=cfg.data_dir)
+    if episodes is None:
+        episodes = []
+        for task, n in cfg.tasks.items():
+            episodes += demonstrations(task, n, scan_turns=cfg.scan_turns, cache_dir=cfg.data_dir)
     data_s = time.perf_counter() - t_data
     ckpt = out / "checkpoint"
     state = {"step": 0, "elapsed_s": 0.0, "episodes_seen": 0, "dagger_done": 0, "losses": []}
@@ -274,16 +295,22 @@ def _save(run: _Run) -> None:
         run.heads.save(run.ckpt)
 
 
-def train(cfg: TrainConfig, out: str | Path, resume: bool = False, progress_bar: bool = True) -> VLAModel:
-    """Train; writes ``out/checkpoint`` periodically and the final model to ``out``."""
+def train(cfg: TrainConfig, out: str | Path, resume: bool = False, progress_bar: bool = True,
+          episodes: list | None = None) -> VLAModel:
+    """Train; writes ``out/checkpoint`` periodically and the final model to ``out``. ``episodes``
+    (``kv_vla_ros.sim.Episode`` list, e.g. read from bags): train on these instead of the simulator's
+    demonstrations of ``cfg.tasks``."""
     cfg.validate()
     torch.set_num_threads(cfg.threads)
     torch.manual_seed(cfg.seed)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "train_config.json").write_text(json.dumps(dataclasses.asdict(cfg), indent=2) + "\n")
-    run = _prepare(cfg, out, resume, progress_bar)
+    run = _prepare(cfg, out, resume, progress_bar, episodes)
     model, state = run.model, run.state
+    if state["step"] == 0:  # a fresh run (or a resume with no checkpoint yet): a new log
+        (out / LOG_FILE).write_text("")
+    logf = (out / LOG_FILE).open("a")
     budget_s = cfg.minutes * 60.0 - run.data_s
     evict_rng = np.random.default_rng(cfg.seed + 7919 + state["step"])
     start = time.perf_counter() - state["elapsed_s"]
@@ -311,8 +338,13 @@ def train(cfg: TrainConfig, out: str | Path, resume: bool = False, progress_bar:
         if ema is None:
             state.setdefault("first_loss", bc_loss)
         ema = bc_loss if ema is None else 0.98 * ema + 0.02 * bc_loss
-        if state["step"] % 20 == 0:
-            state["losses"].append([state["step"], round(ema, 5)] + aux_log(aux_ema))
+        if state["step"] % cfg.log_every == 0 or state["step"] == 1:
+            if state["step"] % cfg.log_every == 0:
+                state["losses"].append([state["step"], round(ema, 5)] + aux_log(aux_ema))
+            row = {"step": state["step"], "loss": round(bc_loss, 5), "loss_ema": round(ema, 5), "lr": lr,
+                   "aux_loss": aux_ema.get("loss"), "elapsed_s": round(time.perf_counter() - start, 1)}
+            logf.write(json.dumps(row) + "\n")
+            logf.flush()
         bar.update(1)
         bar.set_postfix(loss=f"{ema:.4f}", lr=f"{lr:.2e}", eps=state["episodes_seen"], data=len(run.sampler),
                         **{f"aux_{k}_acc": f"{v:.2f}" for k, v in aux_ema.get("acc", {}).items()})
@@ -321,11 +353,13 @@ def train(cfg: TrainConfig, out: str | Path, resume: bool = False, progress_bar:
             _save(run)
             last_ckpt = time.perf_counter()
     bar.close()
+    logf.close()
     state["elapsed_s"] = time.perf_counter() - start
     state["data_s"] = run.data_s
     _save(run)
     model.eval()
     model.save_pretrained(out)  # the policy only: auxiliary heads stay in the training checkpoint
+    write_curves(out, loss_title="behaviour-cloning loss")
     summary = {k: v for k, v in state.items() if k != "losses"}
     summary["final_loss"] = ema
     summary["aux"] = aux_ema

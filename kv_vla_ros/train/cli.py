@@ -1,11 +1,15 @@
 """Behaviour-clone the VLA on expert demonstrations (MiniGrid Memory + BabyAI mixture), with
 DAgger rounds, periodic checkpoints and a wall-clock cap; or, with ``--bags``, train π0 from
-recorded rosbags to use a streamed, budgeted history (``kv_vla_ros.train.pi0_train``)."""
+recorded rosbags to use a streamed, budgeted history (``kv_vla_ros.train.pi0_train``), or with
+``--bags --policy-type kv_vla`` the package's own VLA on bags of discrete (or binned) actions
+(``kv_vla_ros.train.own_bags``, the same loop as the simulator's demonstrations)."""
 
 from __future__ import annotations
 
 import argparse
 import json
+
+from kv_vla_ros.data.errors import cli_errors
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
@@ -17,7 +21,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--tasks", nargs="+", metavar="TASK=N",
                         default=[f"{t}={n}" for t, n in DEFAULT_TASKS.items()],
                         help="tasks and demonstration counts (train seeds 0..N-1)")
-    parser.add_argument("--lr", type=float, default=None, help="learning rate (default 3e-3; --bags: 2e-3)")
+    parser.add_argument("--lr", type=float, default=None, help="learning rate (default 3e-3; --bags with π0: 2e-3)")
     parser.add_argument("--batch-tokens", type=int, default=8192)
     parser.add_argument("--max-steps", type=int, default=100000)
     parser.add_argument("--threads", type=int, default=2, help="torch CPU threads")
@@ -47,9 +51,16 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--data-dir", default="runs/data", help="cache of expert demonstrations (.npz)")
     parser.add_argument("--checkpoint-minutes", type=float, default=5.0)
     parser.add_argument("--no-progress", action="store_true")
-    bags = parser.add_argument_group("training π0 from recorded bags (--bags)")
+    bags = parser.add_argument_group("training from recorded bags (--bags)")
     bags.add_argument("--bags", nargs="+", default=None, metavar="BAG",
-                      help="rosbag2 bags (sqlite3 or mcap) or directories of bags: train π0 on their episodes")
+                      help="rosbag2 bags (sqlite3 or mcap) or directories of bags: train a policy on their episodes")
+    bags.add_argument("--policy-type", choices=("pi0", "kv_vla"), default=None,
+                      help="the policy trained from --bags: pi0, or kv_vla (the package's own VLA; bags of discrete "
+                           "action ids, or binned ones with --action-bins); default: --init-from's checkpoint "
+                           "type, else pi0")
+    bags.add_argument("--action-bins", type=int, default=None,
+                      help="kv_vla from bags of continuous actions: a new model's bins per action dimension "
+                           "(over the bags' 1st-99th percentiles); default: discrete action ids")
     from kv_vla_ros.train.bag_cli import add_bag_topic_arguments
 
     add_bag_topic_arguments(bags)
@@ -75,16 +86,13 @@ def parse_tasks(items: list[str]) -> dict[str, int]:
     return tasks
 
 
-def run(args: argparse.Namespace) -> int:
-    if args.bags:
-        from kv_vla_ros.train.bag_cli import run_bags
-
-        return run_bags(args)
+def train_config(args: argparse.Namespace, tasks: dict[str, int]):
+    """``TrainConfig`` of the package's own VLA from the flags (simulator tasks, or ``{}`` for bags)."""
     from kv_vla_ros.sim import normalize_task
-    from kv_vla_ros.train.bc import TrainConfig, train
+    from kv_vla_ros.train.bc import TrainConfig
     from kv_vla_ros.vla import default_backbone
 
-    cfg = TrainConfig(tasks=parse_tasks(args.tasks), lr=3e-3 if args.lr is None else args.lr,
+    cfg = TrainConfig(tasks=tasks, lr=3e-3 if args.lr is None else args.lr,
                       batch_tokens=args.batch_tokens,
                       max_steps=args.max_steps, minutes=args.minutes, seed=args.seed, threads=args.threads,
                       data_dir=args.data_dir, checkpoint_minutes=args.checkpoint_minutes)
@@ -105,6 +113,33 @@ def run(args: argparse.Namespace) -> int:
     for name in ("evict_prob", "evict_from", "evict_held_chunks", "init_from"):
         if getattr(args, name) is not None:
             setattr(cfg, name, getattr(args, name))
+    return cfg
+
+
+@cli_errors("train")
+def run_bags(args: argparse.Namespace) -> int:
+    """``--bags``: π0 (``bag_cli``) or, by ``--policy-type``, the package's own VLA (``own_bags``)."""
+    from kv_vla_ros.train.own_bags import resolve_policy_type, run_own_bags
+
+    if resolve_policy_type(args) == "kv_vla":
+        return run_own_bags(args, train_config(args, tasks={}))
+    if args.action_bins is not None:
+        raise ValueError("--action-bins: bins the kv_vla policy's actions (--policy-type kv_vla); π0 predicts them")
+    from kv_vla_ros.train.bag_cli import run_bags as run_pi0_bags
+
+    return run_pi0_bags(args)
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.bags:
+        return run_bags(args)
+    if args.policy_type == "pi0":
+        raise ValueError("--policy-type pi0: π0 trains from --bags; simulator demonstrations train kv_vla")
+    if args.action_bins is not None:
+        raise ValueError("--action-bins: applies to --bags --policy-type kv_vla")
+    from kv_vla_ros.train.bc import train
+
+    cfg = train_config(args, parse_tasks(args.tasks))
     train(cfg, args.out, resume=args.resume, progress_bar=not args.no_progress)
     print(f"model written to {args.out}")
     return 0

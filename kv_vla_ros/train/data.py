@@ -109,6 +109,8 @@ class Batch:
 def check_aux_labels(episodes: list[Episode], targets: dict[str, int]) -> None:
     """Every episode of a task that provides a target (``aux_targets``) must carry its labels, in
     range: a dataset written before the labels existed must be regenerated, not trained on."""
+    if not targets:  # no auxiliary loss (e.g. episodes read from bags, whose task is no simulator's)
+        return
     for i, ep in enumerate(episodes):
         for name in aux_targets(ep.task):
             if name not in targets:

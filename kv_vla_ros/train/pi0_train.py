@@ -32,9 +32,10 @@ from kv_vla_ros.progress import progress_bar as make_progress_bar
 
 from kv_vla_ros.train.bag_episodes import RecordedEpisode
 from kv_vla_ros.train.checkpoint import load_optimizer, load_progress, save_checkpoint
+from kv_vla_ros.train.curves import LOG_FILE, write_curves
 from kv_vla_ros.train.pi0_stream import block_ids, flow_matching_loss, held_steps, prefix_states
 
-LOG_FILE, CURVES_FILE, CONFIG_FILE = "train_log.jsonl", "train_curves.png", "train_config.json"
+CONFIG_FILE = "train_config.json"
 
 
 @dataclass
@@ -324,31 +325,6 @@ def _save(ckpt: Path, model, opt, state: dict, aux_head, start: float) -> None:
         from safetensors.torch import save_file
 
         save_file({k: v.contiguous() for k, v in aux_head.state_dict().items()}, str(ckpt / "aux_head.safetensors"))
-
-
-def write_curves(out: Path) -> Path | None:
-    """``train_curves.png`` from ``train_log.jsonl``: the flow-matching and auxiliary losses over steps."""
-    rows = [json.loads(line) for line in (out / LOG_FILE).read_text().splitlines() if line.strip()]
-    if not rows:
-        return None
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(1, 2, figsize=(9, 3.2))
-    steps = [r["step"] for r in rows]
-    ax[0].plot(steps, [r["loss"] for r in rows], label="training batch", alpha=0.5)
-    ax[0].plot(steps, [r.get("probe_loss", np.nan) for r in rows], label="fixed probe (full history)")
-    ax[0].set(title="flow-matching loss", xlabel="step", yscale="log")
-    ax[0].legend(fontsize=8)
-    aux = [(r["step"], r["aux_loss"]) for r in rows if r.get("aux_loss") is not None]
-    ax[1].plot([a for a, _ in aux], [b for _, b in aux], color="tab:orange")
-    ax[1].set(title="auxiliary loss (whole-history episodes)", xlabel="step")
-    fig.tight_layout()
-    fig.savefig(out / CURVES_FILE, dpi=100)
-    plt.close(fig)
-    return out / CURVES_FILE
 
 
 __all__ = ["PI0TrainConfig", "build_policy", "episode_loss", "lr_at", "stream_episode", "train_pi0", "write_curves"]
