@@ -310,7 +310,6 @@ def train(cfg: TrainConfig, out: str | Path, resume: bool = False, progress_bar:
     model, state = run.model, run.state
     if state["step"] == 0:  # a fresh run (or a resume with no checkpoint yet): a new log
         (out / LOG_FILE).write_text("")
-    logf = (out / LOG_FILE).open("a")
     budget_s = cfg.minutes * 60.0 - run.data_s
     evict_rng = np.random.default_rng(cfg.seed + 7919 + state["step"])
     start = time.perf_counter() - state["elapsed_s"]
@@ -343,8 +342,8 @@ def train(cfg: TrainConfig, out: str | Path, resume: bool = False, progress_bar:
                 state["losses"].append([state["step"], round(ema, 5)] + aux_log(aux_ema))
             row = {"step": state["step"], "loss": round(bc_loss, 5), "loss_ema": round(ema, 5), "lr": lr,
                    "aux_loss": aux_ema.get("loss"), "elapsed_s": round(time.perf_counter() - start, 1)}
-            logf.write(json.dumps(row) + "\n")
-            logf.flush()
+            with (out / LOG_FILE).open("a") as logf:  # opened per line: nothing left open if training raises
+                logf.write(json.dumps(row) + "\n")
         bar.update(1)
         bar.set_postfix(loss=f"{ema:.4f}", lr=f"{lr:.2e}", eps=state["episodes_seen"], data=len(run.sampler),
                         **{f"aux_{k}_acc": f"{v:.2f}" for k, v in aux_ema.get("acc", {}).items()})
@@ -353,7 +352,6 @@ def train(cfg: TrainConfig, out: str | Path, resume: bool = False, progress_bar:
             _save(run)
             last_ckpt = time.perf_counter()
     bar.close()
-    logf.close()
     state["elapsed_s"] = time.perf_counter() - start
     state["data_s"] = run.data_s
     _save(run)
