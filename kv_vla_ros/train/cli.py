@@ -39,7 +39,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--focal-gamma", type=float, default=2.0, help="focal-loss exponent (0: plain CE)")
     parser.add_argument("--aux-weight", type=float, default=None,
                         help="weight of the auxiliary-target loss (default 1; privileged labels, e.g. the Memory cue; "
-                             "--bags: 0.5, the first frame's features, from the bags only); 0: off")
+                             "--bags with π0: where the episode ends up, the mean command over its last quarter, "
+                             "from the bags only); 0: off")
     parser.add_argument("--evict-prob", type=float, default=None,
                         help="share of episodes trained under a random eviction mask (0: whole histories only)")
     parser.add_argument("--evict-from", type=float, default=None,
