@@ -60,7 +60,7 @@ model: $(STAMP)
 	    --out runs/eval-default
 
 # The arm recipe from bags only (issue 22): expert bags of Arm-CueCarryLong -> π0 trained with a
-# streamed, budgeted history (55 min) -> its gate from the same bags -> closed-loop table, 200
+# streamed, budgeted history (30 min) -> its gate from the same bags -> closed-loop table, 200
 # held-out seeds (runs/arm/eval). See docs/pi0.md, "Training π0 from bags".
 model-arm: $(STAMP)
 	KV=$(VENV)/bin/kv-vla scripts/model_arm.sh
