@@ -36,20 +36,19 @@ def sh(cmd, timeout=60):
     return text
 
 
+def spawn_like_a_terminal(cmd, stdout, shell=False):
+    """A process in its own session with SIGINT at its default, as a command typed in a terminal
+    (a background job of a shell would ignore SIGINT, and then Ctrl-C could not end it cleanly)."""
+    return subprocess.Popen(cmd, shell=shell, stdout=stdout, stderr=subprocess.STDOUT, env=ENV, text=True,
+                            start_new_session=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+
+
 class Launch:
     def __init__(self, cmd, log):
         self.log = open(log, "w")
         self.cmd = cmd
-        # own session, SIGINT at its default (a background job of a shell would ignore it)
-        self.p = subprocess.Popen(
-            "exec " + cmd,
-            shell=True,
-            stdout=self.log,
-            stderr=subprocess.STDOUT,
-            env=ENV,
-            start_new_session=True,
-            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
-        )
+        self.p = spawn_like_a_terminal("exec " + cmd, self.log, shell=True)
         self.path = log
 
     def wait_for(self, text, timeout=90):

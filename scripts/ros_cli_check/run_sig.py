@@ -2,22 +2,14 @@ import os
 import signal
 import subprocess
 import time
-from cli import ENV
+from cli import spawn_like_a_terminal
 
 for cmd in (
     ["ros2", "run", "kv_vla_ros", "kv_vla_node"],
     ["/work/scratch-ros/ws/install/kv_vla_ros/lib/kv_vla_ros/kv_vla_node"],
 ):
     for gap in (0.3, 1.0):
-        p = subprocess.Popen(
-            cmd,
-            env=ENV,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-            start_new_session=True,
-            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
-        )
+        p = spawn_like_a_terminal(cmd, subprocess.PIPE)
         time.sleep(10)
         os.killpg(p.pid, signal.SIGINT)
         time.sleep(gap)
