@@ -8,7 +8,7 @@ PIP := $(PY) -m pip
 STAMP := $(VENV)/.kv_vla_installed
 PYTEST_ARGS ?=
 
-.PHONY: venv test docs demo demo-arm bench bench-readme model model-arm gate-report ablation clean
+.PHONY: venv test docs demo demo-arm bench bench-readme model model-arm ablation-arm gate-report ablation clean
 
 venv: $(STAMP)
 
@@ -33,8 +33,9 @@ docs: $(STAMP)
 demo: $(STAMP)
 	$(PY) -m kv_vla_ros.ros.demo
 
-# The robot-arm world (docs/arm.md): arm_sim_node in closed loop over DDS, 3 episodes of the long variant (~1.5 min).
-# No trained arm model ships yet: the scripted expert drives the arm until one is in models/kv-vla-arm-pi0.
+# The robot-arm world (docs/arm.md): arm_sim_node in closed loop over DDS, 3 episodes of the long variant (~1.5 min),
+# driven by kv_vla_node with the shipped arm π0 (models/kv-vla-arm-pi0, trained from rosbags by make model-arm);
+# `$(PY) -m kv_vla_ros.ros.arm_demo --expert` lets the scripted expert drive.
 demo-arm: $(STAMP)
 	$(PY) -m kv_vla_ros.ros.arm_demo
 
@@ -61,9 +62,15 @@ model: $(STAMP)
 
 # The arm recipe from bags only (issue 22): expert bags of Arm-CueCarryLong -> π0 trained with a
 # streamed, budgeted history (30 min) -> its gate from the same bags -> closed-loop table, 200
-# held-out seeds (runs/arm/eval). See docs/pi0.md, "Training π0 from bags".
+# held-out seeds (runs/arm/eval) -> runs/arm/kv-vla-arm-pi0 with its model card (about 75 min on
+# 2 CPU cores). See docs/pi0.md, "Training π0 from bags".
 model-arm: $(STAMP)
-	KV=$(VENV)/bin/kv-vla scripts/model_arm.sh
+	KV=$(VENV)/bin/kv-vla PY=$(PY) scripts/model_arm.sh
+
+# What each part of the arm recipe buys (after make model-arm): the auxiliary loss off, eviction
+# training off, equal wall time, 40 held-out seeds (about 75 min): runs/arm_ablation/ablation.{md,json,png}.
+ablation-arm: $(STAMP)
+	KV=$(VENV)/bin/kv-vla PY=$(PY) scripts/ablation_arm.sh
 
 # The gate's results: every cache policy at a quarter and an eighth of the history, closed loop,
 # 200 seeds per task (table, success-vs-budget plot, gate-score plot under runs/gate_report; the

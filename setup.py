@@ -20,6 +20,7 @@ setup(
         ("share/" + package_name + "/config", glob("config/*.yaml")),
         # The shipped default model (DEFAULT_MODEL_PATH falls back to share/ on a colcon install).
         ("share/" + package_name + "/models/kv-vla-minigrid", glob("models/kv-vla-minigrid/*")),
+        ("share/" + package_name + "/models/kv-vla-arm-pi0", glob("models/kv-vla-arm-pi0/*")),
     ],
     install_requires=["setuptools"],
     zip_safe=True,

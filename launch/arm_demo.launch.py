@@ -1,12 +1,14 @@
 """The arm demo on a ROS 2 install: arm_sim_node (a Franka Panda in PyBullet that must remember a
 cue, docs/arm.md) in closed loop; the launch ends when the simulator has run its episodes.
 
-    ros2 launch kv_vla_ros arm_demo.launch.py episodes:=5
-    ros2 launch kv_vla_ros arm_demo.launch.py model_path:=/path/to/arm-pi0   # kv_vla_node drives
+    ros2 launch kv_vla_ros arm_demo.launch.py episodes:=5                    # the shipped arm π0 drives
+    ros2 launch kv_vla_ros arm_demo.launch.py model_path:=/path/to/arm-pi0   # your checkpoint drives
+    ros2 launch kv_vla_ros arm_demo.launch.py model_path:=''                 # the scripted expert drives
 
-With no model_path the simulator's scripted expert drives the arm (no trained arm model ships yet:
-that is the next issue's work); with one, kv_vla_node runs it (config/pi0.yaml, actions clamped
-to [-1, 1]). `make demo-arm` runs the same nodes without a ROS 2 install.
+kv_vla_node runs the checkpoint (default: the shipped models/kv-vla-arm-pi0, trained from rosbags
+by `make model-arm`, with its own cache: the trained gate at a quarter of the history;
+config/pi0.yaml, actions clamped to [-1, 1]). With an empty model_path the simulator's scripted
+expert drives instead. `make demo-arm` runs the same nodes without a ROS 2 install.
 """
 
 from launch import LaunchDescription
@@ -50,10 +52,12 @@ def generate_launch_description() -> LaunchDescription:
                      "image_topics": ["image"], "state_topic": "joint_states"}],
     )
     return LaunchDescription([
-        DeclareLaunchArgument("model_path", default_value="",
-                              description="π0 checkpoint for the arm (9 joint positions in, 4 actions out); empty: "
-                                          "the simulator's scripted expert drives the arm (no trained arm model ships "
-                                          "yet)"),
+        DeclareLaunchArgument("model_path",
+                              default_value=PathJoinSubstitution([FindPackageShare("kv_vla_ros"), "models",
+                                                                  "kv-vla-arm-pi0"]),
+                              description="π0 checkpoint for the arm (9 joint positions in, 4 actions out; default: "
+                                          "the shipped kv-vla-arm-pi0); empty: the simulator's scripted expert "
+                                          "drives the arm"),
         DeclareLaunchArgument("params_file",
                               default_value=PathJoinSubstitution([FindPackageShare("kv_vla_ros"), "config",
                                                                   "pi0.yaml"]),

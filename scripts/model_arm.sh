@@ -1,24 +1,39 @@
 #!/usr/bin/env bash
 # make model-arm: the arm recipe from bags only (issue 22). Bags of expert demonstrations ->
 # π0 trained with a streamed, budgeted history -> its gate from the same bags -> the closed-loop
-# table on 200 held-out seeds of the long variant. Outputs: runs/arm/{bags,kv-vla-arm,eval}.
+# table on 200 held-out seeds of the long variant -> the shippable model directory with its card.
+# Outputs: runs/arm/{bags,kv-vla-arm,eval,kv-vla-arm-pi0,recipe_timings.json}; to ship it:
+#   rm -rf models/kv-vla-arm-pi0 && cp -r runs/arm/kv-vla-arm-pi0 models/
 # Timings (2 CPU cores, quiet): bag generation ~3 min, training 30 min, gate ~2 min, evaluation the rest.
 set -euo pipefail
 KV=${KV:-.venv/bin/kv-vla}
+PY=${PY:-.venv/bin/python}
 OUT=${OUT:-runs/arm}
 TASK=Arm-CueCarryLong
 mkdir -p "$OUT/bags"
-[ -d "$OUT/bags/train_long" ] || $KV bag generate --task $TASK --split train --episodes 200 -o "$OUT/bags/train_long" \
+declare -A TIMES
+stage() {  # stage NAME COMMAND...: run it, record its wall time in recipe_timings.json (read by the card)
+    local name=$1 t0=$SECONDS; shift
+    "$@"
+    TIMES[$name]=$((SECONDS - t0))
+    local json="{" sep="" key
+    for key in "bags" "training" "gate" "evaluation"; do
+        [ -n "${TIMES[$key]:-}" ] && json+="$sep\"$key\": ${TIMES[$key]}" && sep=", "
+    done
+    echo "$json}" > "$OUT/recipe_timings.json"
+}
+[ -d "$OUT/bags/train_long" ] || stage bags $KV bag generate --task $TASK --split train --episodes 200 -o "$OUT/bags/train_long" \
     --workers 1 --no-progress
 # --aux-weight 4 --evict-from 0.5: the run that learned the memory (docs/pi0.md, 2026-12-02: full 100%,
 # gated at a quarter 100%, window at a quarter 55% on 40 held-out seeds; 30 min on a quiet machine)
-$KV train --bags "$OUT/bags" --state-topic /joint_states --out "$OUT/kv-vla-arm" --minutes 30 --aux-weight 4 \
+stage training $KV train --bags "$OUT/bags" --state-topic /joint_states --out "$OUT/kv-vla-arm" --minutes 30 --aux-weight 4 \
     --evict-from 0.5
-$KV train-gate --bags "$OUT/bags" --state-topic /joint_states --model "$OUT/kv-vla-arm" --max-episodes 60 \
+stage gate $KV train-gate --bags "$OUT/bags" --state-topic /joint_states --model "$OUT/kv-vla-arm" --max-episodes 60 \
     --epochs 30 --no-progress
 # no history = one step held (16 image + 17 prompt tokens); a quarter and an eighth of the mean history
-$KV eval --model "$OUT/kv-vla-arm" --tasks $TASK --episodes 200 --workers 2 --out "$OUT/eval" \
+stage evaluation $KV eval --model "$OUT/kv-vla-arm" --tasks $TASK --episodes 200 --workers 2 --out "$OUT/eval" \
     --cache full --cache window:recent_chunks=1,budget_tokens=33 \
     --cache window:budget_frac=0.25 --cache gated:budget_frac=0.25 \
     --cache window:budget_frac=0.125 --cache sink_window:budget_frac=0.125 --cache h2o:budget_frac=0.125 \
     --cache key_norm:budget_frac=0.125 --cache random:budget_frac=0.125 --cache gated:budget_frac=0.125
+$PY scripts/ship_arm_model.py --run "$OUT" --out "$OUT/kv-vla-arm-pi0"

@@ -2,9 +2,10 @@
 in closed loop over DDS on loopback, without a ROS 2 install; prints success, decision accuracy and
 the control rate achieved.
 
-Driver: with a π0 checkpoint for the arm (``--model``, or the shipped one at ``ARM_MODEL_PATH`` once
-it exists), kv_vla_node drives the arm (config/pi0.yaml, actions clamped to [-1, 1]); until a trained
-arm model ships, the simulator's scripted expert drives it (``mode: expert``), and the demo says so.
+Driver: kv_vla_node with a π0 checkpoint for the arm (``--model``, default the shipped
+``models/kv-vla-arm-pi0``, trained from rosbags by ``make model-arm``; config/pi0.yaml, actions clamped
+to [-1, 1], the checkpoint's own cache: its trained gate at a quarter of the history). ``--expert``
+(or no checkpoint at all) lets the simulator's scripted expert drive instead (``mode: expert``).
 """
 
 from __future__ import annotations
@@ -17,9 +18,9 @@ from pathlib import Path
 import numpy as np
 
 from kv_vla_ros.ros.processes import ARM_SIM_MODULE, POLICY_MODULE, pick_free_domain_id, spawn_node, stop_node
+from kv_vla_ros.vla import ARM_MODEL_PATH
 
 REPO = Path(__file__).resolve().parents[2]
-ARM_MODEL_PATH = REPO / "models" / "kv-vla-arm-pi0"  # the trained arm π0 (issue 22); absent: the expert drives
 DEFAULT_TASK = "Arm-CueCarryLong-v0"
 
 
@@ -128,7 +129,8 @@ def run(args: argparse.Namespace) -> int:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     domain = pick_free_domain_id(salt=7)
-    driver = f"kv_vla_node with {model}" if model else "the scripted expert (no trained arm model ships yet)"
+    driver = (f"kv_vla_node with {model}" if model else
+              "the scripted expert" + (" (--expert)" if args.expert else f" (no arm model at {ARM_MODEL_PATH})"))
     print(f"demo-arm: {args.episodes} episodes of {args.task}, driven by {driver}, DDS domain {domain} (loopback)")
     procs = spawn(args, model, domain, out)
     rclpy.init(args=[], domain_id=domain)

@@ -15,21 +15,22 @@ from kv_vla_ros.vla.session import VLASession
 from kv_vla_ros.vla.tokenization import ActionTokenizer, TextTokenizer, build_text_tokenizer
 
 
-def _default_model_path() -> Path:
-    """The shipped checkpoint: ``<repo>/models/kv-vla-minigrid`` (source checkout), else the
-    installed share directory (``share/kv_vla_ros/models/kv-vla-minigrid``)."""
-    repo = Path(__file__).resolve().parents[2] / "models" / "kv-vla-minigrid"
+def shipped_model_path(name: str) -> Path:
+    """A checkpoint that ships with the package: ``<repo>/models/<name>`` (source checkout), else the
+    installed share directory (``share/kv_vla_ros/models/<name>``)."""
+    repo = Path(__file__).resolve().parents[2] / "models" / name
     if repo.is_dir():
         return repo
     try:
         from ament_index_python.packages import get_package_share_directory
 
-        return Path(get_package_share_directory("kv_vla_ros")) / "models" / "kv-vla-minigrid"
+        return Path(get_package_share_directory("kv_vla_ros")) / "models" / name
     except Exception:  # not on a ROS install: keep the source-tree path (error names it on load)
         return repo
 
 
-DEFAULT_MODEL_PATH: Path = _default_model_path()
+DEFAULT_MODEL_PATH: Path = shipped_model_path("kv-vla-minigrid")  # the node's, the demo's and the CLI's default
+ARM_MODEL_PATH: Path = shipped_model_path("kv-vla-arm-pi0")  # the arm π0 trained from rosbags (make model-arm)
 
 
 def model_path_or_default(model_path: str | Path | None) -> str:
@@ -41,5 +42,5 @@ __all__ = [
     "VLAConfig", "ActionSpaceConfig", "ProcessorConfig", "default_backbone", "VLAModel", "VLASession",
     "StreamingPolicy", "KVVLAPolicy", "Episode", "load_policy", "ImageProcessor", "check_image", "ActionTokenizer",
     "TextTokenizer",
-    "build_text_tokenizer", "DEFAULT_MODEL_PATH", "model_path_or_default",
+    "build_text_tokenizer", "DEFAULT_MODEL_PATH", "ARM_MODEL_PATH", "shipped_model_path", "model_path_or_default",
 ]
