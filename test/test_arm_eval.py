@@ -85,3 +85,29 @@ def test_bag_eval_replays_an_arm_bag_with_its_joint_states(arm_ckpt, tmp_path):
     assert result["meta"]["state_topic"] == "/joint_states"
     full, window = result["results"]
     assert full["agreement_recorded"]["n"] == 16 and window["peak_tokens_held"] <= 80 < full["peak_tokens_held"]
+
+
+def test_bag_eval_infers_on_the_checkpoints_schedule(arm_ckpt, tmp_path, capsys):
+    """One inference per actions_per_inference recorded frames (the checkpoint's 2 by default, as the
+    node and the closed loop run it): half the blocks of inferring on every frame, and every frame's
+    action is the next row of the chunk being executed."""
+    from kv_vla_ros.data.generate import generate_bag
+
+    bag = tmp_path / "arm"
+    generate_bag(bag, TASK, 1, max_steps=8, storage="sqlite3", split="train", start_time_ns=10**18)
+    seen = {}
+    for per_inference in (None, "1"):
+        out = tmp_path / f"every_{per_inference}"
+        extra = ["--actions-per-inference", per_inference] if per_inference else []
+        assert main(["bag", "eval", str(bag), "--model", str(arm_ckpt), "--state-topic", "/joint_states", "--out",
+                     str(out), "--no-progress", "--workers", "1", "--flops-every", "1", *extra]) == 0
+        result = json.loads((out / "bag_eval.json").read_text())
+        full = result["results"][0]
+        seen[per_inference] = (result["meta"]["actions_per_inference"], full["mean_tokens_seen"], full["flops_steps"],
+                               full["agreement_recorded"]["n"])
+    (k2, tokens2, flops2, n2), (k1, tokens1, flops1, n1) = seen[None], seen["1"]
+    assert (k2, k1) == (2, 1) and (n2, n1) == (8, 8)  # every recorded frame still gets its action compared
+    assert tokens1 == 2 * tokens2 and (flops2, flops1) == (4, 8)  # 4 inferences instead of 8
+    assert main(["bag", "eval", str(bag), "--model", str(arm_ckpt), "--state-topic", "/joint_states", "--out",
+                 str(tmp_path / "bad"), "--actions-per-inference", "0"]) == 1
+    assert "--actions-per-inference: must be >= 1, got 0" in capsys.readouterr().err

@@ -48,7 +48,7 @@ def test_bag_eval_with_two_cameras_and_state_through_pi0(tmp_path, storage, caps
     rc = main(["bag", "eval", str(bag), "--model", str(ckpt), "--image-topic", "/front/image", "--image-topic",
                "/wrist/image", "--state-topic", "/joint_states", "--cache", "full", "--cache",
                "sink_window:budget_tokens=112", "--flops-every", "3", "--out", str(out), "--no-progress",
-               "--workers", "1"])
+               "--workers", "1", "--actions-per-inference", "1"])  # an inference on every frame: 5 blocks
     assert rc == 0, capsys.readouterr().err
     result = json.loads((out / "bag_eval.json").read_text())
     meta, rows = result["meta"], result["results"]

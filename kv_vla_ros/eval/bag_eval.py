@@ -3,9 +3,14 @@ lockstep (so machine load hits them alike), open loop, faster than real time, no
 
 Per config: agreement with the recorded actions (exact match for discrete actions, mean L1 and L2
 distance for continuous ones) and with the full cache (the reference run, added when no ``full``
-spec is given), tokens seen/held, KV bytes held, latency p50/p99, FLOPs per step counted with
-``torch.utils.flop_counter.FlopCounterMode`` on every ``flops_every``-th step (those steps are left
+spec is given), tokens seen/held, KV bytes held, latency p50/p99, FLOPs per inference counted with
+``torch.utils.flop_counter.FlopCounterMode`` on every ``flops_every``-th inference (those are left
 out of the latency figures, since counting slows them down).
+
+The inference schedule is the node's and the closed loop's (`ActionQueue`): a chunked policy (π0)
+infers on one recorded frame in ``actions_per_inference`` (default: the checkpoint's), and each
+frame's action is the next row of the chunk it is executing, so only the frames it would have read
+enter its cache; the package's own VLA infers on every frame.
 """
 
 from __future__ import annotations
@@ -33,6 +38,8 @@ class PolicyRun:
     latency_ms: list[float] = field(default_factory=list)
     flops: list[int] = field(default_factory=list)
     gate_scores: list[tuple[int, int, float]] = field(default_factory=list)  # (episode, chunk, score)
+    queue: object = None  # the `ActionQueue` of the chunk being executed (dropped with the session)
+    inferences: int = 0
 
 
 def build_configs(policy, specs: list[str]) -> list[tuple[str, object]]:
@@ -81,22 +88,28 @@ def _sdpa_flops(query_shape, key_shape, value_shape, *args, out_shape=None, **kw
     return 2 * int(np.prod(batch)) * s_q * s_k * (d_q + d_v)
 
 
-def _step(run: PolicyRun, frame, count_flops: bool) -> None:
-    """One inference per recorded frame (every camera, and the state); the chunk's first action is
-    the one compared with the recorded action of that frame."""
-    if count_flops:
-        with flop_counter() as counter:
-            action = run.session.step(frame.images, frame.state)
-        run.flops.append(int(counter.get_total_flops()))
-    else:
-        action = run.session.step(frame.images, frame.state)
+def _step(run: PolicyRun, frame, flops_every: int) -> None:
+    """One recorded frame (every camera, and the state): an inference when the queued chunk is used
+    up (`ActionQueue`), then the chunk's next action is the one compared with the frame's recorded
+    action."""
+    inferred = run.queue.needs_inference
+    if inferred:
+        count_flops = flops_every > 0 and run.inferences % flops_every == 0
+        if count_flops:
+            with flop_counter() as counter:
+                chunk = run.session.step_action_chunk(frame.images, frame.state)
+            run.flops.append(int(counter.get_total_flops()))
+        else:
+            chunk = run.session.step_action_chunk(frame.images, frame.state)
+        run.queue.push(np.asarray(chunk))
+        run.inferences += 1
     st = run.session.stats()
-    if not count_flops:
+    if inferred and not count_flops:
         run.latency_ms.append(float(st["latency_ms"]["total"]))
-    run.actions[-1].append(np.asarray(action).reshape(-1).copy())
+    run.actions[-1].append(np.asarray(run.queue.pop()).reshape(-1).copy())
     run.tokens_held.append(int(st["tokens_held"]))
     run.bytes_held.append(int(st["bytes_held"]))
-    if run.cache_config.eviction != "gated":
+    if not inferred or run.cache_config.eviction != "gated":
         return  # other policies report their ranking utility there (recency, norms), not a gate score
     episode = len(run.actions) - 1
     scored = {c for e, c, _ in run.gate_scores[-64:] if e == episode}
@@ -128,10 +141,13 @@ def check_inputs(policy, topics: BagTopics) -> None:
 
 
 def replay_bag(bag_path, model, configs: list[tuple[str, object]], topics: BagTopics | None = None,
-               flops_every: int = 25, max_episodes: int | None = None, tick=None) -> BagReplay:
-    """Step every config of ``configs`` (`build_configs`) through ``bag_path`` in lockstep;
-    ``tick(1)`` is called after each frame (progress)."""
+               flops_every: int = 25, max_episodes: int | None = None, actions_per_inference: int | None = None,
+               tick=None) -> BagReplay:
+    """Step every config of ``configs`` (`build_configs`) through ``bag_path`` in lockstep, one
+    inference per ``actions_per_inference`` frames (None: the checkpoint's default); ``tick(1)`` is
+    called after each frame (progress)."""
     from kv_vla_ros.vla import VLASession
+    from kv_vla_ros.vla.action_queue import ActionQueue
     from kv_vla_ros.vla.policy import as_policy
 
     policy = as_policy(model)
@@ -139,7 +155,8 @@ def replay_bag(bag_path, model, configs: list[tuple[str, object]], topics: BagTo
     if flops_every < 0:
         raise ValueError(f"flops_every: must be >= 0, got {flops_every}")
     check_inputs(policy, topics)
-    runs = [PolicyRun(label, cfg, VLASession(policy, cfg)) for label, cfg in configs]
+    per_inference = policy.default_actions_per_inference if actions_per_inference is None else actions_per_inference
+    runs = [PolicyRun(label, cfg, VLASession(policy, cfg), queue=ActionQueue(per_inference)) for label, cfg in configs]
     counters: dict = {}
     recorded: list[list[np.ndarray | None]] = []
     instructions: list[str] = []
@@ -152,11 +169,11 @@ def replay_bag(bag_path, model, configs: list[tuple[str, object]], topics: BagTo
                 instructions.append(payload)
                 for run in runs:
                     run.session.reset(payload)
+                    run.queue.clear()
                     run.actions.append([])
             elif kind == "frame":
-                count = flops_every > 0 and step_index % flops_every == 0
                 for run in runs:
-                    _step(run, payload, count)
+                    _step(run, payload, flops_every)
                 step_index += 1
                 if tick is not None:
                     tick(1)
@@ -172,10 +189,11 @@ def replay_bag(bag_path, model, configs: list[tuple[str, object]], topics: BagTo
     for run in runs:  # an episode cut by max_episodes has no "end": close its bookkeeping
         while len(run.tokens_seen_end) < len(run.actions):
             run.tokens_seen_end.append(int(run.session.stats()["tokens_seen"]))
-        run.session = None
+        run.session = run.queue = None
     while len(recorded) < len(instructions):
         recorded.append([None] * len(runs[0].actions[len(recorded)]))
-    meta.update({"episodes": len(instructions), "steps": step_index, **counters})
+    meta.update({"episodes": len(instructions), "steps": step_index, "actions_per_inference": per_inference,
+                 **counters})
     return BagReplay(runs, recorded, instructions, step_index, meta)
 
 
@@ -224,7 +242,8 @@ def merge_replays(replays: list[BagReplay], model, topics: BagTopics | None, flo
 
 
 def evaluate_bag(bag_path, model, specs: list[str], topics: BagTopics | None = None, flops_every: int = 25,
-                 max_episodes: int | None = None, progress: bool = True) -> dict:
+                 max_episodes: int | None = None, progress: bool = True,
+                 actions_per_inference: int | None = None) -> dict:
     """Replay ``bag_path`` through one ``VLASession`` per cache spec; returns the result dict
     (``results`` rows, ``series`` for the plots, and per-episode ``actions``/``recorded`` arrays)."""
     from kv_vla_ros.progress import progress_bar
@@ -238,12 +257,14 @@ def evaluate_bag(bag_path, model, specs: list[str], topics: BagTopics | None = N
     with BagReader(bag_path) as bag:
         total = bag.topics.get(topics.image, (None, 0))[1]
     with progress_bar(total=total, desc=f"bag eval {len(configs)} configs", unit="frame", disable=not progress) as bar:
-        replay = replay_bag(bag_path, policy, configs, topics, flops_every, max_episodes, bar.update)
+        replay = replay_bag(bag_path, policy, configs, topics, flops_every, max_episodes, actions_per_inference,
+                            bar.update)
     return merge_replays([replay], policy, topics, flops_every)
 
 
 def replay_item(model, item: tuple, tick=None) -> BagReplay:
-    """A `Runner` work item ``(bag_path, configs, topics, flops_every, max_episodes)``: one bag."""
+    """A `Runner` work item ``(bag_path, configs, topics, flops_every, max_episodes, actions_per_inference)``:
+    one bag."""
     return replay_bag(item[0], model, *item[1:], tick=tick)
 
 

@@ -45,7 +45,11 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--reset-topic", default=None,
                         help="split episodes at messages on this topic instead of at instructions")
     parser.add_argument("--max-episodes", type=int, default=None, help="stop after this many episodes (per bag)")
-    parser.add_argument("--flops-every", type=int, default=25, help="count FLOPs on every N-th step (0: never)")
+    parser.add_argument("--flops-every", type=int, default=25, help="count FLOPs on every N-th inference (0: never)")
+    parser.add_argument("--actions-per-inference", type=int, default=None,
+                        help="infer on one recorded frame in N, each frame's action being the next of the chunk it "
+                             "executes, as kv_vla_node and kv-vla eval run it (default: the checkpoint's; π0's "
+                             "chunks, 1 for the package's own VLA)")
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (in-process run, --workers 1)")
     parser.add_argument("--out", required=True, help="output directory")
     add_runner_arguments(parser)
@@ -72,6 +76,8 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError(f"--camera-sync-slop-s: must be >= 0, got {args.camera_sync_slop_s}")
     if args.max_episodes is not None and args.max_episodes < 1:
         raise ValueError(f"--max-episodes: must be >= 1, got {args.max_episodes}")
+    if args.actions_per_inference is not None and args.actions_per_inference < 1:
+        raise ValueError(f"--actions-per-inference: must be >= 1, got {args.actions_per_inference}")
     config = runner_config(args, progress=not args.no_progress)
     bags, frames = bag_paths(args.bag), []
     for path in bags:
@@ -90,7 +96,8 @@ def run(args: argparse.Namespace) -> int:
     configs = build_configs(model, args.cache or ["full"])  # a bad spec fails before the bag is read
     check_inputs(model, topics)
     t0 = time.perf_counter()
-    items = [(str(path), configs, topics, args.flops_every, args.max_episodes) for path in bags]
+    items = [(str(path), configs, topics, args.flops_every, args.max_episodes, args.actions_per_inference)
+             for path in bags]
     with Runner(load_policy, (str(model_path),), config, total=sum(frames), unit="frame",
                 desc=f"bag eval {len(bags)} bag(s) x {len(configs)} configs", local_state=model) as runner:
         replays = runner.map(replay_item, items, units=frames)
