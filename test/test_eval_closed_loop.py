@@ -88,3 +88,20 @@ def test_a_spec_with_its_own_budget_drops_the_checkpoints_per_layer_split():
     cell = Cell("MiniGrid-MemoryS7-v0", "gated:gate_threshold=0", changes, frac, 0)
     _resolve(cell, base, "unused", None)
     assert cell.cfg.layer_budgets == [260, 140] and cell.cfg.budget_tokens == 200
+
+
+@pytest.mark.parametrize("specs, message", [
+    (["window:budget_frac=0.25"], "--cache window:budget_frac=0.25: budget_frac needs an earlier 'full' spec"),
+    (["window:bogus=1"], "unknown cache field 'bogus'"),
+])
+def test_a_bad_cache_spec_is_one_line_not_a_traceback(tiny_ckpt, tmp_path, capsys, specs, message):
+    parser = argparse.ArgumentParser()
+    configure(parser)
+    argv = ["--model", str(tiny_ckpt), "--tasks", "MiniGrid-MemoryS7", "--episodes", "1", "--out", str(tmp_path),
+            "--no-progress", "--workers", "1"]
+    for spec in specs:
+        argv += ["--cache", spec]
+    assert run(parser.parse_args(argv)) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("kv-vla eval: error: ") and message in err and "Traceback" not in err
+    assert not (tmp_path / "results.json").exists()

@@ -13,6 +13,7 @@ import json
 import time
 from pathlib import Path
 
+from kv_vla_ros.data.errors import cli_errors
 from kv_vla_ros.sim.tasks import EVAL_TASKS
 
 
@@ -34,6 +35,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-progress", action="store_true")
 
 
+@cli_errors("eval")
 def run(args: argparse.Namespace) -> int:
     import torch
 
