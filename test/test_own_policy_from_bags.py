@@ -143,8 +143,18 @@ def test_policy_type_follows_init_from_and_refusals_are_one_line(tmp_path, capsy
     for extra, expected in ((["--policy-type", "pi0", "--init-from", str(base)], "holds a kv_vla checkpoint"),
                             (["--policy-type", "kv_vla", "--state-topic", "/joint_states"], "--state-topic"),
                             (["--policy-type", "kv_vla", "--chunk-size", "4"], "--chunk-size: a π0 flag"),
-                            (["--policy-type", "kv_vla", "--aux-weight", "1"], "--aux-weight")):
+                            (["--policy-type", "kv_vla", "--aux-weight", "1"], "--aux-weight"),
+                            # flags of the own VLA that π0 from bags would ignore are refused by name
+                            (["--policy-type", "pi0", "--backbone", '{"hidden_size": 8}'], "--backbone: applies to"),
+                            (["--policy-type", "pi0", "--focal-gamma", "0"], "--focal-gamma: applies to"),
+                            (["--dagger-at", "0.5"], "--dagger-at: applies to")):
         assert main(["train", "--bags", str(good), "--out", str(tmp_path / "x"), "--no-progress", *extra]) == 1
+        err = capsys.readouterr().err.strip()
+        assert err.startswith("kv-vla train: error: ") and "\n" not in err and expected in err, err
+    # the simulator path refuses π0 and bins in one line too
+    for extra, expected in ((["--policy-type", "pi0"], "--policy-type pi0: π0 trains from --bags"),
+                            (["--action-bins", "8"], "--action-bins: applies to --bags")):
+        assert main(["train", "--out", str(tmp_path / "y"), "--no-progress", *extra]) == 1
         err = capsys.readouterr().err.strip()
         assert err.startswith("kv-vla train: error: ") and "\n" not in err and expected in err, err
 

@@ -12,6 +12,15 @@ import json
 from kv_vla_ros.data.errors import cli_errors
 
 
+# Flags of the package's own VLA that π0 from bags has no use for, with their defaults: given with
+# --bags (π0) they are refused by name rather than silently ignored.
+OWN_VLA_ONLY = (("--backbone", "backbone", None), ("--vla", "vla", None), ("--batch-tokens", "batch_tokens", 8192),
+                ("--focal-gamma", "focal_gamma", 2.0), ("--scan-turns", "scan_turns", None),
+                ("--dagger-at", "dagger_at", None), ("--dagger-episodes", "dagger_episodes", None),
+                ("--dagger-tasks", "dagger_tasks", None), ("--data-dir", "data_dir", "runs/data"))
+DEFAULTS = {name: default for _, name, default in OWN_VLA_ONLY}
+
+
 def configure(parser: argparse.ArgumentParser) -> None:
     from kv_vla_ros.train.bc import DEFAULT_TASKS
 
@@ -22,7 +31,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
                         default=[f"{t}={n}" for t, n in DEFAULT_TASKS.items()],
                         help="tasks and demonstration counts (train seeds 0..N-1)")
     parser.add_argument("--lr", type=float, default=None, help="learning rate (default 3e-3; --bags with π0: 2e-3)")
-    parser.add_argument("--batch-tokens", type=int, default=8192)
+    parser.add_argument("--batch-tokens", type=int, default=DEFAULTS["batch_tokens"])
     parser.add_argument("--max-steps", type=int, default=100000)
     parser.add_argument("--threads", type=int, default=2, help="torch CPU threads")
     parser.add_argument("--seed", type=int, default=0)
@@ -36,7 +45,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--dagger-episodes", type=int, default=None, help="episodes per task per DAgger round")
     parser.add_argument("--dagger-tasks", nargs="*", default=None,
                         help="tasks of DAgger rounds (default: BabyAI-GoToLocal)")
-    parser.add_argument("--focal-gamma", type=float, default=2.0, help="focal-loss exponent (0: plain CE)")
+    parser.add_argument("--focal-gamma", type=float, default=DEFAULTS["focal_gamma"],
+                        help="focal-loss exponent (0: plain CE)")
     parser.add_argument("--aux-weight", type=float, default=None,
                         help="weight of the auxiliary-target loss (default 1; privileged labels, e.g. the Memory cue; "
                              "--bags with π0: where the episode ends up, the mean command over its last quarter, "
@@ -49,7 +59,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
                         help="old-chunk budgets drawn for eviction training")
     parser.add_argument("--init-from", default=None,
                         help="start from this model's weights (fine-tuning) instead of a new model")
-    parser.add_argument("--data-dir", default="runs/data", help="cache of expert demonstrations (.npz)")
+    parser.add_argument("--data-dir", default=DEFAULTS["data_dir"], help="cache of expert demonstrations (.npz)")
     parser.add_argument("--checkpoint-minutes", type=float, default=5.0)
     parser.add_argument("--no-progress", action="store_true")
     bags = parser.add_argument_group("training from recorded bags (--bags)")
@@ -126,11 +136,17 @@ def run_bags(args: argparse.Namespace) -> int:
         return run_own_bags(args, train_config(args, tasks={}))
     if args.action_bins is not None:
         raise ValueError("--action-bins: bins the kv_vla policy's actions (--policy-type kv_vla); π0 predicts them")
+    for flag, name, default in OWN_VLA_ONLY:
+        if getattr(args, name) != default:
+            raise ValueError(f"{flag}: applies to the package's own VLA (simulator demonstrations, or --bags "
+                             "--policy-type kv_vla); π0 from bags is shaped by --pi0-model, --chunk-size, "
+                             "--actions-per-inference and --episodes-per-step")
     from kv_vla_ros.train.bag_cli import run_bags as run_pi0_bags
 
     return run_pi0_bags(args)
 
 
+@cli_errors("train")
 def run(args: argparse.Namespace) -> int:
     if args.bags:
         return run_bags(args)
