@@ -34,15 +34,6 @@ def tiny_model(seed: int = 0) -> VLAModel:
     return VLAModel(cfg).eval()
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread():
-    """Two busy cores: torch's default thread pool oversubscribes them (20x slower steps)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory) -> Path:
     path = tmp_path_factory.mktemp("model") / "tiny-vla"
