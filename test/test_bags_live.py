@@ -19,7 +19,7 @@ from kv_vla_ros.data.bagio import BagReader  # noqa: E402
 from kv_vla_ros.data.generate import generate_bag  # noqa: E402
 from kv_vla_ros.eval.bag_eval import evaluate_bag  # noqa: E402
 
-from test_bags import TASK, one_torch_thread, tiny_model  # noqa: E402,F401  (fixture reused)
+from test_bags import TASK, tiny_model  # noqa: E402,F401  (fixture reused)
 
 # A stand-in for the simulator + policy node pair, publishing the way they do: a latched
 # instruction per episode, each frame sent twice with one stamp (a simulator waiting for an
