@@ -62,7 +62,7 @@ model: $(STAMP)
 
 # The arm recipe from bags only (issue 22): expert bags of Arm-CueCarryLong -> π0 trained with a
 # streamed, budgeted history (30 min) -> its gate from the same bags -> closed-loop table, 200
-# held-out seeds (runs/arm/eval) -> runs/arm/kv-vla-arm-pi0 with its model card (about 75 min on
+# held-out seeds (runs/arm/eval) -> runs/arm/kv-vla-arm-pi0 with its model card (52 min measured on
 # 2 CPU cores). See docs/pi0.md, "Training π0 from bags".
 model-arm: $(STAMP)
 	KV=$(VENV)/bin/kv-vla PY=$(PY) scripts/model_arm.sh
