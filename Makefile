@@ -68,7 +68,7 @@ model-arm: $(STAMP)
 	KV=$(VENV)/bin/kv-vla PY=$(PY) scripts/model_arm.sh
 
 # What each part of the arm recipe buys (after make model-arm): the auxiliary loss off, eviction
-# training off, equal wall time, 40 held-out seeds (about 75 min): runs/arm_ablation/ablation.{md,json,png}.
+# training off, equal wall time, 40 held-out seeds (68 min measured): runs/arm_ablation/ablation.{md,json,png}.
 ablation-arm: $(STAMP)
 	KV=$(VENV)/bin/kv-vla PY=$(PY) scripts/ablation_arm.sh
 
