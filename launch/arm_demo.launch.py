@@ -3,17 +3,18 @@ cue, docs/arm.md) in closed loop; the launch ends when the simulator has run its
 
     ros2 launch kv_vla_ros arm_demo.launch.py episodes:=5                    # the shipped arm π0 drives
     ros2 launch kv_vla_ros arm_demo.launch.py model_path:=/path/to/arm-pi0   # your checkpoint drives
-    ros2 launch kv_vla_ros arm_demo.launch.py model_path:=''                 # the scripted expert drives
+    ros2 launch kv_vla_ros arm_demo.launch.py expert:=true                   # the scripted expert drives
 
 kv_vla_node runs the checkpoint (default: the shipped models/kv-vla-arm-pi0, trained from rosbags
 by `make model-arm`, with its own cache: the trained gate at a quarter of the history;
-config/pi0.yaml, actions clamped to [-1, 1]). With an empty model_path the simulator's scripted
-expert drives instead. `make demo-arm` runs the same nodes without a ROS 2 install.
+config/pi0.yaml, actions clamped to [-1, 1]). With expert:=true (or an empty model_path, from an
+including launch file: `ros2 launch` refuses `model_path:=` on its command line) the simulator's
+scripted expert drives instead. `make demo-arm` runs the same nodes without a ROS 2 install.
 """
 
 from launch import LaunchDescription
 from launch.actions import DeclareLaunchArgument, EmitEvent, RegisterEventHandler
-from launch.conditions import LaunchConfigurationNotEquals
+from launch.conditions import UnlessCondition
 from launch.event_handlers import OnProcessExit
 from launch.events import Shutdown
 from launch.substitutions import LaunchConfiguration, PathJoinSubstitution, PythonExpression
@@ -26,6 +27,9 @@ def generate_launch_description() -> LaunchDescription:
     namespace = LaunchConfiguration("namespace")
     model_path = LaunchConfiguration("model_path")
     rate = ParameterValue(LaunchConfiguration("control_rate_hz"), value_type=float)
+    # "True" / "False": the expert drives when asked, or when there is no checkpoint to run
+    expert = PythonExpression(["'", LaunchConfiguration("expert"), "'.lower() in ('true', '1', 'yes') or '",
+                               model_path, "' == ''"])
     sim = Node(
         package="kv_vla_ros",
         executable="arm_sim_node",
@@ -35,7 +39,11 @@ def generate_launch_description() -> LaunchDescription:
         parameters=[{"task": LaunchConfiguration("task"),
                      "episodes": ParameterValue(LaunchConfiguration("episodes"), value_type=int),
                      "seed_offset": ParameterValue(LaunchConfiguration("seed_offset"), value_type=int),
-                     "mode": PythonExpression(["'expert' if '", model_path, "' == '' else 'policy'"]),
+                     "mode": PythonExpression(["'expert' if ", expert, " else 'policy'"]),
+                     # the expert starts at once (nothing else need listen); to record its episodes, start
+                     # the recorder first and pass wait_for_subscribers:=true
+                     "wait_for_subscribers": ParameterValue(LaunchConfiguration("wait_for_subscribers"),
+                                                            value_type=bool),
                      "control_rate_hz": rate, "frame_rate_hz": rate}],
     )
     policy = Node(
@@ -44,7 +52,7 @@ def generate_launch_description() -> LaunchDescription:
         name="kv_vla_node",
         namespace=namespace,
         output="screen",
-        condition=LaunchConfigurationNotEquals("model_path", ""),
+        condition=UnlessCondition(expert),
         parameters=[LaunchConfiguration("params_file"),
                     {"model_path": ParameterValue(model_path, value_type=str), "control_rate_hz": rate,
                      "action.min": [-1.0], "action.max": [1.0],
@@ -56,12 +64,16 @@ def generate_launch_description() -> LaunchDescription:
                               default_value=PathJoinSubstitution([FindPackageShare("kv_vla_ros"), "models",
                                                                   "kv-vla-arm-pi0"]),
                               description="π0 checkpoint for the arm (9 joint positions in, 4 actions out; default: "
-                                          "the shipped kv-vla-arm-pi0); empty: the simulator's scripted expert "
-                                          "drives the arm"),
+                                          "the shipped kv-vla-arm-pi0); empty: as expert:=true"),
+        DeclareLaunchArgument("expert", default_value="false", choices=["true", "false", "True", "False"],
+                              description="true: the simulator's scripted expert drives the arm, no kv_vla_node"),
+        DeclareLaunchArgument("wait_for_subscribers", default_value="false", choices=["true", "false"],
+                              description="expert only: hold the first episode until the image, joint_states and "
+                                          "action topics each have a subscriber (e.g. kv-vla bag record)"),
         DeclareLaunchArgument("params_file",
                               default_value=PathJoinSubstitution([FindPackageShare("kv_vla_ros"), "config",
                                                                   "pi0.yaml"]),
-                              description="kv_vla_node parameters file (used only with model_path)"),
+                              description="kv_vla_node parameters file (unused when the expert drives)"),
         DeclareLaunchArgument("namespace", default_value="", description="namespace of the nodes and their topics"),
         DeclareLaunchArgument("episodes", default_value="3", description="episodes before the launch ends"),
         DeclareLaunchArgument("task", default_value="Arm-CueCarryLong-v0",

@@ -175,8 +175,8 @@ def test_arm_demo_launch_file_builds_with_described_arguments():
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     declared = [e for e in module.generate_launch_description().entities if isinstance(e, DeclareLaunchArgument)]
-    assert {a.name for a in declared} == {"model_path", "params_file", "namespace", "episodes", "task", "seed_offset",
-                                          "control_rate_hz"}
+    assert {a.name for a in declared} == {"model_path", "expert", "wait_for_subscribers", "params_file", "namespace",
+                                          "episodes", "task", "seed_offset", "control_rate_hz"}
     assert all(a.description for a in declared)
 
 
