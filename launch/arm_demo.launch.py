@@ -28,8 +28,7 @@ def generate_launch_description() -> LaunchDescription:
     model_path = LaunchConfiguration("model_path")
     rate = ParameterValue(LaunchConfiguration("control_rate_hz"), value_type=float)
     # "True" / "False": the expert drives when asked, or when there is no checkpoint to run
-    expert = PythonExpression(["'", LaunchConfiguration("expert"), "'.lower() in ('true', '1', 'yes') or '",
-                               model_path, "' == ''"])
+    expert = PythonExpression(["'", LaunchConfiguration("expert"), "'.lower() == 'true' or '", model_path, "' == ''"])
     sim = Node(
         package="kv_vla_ros",
         executable="arm_sim_node",

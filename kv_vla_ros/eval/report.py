@@ -60,7 +60,6 @@ def plot_results(rows: list[dict], path: str | Path) -> Path:
     import numpy as np
 
     rows = [r for r in rows if r.get("success_rate") is not None]
-    label = {id(r): r.get("cache_label", r["policy"]) for r in rows}  # as the table names them
     tasks = list(dict.fromkeys(r["task"] for r in rows))
     policies = list(dict.fromkeys(r["policy"] for r in rows))
     fig, axes = plt.subplots(1, 2, figsize=(12, 4.5))
@@ -70,8 +69,9 @@ def plot_results(rows: list[dict], path: str | Path) -> Path:
         by_task = {r["task"]: r for r in rows if r["policy"] == pol}
         succ = [by_task[t]["success_rate"] if t in by_task else np.nan for t in tasks]
         held = [by_task[t]["mean_tokens_held"] if t in by_task else np.nan for t in tasks]
-        names = list(dict.fromkeys(label[id(r)] for r in by_task.values()))
-        name = names[0] if len(names) == 1 else pol  # a budget_frac resolves per task: then the spec
+        # as the table names the row (budget resolved); a budget_frac resolves per task: then the spec
+        names = {r.get("cache_label", pol) for r in by_task.values()}
+        name = names.pop() if len(names) == 1 else pol
         axes[0].bar(x + i * width, succ, width, label=name)
         axes[1].bar(x + i * width, held, width, label=name)
     short = [t.replace("MiniGrid-", "").replace("BabyAI-", "").replace("-v0", "") for t in tasks]
