@@ -31,13 +31,13 @@ docs: $(STAMP)
 
 # The closed loop over DDS: minigrid_sim_node and kv_vla_node as two processes (docs/ros.md).
 demo: $(STAMP)
-	$(PY) -m kv_vla_ros.ros.demo
+	$(PY) -m kv_vla_ros.ros.worlds.demo
 
 # The robot-arm world (docs/arm.md): arm_sim_node in closed loop over DDS, 3 episodes of the long variant (~1.5 min),
 # driven by kv_vla_node with the shipped arm π0 (models/kv-vla-arm-pi0, trained from rosbags by make model-arm);
-# `$(PY) -m kv_vla_ros.ros.arm_demo --expert` lets the scripted expert drive.
+# `$(PY) -m kv_vla_ros.ros.worlds.arm_demo --expert` lets the scripted expert drive.
 demo-arm: $(STAMP)
-	$(PY) -m kv_vla_ros.ros.arm_demo
+	$(PY) -m kv_vla_ros.ros.worlds.arm_demo
 
 bench: $(STAMP)
 	$(VENV)/bin/kv-vla bench cache

@@ -39,28 +39,32 @@ TIERS: tuple[Tier, ...] = (
          "file, cache specs, the `kv_vla_*` attention",
          forbids=ROS_MODULES + ("ray", "gymnasium", "minigrid", "rosbags")),
     Tier("vla", "+ transformers",
-         "the policies behind one contract (the package's own VLA, π0), checkpoint I/O, `VLASession`",
+         "the policies behind one contract, side by side (the package's own VLA in `vla/kv_vla/`, π0 in "
+         "`vla/pi0/`), checkpoint I/O, `VLASession`, the action queue",
          forbids=ROS_MODULES + ("ray", "gymnasium", "minigrid", "rosbags")),
     Tier("sim", "gymnasium, minigrid, pybullet",
-         "MiniGrid `Memory*` / BabyAI as a simulated robot, a Franka Panda arm in PyBullet (`sim/arm/`), "
-         "experts, datasets, task lists",
+         "the worlds side by side: MiniGrid `Memory*` / BabyAI (`sim/minigrid/`) and a Franka Panda arm in "
+         "PyBullet (`sim/arm/`), their experts, the task lists and expert rollouts",
          forbids=ROS_MODULES + ("ray", "torch", "transformers", "rosbags")),
-    Tier("data", "rosbags, numpy, OpenCV; no rclpy",
-         "rosbag2 files read into episodes (frames, states, actions, instructions), message decoding, "
-         "image conversion, simulator episodes written into bags",
-         forbids=ROS_MODULES + ("ray",)),
     Tier("parallel", "ray",
          "the Ray runner that evaluation and training both use",
          forbids=ROS_MODULES),
+    Tier("data", "rosbags, numpy, OpenCV; no rclpy",
+         "rosbag2 files read into episodes (frames, states, actions, instructions), message decoding, "
+         "image conversion, simulator episodes written into bags (`kv-vla bag generate`)",
+         forbids=ROS_MODULES + ("ray",)),
     Tier("train", "vla + sim + data + parallel",
          "behaviour cloning, gate training, calibration",
          forbids=ROS_MODULES + ("ray",)),
     Tier("eval", "vla + sim + data + parallel",
-         "closed-loop and bag evaluation, benchmarks, reports and plots",
+         "closed-loop and bag evaluation, the gate report, tables and plots",
          forbids=ROS_MODULES + ("ray",)),
     Tier("ros", "+ rclpy",
-         "the nodes (policy, simulator), their parameters, record/play of bags over DDS, the demo",
+         "the policy node in its own room (`ros/node/`: inputs, control thread, outputs, safety, parameters), "
+         "the worlds' nodes and the demos (`ros/worlds/`), record/play of bags over DDS (`ros/bags/`)",
          forbids=("ray",)),
+    Tier("bench", "everything above",
+         "every benchmark and the soak, in one room above what they measure (`kv-vla bench ...`)"),
 )
 
 # Top-level modules outside the tiers (see the module docstring).

@@ -11,7 +11,7 @@ from launch.events import Shutdown
 from launch.substitutions import LaunchConfiguration
 from launch_ros.actions import Node
 
-from kv_vla_ros.ros.launching import policy_arguments, policy_node
+from kv_vla_ros.ros.node.launch_args import policy_arguments, policy_node
 
 
 def generate_launch_description() -> LaunchDescription:

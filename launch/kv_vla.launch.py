@@ -8,7 +8,7 @@ override the params file only when given).
 
 from launch import LaunchDescription
 
-from kv_vla_ros.ros.launching import policy_arguments, policy_node
+from kv_vla_ros.ros.node.launch_args import policy_arguments, policy_node
 
 
 def generate_launch_description() -> LaunchDescription:

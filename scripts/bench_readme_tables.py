@@ -26,7 +26,7 @@ CACHE_FRAMES = (16, 64, 128, 256)
 
 def paper_table(data: dict) -> str:
     """bench_paper's own Markdown (table + paper comparison) and one line of what the run was."""
-    from kv_vla_ros.eval.bench_paper import markdown
+    from kv_vla_ros.bench.paper import markdown
 
     table = [{**row, "frames": int(row["frames"])} for row in data["table"]]
     head = markdown(table, data.get("title") or f"{data['args']['backbone']} backbone")
@@ -86,7 +86,7 @@ def paper_targets(data: dict, frames: int = 64) -> str:
 
 def cache_table(data: dict) -> str:
     """bench_cache's table at the README's history lengths."""
-    from kv_vla_ros.eval.bench_cache import markdown
+    from kv_vla_ros.bench.cache import markdown
 
     args = data["args"]
     evictions = [p.strip() for p in (args.get("evictions") or args.get("policies") or "").split(",") if p.strip()]

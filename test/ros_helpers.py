@@ -63,7 +63,7 @@ class Probe:
         from sensor_msgs.msg import CompressedImage, Image
         from std_msgs.msg import Float32MultiArray, String
 
-        from kv_vla_ros.ros.policy_node import INSTRUCTION_QOS
+        from kv_vla_ros.ros.node.kv_vla_node import INSTRUCTION_QOS
 
         os.environ["ROS_AUTOMATIC_DISCOVERY_RANGE"] = "LOCALHOST"
         os.environ.pop("ROS_LOCALHOST_ONLY", None)

@@ -15,7 +15,7 @@ import time
 
 import numpy as np
 
-from kv_vla_ros.ros.policy_node import main
+from kv_vla_ros.ros.node.kv_vla_node import main
 from kv_vla_ros.vla import VLASession
 
 

@@ -57,7 +57,7 @@ def test_on_seeds_the_window_lost_the_gate_keeps_the_cue_and_succeeds(shipped, t
 
 def test_make_demo_arm_default_drives_the_arm_with_the_shipped_model_over_dds(tmp_path, capsys):
     pytest.importorskip("rclpy")
-    from kv_vla_ros.ros import arm_demo
+    from kv_vla_ros.ros.worlds import arm_demo
 
     assert arm_demo.main(["--episodes", "1", "--control-rate-hz", "40", "--timeout", "180",
                           "--out", str(tmp_path)]) == 0

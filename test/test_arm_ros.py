@@ -181,7 +181,7 @@ def test_arm_demo_launch_file_builds_with_described_arguments():
 
 
 def test_arm_demo_runs_the_expert_when_asked(tmp_path, capsys):
-    from kv_vla_ros.ros import arm_demo
+    from kv_vla_ros.ros.worlds import arm_demo
 
     assert arm_demo.main(["--episodes", "1", "--task", "Arm-CueCarryShort", "--expert", "--control-rate-hz", "40",
                           "--out", str(tmp_path)]) == 0
@@ -198,7 +198,7 @@ def test_kv_vla_node_drives_the_arm_over_dds_as_the_offline_closed_loop(tmp_path
     in policy mode, two processes over DDS: the episode's actions are the in-process closed loop's."""
     from pi0_models import arm_pi0_checkpoint
 
-    from kv_vla_ros.ros import arm_demo
+    from kv_vla_ros.ros.worlds import arm_demo
 
     ckpt = arm_pi0_checkpoint(tmp_path / "pi0", actions_per_inference=1)
     assert arm_demo.main(["--episodes", "1", "--task", "Arm-CueCarryShort", "--model", str(ckpt),

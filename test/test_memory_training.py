@@ -11,7 +11,7 @@ import torch
 from safetensors import safe_open
 
 from kv_vla_ros.sim import SimRobot, load_episodes, save_episodes
-from kv_vla_ros.sim.memory import MemoryEpisodeProbe, aux_targets, cue_class
+from kv_vla_ros.sim.minigrid.memory import MemoryEpisodeProbe, aux_targets, cue_class
 from kv_vla_ros.train import TrainConfig, train
 from kv_vla_ros.train.aux import AUX_HEADS_FILE, AuxHeads
 from kv_vla_ros.train.data import EpisodeSampler, demonstrations, expert_for

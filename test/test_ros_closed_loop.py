@@ -10,7 +10,7 @@ import pytest
 
 pytest.importorskip("rclpy")
 
-from kv_vla_ros.ros import demo  # noqa: E402
+from kv_vla_ros.ros.worlds import demo  # noqa: E402
 from ros_helpers import REPO, build_tiny_model  # noqa: E402
 
 
@@ -94,7 +94,7 @@ def test_launch_files_build(name, arguments):
 
 def test_launch_arguments_override_the_params_file_only_when_given():
     pytest.importorskip("launch_ros")
-    from kv_vla_ros.ros.launching import policy_overrides
+    from kv_vla_ros.ros.node.launch_args import policy_overrides
 
     values = {"model_path": "/m", "namespace": "", "autostart": "true", "use_sim_time": "false",
               "image_topics": "", "state_topic": ""}

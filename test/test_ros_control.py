@@ -10,9 +10,9 @@ import pytest
 import yaml
 
 from kv_vla_ros.cache.config import CacheConfig
-from kv_vla_ros.ros.control import ControlLoop, TwistAdapter, format_source_stamp, parse_source_stamp
-from kv_vla_ros.ros.param_specs import (NODE_PARAMS, all_param_specs, cache_changes_from_params, cache_param_specs,
-                                   cache_value_to_param, coerce_param)
+from kv_vla_ros.ros.node.control import ControlLoop, TwistAdapter, format_source_stamp, parse_source_stamp
+from kv_vla_ros.ros.node.param_specs import (NODE_PARAMS, all_param_specs, cache_changes_from_params, cache_param_specs,
+                                             cache_value_to_param, coerce_param)
 from ros_helpers import PARAMS_FILE
 
 
@@ -199,7 +199,7 @@ def test_robot_state_from_joint_state_or_float32_array_is_checked_against_the_ch
     from sensor_msgs.msg import JointState
     from std_msgs.msg import Float32MultiArray
 
-    from kv_vla_ros.ros.session_setup import state_from_msg
+    from kv_vla_ros.ros.node.session_setup import state_from_msg
     from kv_vla_ros.vla.policy import StreamingPolicy
 
     policy = StreamingPolicy()
@@ -237,7 +237,7 @@ class _SlowSession:
 def test_inference_worker_takes_the_newest_frame_and_counts_drops():
     import time
 
-    from kv_vla_ros.ros.inference import InferenceWorker
+    from kv_vla_ros.ros.node.inference import InferenceWorker
 
     session, actions, errors = _SlowSession(), [], []
     worker = InferenceWorker(session, lambda f: np.full((2, 2, 3), f, np.uint8),
@@ -277,7 +277,7 @@ def test_inference_worker_steps_on_every_camera_and_the_state_only_when_ready():
     once the first camera has a frame no step used and ``ready`` (chunk used up, inputs fresh)."""
     import time
 
-    from kv_vla_ros.ros.inference import InferenceWorker
+    from kv_vla_ros.ros.node.inference import InferenceWorker
 
     session, chunks = _SlowSession(), []
     ready = {"value": False}
@@ -313,7 +313,7 @@ def test_the_state_is_paired_with_the_frame_by_stamp_not_by_arrival():
     went by, is the newest."""
     import time
 
-    from kv_vla_ros.ros.inference import InferenceWorker
+    from kv_vla_ros.ros.node.inference import InferenceWorker
 
     session, chunks = _SlowSession(), []
     worker = InferenceWorker(session, lambda f: np.full((2, 2, 3), f, np.uint8),
@@ -438,7 +438,7 @@ def test_the_deadman_stops_without_a_recent_true():
 def test_cameras_are_paired_by_stamp_within_the_slop():
     from collections import deque
 
-    from kv_vla_ros.ros.inference import pair_frame
+    from kv_vla_ros.ros.node.inference import pair_frame
 
     wrist = deque([("w1", (10, 0)), ("w2", (10, 100_000_000)), ("w3", (10, 200_000_000))])
     assert pair_frame(wrist, (10, 100_000_000), 0.02)[0] == "w2"  # not the newest (arrival order)
@@ -452,7 +452,7 @@ def test_state_joints_are_picked_by_name():
     pytest.importorskip("rclpy")
     from sensor_msgs.msg import JointState
 
-    from kv_vla_ros.ros.session_setup import state_from_msg
+    from kv_vla_ros.ros.node.session_setup import state_from_msg
     from kv_vla_ros.vla.policy import StreamingPolicy
 
     policy = StreamingPolicy()
@@ -467,7 +467,7 @@ def test_the_control_thread_runs_under_the_real_time_priority_it_was_given_or_sa
     import os
     import time
 
-    from kv_vla_ros.ros.control_thread import ControlThread
+    from kv_vla_ros.ros.node.control_thread import ControlThread
 
     policies = []
     normal = ControlThread(lambda: policies.append(("normal", os.sched_getscheduler(0))), 0.01)
@@ -489,7 +489,7 @@ def test_the_control_thread_runs_under_the_real_time_priority_it_was_given_or_sa
 def test_the_control_thread_skips_missed_periods_instead_of_bursting():
     import time
 
-    from kv_vla_ros.ros.control_thread import ControlThread
+    from kv_vla_ros.ros.node.control_thread import ControlThread
 
     ticks = []
 
@@ -520,8 +520,8 @@ def test_twist_stamped_and_trajectory_outputs_and_their_stops():
     from rclpy.lifecycle import LifecycleNode
     from trajectory_msgs.msg import JointTrajectory
 
-    from kv_vla_ros.ros.control import ControlCommand
-    from kv_vla_ros.ros.outputs import CommandOutputs, check_output
+    from kv_vla_ros.ros.node.control import ControlCommand
+    from kv_vla_ros.ros.node.outputs import CommandOutputs, check_output
     from kv_vla_ros.ros.processes import pick_domain_id
 
     context = rclpy.Context()

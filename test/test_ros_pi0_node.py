@@ -19,7 +19,7 @@ import pytest
 
 pytest.importorskip("rclpy")
 
-from kv_vla_ros.ros.control import CHUNK_INDEX_PREFIX, SOURCE_STAMP_PREFIX  # noqa: E402
+from kv_vla_ros.ros.node.control import CHUNK_INDEX_PREFIX, SOURCE_STAMP_PREFIX  # noqa: E402
 from kv_vla_ros.ros.processes import POLICY_MODULE, pick_domain_id, pick_free_domain_id, spawn_node  # noqa: E402
 from ros_helpers import REPO, Probe, rgb_image, serving  # noqa: E402
 

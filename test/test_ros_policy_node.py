@@ -19,7 +19,7 @@ from PIL import Image as PILImage
 
 pytest.importorskip("rclpy")
 
-from kv_vla_ros.ros.param_specs import RENAMED_PARAMS, all_param_specs  # noqa: E402
+from kv_vla_ros.ros.node.param_specs import RENAMED_PARAMS, all_param_specs  # noqa: E402
 from kv_vla_ros.ros.processes import POLICY_MODULE, pick_domain_id, pick_free_domain_id, spawn_node  # noqa: E402
 from ros_helpers import PARAMS_FILE, REPO, Probe, build_tiny_model, params_file_value, serving  # noqa: E402
 

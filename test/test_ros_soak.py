@@ -13,7 +13,7 @@ import json
 import pytest
 
 from kv_vla_ros.cache import CacheConfig
-from kv_vla_ros.ros import soak
+from kv_vla_ros.bench import soak
 
 
 def _args(**overrides) -> argparse.Namespace:

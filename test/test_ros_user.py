@@ -33,7 +33,7 @@ def shipped(tmp_path_factory):
     instruction was published before the node started."""
     from std_msgs.msg import String
 
-    from kv_vla_ros.ros.policy_node import LATCHED_INSTRUCTION_QOS
+    from kv_vla_ros.ros.node.kv_vla_node import LATCHED_INSTRUCTION_QOS
 
     tmp = tmp_path_factory.mktemp("shipped")
     domain = pick_free_domain_id(salt=41)
@@ -185,7 +185,7 @@ def test_wrong_parameter_type_at_start_up_names_the_types():
 def test_cuda_without_a_gpu_says_so():
     import torch
 
-    from kv_vla_ros.ros.session_setup import StartupError, load_session
+    from kv_vla_ros.ros.node.session_setup import StartupError, load_session
 
     if torch.cuda.is_available():
         pytest.skip("this machine has CUDA")
@@ -200,7 +200,7 @@ def test_reset_and_new_instructions_mid_episode_keep_the_closed_loop_running(tmp
     that drops that view's pending action must not leave the node filtering it as a repeat."""
     from std_msgs.msg import String
 
-    from kv_vla_ros.ros.sim_node import RESULTS_QOS
+    from kv_vla_ros.ros.worlds.minigrid_sim_node import RESULTS_QOS
 
     model = build_tiny_model(tmp_path / "tiny")
     domain = pick_free_domain_id(salt=45)

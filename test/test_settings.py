@@ -16,7 +16,7 @@ import yaml
 
 from kv_vla_ros.cache import CacheConfig
 from kv_vla_ros.cache.settings import FIXED, LIVE, NEXT_EPISODE, parse_setting, setting, settings_of
-from kv_vla_ros.ros.param_specs import NODE_PARAMS, NodeSettings, all_param_specs
+from kv_vla_ros.ros.node.param_specs import NODE_PARAMS, NodeSettings, all_param_specs
 from kv_vla_ros.vla import DEFAULT_MODEL_PATH, VLAModel, VLASession
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -118,7 +118,7 @@ def test_committed_yaml_and_docs_are_what_the_metadata_generates(tmp_path):
 
 def test_ros_descriptors_say_when_a_change_applies():
     pytest.importorskip("rclpy")
-    from kv_vla_ros.ros.param_descriptors import descriptor
+    from kv_vla_ros.ros.node.param_descriptors import descriptor
 
     specs = {spec.name: spec for spec in all_param_specs()}
     assert descriptor(specs["cache.chunk_size"]).read_only

@@ -35,7 +35,7 @@ def _package(tmp_path, files: dict[str, str]) -> Path:
 
 def test_an_upward_import_inside_a_function_is_caught(tmp_path):
     root = _package(tmp_path, {
-        "eval/grid.py": "def f():\n    from kv_vla_ros.ros.demo import run\n",
+        "eval/grid.py": "def f():\n    from kv_vla_ros.ros.worlds.demo import run\n",
         "ros/demo.py": "def run():\n    pass\n",
     })
     problems = violations(root)

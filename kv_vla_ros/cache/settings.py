@@ -5,7 +5,7 @@ the parameter table of docs/ros.md (``python scripts/generate_docs.py``; a test 
 committed files differ).
 
 Used by `kv_vla_ros.cache.CacheConfig` and by the policy node's own settings
-(`kv_vla_ros.ros.param_specs.NodeSettings`); it lives in the lowest tier so that both can.
+(`kv_vla_ros.ros.node.param_specs.NodeSettings`); it lives in the lowest tier so that both can.
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """Write simulator episodes straight into a bag, with no ROS graph running: the expert's
 demonstrations, or (``model=``) a closed-loop run of a checkpoint with the full cache.
-(The command, ``kv-vla bag generate``, with ``--workers``: ``kv_vla_ros.eval.bag_generate``.)
+(The command, ``kv-vla bag generate``, with ``--workers``: ``kv_vla_ros.data.generate_cli``.)
 
 Per episode: the instruction (``std_msgs/String``) on the instruction topic, then per step one
 ``sensor_msgs/Image`` rgb8 frame (header stamps one control period apart), for a robot with joints

@@ -21,7 +21,7 @@ FLOAT32_ARRAY = "std_msgs/msg/Float32MultiArray"
 JOINT_STATE = "sensor_msgs/msg/JointState"
 STATE_TYPES = (JOINT_STATE, FLOAT32_ARRAY)
 IMAGE_TYPES = (IMAGE, COMPRESSED_IMAGE)
-SOURCE_STAMP_PREFIX = "frame_stamp="  # = kv_vla_ros.ros.control.SOURCE_STAMP_PREFIX (rclpy-free copy)
+SOURCE_STAMP_PREFIX = "frame_stamp="  # = kv_vla_ros.ros.node.control.SOURCE_STAMP_PREFIX (rclpy-free copy)
 
 
 # ---- building -----------------------------------------------------------------------------

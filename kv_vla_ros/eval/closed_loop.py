@@ -66,7 +66,7 @@ def episode_probe(robot):
     """What follows the memory facts of an episode (the cue's frames, the decision): the MiniGrid
     Memory probe, the arm's own, or None for a task without a cue (BabyAI)."""
     from kv_vla_ros.sim import is_memory_task
-    from kv_vla_ros.sim.memory import MemoryEpisodeProbe
+    from kv_vla_ros.sim.minigrid.memory import MemoryEpisodeProbe
 
     if getattr(robot, "discrete", True) is False:
         from kv_vla_ros.sim.arm.env import ArmEpisodeProbe

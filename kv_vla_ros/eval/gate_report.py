@@ -137,7 +137,7 @@ def gate_score_traces(model_path: str | None, task: str, episodes: int, rows: li
     import torch
 
     from kv_vla_ros.sim import SimRobot, eval_seeds
-    from kv_vla_ros.sim.memory import MemoryEpisodeProbe
+    from kv_vla_ros.sim.minigrid.memory import MemoryEpisodeProbe
     from kv_vla_ros.vla import VLAModel, VLASession, model_path_or_default
 
     model = VLAModel.from_pretrained(model_path_or_default(model_path))

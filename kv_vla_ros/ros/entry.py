@@ -9,7 +9,7 @@ def kv_vla_node() -> int:
     from kv_vla_ros.ros.signals import catch_stop_signals
 
     stop = catch_stop_signals()
-    from kv_vla_ros.ros.policy_node import main
+    from kv_vla_ros.ros.node.kv_vla_node import main
 
     return main(stop=stop)
 
@@ -18,7 +18,7 @@ def minigrid_sim_node() -> int:
     from kv_vla_ros.ros.signals import catch_stop_signals
 
     stop = catch_stop_signals()
-    from kv_vla_ros.ros.sim_node import main
+    from kv_vla_ros.ros.worlds.minigrid_sim_node import main
 
     return main(stop=stop)
 
@@ -27,7 +27,7 @@ def arm_sim_node() -> int:
     from kv_vla_ros.ros.signals import catch_stop_signals
 
     stop = catch_stop_signals()
-    from kv_vla_ros.ros.arm_sim_node import main
+    from kv_vla_ros.ros.worlds.arm_sim_node import main
 
     return main(stop=stop)
 

@@ -12,9 +12,9 @@ import sys
 import time
 from pathlib import Path
 
-POLICY_MODULE = "kv_vla_ros.ros.policy_node"
-SIM_MODULE = "kv_vla_ros.ros.sim_node"
-ARM_SIM_MODULE = "kv_vla_ros.ros.arm_sim_node"
+POLICY_MODULE = "kv_vla_ros.ros.node.kv_vla_node"
+SIM_MODULE = "kv_vla_ros.ros.worlds.minigrid_sim_node"
+ARM_SIM_MODULE = "kv_vla_ros.ros.worlds.arm_sim_node"
 
 
 def pick_domain_id(salt: int = 0) -> int:

@@ -16,7 +16,7 @@ Public API:
     save_episodes(path, episodes) / load_episodes(path)
 """
 from .arm import ARM_TASKS, is_arm_task
-from .dataset import (
+from .minigrid.dataset import (
     EVAL_SEED_RANGE,
     SPLITS,
     TRAIN_SEED_RANGE,
@@ -29,7 +29,7 @@ from .dataset import (
     split_seeds,
     train_seeds,
 )
-from .env import (
+from .minigrid.env import (
     ACTION_NAMES,
     NUM_ACTIONS,
     SUPPORTED_TASKS,
@@ -39,7 +39,7 @@ from .env import (
     make_sim,
     normalize_task,
 )
-from .experts import BabyAIExpert, Expert, MemoryExpert, make_expert
+from .minigrid.experts import BabyAIExpert, Expert, MemoryExpert, make_expert
 from .tasks import EVAL_TASKS
 
 __all__ = [

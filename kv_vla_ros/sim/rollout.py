@@ -1,7 +1,7 @@
 """One expert episode of any task (MiniGrid / BabyAI or arm) as plain arrays, ready to be written
 into a bag or shipped between processes (numpy only, no pickle-unsafe objects).
 
-The record is the simulator node's ``~/episode`` JSON (``kv_vla_ros.ros.sim_node`` and
+The record is the simulator node's ``~/episode`` JSON (``kv_vla_ros.ros.worlds.minigrid_sim_node`` and
 ``arm_sim_node`` publish the same fields), so a bag written directly and one recorded over DDS
 carry the same results.
 """
@@ -68,7 +68,7 @@ def make_expert_for(robot):
         from kv_vla_ros.sim.arm.expert import ArmExpert
 
         return ArmExpert(robot)
-    from kv_vla_ros.sim.experts import make_expert
+    from kv_vla_ros.sim.minigrid.experts import make_expert
 
     return make_expert(robot)
 

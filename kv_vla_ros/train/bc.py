@@ -27,15 +27,15 @@ import torch
 
 import kv_vla_ros.progress as bars
 from kv_vla_ros.sim import load_episodes, save_episodes, train_seeds
-from kv_vla_ros.sim.memory import aux_targets
+from kv_vla_ros.sim.minigrid.memory import aux_targets
 from kv_vla_ros.train.aux import AuxHeads
 from kv_vla_ros.train.checkpoint import load_optimizer, load_progress, save_checkpoint
 from kv_vla_ros.train.curves import LOG_FILE, write_curves
 from kv_vla_ros.train.eviction import batch_eviction_mask
 from kv_vla_ros.train.data import DEFAULT_SCAN_TURNS, EpisodeSampler, demonstrations, expert_for, rollout
 from kv_vla_ros.vla import VLAConfig, VLAModel, VLASession, default_backbone
-from kv_vla_ros.vla.processor import ImageProcessor
-from kv_vla_ros.vla.tokenization import TextTokenizer, build_text_tokenizer
+from kv_vla_ros.vla.kv_vla.processor import ImageProcessor
+from kv_vla_ros.vla.kv_vla.tokenization import TextTokenizer, build_text_tokenizer
 
 DEFAULT_TASKS = {
     # Short hallways make the cue -> exit association cheap to find; the long fixed hallway

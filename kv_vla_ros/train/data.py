@@ -15,7 +15,7 @@ import torch
 
 from kv_vla_ros.sim import (Episode, MemoryExpert, SimRobot, is_memory_task, load_episodes, make_expert,
                             save_episodes, train_seeds)
-from kv_vla_ros.sim.memory import aux_labels, aux_targets, cue_visible, relabel
+from kv_vla_ros.sim.minigrid.memory import aux_labels, aux_targets, cue_visible, relabel
 
 DEFAULT_SCAN_TURNS = 8  # two full circles: S13 ~20 steps, S17 ~23 steps (measured)
 
@@ -43,7 +43,7 @@ def rollout(robot: SimRobot, expert, seed: int, policy=None, max_steps: int | No
     """One episode; actions are the EXPERT's labels, taken by ``policy`` if given (DAgger).
 
     ``policy`` is a callable ``(frame, instruction, t) -> int`` or None (expert drives). The
-    episode carries the task's privileged auxiliary labels (``kv_vla_ros.sim.memory``): on Memory
+    episode carries the task's privileged auxiliary labels (``kv_vla_ros.sim.minigrid.memory``): on Memory
     tasks the cue's type on every step from the first frame that showed the cue on.
     """
     frame, instruction = robot.reset(seed)

@@ -6,13 +6,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from kv_vla_ros.vla.config import ActionSpaceConfig, ProcessorConfig, VLAConfig, default_backbone
+from kv_vla_ros.vla.kv_vla.config import ActionSpaceConfig, ProcessorConfig, VLAConfig, default_backbone
 from kv_vla_ros.vla.loading import load_policy
-from kv_vla_ros.vla.model import VLAModel
-from kv_vla_ros.vla.processor import ImageProcessor, check_image
+from kv_vla_ros.vla.kv_vla.model import VLAModel
+from kv_vla_ros.vla.kv_vla.processor import ImageProcessor, check_image
 from kv_vla_ros.vla.policy import Episode, KVVLAPolicy, StreamingPolicy
 from kv_vla_ros.vla.session import VLASession
-from kv_vla_ros.vla.tokenization import ActionTokenizer, TextTokenizer, build_text_tokenizer
+from kv_vla_ros.vla.kv_vla.tokenization import ActionTokenizer, TextTokenizer, build_text_tokenizer
 
 
 def shipped_model_path(name: str) -> Path:

@@ -27,7 +27,7 @@ import numpy as np
 import torch
 
 from kv_vla_ros.cache.config import CacheConfig, deprecated_name
-from kv_vla_ros.vla.processor import check_image
+from kv_vla_ros.vla.kv_vla.processor import check_image
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -182,7 +182,7 @@ class KVVLAPolicy(StreamingPolicy):
 
     @classmethod
     def from_pretrained(cls, directory, device="cpu", dtype=None) -> "KVVLAPolicy":
-        from kv_vla_ros.vla.model import VLAModel
+        from kv_vla_ros.vla.kv_vla.model import VLAModel
 
         return cls(VLAModel.from_pretrained(directory, device=device), device, dtype)
 

@@ -107,7 +107,7 @@ class PI0Policy(StreamingPolicy):
         (``PI0Processor.save_pretrained``), optionally ``kv_vla_policy.json`` and ``gate.safetensors``."""
         from transformers import PI0ForConditionalGeneration
 
-        from kv_vla_ros.vla.model import load_gate
+        from kv_vla_ros.vla.kv_vla.model import load_gate
 
         directory = Path(directory)
         processor = processing.load_processor(directory)  # fails fast, before the weights load

@@ -12,7 +12,7 @@ import numpy as np
 from tokenizers import Tokenizer, normalizers, pre_tokenizers
 from tokenizers.models import WordLevel
 
-from kv_vla_ros.vla.config import ActionSpaceConfig
+from kv_vla_ros.vla.kv_vla.config import ActionSpaceConfig
 
 PAD, UNK, BOS = "[PAD]", "[UNK]", "[BOS]"
 SPECIAL_TOKENS = [PAD, UNK, BOS]

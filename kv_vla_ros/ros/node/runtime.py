@@ -17,16 +17,16 @@ from sensor_msgs.msg import CompressedImage, Image, JointState
 from std_msgs.msg import Bool, Float32MultiArray, String
 from std_srvs.srv import Trigger
 
-from kv_vla_ros.ros.control import ControlLoop, RollingStats, TwistAdapter
-from kv_vla_ros.ros.control_thread import ControlThread
-from kv_vla_ros.ros.diagnostics import GcWatch, input_values, policy_status
+from kv_vla_ros.ros.node.control import ControlLoop, RollingStats, TwistAdapter
+from kv_vla_ros.ros.node.control_thread import ControlThread
+from kv_vla_ros.ros.node.diagnostics import GcWatch, input_values, policy_status
 from kv_vla_ros.data.image_conversion import compressed_to_rgb, image_to_rgb, shrink_for_model
-from kv_vla_ros.ros.inference import InferenceWorker
-from kv_vla_ros.ros.outputs import CommandOutputs, check_output
-from kv_vla_ros.ros.param_specs import (cache_changes_from_params, cache_param_specs, coerce_param, policy_param_specs,
-                                        renamed_param_specs)
-from kv_vla_ros.ros.session_setup import (StartupError, cache_error, check_inputs, load_session, pending_json,
-                                          state_from_msg, unbounded_cache_warning)
+from kv_vla_ros.ros.node.inference import InferenceWorker
+from kv_vla_ros.ros.node.outputs import CommandOutputs, check_output
+from kv_vla_ros.ros.node.param_specs import (cache_changes_from_params, cache_param_specs, coerce_param,
+                                             policy_param_specs, renamed_param_specs)
+from kv_vla_ros.ros.node.session_setup import (StartupError, cache_error, check_inputs, load_session, pending_json,
+                                               state_from_msg, unbounded_cache_warning)
 
 # Two subscriptions on `instruction`: a volatile one matches every reliable publisher (a plain
 # `ros2 topic pub` offers volatile durability, which a transient-local subscription refuses), and,

@@ -1,4 +1,4 @@
-"""Expert demonstrators for :class:`~kv_vla_ros.sim.env.SimRobot` (behaviour-cloning teachers).
+"""Expert demonstrators for :class:`~kv_vla_ros.sim.minigrid.env.SimRobot` (behaviour-cloning teachers).
 
 * BabyAI levels: minigrid's own ``BabyAIBot`` (a planner over the agent's explored map).
 * MiniGrid Memory levels: a scripted expert with privileged state (grid, ``success_pos``).

@@ -108,7 +108,7 @@ def measure_delay(args, model_dir: Path, delay_ms: float, out: Path) -> dict:
               "state_topic": "joint_states" if state_dim else "", "control_rate_hz": args.control_rate_hz,
               "stale_timeout_s": 2.0, "instruction": "pick up the red cube", "cache.policy": "sink_window",
               "cache.recent_chunks": 2, "cache.budget_tokens": 48 + 8 * 32 * cameras // 2}
-    proc = spawn_node("kv_vla_ros.ros.delayed_node", domain, params, None, out / f"node_{delay_ms:g}ms.log",
+    proc = spawn_node("kv_vla_ros.bench.delayed_node", domain, params, None, out / f"node_{delay_ms:g}ms.log",
                       env_extra={"KV_VLA_EXTRA_DELAY_MS": str(delay_ms)})
     rclpy.init(args=[], domain_id=domain)
     node = rclpy.create_node("kv_vla_bench_seams")

@@ -21,7 +21,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from kv_vla_ros.ros.control import RollingStats
+from kv_vla_ros.ros.node.control import RollingStats
 
 POLL_S = 0.05  # re-check of time-dependent conditions (input freshness) while frames wait
 FRAMES_KEPT = 16  # frames kept per further camera, for pairing by stamp

@@ -11,7 +11,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from kv_vla_ros.vla.config import ProcessorConfig
+from kv_vla_ros.vla.kv_vla.config import ProcessorConfig
 
 EXPECTED = "uint8 HxWx3 (RGB) or HxW (mono), or float HxWx3/HxW in [0, 1]"
 

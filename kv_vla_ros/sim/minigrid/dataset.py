@@ -31,7 +31,7 @@ class Episode:
     actions: int64 (T,) -- the expert action taken after seeing ``frames[t]``.
     success: whether the episode ended with positive reward.
     aux: privileged per-step auxiliary labels, name -> int64 (T,) class ids, -1 where the step
-        has no label (its mask is ``labels >= 0``); see ``kv_vla_ros.sim.memory.aux_targets``.
+        has no label (its mask is ``labels >= 0``); see ``kv_vla_ros.sim.minigrid.memory.aux_targets``.
     """
 
     task: str

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from kv_vla_ros.ros.bench_ros import _Listener, _model_dir
+from kv_vla_ros.bench.control_rate import _Listener, _model_dir
 from kv_vla_ros.machine_load import OtherLoad
 from kv_vla_ros.ros.processes import (POLICY_MODULE, _call, get_params, pick_free_domain_id, set_params, spawn_node,
                                       stop_node, wait_active)

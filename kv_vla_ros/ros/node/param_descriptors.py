@@ -1,4 +1,4 @@
-"""Declare `ParamSpec`s (`kv_vla_ros.ros.param_specs`, plain data) on an rclpy node: descriptors with
+"""Declare `ParamSpec`s (`kv_vla_ros.ros.node.param_specs`, plain data) on an rclpy node: descriptors with
 descriptions, ranges and read-only flags, and the type checks around setting them."""
 
 from __future__ import annotations
@@ -8,7 +8,7 @@ from rclpy.node import Node
 from rclpy.parameter import Parameter
 
 from kv_vla_ros.cache.settings import FIXED, LIVE, NEXT_EPISODE, RESTART
-from kv_vla_ros.ros.param_specs import ParamSpec, coerce_param
+from kv_vla_ros.ros.node.param_specs import ParamSpec, coerce_param
 
 _TYPES = {"bool": ParameterType.PARAMETER_BOOL, "int": ParameterType.PARAMETER_INTEGER,
           "double": ParameterType.PARAMETER_DOUBLE, "string": ParameterType.PARAMETER_STRING,

@@ -30,11 +30,11 @@ from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackRet
 from rclpy.parameter import Parameter
 from rclpy.signals import SignalHandlerOptions
 
-from kv_vla_ros.ros.node_params import apply_parameters
-from kv_vla_ros.ros.node_runtime import INSTRUCTION_QOS, LATCHED_INSTRUCTION_QOS, STEADY, NodeRuntime
-from kv_vla_ros.ros.param_specs import NODE_PARAMS, POLICY_PARAMS, RENAMED_PARAMS, apply_renamed_params
-from kv_vla_ros.ros.param_descriptors import coerce_parameters, declare_specs
-from kv_vla_ros.ros.session_setup import StartupError
+from kv_vla_ros.ros.node.params import apply_parameters
+from kv_vla_ros.ros.node.runtime import INSTRUCTION_QOS, LATCHED_INSTRUCTION_QOS, STEADY, NodeRuntime
+from kv_vla_ros.ros.node.param_specs import NODE_PARAMS, POLICY_PARAMS, RENAMED_PARAMS, apply_renamed_params
+from kv_vla_ros.ros.node.param_descriptors import coerce_parameters, declare_specs
+from kv_vla_ros.ros.node.session_setup import StartupError
 from kv_vla_ros.ros.signals import catch_stop_signals, ignore_stop_signals
 
 NODE_NAME = "kv_vla_node"

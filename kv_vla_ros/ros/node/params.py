@@ -6,9 +6,9 @@ from __future__ import annotations
 
 import math
 
-from kv_vla_ros.ros.control import ON_REJECT, RollingStats, broadcast_limits
-from kv_vla_ros.ros.param_specs import cache_changes_from_params, coerce_param
-from kv_vla_ros.ros.session_setup import cache_error, reconfigure
+from kv_vla_ros.ros.node.control import ON_REJECT, RollingStats, broadcast_limits
+from kv_vla_ros.ros.node.param_specs import cache_changes_from_params, coerce_param
+from kv_vla_ros.ros.node.session_setup import cache_error, reconfigure
 from kv_vla_ros.vla.action_queue import MERGE_RULES
 
 TWIST_FIELDS = {"twist.discrete_linear": "discrete_linear", "twist.discrete_angular": "discrete_angular",

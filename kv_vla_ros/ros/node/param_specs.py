@@ -1,7 +1,7 @@
 """The policy node's parameters as plain data (no rclpy): names, types, defaults, ranges, help and
 when a change takes effect, all from one place: the field metadata of `NodeSettings` (the node's
 own settings) and of `CacheConfig` (``cache.<field>``), see `kv_vla_ros.cache.settings`. The node
-declares exactly these (`kv_vla_ros.ros.param_descriptors`); config/*.yaml's comments and
+declares exactly these (`kv_vla_ros.ros.node.param_descriptors`); config/*.yaml's comments and
 docs/ros.md's table are generated from them (``python scripts/generate_docs.py``; a test fails
 when the committed files differ).
 

@@ -1,6 +1,6 @@
 """kv_vla_node whose every inference takes ``KV_VLA_EXTRA_DELAY_MS`` longer: what a slower model (or a
 busier GPU) does to the control loop, without a bigger model (`kv-vla bench ros --extra-delay-ms`).
-Run as ``python -m kv_vla_ros.ros.delayed_node --ros-args ...``; the session is the real one."""
+Run as ``python -m kv_vla_ros.bench.delayed_node --ros-args ...``; the session is the real one."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import os
 import sys
 import time
 
-from kv_vla_ros.ros.policy_node import main
+from kv_vla_ros.ros.node.kv_vla_node import main
 from kv_vla_ros.vla import VLASession
 
 

@@ -34,9 +34,10 @@ from rclpy.qos import QoSProfile, QoSReliabilityPolicy
 from sensor_msgs.msg import Image, JointState
 from std_msgs.msg import Float32MultiArray, MultiArrayDimension, String
 
-from kv_vla_ros.ros.control import CHUNK_INDEX_PREFIX, format_source_stamp, parse_source_stamp
+from kv_vla_ros.ros.node.control import CHUNK_INDEX_PREFIX, format_source_stamp, parse_source_stamp
 from kv_vla_ros.data.image_conversion import fill_image_msg
-from kv_vla_ros.ros.sim_node import LATCHED, RESULTS_QOS, _desc, next_view_stamp, report_episode, run_sim_node
+from kv_vla_ros.ros.worlds.minigrid_sim_node import (LATCHED, RESULTS_QOS, _desc, next_view_stamp, report_episode,
+                                                     run_sim_node)
 from kv_vla_ros.sim import split_seeds
 from kv_vla_ros.sim.arm.env import ArmRobot
 from kv_vla_ros.sim.arm.scene import STATE_JOINT_NAMES

@@ -55,7 +55,7 @@ def play_once(node, bag: BagReader, publishers: dict, rate: float, start_ns: int
 
 @cli_errors("bag play")
 def run(args: argparse.Namespace) -> int:
-    from kv_vla_ros.ros.bag_live import StopFlag, from_bag_qos, init_ros, message_class, shutdown_ros
+    from kv_vla_ros.ros.bags.live import StopFlag, from_bag_qos, init_ros, message_class, shutdown_ros
 
     if not args.rate > 0:
         raise ValueError(f"--rate: must be > 0, got {args.rate}")

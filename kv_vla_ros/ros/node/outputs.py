@@ -22,7 +22,7 @@ from geometry_msgs.msg import Twist, TwistStamped
 from std_msgs.msg import Float32MultiArray, MultiArrayDimension
 from trajectory_msgs.msg import JointTrajectory, JointTrajectoryPoint
 
-from kv_vla_ros.ros.control import CHUNK_INDEX_PREFIX, format_source_stamp
+from kv_vla_ros.ros.node.control import CHUNK_INDEX_PREFIX, format_source_stamp
 
 OUTPUTS = ("twist", "twist_stamped", "trajectory")
 TOPICS = {"twist": "cmd_vel", "twist_stamped": "cmd_vel", "trajectory": "joint_trajectory"}
@@ -100,7 +100,7 @@ class CommandOutputs:
             self.output_pub.publish(msg)
 
     def publish_stop(self, period_s: float = 0.05) -> None:
-        from kv_vla_ros.ros.control import ControlCommand
+        from kv_vla_ros.ros.node.control import ControlCommand
 
         self._stopped = False  # always send it: this is the node's last word (deactivate, shutdown)
         self.publish(ControlCommand(None, None, "stop"), period_s)

@@ -50,7 +50,7 @@ class Monitor:
         from diagnostic_msgs.msg import DiagnosticArray
         from std_msgs.msg import Float32MultiArray, String
 
-        from kv_vla_ros.ros.sim_node import RESULTS_QOS
+        from kv_vla_ros.ros.worlds.minigrid_sim_node import RESULTS_QOS
 
         self.node = node
         self.results: list[dict] = []
@@ -109,7 +109,7 @@ def offline_check(model_path: str, task: str, cache: dict, seeds: list[int], max
     from kv_vla_ros.vla import VLAModel
 
     torch.set_num_threads(1)  # as the node (num_threads: 1), so the float sums are the same
-    from kv_vla_ros.ros.session_setup import attach_trained_gate
+    from kv_vla_ros.ros.node.session_setup import attach_trained_gate
 
     model = attach_trained_gate(VLAModel.from_pretrained(model_path), model_path)
     return evaluate_task(model, task, CacheConfig.from_dict(cache), seeds, max_steps, progress=False)
@@ -207,7 +207,7 @@ def _report(summary: dict, mon: Monitor, args: argparse.Namespace, model_path: P
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m kv_vla_ros.ros.demo", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m kv_vla_ros.ros.worlds.demo", description=__doc__.splitlines()[0])
     configure(parser)
     return run(parser.parse_args(argv))
 

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from kv_vla_ros.ros.bench_seams import configure_seams, run_seams
+from kv_vla_ros.bench.seams import configure_seams, run_seams
 from kv_vla_ros.ros.processes import POLICY_MODULE, pick_free_domain_id, spawn_node, stop_node
 
 REPO = Path(__file__).resolve().parents[2]

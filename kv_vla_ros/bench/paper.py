@@ -32,7 +32,7 @@ from kv_vla_ros.cache import CacheConfig, attention_implementation, make_cache, 
 from kv_vla_ros.cache.compiled import CompiledDecode
 from kv_vla_ros.cache.spec import add_renamed_flag
 from kv_vla_ros.cache.work import StepWork
-from kv_vla_ros.eval import floors
+from kv_vla_ros.bench import floors
 
 PAPER = {  # KV-Efficient VLA (arXiv 2509.21354): v2 measured, v1 theoretical, the paper's cost model
     "speedup": {"v2": 1.34, "v1": 1.21, "cost model": 1.61},
@@ -267,7 +267,7 @@ def run(args: argparse.Namespace) -> int:
     policies = [p.strip() for p in (args.evictions or default).split(",") if p.strip()]
     extra, prefix, name, weight_bytes = {}, PREFIX, args.backbone, None
     if args.backbone == "pi0":
-        from kv_vla_ros.eval.bench_pi0 import PROMPT_TOKENS, build_pi0, pi0_forward, pi0_weight_bytes
+        from kv_vla_ros.bench.paper_pi0 import PROMPT_TOKENS, build_pi0, pi0_forward, pi0_weight_bytes
 
         model, step, dtype, scale = build_pi0(args.device, args.dtype)
         text = model.config.vlm_config.text_config

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from kv_vla_ros.ros.safety import RULES, Rejection, SafetyLimits, check_chunk, check_sequence
+from kv_vla_ros.ros.node.safety import RULES, Rejection, SafetyLimits, check_chunk, check_sequence
 from kv_vla_ros.vla.action_queue import MERGE_RULES, ActionQueue, merge_chunk
 
 ON_REJECT = ("stop", "hold")
@@ -106,7 +106,7 @@ class ControlLoop:
     """Executes the policy's action chunks one action per control tick and decides what each tick
     publishes.
 
-    A chunk ``(n, dim)`` is checked whole (`kv_vla_ros.ros.safety`: finiteness, ids, bounds, max
+    A chunk ``(n, dim)`` is checked whole (`kv_vla_ros.ros.node.safety`: finiteness, ids, bounds, max
     step and jerk with the commands last sent) and, if it passes, merged into the ``ActionQueue``
     (rows already overtaken by the actions executed while it was inferred are skipped; the overlap
     with the queued actions merged by ``merge_rule``). Its actions are published one per tick;

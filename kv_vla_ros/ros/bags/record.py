@@ -38,7 +38,7 @@ class Recorder:
         self.skipped: set[str] = set()
 
     def discover(self) -> None:
-        from kv_vla_ros.ros.bag_live import adapted_qos, message_class, to_bag_qos
+        from kv_vla_ros.ros.bags.live import adapted_qos, message_class, to_bag_qos
 
         for topic, types in self.node.get_topic_names_and_types():
             if topic in self.subscriptions or topic in self.skipped:
@@ -72,7 +72,7 @@ class Recorder:
 def run(args: argparse.Namespace) -> int:
     import rclpy
 
-    from kv_vla_ros.ros.bag_live import StopFlag, init_ros, shutdown_ros
+    from kv_vla_ros.ros.bags.live import StopFlag, init_ros, shutdown_ros
 
     if args.all and args.topics:
         raise ValueError("--all: give either --all or --topics, not both")

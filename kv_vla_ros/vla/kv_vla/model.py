@@ -20,9 +20,9 @@ import torch.nn as nn
 import torch.nn.functional as F
 from transformers import AutoModelForCausalLM
 
-from kv_vla_ros.vla.config import VLAConfig
-from kv_vla_ros.vla.processor import ImageProcessor
-from kv_vla_ros.vla.tokenization import ActionTokenizer, TextTokenizer, build_text_tokenizer
+from kv_vla_ros.vla.kv_vla.config import VLAConfig
+from kv_vla_ros.vla.kv_vla.processor import ImageProcessor
+from kv_vla_ros.vla.kv_vla.tokenization import ActionTokenizer, TextTokenizer, build_text_tokenizer
 
 CONFIG_FILE, WEIGHTS_FILE, TOKENIZER_FILE = "config.json", "model.safetensors", "tokenizer.json"
 FORMAT_VERSION = 1
