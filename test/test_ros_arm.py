@@ -32,7 +32,7 @@ def arm(tmp_path_factory):
     params = {"model_path": str(ckpt), "autostart": False, "image_topics": CAMERAS, "state_topic": STATE_TOPIC,
               "state_joint_names": JOINTS, "action_output": "trajectory", "joint_names": ["j0", "j1"],
               "enable_topic": "enable", "enable_timeout_s": ENABLE_S, "control_rate_hz": RATE_HZ,
-              "stale_timeout_s": STALE_S, "camera_sync_slop_s": 0.02, "cache.policy": "sink_window",
+              "stale_timeout_s": STALE_S, "camera_sync_slop_s": 0.02, "cache.eviction": "sink_window",
               "cache.recent_chunks": 2, "cache.budget_tokens": 48 + 3 * 32, "instruction": "pick up the cube"}
     record = tmp / "pairs.jsonl"
     proc = spawn_node(POLICY_MODULE, domain, params, REPO / "config" / "pi0.yaml", tmp / "node.log",

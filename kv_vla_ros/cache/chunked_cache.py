@@ -59,7 +59,7 @@ class ChunkedKVCache(Cache):
                 f"(model uses {self.attn_implementation!r}); call kv_vla_ros.cache.use_kv_vla_attention(model) first"
             )
         in_dim = gate_input_dim(len(self.chunked), self.head_dim)
-        if config.eviction == "gated":
+        if config.eviction_class.needs_gate:
             gate = gate if gate is not None else ChunkGate.untrained(in_dim, seed=config.seed)
             if gate.config.in_dim != in_dim:
                 raise ValueError(
@@ -248,9 +248,9 @@ class ChunkedKVCache(Cache):
                 raise ValueError(f"{name}: cannot change in the middle of an episode (applies to a new cache)")
         if config.static != self.config.static:  # the layers' kind is fixed when the cache is built
             raise ValueError("static: switching the static-shape cache on or off applies to a new cache")
-        if (config.eviction == "window") != (self.config.eviction == "window") and self.tokens_seen > 0:
-            raise ValueError("eviction: switching to or from 'window' changes the prefix layout; it applies to a new "
-                             "cache")
+        if config.eviction_class.holds_prefix != self.config.eviction_class.holds_prefix and self.tokens_seen > 0:
+            raise ValueError(f"eviction: switching from {self.config.eviction!r} to {config.eviction!r} changes the "
+                             "prefix layout (one holds the prefix, the other not); it applies to a new cache")
         self._check_layer_budgets(config)
         slots = min((getattr(self.layers[i], "capacity", 1 << 62) for i in self.chunked), default=1 << 62)
         if static_capacity(config) > slots and config.static:
@@ -268,7 +268,7 @@ class ChunkedKVCache(Cache):
             self._states = ([list(self._states[0]) for _ in range(n_groups)] if n_groups_old == 1
                             else [[min(col) for col in zip(*self._states)] if self.old_ids else []])
         if config.eviction != old_eviction:
-            if config.eviction == "gated" and self.gate is None:
+            if config.eviction_class.needs_gate and self.gate is None:
                 in_dim = gate_input_dim(len(self.chunked), self.head_dim)
                 self.gate = ChunkGate.untrained(in_dim, seed=config.seed)
             self.eviction = make_eviction(config.eviction, self)

@@ -20,7 +20,7 @@ import numpy as np
 from kv_vla_ros.ros.processes import ARM_SIM_MODULE, POLICY_MODULE, pick_free_domain_id, spawn_node, stop_node
 from kv_vla_ros.vla import ARM_MODEL_PATH
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[3]  # kv_vla_ros/ros/worlds/ -> the repository
 DEFAULT_TASK = "Arm-CueCarryLong-v0"
 
 
