@@ -125,6 +125,7 @@ def diag_while(arm_probe: Probe, seconds: float = 1.5) -> dict:
 def test_lifecycle_configure_activate_deactivate(arm):
     assert lifecycle(arm) == "unconfigured"
     assert arm.last_diag(after=time.monotonic())["lifecycle"] == "unconfigured"
+    assert "autostart is false: unconfigured; `ros2 lifecycle set /kv_vla_node configure`" in arm.log.read_text()
     assert lifecycle(arm, "configure") == "inactive"
     start = time.monotonic()
     diag = diag_while(arm, 1.5)

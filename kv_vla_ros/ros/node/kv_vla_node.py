@@ -35,6 +35,7 @@ from kv_vla_ros.ros.node.runtime import INSTRUCTION_QOS, LATCHED_INSTRUCTION_QOS
 from kv_vla_ros.ros.node.param_specs import NODE_PARAMS, POLICY_PARAMS
 from kv_vla_ros.ros.node.param_descriptors import coerce_parameters, declare_specs
 from kv_vla_ros.ros.node.session_setup import StartupError
+from kv_vla_ros.ros.entry import asks_for_help
 from kv_vla_ros.ros.signals import catch_stop_signals, ignore_stop_signals
 
 NODE_NAME = "kv_vla_node"
@@ -204,6 +205,8 @@ def main(argv: list[str] | None = None, session_factory=None, stop=None) -> int:
     (bad parameters; with ``autostart``, a checkpoint that does not load), 0 after a stop signal
     (any number of them, at any moment) or the lifecycle ``shutdown`` transition."""
     stop = stop or catch_stop_signals()
+    if asks_for_help(NODE_NAME, argv[1:] if argv is not None else None):
+        return 0
     rclpy.init(args=argv if argv is not None else sys.argv, signal_handler_options=SignalHandlerOptions.NO)
     try:
         node = KVVLANode(session_factory=session_factory)
@@ -223,6 +226,10 @@ def main(argv: list[str] | None = None, session_factory=None, stop=None) -> int:
     spinner = threading.Thread(target=_spin, args=(executor, spinning), daemon=True)
     spinner.start()
     code = 0
+    if not node.autostart:  # say how to go on: a node that only waits would look hung
+        name = node.get_fully_qualified_name()
+        node.get_logger().info(f"autostart is false: unconfigured; `ros2 lifecycle set {name} configure`, then "
+                               f"`ros2 lifecycle set {name} activate`")
     if node.autostart and not stop.is_set():
         if node.trigger_configure() != TransitionCallbackReturn.SUCCESS:
             code = 1  # the reason is logged (one line)

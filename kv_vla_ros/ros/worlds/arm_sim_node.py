@@ -65,8 +65,9 @@ def action_address(msg: Float32MultiArray) -> tuple[tuple[int, int] | None, int]
 
 
 class ArmSimNode(Node):
+    NODE_NAME = "arm_sim_node"
     def __init__(self, **node_kwargs):
-        super().__init__("arm_sim_node", **node_kwargs)
+        super().__init__(self.NODE_NAME, **node_kwargs)
         declare = lambda name, value, *a, **k: self.declare_parameter(name, value, _desc(*a, **k)).value  # noqa: E731
         task = declare("task", "Arm-CueCarryLong-v0", "arm task id: Arm-CueCarryShort-v0 or Arm-CueCarryLong-v0")
         self.mode = declare("mode", "policy", "who acts: policy (actions from the action topic) or expert")

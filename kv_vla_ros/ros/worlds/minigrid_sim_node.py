@@ -21,6 +21,7 @@ import sys
 import rclpy
 from rcl_interfaces.msg import FloatingPointRange, IntegerRange, ParameterDescriptor
 from rclpy.duration import Duration
+from rclpy.exceptions import ParameterException
 from rclpy.executors import ExternalShutdownException
 from rclpy.node import Node
 from rclpy.qos import QoSDurabilityPolicy, QoSProfile, QoSReliabilityPolicy, qos_profile_sensor_data
@@ -30,6 +31,7 @@ from std_msgs.msg import Float32MultiArray, String
 
 from kv_vla_ros.ros.node.control import parse_source_stamp
 from kv_vla_ros.data.image_conversion import fill_image_msg
+from kv_vla_ros.ros.entry import asks_for_help
 from kv_vla_ros.ros.signals import catch_stop_signals, ignore_stop_signals
 from kv_vla_ros.sim import SimRobot, eval_seeds
 
@@ -58,8 +60,9 @@ def next_view_stamp(clock, previous):
 
 
 class MiniGridSimNode(Node):
+    NODE_NAME = "minigrid_sim_node"
     def __init__(self, **node_kwargs):
-        super().__init__("minigrid_sim_node", **node_kwargs)
+        super().__init__(self.NODE_NAME, **node_kwargs)
         declare = lambda name, value, *a, **k: self.declare_parameter(name, value, _desc(*a, **k)).value  # noqa: E731
         self.task = declare("task", "MiniGrid-MemoryS13Random-v0", "MiniGrid/BabyAI task id")
         self.seed_offset = declare("seed_offset", 0, "offset into kv_vla_ros.sim eval seeds", (0, 999_999))
@@ -176,10 +179,16 @@ def run_sim_node(make_node, argv: list[str] | None = None, stop=None) -> int:
     ``robot``) until it has run its episodes or a stop signal came (any number of them, at any
     moment: exit 0, no traceback; see kv_vla_ros.ros.signals); then let its results drain."""
     stop = stop or catch_stop_signals()
+    if asks_for_help(make_node.NODE_NAME, argv[1:] if argv is not None else None):
+        return 0
     rclpy.init(args=argv if argv is not None else sys.argv, signal_handler_options=SignalHandlerOptions.NO)
     node = None
     try:
-        node = make_node()
+        try:
+            node = make_node()
+        except (ValueError, ParameterException) as exc:  # a parameter out of its range, a bad task id
+            rclpy.logging.get_logger(make_node.NODE_NAME).error(f"cannot start: {exc}")
+            return 1
         while rclpy.ok() and not node.finished and not stop.is_set():
             rclpy.spin_once(node, timeout_sec=0.1)
         if node.finished and not stop.is_set():  # let the last results and their late subscribers drain
