@@ -77,8 +77,8 @@ def generate_launch_description() -> LaunchDescription:
                               description="kv_vla_node parameters file (unused when the expert drives)"),
         DeclareLaunchArgument("namespace", default_value="", description="namespace of the nodes and their topics"),
         DeclareLaunchArgument("autostart", default_value="true", choices=["true", "false"],
-                              description="configure and activate kv_vla_node at start-up; false: it waits unconfigured "
-                                          "for `ros2 lifecycle set /kv_vla_node configure` then `activate`"),
+                              description="configure and activate kv_vla_node at start-up; false: it waits "
+                                          "unconfigured for `ros2 lifecycle set /kv_vla_node configure`, `activate`"),
         DeclareLaunchArgument("use_sim_time", default_value="false", choices=["true", "false"],
                               description="kv_vla_node's clock from /clock (a simulator publishing one)"),
         DeclareLaunchArgument("episodes", default_value="3", description="episodes before the launch ends"),

@@ -35,7 +35,7 @@ from kv_vla_ros.ros.node.runtime import INSTRUCTION_QOS, LATCHED_INSTRUCTION_QOS
 from kv_vla_ros.ros.node.param_specs import NODE_PARAMS, POLICY_PARAMS
 from kv_vla_ros.ros.node.param_descriptors import coerce_parameters, declare_specs
 from kv_vla_ros.ros.node.session_setup import StartupError
-from kv_vla_ros.ros.entry import asks_for_help
+from kv_vla_ros.ros.usage import asks_for_help
 from kv_vla_ros.ros.signals import catch_stop_signals, ignore_stop_signals
 
 NODE_NAME = "kv_vla_node"

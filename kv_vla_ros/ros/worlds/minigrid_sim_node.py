@@ -31,7 +31,7 @@ from std_msgs.msg import Float32MultiArray, String
 
 from kv_vla_ros.ros.node.control import parse_source_stamp
 from kv_vla_ros.data.image_conversion import fill_image_msg
-from kv_vla_ros.ros.entry import asks_for_help
+from kv_vla_ros.ros.usage import asks_for_help
 from kv_vla_ros.ros.signals import catch_stop_signals, ignore_stop_signals
 from kv_vla_ros.sim import SimRobot, eval_seeds
 
