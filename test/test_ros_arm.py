@@ -1,4 +1,4 @@
-"""kv_vla_node as an arm user runs it (issue 23), in its own process over real DDS: a tiny random π0
+"""kv_vla_node as an arm user runs it, in its own process over real DDS: a tiny random π0
 (two cameras, a 3-joint state picked by name, 2-dimensional actions) as a lifecycle node started
 unconfigured (``autostart: false``) and driven through its transitions with the lifecycle
 services, publishing a JointTrajectory per plan, behind a deadman; whole-chunk safety rules, camera

@@ -1,4 +1,4 @@
-"""kv_vla_node as a ROS 2 user meets it (issue 12), over real DDS in separate processes: the shipped
+"""kv_vla_node as a ROS 2 user meets it, over real DDS in separate processes: the shipped
 model without a params file is bounded, an unbounded cache warns with its growth, a default-QoS
 `ros2 topic pub` instruction works (and a latched one sent before start-up still arrives, once),
 layout cache changes apply from the next episode, wrong types are named, and reset / new
