@@ -200,7 +200,7 @@ def test_reset_and_new_instructions_mid_episode_keep_the_closed_loop_running(tmp
     that drops that view's pending action must not leave the node filtering it as a repeat."""
     from std_msgs.msg import String
 
-    from kv_vla_ros.ros.worlds.minigrid_sim_node import RESULTS_QOS
+    from kv_vla_ros.ros.worlds.sim_node_common import RESULTS_QOS
 
     model = build_tiny_model(tmp_path / "tiny")
     domain = pick_free_domain_id(salt=45)

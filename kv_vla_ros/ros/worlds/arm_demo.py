@@ -56,7 +56,7 @@ class ArmMonitor:
         from sensor_msgs.msg import Image, JointState
         from std_msgs.msg import Float32MultiArray, String
 
-        from kv_vla_ros.ros.worlds.minigrid_sim_node import RESULTS_QOS
+        from kv_vla_ros.ros.worlds.sim_node_common import RESULTS_QOS
 
         self.results: list[dict] = []
         self.action_times: list[float] = []

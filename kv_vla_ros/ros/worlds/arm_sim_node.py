@@ -36,8 +36,8 @@ from std_msgs.msg import Float32MultiArray, MultiArrayDimension, String
 
 from kv_vla_ros.ros.node.control import CHUNK_INDEX_PREFIX, format_source_stamp, parse_source_stamp
 from kv_vla_ros.data.image_conversion import fill_image_msg
-from kv_vla_ros.ros.worlds.minigrid_sim_node import (LATCHED, RESULTS_QOS, _desc, next_view_stamp, report_episode,
-                                                     run_sim_node)
+from kv_vla_ros.ros.worlds.sim_node_common import (LATCHED, RESULTS_QOS, next_view_stamp, read_only_descriptor,
+                                                   report_episode, run_sim_node)
 from kv_vla_ros.sim import split_seeds
 from kv_vla_ros.sim.arm.env import ArmRobot
 from kv_vla_ros.sim.arm.scene import STATE_JOINT_NAMES
@@ -68,7 +68,8 @@ class ArmSimNode(Node):
     NODE_NAME = "arm_sim_node"
     def __init__(self, **node_kwargs):
         super().__init__(self.NODE_NAME, **node_kwargs)
-        declare = lambda name, value, *a, **k: self.declare_parameter(name, value, _desc(*a, **k)).value  # noqa: E731
+        declare = lambda name, value, *a, **k: self.declare_parameter(  # noqa: E731
+            name, value, read_only_descriptor(*a, **k)).value
         task = declare("task", "Arm-CueCarryLong-v0", "arm task id: Arm-CueCarryShort-v0 or Arm-CueCarryLong-v0")
         self.mode = declare("mode", "policy", "who acts: policy (actions from the action topic) or expert")
         self.split = declare("seed_split", "eval", "seed range: eval (held out) or train")

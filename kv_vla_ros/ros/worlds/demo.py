@@ -50,7 +50,7 @@ class Monitor:
         from diagnostic_msgs.msg import DiagnosticArray
         from std_msgs.msg import Float32MultiArray, String
 
-        from kv_vla_ros.ros.worlds.minigrid_sim_node import RESULTS_QOS
+        from kv_vla_ros.ros.worlds.sim_node_common import RESULTS_QOS
 
         self.node = node
         self.results: list[dict] = []
@@ -109,9 +109,8 @@ def offline_check(model_path: str, task: str, cache: dict, seeds: list[int], max
     from kv_vla_ros.vla import VLAModel
 
     torch.set_num_threads(1)  # as the node (num_threads: 1), so the float sums are the same
-    from kv_vla_ros.ros.node.session_setup import attach_trained_gate
 
-    model = attach_trained_gate(VLAModel.from_pretrained(model_path), model_path)
+    model = VLAModel.from_pretrained(model_path)  # with the gate saved beside it, as the node loads it
     return evaluate_task(model, task, CacheConfig.from_dict(cache), seeds, max_steps, progress=False)
 
 
