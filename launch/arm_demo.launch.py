@@ -22,6 +22,11 @@ from launch_ros.actions import Node
 from launch_ros.parameter_descriptions import ParameterValue
 from launch_ros.substitutions import FindPackageShare
 
+from kv_vla_ros.ros.launch_values import check_typed_arguments
+
+# the arguments converted by ParameterValue below: checked first, so that a bad value is refused by name
+TYPED = {"episodes": int, "seed_offset": int, "control_rate_hz": float}
+
 
 def generate_launch_description() -> LaunchDescription:
     namespace = LaunchConfiguration("namespace")
@@ -89,6 +94,7 @@ def generate_launch_description() -> LaunchDescription:
         DeclareLaunchArgument("control_rate_hz", default_value="10.0",
                               description="control steps per second of the simulator and kv_vla_node (the camera "
                                           "renders once per step)"),
+        check_typed_arguments(TYPED),
         sim,
         policy,
         RegisterEventHandler(OnProcessExit(target_action=sim, on_exit=[EmitEvent(event=Shutdown(

@@ -10,12 +10,17 @@ Why each step is needed:
   SIGINT during that time (torch's and rclpy's teardown take a while) killed the process with
   -2. A handler set to SIG_IGN is left alone by finalization: `ignore_stop_signals` is the
   node's last call.
+- The node scripts (``nodes/``) record a signal from their first line, through the built-in
+  ``_signal`` (importing ``signal`` loads enum, functools and collections: a Ctrl-C in that time,
+  a few hundredths of a second on a loaded machine, printed a KeyboardInterrupt traceback and
+  exited -2); `catch_stop_signals` takes over what they recorded.
 """
 
 from __future__ import annotations
 
 import signal
 import threading
+from collections.abc import Sequence
 
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
@@ -44,13 +49,17 @@ class StopRequest:
 _REQUEST: StopRequest | None = None
 
 
-def catch_stop_signals() -> StopRequest:
-    """Install the handlers (once per process; main thread only) and return the stop request."""
+def catch_stop_signals(received: Sequence[int] = ()) -> StopRequest:
+    """Install the handlers (once per process; main thread only) and return the stop request.
+    ``received``: the signals an earlier handler recorded (the node script's), read after this
+    one is in place so that none is lost between the two."""
     global _REQUEST
     if _REQUEST is None:
         _REQUEST = StopRequest()
         for sig in STOP_SIGNALS:
             signal.signal(sig, _REQUEST._on_signal)
+    for signum in list(received):
+        _REQUEST._on_signal(signum, None)
     return _REQUEST
 
 
