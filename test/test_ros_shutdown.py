@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import signal
 import time
+from pathlib import Path
 
 import pytest
 
@@ -15,8 +16,8 @@ pytest.importorskip("rclpy")
 from kv_vla_ros.ros.processes import pick_free_domain_id, spawn_node  # noqa: E402
 from ros_helpers import Probe, build_tiny_model, wait_until_up  # noqa: E402
 
-# The console scripts' entry points (what `ros2 run` and `ros2 launch` start), as a script
-ENTRY = "import sys; from kv_vla_ros.ros.entry import {0}; sys.exit({0}())"
+# The node scripts, what `ros2 run` and `ros2 launch` start (installed in lib/kv_vla_ros)
+NODES = Path(__file__).resolve().parents[1] / "nodes"
 
 
 @pytest.fixture(scope="module")
@@ -25,9 +26,7 @@ def model(tmp_path_factory):
 
 
 def spawn_entry(entry: str, domain: int, params: dict, log, tmp_path):
-    script = tmp_path / f"{entry}.py"
-    script.write_text(ENTRY.format(entry))
-    return spawn_node("", domain, params, None, log, script=script)
+    return spawn_node("", domain, params, None, log, script=NODES / entry)
 
 
 def interrupt(proc, times: int = 2, gap_s: float = 0.3, timeout: float = 30.0) -> int:

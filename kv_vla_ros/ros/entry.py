@@ -22,17 +22,18 @@ MAINS = {"kv_vla_node": "kv_vla_ros.ros.node.kv_vla_node",
 def run_node(name: str, received: Sequence[int] = ()) -> int:
     """The node ``name``'s ``main`` with the process's stop request; ``received``: the stop signals
     its script recorded before this module could be imported."""
-    from kv_vla_ros.ros.signals import catch_stop_signals, ignore_stop_signals
+    from kv_vla_ros.ros.signals import StopDuringLoad, catch_stop_signals, ignore_stop_signals
 
     stop = catch_stop_signals(received)
     if asks_for_help(name):
         return 0
-    if not stop.is_set():
-        main: Callable[..., int] = import_module(MAINS[name]).main  # rclpy, numpy, torch: seconds
-        if not stop.is_set():
-            return main(stop=stop)
-    ignore_stop_signals()  # stopped before the node was built: nothing to shut down (see signals.py)
-    return 0
+    try:
+        with stop.interrupting():  # rclpy, numpy, torch: seconds; a Ctrl-C abandons them
+            main: Callable[..., int] = import_module(MAINS[name]).main
+    except StopDuringLoad:
+        ignore_stop_signals()  # stopped before the node was built: nothing to shut down (see signals.py)
+        return 0
+    return main(stop=stop)
 
 
 def end_process(code: int) -> NoReturn:

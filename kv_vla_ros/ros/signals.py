@@ -14,15 +14,25 @@ Why each step is needed:
   ``_signal`` (importing ``signal`` loads enum, functools and collections: a Ctrl-C in that time,
   a few hundredths of a second on a loaded machine, printed a KeyboardInterrupt traceback and
   exited -2); `catch_stop_signals` takes over what they recorded.
+- While the node's modules load (torch, transformers, rclpy: seconds, over 10 s on a busy
+  machine, past the 5 s `ros2 launch` waits before SIGTERM and the 5 more before SIGKILL), a stop
+  signal also raises `StopDuringLoad` (`StopRequest.interrupting`): the loading is abandoned, as
+  Python's KeyboardInterrupt would, without its traceback.
 """
 
 from __future__ import annotations
 
 import signal
 import threading
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+
+class StopDuringLoad(BaseException):
+    """A stop signal arrived inside `StopRequest.interrupting` (a BaseException, as
+    KeyboardInterrupt: no ``except Exception`` in the code being run swallows it)."""
 
 
 class StopRequest:
@@ -31,10 +41,26 @@ class StopRequest:
     def __init__(self):
         self.event = threading.Event()
         self.signals = 0
+        self._raise = False
 
     def _on_signal(self, _signum, _frame) -> None:
         self.signals += 1
         self.event.set()
+        if self._raise:  # once: the handler runs in the main thread, between two bytecodes
+            self._raise = False
+            raise StopDuringLoad
+
+    @contextmanager
+    def interrupting(self) -> Iterator[None]:
+        """Inside: a stop signal (or one already received) raises `StopDuringLoad`; catch it
+        around the ``with`` (it may come as the block ends)."""
+        if self.is_set():
+            raise StopDuringLoad
+        self._raise = True
+        try:
+            yield
+        finally:
+            self._raise = False
 
     def set(self) -> None:
         self.event.set()
@@ -69,4 +95,4 @@ def ignore_stop_signals() -> None:
         signal.signal(sig, signal.SIG_IGN)
 
 
-__all__ = ["StopRequest", "catch_stop_signals", "ignore_stop_signals"]
+__all__ = ["StopDuringLoad", "StopRequest", "catch_stop_signals", "ignore_stop_signals"]
