@@ -23,6 +23,7 @@ from launch_ros.parameter_descriptions import ParameterValue
 from launch_ros.substitutions import FindPackageShare
 
 from kv_vla_ros.ros.launch_values import check_typed_arguments
+from kv_vla_ros.ros.node.launch_args import BOOL_CHOICES
 
 # the arguments converted by ParameterValue below: checked first, so that a bad value is refused by name
 TYPED = {"episodes": int, "seed_offset": int, "control_rate_hz": float}
@@ -71,9 +72,9 @@ def generate_launch_description() -> LaunchDescription:
                                                                   "kv-vla-arm-pi0"]),
                               description="π0 checkpoint for the arm (9 joint positions in, 4 actions out; default: "
                                           "the shipped kv-vla-arm-pi0); empty: as expert:=true"),
-        DeclareLaunchArgument("expert", default_value="false", choices=["true", "false", "True", "False"],
+        DeclareLaunchArgument("expert", default_value="false", choices=BOOL_CHOICES,
                               description="true: the simulator's scripted expert drives the arm, no kv_vla_node"),
-        DeclareLaunchArgument("wait_for_subscribers", default_value="false", choices=["true", "false"],
+        DeclareLaunchArgument("wait_for_subscribers", default_value="false", choices=BOOL_CHOICES,
                               description="expert only: hold the first episode until the image, joint_states and "
                                           "action topics each have a subscriber (e.g. kv-vla bag record)"),
         DeclareLaunchArgument("params_file",
@@ -81,10 +82,10 @@ def generate_launch_description() -> LaunchDescription:
                                                                   "pi0.yaml"]),
                               description="kv_vla_node parameters file (unused when the expert drives)"),
         DeclareLaunchArgument("namespace", default_value="", description="namespace of the nodes and their topics"),
-        DeclareLaunchArgument("autostart", default_value="true", choices=["true", "false"],
+        DeclareLaunchArgument("autostart", default_value="true", choices=BOOL_CHOICES,
                               description="configure and activate kv_vla_node at start-up; false: it waits "
                                           "unconfigured for `ros2 lifecycle set /kv_vla_node configure`, `activate`"),
-        DeclareLaunchArgument("use_sim_time", default_value="false", choices=["true", "false"],
+        DeclareLaunchArgument("use_sim_time", default_value="false", choices=BOOL_CHOICES,
                               description="kv_vla_node's clock from /clock (a simulator publishing one)"),
         DeclareLaunchArgument("episodes", default_value="3", description="episodes before the launch ends"),
         DeclareLaunchArgument("task", default_value="Arm-CueCarryLong-v0",

@@ -13,8 +13,9 @@ from launch_ros.actions import Node
 from launch_ros.substitutions import FindPackageShare
 
 # Launch arguments with a fixed set of values: `ros2 launch` refuses anything else by name (a bare
-# `autostart:=1` used to read as false, silently).
-BOOL_CHOICES = ["true", "false"]
+# `autostart:=1` used to read as false, silently). "True"/"False" too: ROS 2 guides write
+# `use_sim_time:=True` (and launch's own conditions read them).
+BOOL_CHOICES = ["true", "false", "True", "False"]
 CHOICES = {"autostart": BOOL_CHOICES, "use_sim_time": BOOL_CHOICES}
 
 POLICY_ARGUMENTS = (
@@ -44,8 +45,8 @@ def policy_overrides(values: dict[str, str]) -> dict:
     for name, choices in CHOICES.items():  # the launch system checks choices; a direct caller may not
         if values[name] not in choices:
             raise ValueError(f"{name}: expected one of {', '.join(choices)}, got {values[name]!r}")
-    params = {"model_path": values["model_path"], "autostart": values["autostart"] == "true",
-              "use_sim_time": values["use_sim_time"] == "true"}
+    params = {"model_path": values["model_path"], "autostart": values["autostart"].lower() == "true",
+              "use_sim_time": values["use_sim_time"].lower() == "true"}
     if values["image_topics"].strip():
         topics = yaml.safe_load(values["image_topics"])
         params["image_topics"] = [str(t) for t in (topics if isinstance(topics, list) else [topics])]
