@@ -8,9 +8,15 @@ HELP = """usage: ros2 run kv_vla_ros {name} [--ros-args -p NAME:=VALUE ... --par
 
 {what}
 
-Parameters: `ros2 param describe /{name} <name>` on the running node, or docs/ros.md
-(the policy node's table, generated from its settings). Stop it with Ctrl-C (exit 0).
+Parameters: `ros2 param list /{name}` and `ros2 param describe /{name} <name>` on the running
+node, or {docs}. Stop it with Ctrl-C (exit 0).
 """
+
+DOCS = {
+    "kv_vla_node": "docs/ros.md (its parameter table, generated from its settings)",
+    "minigrid_sim_node": "docs/ros.md (the closed-loop demo)",
+    "arm_sim_node": "docs/arm.md (the arm world and its node)",
+}
 
 WHAT = {
     "kv_vla_node": "A VLA policy as a ROS 2 lifecycle node: camera frames and an instruction in, action commands "
@@ -26,7 +32,7 @@ def asks_for_help(name: str, argv: list[str] | None = None) -> bool:
     argv = list(sys.argv[1:] if argv is None else argv)
     own = argv[:argv.index("--ros-args")] if "--ros-args" in argv else argv
     if "--help" in own or "-h" in own:
-        print(HELP.format(name=name, what=WHAT[name]))
+        print(HELP.format(name=name, what=WHAT[name], docs=DOCS[name]))
         return True
     return False
 
