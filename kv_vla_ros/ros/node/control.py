@@ -274,6 +274,12 @@ class ControlLoop:
         with self._lock:
             return self._popped_total
 
+    def last_sent(self) -> tuple[tuple[int, int] | None, int] | None:
+        """The newest action taken from the queue: (the frame stamp its chunk answers, its row in the
+        chunk); None when none is held (start, stop, a new episode)."""
+        with self._lock:
+            return None if self._held is None else (self._held_stamp, self._held_index or 0)
+
     def action_ready(self, chunk, source_stamp: tuple[int, int] | None, now: float, episode: int | None = None,
                      started: int | None = None) -> str:
         """Queue a fresh chunk ``(n, action_dim)`` (or one action ``(action_dim,)``); returns "" when

@@ -102,6 +102,12 @@ class NodeSettings:
                                       "rows for the ticks already executed since its inference started are "
                                       "skipped): replace (the new chunk's actions) or blend (a linear crossfade "
                                       "from the old actions to the new over the overlap)")
+    wait_for_action_view: bool = setting(False, "lockstep: an inference waits for the view after the newest action "
+                                         "(row k of a chunk inferred on camera frame v: frame v + k + 1, the one a "
+                                         "lockstep simulator sends once it applied that row), with a state no "
+                                         "older than it, so the closed loop is the offline one whatever the "
+                                         "machine's speed (make demo-arm); false: the newest frame, even one taken "
+                                         "before that action ran (the node infers ahead)")
     camera_sync_slop_s: float = setting(0.05, "pair every further camera's frame and the JointState state with the "
                                         "first camera's frame by header stamp: the closest within this many "
                                         "seconds, waiting up to this long for one at or after the frame's stamp "

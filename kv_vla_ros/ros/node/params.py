@@ -67,6 +67,9 @@ def apply_parameters(node, values: dict) -> str:
         rt.outputs.frame_id = values["twist.frame_id"]
     if "camera_sync_slop_s" in values:
         rt.worker.sync_slop_s = float(values["camera_sync_slop_s"])
+    if "wait_for_action_view" in values:
+        rt.wait_for_action_view = bool(values["wait_for_action_view"])
+        rt.worker.wake()
     if "max_image_pixels" in values:
         rt.max_pixels = int(values["max_image_pixels"])
     if values.get("instruction"):

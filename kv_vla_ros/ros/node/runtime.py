@@ -39,6 +39,7 @@ LATCHED_INSTRUCTION_QOS = QoSProfile(depth=1, reliability=QoSReliabilityPolicy.R
                                      durability=QoSDurabilityPolicy.TRANSIENT_LOCAL)
 LATCHED_WINDOW_S = 5.0  # how long after start-up the transient-local subscription listens
 STEADY = ClockType.STEADY_TIME
+VIEWS_INDEXED = 1024  # first-camera stamps remembered for lockstep (wait_for_action_view)
 class NodeRuntime:
     """What ``configure`` builds on the node and ``cleanup`` destroys: the checkpoint's session,
     the control loop, the inference worker, the subscriptions, the command outputs and the timer.
@@ -102,10 +103,14 @@ class NodeRuntime:
         self._stamp_lock = threading.Lock()
         self._last_stamps: list = [None] * len(self.image_topics)
         self.frames_repeated, self.states_received, self.states_rejected, self.enable_messages = 0, 0, 0, 0
+        self.wait_for_action_view = bool(p["wait_for_action_view"])
+        self._view_index: collections.OrderedDict = collections.OrderedDict()  # first camera: stamp -> n-th view
+        self._index_lock = threading.Lock()  # taken alone (under the stamp lock or the worker's)
+        self._views_seen = 0
         self._recent_instructions: collections.deque = collections.deque(maxlen=16)
         self.worker = InferenceWorker(self.session, self._to_rgb, self._on_chunk, self._on_error, node._now,
                                       len(self.image_topics), self._ready_for_step, self.loop.inference_started,
-                                      p["camera_sync_slop_s"])
+                                      p["camera_sync_slop_s"], self._view_ok)
         self._subscribe(p)
         self.gc_watch = GcWatch()
         if node.get_parameter("use_sim_time").value:  # ticks follow /clock: an rcl timer on the ROS clock
@@ -197,6 +202,13 @@ class NodeRuntime:
                 self.frames_repeated += 1
                 return
             self._last_stamps[camera] = stamp
+            if camera == 0:
+                with self._index_lock:
+                    self._view_index.pop(stamp, None)  # a view re-sent after a new episode: counted anew
+                    self._view_index[stamp] = self._views_seen
+                    self._views_seen += 1
+                    if len(self._view_index) > VIEWS_INDEXED:
+                        self._view_index.popitem(last=False)
             self.loop.input_received(camera, self.node._now())
             self.worker.submit(msg, stamp, camera)
 
@@ -221,6 +233,20 @@ class NodeRuntime:
     def _ready_for_step(self) -> bool:
         """The worker may step: active, the loop wants a chunk, every input is fresh, the deadman allows."""
         return self.node.active and self.loop.needs_chunk and self.loop.input_problem(self.node._now()) is None
+
+    def _view_ok(self, stamp):
+        """Lockstep (``wait_for_action_view``): whether the first camera's frame ``stamp`` came after
+        the newest action ran: row ``k`` of a chunk inferred on view ``v`` is answered by view
+        ``v + k + 1`` (a lockstep world sends one new view per action it applies; a camera faster
+        than the control rate has sent that many long before). None: lockstep off."""
+        if not self.wait_for_action_view:
+            return None
+        sent = self.loop.last_sent()
+        if sent is None or sent[0] is None or stamp is None:
+            return True
+        with self._index_lock:
+            base, index = self._view_index.get(tuple(sent[0])), self._view_index.get(tuple(stamp))
+        return base is None or index is None or index >= base + sent[1] + 1
 
     def _to_rgb(self, msg):
         if hasattr(msg, "encoding"):

@@ -17,7 +17,7 @@ import numpy as np
 
 from kv_vla_ros.ros.processes import POLICY_MODULE, SIM_MODULE, pick_free_domain_id, ros_env, spawn_node, stop_node
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[3]  # kv_vla_ros/ros/worlds/ -> the repository
 DEFAULT_TASK = "MiniGrid-MemoryS13Random-v0"
 
 
