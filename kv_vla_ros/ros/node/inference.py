@@ -96,18 +96,22 @@ class InferenceWorker:
         view_ok: ``(stamp) -> bool or None``: lockstep (``wait_for_action_view``): False keeps a
             first-camera frame waiting for a newer one (it was taken before the newest action
             ran); True steps on it, with a state no older than it; None: no lockstep.
+        guide: ``() -> ChunkGuide or None``, taken as a step takes its inputs (real-time chunking:
+            the step's chunk is sampled toward the actions queued then).
     """
 
     def __init__(self, session, to_rgb: Callable[[Any], np.ndarray],
                  on_chunk: Callable[[np.ndarray, Any, float, int], None], on_error: Callable[[str, str], None],
                  clock: Callable[[], float] = time.monotonic, num_cameras: int = 1,
                  ready: Callable[[], bool] | None = None, on_start: Callable[[], Any] | None = None,
-                 sync_slop_s: float = 0.0, view_ok: Callable[[Any], bool | None] | None = None):
+                 sync_slop_s: float = 0.0, view_ok: Callable[[Any], bool | None] | None = None,
+                 guide: Callable[[], Any] | None = None):
         self.session = session
         self._to_rgb, self._on_chunk, self._on_error, self._clock = to_rgb, on_chunk, on_error, clock
         self._ready = ready or (lambda: True)
         self._on_start = on_start or (lambda: None)
         self._view_ok = view_ok or (lambda stamp: None)
+        self._guide = guide or (lambda: None)
         self.sync_slop_s = float(sync_slop_s)
         self._cond = threading.Condition()
         self.session_lock = threading.Lock()  # held for every session call
@@ -246,11 +250,11 @@ class InferenceWorker:
                 if instruction is None:
                     inputs, state = [self._frames[0]] + list(self._partners), self._state
                     self._fresh = False
-                    started = self._on_start()
+                    started, guide = self._on_start(), self._guide()
             if instruction is not None:
                 self._reset(instruction)
             else:
-                self._step(inputs, state, episode, started)
+                self._step(inputs, state, episode, started, guide)
 
     def _reset(self, instruction: str) -> None:
         try:
@@ -264,7 +268,8 @@ class InferenceWorker:
             self.inference_errors += 1
             self._on_error("inference", f"reset({instruction!r}) failed: {type(exc).__name__}: {exc}")
 
-    def _step(self, inputs: list[tuple[Any, Any]], state: np.ndarray | None, episode: int, started=None) -> None:
+    def _step(self, inputs: list[tuple[Any, Any]], state: np.ndarray | None, episode: int, started=None,
+              guide=None) -> None:
         try:
             images = [self._to_rgb(frame) for frame, _ in inputs]
         except Exception as exc:  # ImageConversionError and anything a broken message throws
@@ -274,7 +279,7 @@ class InferenceWorker:
         t0 = time.perf_counter()
         try:
             with self.session_lock:
-                chunk = self.session.step_action_chunk(images, state)
+                chunk = self.session.step_action_chunk(images, state, **({"guide": guide} if guide else {}))
                 self.last_stats = self._snapshot()
         except Exception as exc:
             self.inference_errors += 1

@@ -7,6 +7,7 @@ from __future__ import annotations
 import collections
 import functools
 import json
+import math
 import threading
 
 from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
@@ -17,7 +18,7 @@ from sensor_msgs.msg import CompressedImage, Image, JointState
 from std_msgs.msg import Bool, Float32MultiArray, String
 from std_srvs.srv import Trigger
 
-from kv_vla_ros.ros.node.control import ControlLoop, RollingStats, TwistAdapter
+from kv_vla_ros.ros.node.control import ControlLoop, RollingStats, TwistAdapter, check_merge_rule
 from kv_vla_ros.ros.node.control_thread import ControlThread
 from kv_vla_ros.ros.node.diagnostics import GcWatch, input_values, policy_status
 from kv_vla_ros.data.image_conversion import compressed_to_rgb, image_to_rgb, shrink_for_model
@@ -88,6 +89,7 @@ class NodeRuntime:
                                     1.0 / self.rate_hz)
             self.loop.set_safety(p["safety.max_step"], p["safety.max_jerk"], p["safety.reject_out_of_bounds"],
                                  p["safety.on_reject"])
+            check_merge_rule(p["action_chunk_merge"], policy)
             self.loop.set_chunking(p["action_chunk_threshold"], p["action_chunk_merge"])
             self.loop.enable_required, self.loop.enable_timeout_s = bool(p["enable_topic"]), p["enable_timeout_s"]
             joint_names = check_output(p["action_output"], p["joint_names"], action_dim, self.discrete)
@@ -110,7 +112,7 @@ class NodeRuntime:
         self._recent_instructions: collections.deque = collections.deque(maxlen=16)
         self.worker = InferenceWorker(self.session, self._to_rgb, self._on_chunk, self._on_error, node._now,
                                       len(self.image_topics), self._ready_for_step, self.loop.inference_started,
-                                      p["camera_sync_slop_s"], self._view_ok)
+                                      p["camera_sync_slop_s"], self._view_ok, self._rtc_guide)
         self._subscribe(p)
         self.gc_watch = GcWatch()
         if node.get_parameter("use_sim_time").value:  # ticks follow /clock: an rcl timer on the ROS clock
@@ -247,6 +249,13 @@ class NodeRuntime:
         with self._index_lock:
             base, index = self._view_index.get(tuple(sent[0])), self._view_index.get(tuple(stamp))
         return base is None or index is None or index >= base + sent[1] + 1
+
+    def _rtc_guide(self):
+        """``action_chunk_merge: rtc``: the guide of the inference starting now, for the delay the
+        recent inferences took (their p50 latency in control periods, rounded up)."""
+        latency_ms = self.worker.latency_ms.percentile(50)
+        delay = 0 if latency_ms != latency_ms else math.ceil(latency_ms * 1e-3 / self.loop.period_s)
+        return self.loop.inference_guide(delay)
 
     def _to_rgb(self, msg):
         if hasattr(msg, "encoding"):
