@@ -597,3 +597,16 @@ def test_lockstep_steps_only_on_a_view_after_the_newest_action():
         assert _wait(lambda: chunks == [(6, 0), (4, 0)])
     finally:
         worker.stop()
+
+
+def test_warm_up_runs_one_inference_beside_the_nodes_session(tmp_path):
+    """configure's warm-up: one inference on blank inputs through a throwaway session on the same
+    model (its lazy first-call costs paid before activate), the node's own session untouched."""
+    from kv_vla_ros.ros.node.session_setup import warm_up
+    from kv_vla_ros.vla import VLASession, load_policy
+    from kv_vla_ros.vla.pi0 import write_pi0_checkpoint
+
+    policy = load_policy(str(write_pi0_checkpoint(tmp_path / "pi0", num_cameras=2, state_dim=3, action_dim=2)))
+    session = VLASession(policy, policy.default_cache_config())
+    before = session.stats()
+    assert np.isfinite(warm_up(session)) and session.stats() == before and session.steps == 0

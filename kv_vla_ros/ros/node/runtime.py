@@ -27,7 +27,7 @@ from kv_vla_ros.ros.node.outputs import CommandOutputs, check_output
 from kv_vla_ros.ros.node.param_specs import (cache_changes_from_params, cache_param_specs, coerce_param,
                                              policy_param_specs, renamed_param_specs)
 from kv_vla_ros.ros.node.session_setup import (StartupError, cache_error, check_inputs, load_session, pending_json,
-                                               state_from_msg, unbounded_cache_warning)
+                                               state_from_msg, unbounded_cache_warning, warm_up)
 
 # Two subscriptions on `instruction`: a volatile one matches every reliable publisher (a plain
 # `ros2 topic pub` offers volatile durability, which a transient-local subscription refuses), and,
@@ -110,6 +110,7 @@ class NodeRuntime:
         self._index_lock = threading.Lock()  # taken alone (under the stamp lock or the worker's)
         self._views_seen = 0
         self._recent_instructions: collections.deque = collections.deque(maxlen=16)
+        self.warm_up_ms = warm_up(self.session)  # before the worker and the timer: the first ticks hold the rate
         self.worker = InferenceWorker(self.session, self._to_rgb, self._on_chunk, self._on_error, node._now,
                                       len(self.image_topics), self._ready_for_step, self.loop.inference_started,
                                       p["camera_sync_slop_s"], self._view_ok, self._rtc_guide)
@@ -168,6 +169,7 @@ class NodeRuntime:
             f"{self.loop.queue.actions_per_inference} executed per inference), cameras {self.image_topics}, "
             f"state {self.state_topic or 'none'}, output action + {self.outputs.kind}, cache {cfg.eviction} "
             f"(budget {cfg.budget_tokens if cfg.budget_tokens is not None else 'none'}), {self.rate_hz:g} Hz")
+        self.node.get_logger().info(f"warm-up inference: {self.warm_up_ms:.0f} ms")
         if self.state_note:
             self.node.get_logger().warning(self.state_note)
         self.warn_if_unbounded(cfg)
