@@ -41,6 +41,7 @@ LATCHED_INSTRUCTION_QOS = QoSProfile(depth=1, reliability=QoSReliabilityPolicy.R
 LATCHED_WINDOW_S = 5.0  # how long after start-up the transient-local subscription listens
 STEADY = ClockType.STEADY_TIME
 VIEWS_INDEXED = 1024  # first-camera stamps remembered for lockstep (wait_for_action_view)
+LOCKSTEP_REPEATS = 4  # re-sends of the newest view that show a lockstep world waits for an action
 class NodeRuntime:
     """What ``configure`` builds on the node and ``cleanup`` destroys: the checkpoint's session,
     the control loop, the inference worker, the subscriptions, the command outputs and the timer.
@@ -109,6 +110,7 @@ class NodeRuntime:
         self._view_index: collections.OrderedDict = collections.OrderedDict()  # first camera: stamp -> n-th view
         self._index_lock = threading.Lock()  # taken alone (under the stamp lock or the worker's)
         self._views_seen = 0
+        self._newest_repeats = 0  # re-sends of the first camera's newest frame since the last new action
         self._recent_instructions: collections.deque = collections.deque(maxlen=16)
         self.warm_up_ms = warm_up(self.session)  # before the worker and the timer: the first ticks hold the rate
         self.worker = InferenceWorker(self.session, self._to_rgb, self._on_chunk, self._on_error, node._now,
@@ -204,7 +206,11 @@ class NodeRuntime:
         with self._stamp_lock:
             if stamp != (0, 0) and stamp == self._last_stamps[camera]:  # the same frame again (a waiting simulator)
                 self.frames_repeated += 1
+                if camera == 0:
+                    self._newest_repeats += 1
                 return
+            if camera == 0:
+                self._newest_repeats = 0
             self._last_stamps[camera] = stamp
             if camera == 0:
                 with self._index_lock:
@@ -250,7 +256,13 @@ class NodeRuntime:
             return True
         with self._index_lock:
             base, index = self._view_index.get(tuple(sent[0])), self._view_index.get(tuple(stamp))
-        return base is None or index is None or index >= base + sent[1] + 1
+            newest = index is not None and index == self._views_seen - 1
+        if base is None or index is None or index >= base + sent[1] + 1:
+            return True
+        # A view sent once and lost on the way (best-effort camera QoS, a busy machine) leaves the
+        # count one short for ever; a world that keeps re-sending its newest view is waiting for an
+        # action: that view is the one after the last, whatever the count says.
+        return newest and self._newest_repeats >= LOCKSTEP_REPEATS
 
     def _rtc_guide(self):
         """``action_chunk_merge: rtc``: the guide of the inference starting now, for the delay the
@@ -325,7 +337,10 @@ class NodeRuntime:
     # ---- control tick (the node holds its tick lock) -----------------------------------------
     def tick(self) -> None:
         now = self.node._now()
+        popped = self.loop.queue.popped
         cmd = self.loop.tick(now)
+        if self.loop.queue.popped != popped:  # a new action goes out: only re-sends after it count
+            self._newest_repeats = 0
         self.outputs.publish(cmd, self.loop.period_s)
         if self.loop.needs_chunk:
             self.worker.wake()
