@@ -64,7 +64,9 @@ def generate_launch_description() -> LaunchDescription:
                      "use_sim_time": ParameterValue(LaunchConfiguration("use_sim_time"), value_type=bool),
                      "action.min": [-1.0], "action.max": [1.0],
                      # the simulator's one camera and its joint state (pi0.yaml is for a two-camera arm)
-                     "image_topics": ["image"], "state_topic": "joint_states"}],
+                     "image_topics": ["image"], "state_topic": "joint_states",
+                     # lockstep: each inference on the view after the last action (the world waits)
+                     "wait_for_action_view": True, "stale_timeout_s": 60.0}],
     )
     return LaunchDescription([
         DeclareLaunchArgument("model_path",

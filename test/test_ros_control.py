@@ -565,3 +565,48 @@ def test_twist_stamped_and_trajectory_outputs_and_their_stops():
         node.destroy_node()
     finally:
         context.try_shutdown()
+
+
+def test_lockstep_steps_only_on_a_view_after_the_newest_action():
+    """``wait_for_action_view``: a frame taken before the newest action ran (``view_ok`` False) is
+    not stepped on, however fresh; the view after it is, with a state no older than it."""
+    import time
+
+    from kv_vla_ros.ros.node.inference import InferenceWorker
+
+    session, chunks = _SlowSession(), []
+    after = {"stamp": (6, 0)}  # the first view after the newest action (None: lockstep off)
+    view_ok = lambda stamp: None if after["stamp"] is None else stamp >= after["stamp"]  # noqa: E731
+    worker = InferenceWorker(session, lambda f: np.full((2, 2, 3), f, np.uint8),
+                             lambda a, stamp, now, episode, started: chunks.append(stamp), lambda kind, msg: None,
+                             sync_slop_s=0.5, view_ok=view_ok)
+    worker.start()
+    try:
+        worker.start_episode("go")
+        worker.submit_state(np.array([1.0]), (5, 0))
+        worker.submit(10, (5, 0))  # the view the action answered: taken before it ran
+        time.sleep(0.25)
+        assert not chunks
+        worker.submit(11, (6, 0))  # the view after the action, its state not yet in: waits for it
+        time.sleep(0.25)
+        assert not chunks and worker.frames_dropped == 1
+        worker.submit_state(np.array([2.0]), (6, 0))
+        assert _wait(lambda: chunks == [(6, 0)]) and session.calls[-1] == ("step", 11, 2.0)
+        after["stamp"] = None  # off: the newest frame, whenever it was taken
+        worker.submit(12, (4, 0))
+        assert _wait(lambda: chunks == [(6, 0), (4, 0)])
+    finally:
+        worker.stop()
+
+
+def test_warm_up_runs_one_inference_beside_the_nodes_session(tmp_path):
+    """configure's warm-up: one inference on blank inputs through a throwaway session on the same
+    model (its lazy first-call costs paid before activate), the node's own session untouched."""
+    from kv_vla_ros.ros.node.session_setup import warm_up
+    from kv_vla_ros.vla import VLASession, load_policy
+    from kv_vla_ros.vla.pi0 import write_pi0_checkpoint
+
+    policy = load_policy(str(write_pi0_checkpoint(tmp_path / "pi0", num_cameras=2, state_dim=3, action_dim=2)))
+    session = VLASession(policy, policy.default_cache_config())
+    before = session.stats()
+    assert np.isfinite(warm_up(session)) and session.stats() == before and session.steps == 0

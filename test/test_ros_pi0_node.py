@@ -85,9 +85,10 @@ def node(ckpt, tmp_path_factory):
               "control_rate_hz": RATE_HZ, "stale_timeout_s": STALE_S, "cache.eviction": "sink_window",
               "cache.recent_chunks": 2, "cache.budget_tokens": 48 + 3 * 32}
     proc = spawn_node(POLICY_MODULE, domain, params, PI0_PARAMS_FILE, tmp / "node.log",
-                      script=REPO / "test" / "ros_policy_runner.py")
+                      script=REPO / "test" / "ros_policy_runner.py",
+                      env_extra={"KV_VLA_TEST_RECORD_GUIDES": str(tmp / "guides.jsonl")})
     with serving(Probe(domain), proc, tmp / "node.log", timeout=90) as probe:
-        probe.robot = Robot(probe)
+        probe.robot, probe.guides_file = Robot(probe), tmp / "guides.jsonl"
         yield probe
 
 
@@ -159,6 +160,36 @@ def test_actions_per_inference_changes_live_within_its_range(node):
         assert not result.successful and result.reason, bad
     assert node.set_params(actions_per_inference=0)[0].successful
     assert int(node.last_diag(after=time.monotonic())["actions_per_inference"]) == CHUNK
+
+
+def test_rtc_guides_each_inference_toward_the_actions_queued_when_it_started(node):
+    """action_chunk_merge rtc (live): with half the chunk still queued when the next inference
+    starts (threshold 0.5), every such inference is sampled with a guide: the queued actions as
+    target, RTC's mask (1 on the rows executed before it arrives, then decaying); replace: none.
+    Chunks keep coming, every action finite. (Whether the guide pulls the rows toward the target:
+    test_delayed_loop, offline with the same π0 code.)"""
+    guides = node.guides_file
+    node.publish_instruction("pick up the red cube")
+    for merge in ("replace", "rtc"):
+        results = node.set_params(action_chunk_threshold=0.5, action_chunk_merge=merge)
+        assert all(r.successful for r in results), [r.reason for r in results]
+        time.sleep(0.3)
+        seen = len(guides.read_text().splitlines()) if guides.exists() else 0
+        start = time.monotonic()
+        node.robot.run(2.5)
+        window = [a for a in node.actions_since(start + 0.5) if a[1]]
+        assert all(np.all(np.isfinite(a[1])) for a in window) and len(chunk_runs(window)) >= 5
+        got = [json.loads(line) for line in guides.read_text().splitlines()[seen:]]
+        assert len(got) >= 5
+        if merge == "replace":
+            assert all(g is None for g in got)
+        else:  # every inference after the first of a run of chunks: 2 queued rows as target
+            given = [g for g in got if g is not None]
+            assert len(given) >= len(got) - 2 and all(len(g["target"]) == CHUNK // 2 for g in given)
+            assert all(g["weights"][0] == 1.0 and len(g["target"][0]) == 2 for g in given)
+    diag = diag_while_streaming(node)
+    assert diag["state"] == "running" and int(diag["inference_errors"]) == 0
+    assert all(r.successful for r in node.set_params(action_chunk_threshold=0.0, action_chunk_merge="replace"))
 
 
 def test_limits_apply_to_every_queued_action(node):

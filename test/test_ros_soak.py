@@ -98,3 +98,22 @@ def test_the_control_rate_is_checked_per_one_second_window(tmp_path):
     samples = [_sample(t, 40, 300, 96) for t in range(10)]
     soak.report(_args(out=str(tmp_path)), samples, "", 0, 3, [], "test", (48, 96, 64), 10.0, sent=sorted(stalled))
     assert json.loads((tmp_path / "results.json").read_text())["checks"]["control_rate"] is False
+
+
+def test_the_latency_check_compares_the_windows_at_the_same_budgets():
+    """A start window that ran mostly at 48 tokens and an end window mostly at 64 (latency grows
+    with tokens held): no regression at equal budgets, so the figures compared agree; a real
+    regression (every budget slower at the end) still shows."""
+    def sample(t, budget, latency):
+        return {"t": t, "budget_tokens": budget, "latency_p50_ms": latency, "rss": 1.0, "kv_bytes": 1.0,
+                "tokens_held": 1.0, "other_cpu_cores": 0.0}
+
+    def run(slower: float):
+        start = [sample(10 + i, 48 if i < 8 else 64, 10.0 if i < 8 else 13.0) for i in range(10)]
+        end = [sample(90 + i, 64 if i < 8 else 48, (13.0 if i < 8 else 10.0) * slower) for i in range(10)]
+        return soak.windows(start + end + [sample(100, 48, 10.0 * slower)], cycle_s=10.0)
+
+    start, end, _, _ = run(1.0)
+    assert end["latency_p50_ms"] == pytest.approx(start["latency_p50_ms"])  # pooled medians: 10 vs 13
+    start, end, _, _ = run(1.3)
+    assert end["latency_p50_ms"] == pytest.approx(1.3 * start["latency_p50_ms"])

@@ -3,8 +3,10 @@
 For each extra inference delay, kv_vla_node (its own process, `delayed_node`) serves the
 checkpoint at ``--control-rate-hz`` from cameras and a joint state published here, under two
 settings: *before* (``action_chunk_threshold: 0``: the next inference starts when the chunk is used
-up, the last action is held meanwhile) and *after* (``--threshold``, ``action_chunk_merge:
-blend``: the next inference starts while the chunk runs, the overlap is crossfaded). Over
+up, the last action is held meanwhile), *after* (``--threshold``, ``action_chunk_merge:
+blend``: the next inference starts while the chunk runs, the overlap is crossfaded) and *rtc*
+(``--threshold``, ``action_chunk_merge: rtc``: real-time chunking, the new chunk sampled toward
+the actions queued when its inference started; a flow policy, π0). Over
 ``--ticks`` control ticks each it reports: ticks with no fresh action (a held repeat or a stop),
 the jump between consecutive commands at chunk seams and inside chunks (max over dimensions,
 p50/p99), and the control rate achieved. Table (results.md), JSON and a PNG plot of one joint over
@@ -19,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-SETTINGS = (("before", 0.0, "replace"), ("after", None, "blend"))  # None: --threshold
+SETTINGS = (("before", 0.0, "replace"), ("after", None, "blend"), ("rtc", None, "rtc"))  # None: --threshold
 
 
 def configure_seams(parser) -> None:
@@ -176,8 +178,9 @@ def _plot(rows: dict, path: Path, rate_hz: float) -> None:
     import matplotlib.pyplot as plt
 
     delay = max(rows)
-    fig, axes = plt.subplots(2, 1, figsize=(9, 6), sharex=True)
-    for ax, name in zip(axes, ("before", "after")):
+    names = [name for name, _, _ in SETTINGS if name in rows[delay]]
+    fig, axes = plt.subplots(len(names), 1, figsize=(9, 3 * len(names)), sharex=True)
+    for ax, name in zip(axes, names):
         trace = rows[delay][name]["trace"][: int(3 * rate_hz)]
         t0 = trace[0][0]
         ax.step([t - t0 for t, _, _ in trace], [v if v is not None else np.nan for _, v, _ in trace], where="post")
@@ -188,7 +191,7 @@ def _plot(rows: dict, path: Path, rate_hz: float) -> None:
         ax.set_title(f"{name}: threshold {m['threshold']:g}, {m['merge']} ({m['no_fresh_action']} of {m['ticks']} "
                      "ticks without a fresh action)", fontsize=9)
         ax.set_ylabel("joint 0 command")
-    axes[1].set_xlabel("s (grey: chunk seams)")
+    axes[-1].set_xlabel("s (grey: chunk seams)")
     fig.suptitle(f"kv_vla_node, {delay:g} ms extra inference delay, {rate_hz:g} Hz")
     fig.tight_layout()
     fig.savefig(path, dpi=100)

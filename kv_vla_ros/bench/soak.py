@@ -210,17 +210,27 @@ def rate_windows(sent: list[float], rate_hz: float) -> dict:
 def windows(samples: list[dict], cycle_s: float) -> tuple[dict, dict, tuple[float, float], tuple[float, float]]:
     """Medians of each figure at the start and at the end of the run. The first 10% is warm-up
     (allocator, caches); each window spans one whole cycle of the live changes (at most 40% of the
-    run), so both see every cache config for the same time and the comparison is like for like.
-    -> (start, end, start span (s), end span (s))."""
+    run), so both see every cache config for the same time and the comparison is like for like;
+    latency is compared at the budgets both windows ran under. -> (start, end, start span (s), end
+    span (s))."""
     total = samples[-1]["t"]
     width = min(cycle_s, 0.4 * total)
     spans = (0.1 * total, 0.1 * total + width), (total - width, total + 1e-9)
 
-    def medians(lo, hi):
-        chosen = [s for s in samples if lo <= s["t"] <= hi] or samples[-1:]
-        return {key: float(np.median([s.get(key, np.nan) for s in chosen])) for key in FIGURES}
+    chosen = [[s for s in samples if lo <= s["t"] <= hi] or samples[-1:] for lo, hi in spans]
+    # latency depends on the budget in force: compared at the budgets both windows ran under, each
+    # budget weighted alike in both (a window that happened to hold 64 tokens where the other held 48
+    # is no regression); all samples when they share none
+    common = set.intersection(*({repr(s["budget_tokens"]) for s in window} for window in chosen))
 
-    return medians(*spans[0]), medians(*spans[1]), spans[0], spans[1]
+    def medians(window):
+        out = {key: float(np.median([s.get(key, np.nan) for s in window])) for key in FIGURES}
+        if common:
+            per_budget = [[s["latency_p50_ms"] for s in window if repr(s["budget_tokens"]) == b] for b in common]
+            out["latency_p50_ms"] = float(np.mean([np.median(values) for values in per_budget]))
+        return out
+
+    return medians(chosen[0]), medians(chosen[1]), spans[0], spans[1]
 
 
 def budget_figures(samples: list[dict]) -> dict:

@@ -86,21 +86,41 @@ def robot_command(robot, action):
     return np.clip(arr, -1.0, 1.0)
 
 
-def run_episode(robot, session, seed: int) -> dict:
+def run_episode(robot, session, seed: int, delay_steps: int = 0, merge_rule: str = "replace",
+                threshold: float | None = 0.0) -> dict:
     """One closed-loop episode; returns its record: scalars (outcome, length, tokens, and on
     tasks with a cue whether the decision was right and a cue chunk held then) plus
     ``latency_ms``, the latency of every inference. Records are all `summarize_task` needs, so
     episodes can run anywhere (`kv_vla_ros.eval.grid`). A chunked policy (π0) infers once per
-    ``actions_per_inference`` steps: only the frames it read are in its cache."""
-    from kv_vla_ros.vla.action_queue import ActionQueue
+    ``actions_per_inference`` steps: only the frames it read are in its cache.
+
+    Inference delay, in simulated time (`kv_vla_ros.eval.delayed`): the world keeps stepping while
+    the model thinks; an inference started from the observation of step ``t`` delivers at step
+    ``t + delay_steps``, the queue meanwhile executes what it holds (or holds the last command,
+    counted in ``stale_ticks``), and the chunk is merged by ``merge_rule`` as kv_vla_node merges it
+    (the same `ActionQueue`). ``threshold``: the node's ``action_chunk_threshold``; None (auto):
+    RTC's schedule: start with ``delay_steps`` actions queued and execute the checkpoint's
+    ``actions_per_inference`` rows after the ``delay_steps`` overtaken ones (the node with
+    ``actions_per_inference: n + D``, ``action_chunk_threshold: D / (n + D)``): an inference every
+    ``n`` steps as without delay (this π0's history holds one frame per inference: a model
+    trained at one frame per ``n`` steps is out of its distribution at another rate), the queue
+    never dry; the chunk arrives as the last queued action is used, so ``replace`` and ``blend``
+    act alike (no overlap left) and ``rtc`` guides it toward the old plan. ``delay_steps`` 0, threshold
+    0: the synchronous loop (the world waits for the model)."""
+    from kv_vla_ros.eval.delayed import DelayedChunks
+    from kv_vla_ros.eval.motion import motion_record
 
     check_fits(robot, session.policy)
-    queue = ActionQueue(session.policy.default_actions_per_inference)  # chunked policies: one chunk, many steps
+    per_inference = session.policy.default_actions_per_inference
+    if threshold is None:  # auto: the checkpoint's actions after the delay (chunk rows delay .. delay + n)
+        per_inference = min(per_inference + int(delay_steps), session.policy.action_chunk_length)
+    chunks = DelayedChunks(session, per_inference, delay_steps, merge_rule, threshold)
     frame, instruction = robot.reset(seed)
     session.reset(instruction)
     probe = episode_probe(robot)
     wants_state = session.policy.state_dim > 0
     held, cue_held_at, cue_chunks, lat, policy_ms, scoring_ms = [], [], [], [], [], []
+    commands, sources = [], []
     bytes_max = 0
     st = session.stats()
     while not robot.done:
@@ -108,24 +128,26 @@ def run_episode(robot, session, seed: int) -> dict:
             # what the step's attention can read: held after the previous inference's eviction
             probe.observe(len(held))
             cue_held_at.append(cue_chunk_held(st, cue_chunks, session.steps))
-        if queue.needs_inference:
-            queue.push(session.step_action_chunk(frame, robot.state() if wants_state else None))
+        if chunks.maybe_infer(len(held), frame, robot.state() if wants_state else None):
             if probe is not None and probe.cue_steps and probe.cue_steps[-1] == len(held):
                 cue_chunks.append(session.steps - 1)  # this frame showed the cue: so does its chunk
             timings = session.stats()["latency_ms"]
             lat.append(timings["total"])
             policy_ms.append(timings.get("cache_policy", 0.0))
             scoring_ms.append(timings.get("cache_scoring", 0.0))
-        action = queue.pop()
+        action, source = chunks.action(len(held))
         st = session.stats()
         held.append(st["tokens_held"])
         bytes_max = max(bytes_max, st["bytes_held"])
-        frame = robot.step(robot_command(robot, action)).frame
+        command = robot_command(robot, action)
+        commands.append(np.atleast_1d(np.asarray(command, dtype=np.float64)))
+        sources.append(source)
+        frame = robot.step(command).frame
         if probe is not None:
             probe.after_step()
     record = {"seed": int(seed), "success": bool(robot.success), "length": len(held), "tokens_seen": st["tokens_seen"],
               "mean_held": float(np.mean(held)) if held else 0.0, "peak_held": max(held) if held else 0,
-              "peak_bytes": bytes_max}
+              "peak_bytes": bytes_max, "stale_ticks": chunks.stale_ticks}
     if probe is not None:
         decided = probe.decision_step is not None
         record["decision_correct"] = bool(probe.decision_correct) if decided else None
@@ -133,12 +155,17 @@ def run_episode(robot, session, seed: int) -> dict:
     record["latency_ms"] = lat
     record["cache_policy_ms"] = policy_ms
     record["cache_scoring_ms"] = scoring_ms
+    record["commands"] = [c.tolist() for c in commands]
+    if not getattr(robot, "discrete", True):
+        record["motion"] = motion_record(np.stack(commands), sources, getattr(robot, "action_names", None))
     return record
 
 
 def summarize_task(task: str, label: str, cache_config, records: list[dict]) -> dict:
     """Aggregate metrics of one (task, cache config) from its episode records, in seed order.
     ``per_episode`` carries every scalar field of the records (whatever `run_episode` returns)."""
+    from kv_vla_ros.eval.motion import motion_summary
+
     memory_metrics = {}
     if records and "decision_correct" in records[0]:
         made = [r["decision_correct"] for r in records if r["decision_correct"] is not None]
@@ -162,8 +189,10 @@ def summarize_task(task: str, label: str, cache_config, records: list[dict]) -> 
         "cache_policy_share": float(np.sum(policy_ms) / max(np.sum(lat), 1e-9)) if policy_ms else 0.0,
         # its scoring part alone (the gate's share, for `gated`)
         "cache_scoring_share": float(np.sum(scoring_ms) / max(np.sum(lat), 1e-9)) if scoring_ms else 0.0,
+        "mean_stale_ticks": float(np.mean([r.get("stale_ticks", 0) for r in records])),
+        **motion_summary(records),
         "per_episode": {k: [r[k] for r in records] for k in records[0]
-                        if k not in ("latency_ms", "cache_policy_ms", "cache_scoring_ms")},
+                        if k not in ("latency_ms", "cache_policy_ms", "cache_scoring_ms", "motion", "commands")},
     }
 
 

@@ -15,6 +15,20 @@ from pathlib import Path
 
 from kv_vla_ros.data.errors import cli_errors
 from kv_vla_ros.sim.tasks import EVAL_TASKS
+from kv_vla_ros.vla.action_queue import MERGE_RULES
+
+
+def threshold_arg(text: str) -> float | None:
+    """``--action-chunk-threshold``: a share in [0, 1], or ``auto`` (None)."""
+    if text == "auto":
+        return None
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number in [0, 1] or auto, got {text!r}") from None
+    if not 0.0 <= value <= 1.0:
+        raise argparse.ArgumentTypeError(f"must be in [0, 1], got {value}")
+    return value
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
@@ -29,6 +43,17 @@ def configure(parser: argparse.ArgumentParser) -> None:
                         help="episode step cap, applied only below the env's own limit (a timeout is a failure; "
                              "default: 100 for MiniGrid/BabyAI, an arm task's own cap)")
     parser.add_argument("--seed-offset", type=int, default=0, help="offset into the eval seed range")
+    parser.add_argument("--inference-delay-steps", type=int, nargs="+", default=[0], metavar="D",
+                        help="control steps from an inference's observation to its action chunk, in simulated time "
+                             "(the world keeps stepping while the model thinks; a list: a sweep); 0: the world waits")
+    parser.add_argument("--action-chunk-merge", nargs="+", default=["replace"], choices=MERGE_RULES, metavar="RULE",
+                        help="how a late chunk merges with the queued actions, as kv_vla_node's action_chunk_merge: "
+                             f"{', '.join(MERGE_RULES)} (rtc: real-time chunking, flow policies; a list: a sweep)")
+    parser.add_argument("--action-chunk-threshold", default="0", type=threshold_arg,
+                        help="kv_vla_node's action_chunk_threshold (0-1), or auto: RTC's schedule, start each "
+                             "inference with D actions queued and execute the checkpoint's actions_per_inference "
+                             "rows after the D it overtakes (the node with actions_per_inference n + D, threshold "
+                             "D / (n + D)): an inference every n steps as without delay")
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads")
     parser.add_argument("--out", required=True, help="output directory for results.json/.md/.png")
     add_runner_arguments(parser)
@@ -58,7 +83,12 @@ def run(args: argparse.Namespace) -> int:
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
     tasks = [normalize_task(t) for t in args.tasks]
-    rows, how = evaluate_grid(model, model_path, tasks, parsed, seeds, args.max_steps, runner)  # capped per task
+    if any(d < 0 for d in args.inference_delay_steps):
+        raise ValueError(f"--inference-delay-steps: must be >= 0, got {args.inference_delay_steps}")
+    regimes = [(d, merge, args.action_chunk_threshold) for merge in dict.fromkeys(args.action_chunk_merge)
+               for d in dict.fromkeys(args.inference_delay_steps)]
+    rows, how = evaluate_grid(model, model_path, tasks, parsed, seeds, args.max_steps, runner,  # capped per task
+                              regimes)
     for row in rows:
         if "success_rate" in row:
             memory = (f" decision {row['decision_accuracy']:.1%} cue held {row['cue_held_at_decision']:.1%}"
@@ -68,6 +98,8 @@ def run(args: argparse.Namespace) -> int:
         else:
             print(f"{row['task']:32s} {row['policy']:40s} ERROR {row['error']}", flush=True)
     meta = {"model": model_path, "episodes": args.episodes, "seed_offset": args.seed_offset,
+            "inference_delay_steps": args.inference_delay_steps, "action_chunk_merge": args.action_chunk_merge,
+            "action_chunk_threshold": "auto" if args.action_chunk_threshold is None else args.action_chunk_threshold,
             "max_steps": args.max_steps, "threads": args.threads, **how,
             "wall_s": time.perf_counter() - t0}
     (out / "results.json").write_text(json.dumps({"meta": meta, "results": rows}, indent=2) + "\n")
@@ -75,6 +107,12 @@ def run(args: argparse.Namespace) -> int:
     (out / "results.md").write_text(table)
     plot_results(rows, out / "results.png")
     print(table)
+    if len(regimes) > 1 or regimes[0][:2] != (0, "replace"):  # the latency sweep's own table and plot
+        from kv_vla_ros.eval.latency_report import latency_table, plot_latency
+
+        (out / "latency.md").write_text(latency_table(rows))
+        plot_latency(rows, out / "latency.png")
+        print(latency_table(rows))
     return 0
 
 

@@ -31,6 +31,7 @@ class Cell:
     changes: dict
     frac: float | None
     index: int  # the spec's position in the --cache list
+    regime: tuple = (0, "replace", 0.0)  # (inference delay steps, merge rule, threshold): `run_episode`
     cfg: object = None
     untrained_gate: bool = False
     label: str = ""
@@ -54,10 +55,11 @@ def close_state(state: dict) -> None:
 
 
 def episode_item(state: dict, item: tuple, tick=None) -> dict:
-    """``(task, cache_config, untrained_gate, seed, max_steps)`` -> the episode's record
-    (`run_episode`), or ``{"seed", "error"}`` when the config cannot run (e.g. ``gated`` without
-    a gate)."""
-    task, cfg, untrained_gate, seed, max_steps = item
+    """``(task, cache_config, untrained_gate, seed, max_steps[, regime])`` -> the episode's record
+    (`run_episode`; ``regime``: ``(delay_steps, merge_rule, threshold)``), or ``{"seed", "error"}``
+    when the config cannot run (e.g. ``gated`` without a gate, ``rtc`` without a flow policy)."""
+    task, cfg, untrained_gate, seed, max_steps = item[:5]
+    regime = item[5] if len(item) > 5 else (0, "replace", 0.0)
     try:
         robot = state["robots"].get((task, max_steps))
         if robot is None:
@@ -66,7 +68,7 @@ def episode_item(state: dict, item: tuple, tick=None) -> dict:
         session = state["sessions"].get(key)
         if session is None:
             session = state["sessions"][key] = make_session(state["model"], cfg, untrained_gate)
-        return run_episode(robot, session, seed)
+        return run_episode(robot, session, seed, *regime)
     except (ValueError, NotImplementedError) as exc:
         return {"seed": int(seed), "error": str(exc)}
 
@@ -110,8 +112,8 @@ def _full_seen_before(cells: list[Cell], cell: Cell) -> float | None:
 
 
 def evaluate_grid(model, model_path: str, tasks: list[str], parsed: list[tuple[str, dict, float | None]],
-                  seeds: list[int], max_steps: int | None, config: RunnerConfig | None = None
-                  ) -> tuple[list[dict], dict]:
+                  seeds: list[int], max_steps: int | None, config: RunnerConfig | None = None,
+                  regimes: list[tuple] | None = None) -> tuple[list[dict], dict]:
     """Rows (task-major, then spec order) equal to evaluating each cell with `evaluate_task`, and
     how they ran (``workers``, ``nodes`` (that ran episodes), ``ray``, ``ray_address``, ``startup_s``: until the first
     actor result, ``driver_works``: this process was one of the workers, ``episodes_per_process``,
@@ -120,14 +122,18 @@ def evaluate_grid(model, model_path: str, tasks: list[str], parsed: list[tuple[s
     ``parsed``: ``[(spec, changes, budget_frac)]`` from `parse_spec`; ``max_steps``: the step cap
     (None: `default_step_cap` per task); ``model``: the driver's
     policy (`load_policy`; its default cache config is the base of every spec; it also runs
-    episodes in this process).
+    episodes in this process); ``regimes``: ``[(delay_steps, merge_rule, threshold)]``, a row per
+    cache spec and regime (default: the synchronous loop, ``[(0, "replace", 0.0)]``).
     """
     from kv_vla_ros.vla.policy import as_policy
 
     for i, (spec, _, frac) in enumerate(parsed):
         if frac is not None and not any(c["eviction"] == "full" for _, c, _ in parsed[:i]):
             raise ValueError(f"--cache {spec}: budget_frac needs an earlier 'full' spec")
-    cells = [Cell(task, spec, changes, frac, i) for task in tasks for i, (spec, changes, frac) in enumerate(parsed)]
+    regimes = [tuple(r) for r in (regimes or [(0, "replace", 0.0)])]
+    cells = [Cell(task, spec, changes, frac, i, regime=r) for task in tasks
+             for i, (spec, changes, frac) in enumerate(parsed) for r in regimes]
+    named = len(regimes) > 1 or regimes[0][:2] != (0, "replace")
     base = as_policy(model).default_cache_config()
     local = worker_state(model_path, model)
     pids: list[int] = []
@@ -141,7 +147,7 @@ def evaluate_grid(model, model_path: str, tasks: list[str], parsed: list[tuple[s
                     _resolve(cell, base, model_path, _full_seen_before(cells, cell) if second else None)
                 ready = [c for c in todo if not c.row]
                 runner.skip(len(seeds) * (len(todo) - len(ready)))
-                items = [(c.task, c.cfg, c.untrained_gate, seed, default_step_cap(c.task, max_steps))
+                items = [(c.task, c.cfg, c.untrained_gate, seed, default_step_cap(c.task, max_steps), c.regime)
                          for c in ready for seed in seeds]
                 records = runner.map(episode_item, items)
                 pids.extend(runner.item_pids)
@@ -152,7 +158,12 @@ def evaluate_grid(model, model_path: str, tasks: list[str], parsed: list[tuple[s
                         cell.row = {"task": cell.task, "policy": cell.spec, "error": errors[0]}
                     else:
                         cell.row = summarize_task(cell.task, cell.spec, cell.cfg, mine)
-                        cell.row["cache_label"] = cell.label
+                        delay, merge, threshold = cell.regime
+                        cell.row.update(inference_delay_steps=delay, action_chunk_merge=merge,
+                                        action_chunk_threshold="auto" if threshold is None else threshold)
+                        if named:  # one row per regime: table and plot name it
+                            cell.row["policy"] = f"{cell.spec} | {merge} D={delay}"
+                        cell.row["cache_label"] = cell.label + (f" | {merge} D={delay}" if named else "")
             meta = {"workers": runner.workers, "nodes": len(runner.nodes_used),
                     "ray": runner.config.uses_ray, "ray_address": runner.config.ray_address,
                     "startup_s": runner.startup_s or 0.0, "driver_works": runner.driver_works,

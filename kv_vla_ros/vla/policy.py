@@ -86,6 +86,7 @@ class StreamingPolicy:
     num_actions = 0
     action_names: list[str] | None = None
     frame_size: int | None = None
+    supports_guide = False  # a flow policy whose sampling real-time chunking can guide (``guide=``)
 
     # ---- cache ------------------------------------------------------------------------------
     def default_cache_config(self) -> CacheConfig:

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from kv_vla_ros.ros.node.safety import RULES, Rejection, SafetyLimits, check_chunk, check_sequence
-from kv_vla_ros.vla.action_queue import MERGE_RULES, ActionQueue, merge_chunk
+from kv_vla_ros.vla.action_queue import MERGE_RULES, ActionQueue, rtc_guide
 
 ON_REJECT = ("stop", "hold")
 
@@ -51,6 +51,16 @@ def broadcast_limits(name: str, values, dim: int) -> np.ndarray:
     if arr.size != dim:
         raise ValueError(f"{name}: expected 1 or {dim} values (the action dimension), got {arr.size}")
     return arr
+
+
+def check_merge_rule(rule: str, policy) -> None:
+    """ValueError naming ``action_chunk_merge`` when ``rule`` cannot serve ``policy`` (rtc guides the
+    sampling of a flow policy: π0)."""
+    if rule not in MERGE_RULES:
+        raise ValueError(f"action_chunk_merge: expected one of {', '.join(MERGE_RULES)}, got {rule!r}")
+    if rule == "rtc" and not getattr(policy, "supports_guide", False):
+        raise ValueError(f"action_chunk_merge: rtc needs a flow policy (π0) whose sampling it guides; this "
+                         f"{getattr(policy, 'model_type', '?')} checkpoint has none (use replace or blend)")
 
 
 @dataclass(frozen=True)
@@ -150,7 +160,6 @@ class ControlLoop:
         self._held_stamp: tuple[int, int] | None = None
         self._held_index: int | None = None
         self._chunk_row = 0  # chunk row of the next queued action
-        self._popped_total = 0  # actions popped since start-up (aligns a late chunk with the queue)
         self._sent: deque[np.ndarray] = deque(maxlen=3)  # commands last sent while acting (seam checks)
         self._plan_pending = False  # a new plan (queue) starts at the next tick: trajectory outputs send it
         self._last_action: float | None = None
@@ -272,7 +281,25 @@ class ControlLoop:
     def inference_started(self) -> int:
         """An inference starts on the newest inputs: its token for `action_ready` (``started``)."""
         with self._lock:
-            return self._popped_total
+            return self.queue.popped
+
+    def inference_guide(self, delay_steps: int):
+        """``merge_rule`` rtc: the guide (`rtc_guide`: the plan, queued actions then the chunk's tail,
+        clamped as they would be sent, and RTC's soft mask for an inference expected to take
+        ``delay_steps`` ticks); else None."""
+        with self._lock:
+            if self.merge_rule != "rtc" or self.discrete:
+                return None
+            queued = self.queue.plan()
+            if queued is None:
+                return None
+            return rtc_guide(np.clip(queued, self.action_min, self.action_max), delay_steps)
+
+    def last_sent(self) -> tuple[tuple[int, int] | None, int] | None:
+        """The newest action taken from the queue: (the frame stamp its chunk answers, its row in the
+        chunk); None when none is held (start, stop, a new episode)."""
+        with self._lock:
+            return None if self._held is None else (self._held_stamp, self._held_index or 0)
 
     def action_ready(self, chunk, source_stamp: tuple[int, int] | None, now: float, episode: int | None = None,
                      started: int | None = None) -> str:
@@ -292,10 +319,7 @@ class ControlLoop:
                 return ""
             self._last_action = now
             if rejection is None:
-                skip = 0 if started is None else self._popped_total - started
-                queued = self.queue.snapshot()
-                queued = queued if queued is not None else np.zeros((0, self.action_dim))
-                rows = merge_chunk(queued, arr, skip, self.queue.actions_per_inference, self.merge_rule)
+                rows, first_row, tail = self.queue.merged(arr, started, self.merge_rule)
                 if not self.discrete:
                     sent = np.stack(list(self._sent)) if self._sent else np.zeros((0, self.action_dim))
                     checked = rows if self.limits.reject_out_of_bounds else np.clip(rows, self.action_min,
@@ -304,8 +328,8 @@ class ControlLoop:
             if rejection is not None:
                 self._reject(rejection)
                 return rejection.reason
-            self.queue.replace(rows, source_stamp)
-            self._chunk_row = min(max(0, skip), arr.shape[0] - 1)
+            self.queue.replace(rows, source_stamp, tail)
+            self._chunk_row = first_row
             self._error, self._hold_reason, self._plan_pending = "", "", True
         return ""
 
@@ -382,7 +406,6 @@ class ControlLoop:
             return False
         self._held, self._held_stamp, self._held_index = action, source, self._chunk_row
         self._chunk_row += 1
-        self._popped_total += 1
         self._last_action = now
         return True
 
@@ -412,5 +435,5 @@ class RollingStats:
         return len(self._values)
 
 
-__all__ = ["ControlLoop", "ControlCommand", "TwistAdapter", "RollingStats", "broadcast_limits",
+__all__ = ["ControlLoop", "ControlCommand", "TwistAdapter", "RollingStats", "broadcast_limits", "check_merge_rule",
            "format_source_stamp", "parse_source_stamp", "SOURCE_STAMP_PREFIX", "CHUNK_INDEX_PREFIX"]

@@ -72,6 +72,11 @@ def pair_state(states, stamp, slop_s: float, waited_s: float):
     return (states[-1][0] if states else None,)
 
 
+def after_stamp(messages, floor) -> list:
+    """The ``(message, stamp)`` pairs stamped at or after ``floor`` (those without a stamp kept)."""
+    return [m for m in messages if m[1] is None or tuple(m[1]) == (0, 0) or tuple(m[1]) >= tuple(floor)]
+
+
 class InferenceWorker:
     """Runs ``session.reset`` / ``session.step_action_chunk`` on a thread of its own.
 
@@ -88,17 +93,25 @@ class InferenceWorker:
             is fresh)? Default: always.
         on_start: ``() -> token`` called as a step takes its inputs (None: no token).
         sync_slop_s: camera pairing by stamp (see `pair_frame`); live via the attribute.
+        view_ok: ``(stamp) -> bool or None``: lockstep (``wait_for_action_view``): False keeps a
+            first-camera frame waiting for a newer one (it was taken before the newest action
+            ran); True steps on it, with a state no older than it; None: no lockstep.
+        guide: ``() -> ChunkGuide or None``, taken as a step takes its inputs (real-time chunking:
+            the step's chunk is sampled toward the actions queued then).
     """
 
     def __init__(self, session, to_rgb: Callable[[Any], np.ndarray],
                  on_chunk: Callable[[np.ndarray, Any, float, int], None], on_error: Callable[[str, str], None],
                  clock: Callable[[], float] = time.monotonic, num_cameras: int = 1,
                  ready: Callable[[], bool] | None = None, on_start: Callable[[], Any] | None = None,
-                 sync_slop_s: float = 0.0):
+                 sync_slop_s: float = 0.0, view_ok: Callable[[Any], bool | None] | None = None,
+                 guide: Callable[[], Any] | None = None):
         self.session = session
         self._to_rgb, self._on_chunk, self._on_error, self._clock = to_rgb, on_chunk, on_error, clock
         self._ready = ready or (lambda: True)
         self._on_start = on_start or (lambda: None)
+        self._view_ok = view_ok or (lambda stamp: None)
+        self._guide = guide or (lambda: None)
         self.sync_slop_s = float(sync_slop_s)
         self._cond = threading.Condition()
         self.session_lock = threading.Lock()  # held for every session call
@@ -202,14 +215,25 @@ class InferenceWorker:
         if not (self._fresh and self.episode_instruction is not None and self._frames[0] is not None):
             return False
         stamp, waited = self._frames[0][1], time.monotonic() - self._frame_arrived
+        lockstep = self._view_ok(stamp)
+        if lockstep is False:
+            return False  # a view from before the newest action ran: wait for the one after it
         self._retry_s = min(POLL_S, max(self.sync_slop_s - waited, 0.0) + 1e-3)
-        partners = [pair_frame(frames, stamp, self.sync_slop_s, waited) for frames in self._others]
+        others, states = self._others, self._states
+        if lockstep and stamp is not None:  # the other inputs must show the newest action's effect too
+            others = [after_stamp(frames, stamp) for frames in others]
+            states = after_stamp(states, stamp)
+            if self._states and not states:
+                return False  # the state of the view after the action is still on its way
+        partners = [pair_frame(frames, stamp, self.sync_slop_s, waited) for frames in others]
         if any(p == "unpaired" for p in partners):
             self._fresh = False
             self.frames_unpaired += 1
             return False
-        state = pair_state(self._states, stamp, self.sync_slop_s, waited)
+        state = pair_state(states, stamp, self.sync_slop_s, waited)
         if any(p is None for p in partners) or state is None or not self._ready():
+            return False
+        if self._view_ok(stamp) is False:  # again after ready(): a tick may have sent an action since
             return False
         self._partners, self._state = partners, state[0]
         return True
@@ -226,11 +250,11 @@ class InferenceWorker:
                 if instruction is None:
                     inputs, state = [self._frames[0]] + list(self._partners), self._state
                     self._fresh = False
-                    started = self._on_start()
+                    started, guide = self._on_start(), self._guide()
             if instruction is not None:
                 self._reset(instruction)
             else:
-                self._step(inputs, state, episode, started)
+                self._step(inputs, state, episode, started, guide)
 
     def _reset(self, instruction: str) -> None:
         try:
@@ -244,7 +268,8 @@ class InferenceWorker:
             self.inference_errors += 1
             self._on_error("inference", f"reset({instruction!r}) failed: {type(exc).__name__}: {exc}")
 
-    def _step(self, inputs: list[tuple[Any, Any]], state: np.ndarray | None, episode: int, started=None) -> None:
+    def _step(self, inputs: list[tuple[Any, Any]], state: np.ndarray | None, episode: int, started=None,
+              guide=None) -> None:
         try:
             images = [self._to_rgb(frame) for frame, _ in inputs]
         except Exception as exc:  # ImageConversionError and anything a broken message throws
@@ -254,7 +279,7 @@ class InferenceWorker:
         t0 = time.perf_counter()
         try:
             with self.session_lock:
-                chunk = self.session.step_action_chunk(images, state)
+                chunk = self.session.step_action_chunk(images, state, **({"guide": guide} if guide else {}))
                 self.last_stats = self._snapshot()
         except Exception as exc:
             self.inference_errors += 1

@@ -67,7 +67,8 @@ class CommandOutputs:
         self.node, self.kind, self.joint_names = node, kind, joint_names
         self.twist, self.chunked = twist_adapter, chunked
         self.frame_id = "base_link"
-        self.action_pub = node.create_lifecycle_publisher(Float32MultiArray, "action", 10)
+        # depth 100: a lockstep consumer (a simulator) starved for a few seconds loses no new row
+        self.action_pub = node.create_lifecycle_publisher(Float32MultiArray, "action", 100)
         msg_type = {"twist": Twist, "twist_stamped": TwistStamped, "trajectory": JointTrajectory}[kind]
         self.output_pub = node.create_lifecycle_publisher(msg_type, TOPICS[kind], 10)
         self._stopped = False  # trajectory: the stop was sent (sent once per stop)

@@ -100,8 +100,18 @@ class NodeSettings:
                                             "held while the model thinks)", bounds=(0.0, 1.0))
     action_chunk_merge: str = setting("replace", "where a new action chunk overlaps the actions still queued (the "
                                       "rows for the ticks already executed since its inference started are "
-                                      "skipped): replace (the new chunk's actions) or blend (a linear crossfade "
-                                      "from the old actions to the new over the overlap)")
+                                      "skipped): replace (the new chunk's actions), blend (a linear crossfade "
+                                      "from the old actions to the new over the overlap) or rtc (real-time "
+                                      "chunking, flow policies such as π0: the new chunk is sampled guided "
+                                      "toward the actions queued when its inference started, those executed "
+                                      "before it arrives fully, the rest with a decaying soft mask; then "
+                                      "replace)")
+    wait_for_action_view: bool = setting(False, "lockstep: an inference waits for the view after the newest action "
+                                         "(row k of a chunk inferred on camera frame v: frame v + k + 1, the one a "
+                                         "lockstep simulator sends once it applied that row), with a state no "
+                                         "older than it, so the closed loop is the offline one whatever the "
+                                         "machine's speed (make demo-arm); false: the newest frame, even one taken "
+                                         "before that action ran (the node infers ahead)")
     camera_sync_slop_s: float = setting(0.05, "pair every further camera's frame and the JointState state with the "
                                         "first camera's frame by header stamp: the closest within this many "
                                         "seconds, waiting up to this long for one at or after the frame's stamp "

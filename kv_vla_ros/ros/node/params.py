@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import math
 
-from kv_vla_ros.ros.node.control import ON_REJECT, RollingStats, broadcast_limits
+from kv_vla_ros.ros.node.control import ON_REJECT, RollingStats, broadcast_limits, check_merge_rule
 from kv_vla_ros.ros.node.param_specs import cache_changes_from_params, coerce_param
 from kv_vla_ros.ros.node.session_setup import cache_error, reconfigure
 from kv_vla_ros.vla.action_queue import MERGE_RULES
@@ -67,6 +67,9 @@ def apply_parameters(node, values: dict) -> str:
         rt.outputs.frame_id = values["twist.frame_id"]
     if "camera_sync_slop_s" in values:
         rt.worker.sync_slop_s = float(values["camera_sync_slop_s"])
+    if "wait_for_action_view" in values:
+        rt.wait_for_action_view = bool(values["wait_for_action_view"])
+        rt.worker.wake()
     if "max_image_pixels" in values:
         rt.max_pixels = int(values["max_image_pixels"])
     if values.get("instruction"):
@@ -82,6 +85,8 @@ def _apply_loop(node, rt, values: dict, get) -> None:
         loop.set_safety(values.get("safety.max_step"), values.get("safety.max_jerk"),
                         values.get("safety.reject_out_of_bounds"), values.get("safety.on_reject"))
     if "action_chunk_threshold" in values or "action_chunk_merge" in values:
+        if "action_chunk_merge" in values:
+            check_merge_rule(values["action_chunk_merge"], rt.policy)
         loop.set_chunking(values.get("action_chunk_threshold"), values.get("action_chunk_merge"))
     if "control_rate_hz" in values:
         rt.rate_hz = float(values["control_rate_hz"])

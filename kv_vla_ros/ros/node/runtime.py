@@ -7,6 +7,7 @@ from __future__ import annotations
 import collections
 import functools
 import json
+import math
 import threading
 
 from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
@@ -17,7 +18,7 @@ from sensor_msgs.msg import CompressedImage, Image, JointState
 from std_msgs.msg import Bool, Float32MultiArray, String
 from std_srvs.srv import Trigger
 
-from kv_vla_ros.ros.node.control import ControlLoop, RollingStats, TwistAdapter
+from kv_vla_ros.ros.node.control import ControlLoop, RollingStats, TwistAdapter, check_merge_rule
 from kv_vla_ros.ros.node.control_thread import ControlThread
 from kv_vla_ros.ros.node.diagnostics import GcWatch, input_values, policy_status
 from kv_vla_ros.data.image_conversion import compressed_to_rgb, image_to_rgb, shrink_for_model
@@ -26,7 +27,7 @@ from kv_vla_ros.ros.node.outputs import CommandOutputs, check_output
 from kv_vla_ros.ros.node.param_specs import (cache_changes_from_params, cache_param_specs, coerce_param,
                                              policy_param_specs)
 from kv_vla_ros.ros.node.session_setup import (StartupError, cache_error, check_inputs, load_session, pending_json,
-                                               state_from_msg, unbounded_cache_warning)
+                                               state_from_msg, unbounded_cache_warning, warm_up)
 
 # Two subscriptions on `instruction`: a volatile one matches every reliable publisher (a plain
 # `ros2 topic pub` offers volatile durability, which a transient-local subscription refuses), and,
@@ -39,6 +40,8 @@ LATCHED_INSTRUCTION_QOS = QoSProfile(depth=1, reliability=QoSReliabilityPolicy.R
                                      durability=QoSDurabilityPolicy.TRANSIENT_LOCAL)
 LATCHED_WINDOW_S = 5.0  # how long after start-up the transient-local subscription listens
 STEADY = ClockType.STEADY_TIME
+VIEWS_INDEXED = 1024  # first-camera stamps remembered for lockstep (wait_for_action_view)
+LOCKSTEP_REPEATS = 4  # re-sends of the newest view that show a lockstep world waits for an action
 class NodeRuntime:
     """What ``configure`` builds on the node and ``cleanup`` destroys: the checkpoint's session,
     the control loop, the inference worker, the subscriptions, the command outputs and the timer.
@@ -87,6 +90,7 @@ class NodeRuntime:
                                     1.0 / self.rate_hz)
             self.loop.set_safety(p["safety.max_step"], p["safety.max_jerk"], p["safety.reject_out_of_bounds"],
                                  p["safety.on_reject"])
+            check_merge_rule(p["action_chunk_merge"], policy)
             self.loop.set_chunking(p["action_chunk_threshold"], p["action_chunk_merge"])
             self.loop.enable_required, self.loop.enable_timeout_s = bool(p["enable_topic"]), p["enable_timeout_s"]
             joint_names = check_output(p["action_output"], p["joint_names"], action_dim, self.discrete)
@@ -102,10 +106,16 @@ class NodeRuntime:
         self._stamp_lock = threading.Lock()
         self._last_stamps: list = [None] * len(self.image_topics)
         self.frames_repeated, self.states_received, self.states_rejected, self.enable_messages = 0, 0, 0, 0
+        self.wait_for_action_view = bool(p["wait_for_action_view"])
+        self._view_index: collections.OrderedDict = collections.OrderedDict()  # first camera: stamp -> n-th view
+        self._index_lock = threading.Lock()  # taken alone (under the stamp lock or the worker's)
+        self._views_seen = 0
+        self._newest_repeats = 0  # re-sends of the first camera's newest frame since the last new action
         self._recent_instructions: collections.deque = collections.deque(maxlen=16)
+        self.warm_up_ms = warm_up(self.session)  # before the worker and the timer: the first ticks hold the rate
         self.worker = InferenceWorker(self.session, self._to_rgb, self._on_chunk, self._on_error, node._now,
                                       len(self.image_topics), self._ready_for_step, self.loop.inference_started,
-                                      p["camera_sync_slop_s"])
+                                      p["camera_sync_slop_s"], self._view_ok, self._rtc_guide)
         self._subscribe(p)
         self.gc_watch = GcWatch()
         if node.get_parameter("use_sim_time").value:  # ticks follow /clock: an rcl timer on the ROS clock
@@ -161,6 +171,7 @@ class NodeRuntime:
             f"{self.loop.queue.actions_per_inference} executed per inference), cameras {self.image_topics}, "
             f"state {self.state_topic or 'none'}, output action + {self.outputs.kind}, cache {cfg.eviction} "
             f"(budget {cfg.budget_tokens if cfg.budget_tokens is not None else 'none'}), {self.rate_hz:g} Hz")
+        self.node.get_logger().info(f"warm-up inference: {self.warm_up_ms:.0f} ms")
         if self.state_note:
             self.node.get_logger().warning(self.state_note)
         self.warn_if_unbounded(cfg)
@@ -195,8 +206,19 @@ class NodeRuntime:
         with self._stamp_lock:
             if stamp != (0, 0) and stamp == self._last_stamps[camera]:  # the same frame again (a waiting simulator)
                 self.frames_repeated += 1
+                if camera == 0:
+                    self._newest_repeats += 1
                 return
+            if camera == 0:
+                self._newest_repeats = 0
             self._last_stamps[camera] = stamp
+            if camera == 0:
+                with self._index_lock:
+                    self._view_index.pop(stamp, None)  # a view re-sent after a new episode: counted anew
+                    self._view_index[stamp] = self._views_seen
+                    self._views_seen += 1
+                    if len(self._view_index) > VIEWS_INDEXED:
+                        self._view_index.popitem(last=False)
             self.loop.input_received(camera, self.node._now())
             self.worker.submit(msg, stamp, camera)
 
@@ -221,6 +243,33 @@ class NodeRuntime:
     def _ready_for_step(self) -> bool:
         """The worker may step: active, the loop wants a chunk, every input is fresh, the deadman allows."""
         return self.node.active and self.loop.needs_chunk and self.loop.input_problem(self.node._now()) is None
+
+    def _view_ok(self, stamp):
+        """Lockstep (``wait_for_action_view``): whether the first camera's frame ``stamp`` came after
+        the newest action ran: row ``k`` of a chunk inferred on view ``v`` is answered by view
+        ``v + k + 1`` (a lockstep world sends one new view per action it applies; a camera faster
+        than the control rate has sent that many long before). None: lockstep off."""
+        if not self.wait_for_action_view:
+            return None
+        sent = self.loop.last_sent()
+        if sent is None or sent[0] is None or stamp is None:
+            return True
+        with self._index_lock:
+            base, index = self._view_index.get(tuple(sent[0])), self._view_index.get(tuple(stamp))
+            newest = index is not None and index == self._views_seen - 1
+        if base is None or index is None or index >= base + sent[1] + 1:
+            return True
+        # A view sent once and lost on the way (best-effort camera QoS, a busy machine) leaves the
+        # count one short for ever; a world that keeps re-sending its newest view is waiting for an
+        # action: that view is the one after the last, whatever the count says.
+        return newest and self._newest_repeats >= LOCKSTEP_REPEATS
+
+    def _rtc_guide(self):
+        """``action_chunk_merge: rtc``: the guide of the inference starting now, for the delay the
+        recent inferences took (their p50 latency in control periods, rounded up)."""
+        latency_ms = self.worker.latency_ms.percentile(50)
+        delay = 0 if latency_ms != latency_ms else math.ceil(latency_ms * 1e-3 / self.loop.period_s)
+        return self.loop.inference_guide(delay)
 
     def _to_rgb(self, msg):
         if hasattr(msg, "encoding"):
@@ -288,7 +337,10 @@ class NodeRuntime:
     # ---- control tick (the node holds its tick lock) -----------------------------------------
     def tick(self) -> None:
         now = self.node._now()
+        popped = self.loop.queue.popped
         cmd = self.loop.tick(now)
+        if self.loop.queue.popped != popped:  # a new action goes out: only re-sends after it count
+            self._newest_repeats = 0
         self.outputs.publish(cmd, self.loop.period_s)
         if self.loop.needs_chunk:
             self.worker.wake()

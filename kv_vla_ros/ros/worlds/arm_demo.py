@@ -22,6 +22,7 @@ from kv_vla_ros.vla import ARM_MODEL_PATH
 
 REPO = Path(__file__).resolve().parents[3]  # kv_vla_ros/ros/worlds/ -> the repository
 DEFAULT_TASK = "Arm-CueCarryLong-v0"
+LOCKSTEP_STALE_S = 60.0  # kv_vla_node's stale_timeout_s in lockstep (the world waits for it)
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
@@ -30,6 +31,10 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", default=None,
                         help=f"π0 checkpoint for the arm (default: {ARM_MODEL_PATH} if present, else the expert)")
     parser.add_argument("--expert", action="store_true", help="let the scripted expert drive even if a model exists")
+    parser.add_argument("--infer-ahead", action="store_true",
+                        help="let kv_vla_node infer on the newest view even before its last action ran "
+                             "(wait_for_action_view false): the closed loop then depends on the machine's speed; "
+                             "default: lockstep, each inference on the view after the last action (the offline loop)")
     parser.add_argument("--control-rate-hz", type=float, default=10.0, help="control steps per second")
     parser.add_argument("--seed-offset", type=int, default=0, help="offset into the held-out seeds")
     parser.add_argument("--timeout", type=float, default=600.0, help="give up after this many seconds")
@@ -86,7 +91,12 @@ def spawn(args, model: Path | None, domain: int, out: Path):
     if model is not None:
         # the simulator's one camera and its joint state (config/pi0.yaml is for a two-camera arm)
         params = {"model_path": str(model), "control_rate_hz": args.control_rate_hz, "action.min": [-1.0],
-                  "action.max": [1.0], "image_topics": ["image"], "state_topic": "joint_states"}
+                  "action.max": [1.0], "image_topics": ["image"], "state_topic": "joint_states",
+                  "wait_for_action_view": not args.infer_ahead}
+        if not args.infer_ahead:
+            # a lockstep world waits for the node: its view does not change until an action comes, so
+            # an inference slower than stale_timeout_s (a busy machine) is no stale camera
+            params["stale_timeout_s"] = LOCKSTEP_STALE_S
         procs["kv_vla_node"] = spawn_node(POLICY_MODULE, domain, params, REPO / "config" / "pi0.yaml",
                                           out / "kv_vla_node.log")
     return procs
@@ -171,8 +181,8 @@ def run(args: argparse.Namespace) -> int:
     if model is not None:  # the loop over topics against the same seeds in process
         same = sum(offline_actions(model, args.task, r["seed"]) == r["actions"] for r in mon.results)
         summary["episodes_identical_offline"] = same
-        print(f"offline closed loop, same seeds: {same}/{len(mon.results)} episodes with identical actions "
-              "(with actions_per_inference > 1 the node infers ahead on the newest view: they differ)")
+        print(f"offline closed loop, same seeds: {same}/{len(mon.results)} episodes with identical actions"
+              + (" (--infer-ahead: the node infers on the newest view, they differ)" if args.infer_ahead else ""))
     (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     print(f"summary: {out / 'summary.json'}")
     return 0

@@ -102,7 +102,7 @@ class ArmSimNode(Node):
         self.episode_pub = self.create_publisher(String, "~/episode", RESULTS_QOS)
         if self.expert is None:
             self.action_pub = None
-            self.create_subscription(Float32MultiArray, "action", self._on_action, 10)
+            self.create_subscription(Float32MultiArray, "action", self._on_action, SENSOR_QOS)  # no row lost
             self.create_timer(1.0 / frame_rate, self._camera)
         else:
             self.action_pub = self.create_publisher(Float32MultiArray, "action", SENSOR_QOS)

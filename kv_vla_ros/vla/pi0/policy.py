@@ -6,6 +6,7 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from kv_vla_ros.cache.config import CacheConfig
@@ -99,6 +100,23 @@ class PI0Policy(StreamingPolicy):
             raise ValueError(f"config.json: vlm_config.image_token_id {self.image_token_id} is not the processor's "
                              f"image token id {processor.image_token_id} (the processor's tokenizer and the model "
                              "must agree where the image features go)")
+
+    supports_guide = True  # a flow policy: real-time chunking can guide its sampling (`ChunkGuide`)
+
+    def _guide_tensors(self, guide, chunk: int):
+        """A `ChunkGuide` in robot units -> ``(target (1, m, action_dim), weights (m,), beta, hard)`` in
+        the model's normalized units (the inverse of `processing.unnormalize_actions`); None stays None."""
+        if guide is None:
+            return None
+        target = np.asarray(guide.target, dtype=np.float32)[:chunk]
+        if target.shape[1] != self.action_dim:
+            raise ValueError(f"guide: target has {target.shape[1]} action dimensions, the policy {self.action_dim}")
+        y = torch.as_tensor(target)
+        mean, std = self.processor.actions_mean, self.processor.actions_std
+        if mean is not None and std is not None:
+            y = (y - torch.tensor(mean, dtype=torch.float32)) / (torch.tensor(std, dtype=torch.float32) + 1e-8)
+        weights = torch.as_tensor(np.asarray(guide.weights, dtype=np.float32)[:chunk], device=self.device)
+        return y.unsqueeze(0).to(self.device), weights, float(guide.max_guidance), bool(guide.hard)
 
     # ---- loading ----------------------------------------------------------------------------
     @classmethod
@@ -196,12 +214,14 @@ class PI0Policy(StreamingPolicy):
         return torch.tensor([ids], dtype=torch.long, device=self.device)
 
     def step(self, cache, episode, images, state=None, noise: torch.Tensor | None = None,
-             num_steps: int | None = None, **kwargs):
+             num_steps: int | None = None, guide=None, **kwargs):
         """Camera frame(s) (+ state) -> actions ``(chunk_size, action_dim)`` float32, robot units.
 
         Args:
             noise: optional (1, chunk_size, max_action_dim) starting noise (default: the episode's
                 generator, seeded by ``noise_seed``).
+            guide: optional `ChunkGuide` (real-time chunking: the first rows sampled toward the
+                actions still queued, robot units); None: plain sampling.
         """
         t0 = time.perf_counter()
         frames = self.check_images(images)
@@ -220,7 +240,8 @@ class PI0Policy(StreamingPolicy):
         elif tuple(noise.shape) != (1, mc.chunk_size, mc.max_action_dim):
             raise ValueError(f"noise: expected shape (1, {mc.chunk_size}, {mc.max_action_dim}), "
                              f"got {tuple(noise.shape)}")
-        x = denoise(self.model, cache, st, noise.to(self.device), num_steps or self.num_inference_steps)
+        x = denoise(self.model, cache, st, noise.to(self.device), num_steps or self.num_inference_steps,
+                    self._guide_tensors(guide, mc.chunk_size))
         t3 = time.perf_counter()
         actions = processing.unnormalize_actions(self.processor, x[0, :, : self.action_dim])
         t4 = time.perf_counter()

@@ -54,12 +54,15 @@ def vlm_block(model, cache, embeds: torch.Tensor) -> None:
                                    past_key_values=cache, use_cache=True)
 
 
-def denoise(model, cache, state: torch.Tensor, noise: torch.Tensor, num_steps: int) -> torch.Tensor:
+def denoise(model, cache, state: torch.Tensor, noise: torch.Tensor, num_steps: int, guide=None) -> torch.Tensor:
     """Flow matching from ``noise (1, chunk, max_action_dim)`` at t=1 to actions at t=0, Euler steps
     as in ``sample_actions``, reading ``cache`` without changing it.
 
     Args:
         state: (1, max_state_dim) normalized, padded state in the model's dtype.
+        guide: None, or real-time chunking's inpainting (Black et al. 2025): ``(target (1, m, A),
+            weights (m,), max_guidance, hard)`` in normalized units, the first ``m`` rows and ``A``
+            action dimensions guided (see `guided_velocity`).
     Returns:
         (1, chunk, max_action_dim) normalized actions (``noise``'s dtype).
     """
@@ -67,10 +70,37 @@ def denoise(model, cache, state: torch.Tensor, noise: torch.Tensor, num_steps: i
     dt = -1.0 / num_steps
     x = noise
     for k in range(num_steps):
-        t = torch.full((1,), 1.0 + k * dt, dtype=torch.float32, device=noise.device)
+        time = 1.0 + k * dt
+        t = torch.full((1,), time, dtype=torch.float32, device=noise.device)
         out = model(state=state, noise=x.to(state.dtype), timestep=t, past_key_values=view)
-        x = x + dt * out.logits.to(x.dtype)
+        v = out.logits.to(x.dtype)
+        if guide is not None:
+            v = guided_velocity(x, v, time, *guide[:3])
+        x = x + dt * v
+        if guide is not None and guide[3]:  # hard: the weight-1 rows are the target, at flow time t + dt
+            target, weights = guide[0], guide[1]
+            rows, dims, t_next = int((weights >= 1.0).sum()), target.shape[2], max(time + dt, 0.0)
+            x[:, :rows, :dims] = t_next * noise[:, :rows, :dims] + (1.0 - t_next) * target[:, :rows]
     return x
 
 
-__all__ = ["held_tokens", "visible_mask", "vlm_block", "denoise"]
+def guided_velocity(x: torch.Tensor, v: torch.Tensor, time: float, target: torch.Tensor, weights: torch.Tensor,
+                    max_guidance: float) -> torch.Tensor:
+    """RTC's guided velocity at flow time ``time`` (1: noise, 0: actions): ``v - w(t) * W (Y - x1)``
+    with ``x1 = x - t v`` the actions the step predicts, ``Y`` the target on the first ``m`` rows and
+    ``A`` dimensions (``W``: their weights; the rest unguided), ``w(t) = min(beta, (1 - tau) / tau *
+    (tau^2 + (1 - tau)^2) / (1 - tau)^2)`` with ``tau = 1 - t`` (eq. 2 of the paper, in this time
+    convention). The Jacobian of ``x1`` by ``x`` is taken as the identity, as LeRobot's RTC does: no
+    backward pass through the action expert (and it runs under inference mode). A zero weight
+    leaves ``v`` as it is. Shapes: x, v (1, chunk, max_action_dim); target (1, m, A); weights (m,)."""
+    m, dims = target.shape[1], target.shape[2]
+    tau = 1.0 - time
+    gain = max_guidance if tau <= 0.0 or tau >= 1.0 else min(
+        max_guidance, (1.0 - tau) / tau * (tau ** 2 + (1.0 - tau) ** 2) / (1.0 - tau) ** 2)
+    predicted = x[:, :m, :dims] - time * v[:, :m, :dims]
+    correction = torch.zeros_like(v)
+    correction[:, :m, :dims] = (target - predicted) * weights.view(1, m, 1)
+    return v - gain * correction
+
+
+__all__ = ["held_tokens", "visible_mask", "vlm_block", "denoise", "guided_velocity"]
