@@ -70,6 +70,20 @@ def _one_line(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {text[:300]}"
 
 
+FAILURE_GRACE_S = 5.0
+
+
+def _failure_line(failures: dict, where: list, world: int, ray) -> str:
+    """One line: the worker that died (a lost process first), its error, and how many others failed."""
+    died = [r for r, e in failures.items() if isinstance(e, ray.exceptions.RayActorError)]
+    rank = min(died) if died else min(failures)
+    pid, node = where[rank]
+    verb = "died" if died else "failed"
+    others = len(failures) - 1
+    tail = f" ({others} other worker(s) stopped with it)" if others else ""
+    return f"training worker {rank} of {world} (pid {pid}, node {node[:8]}) {verb}: {_one_line(failures[rank])}{tail}"
+
+
 def run_data_parallel(fn: Callable, args: Sequence, config: RunnerConfig, threads: int = 1, backend: str = "gloo",
                       timeout_s: float = 1800.0, poll: Callable[[], None] | None = None) -> list[Any]:
     """``[fn(*args) on rank r for r in range(workers)]``, the ranks running at once in one process group.
@@ -107,7 +121,8 @@ def run_data_parallel(fn: Callable, args: Sequence, config: RunnerConfig, thread
                 for r, a in enumerate(actors)]
         results: list[Any] = [None] * world
         pending = dict(zip(refs, range(world)))
-        while pending:
+        failures: dict[int, BaseException] = {}
+        while pending and not failures:
             done, _ = ray.wait(list(pending), num_returns=1, timeout=1.0)
             if poll is not None:
                 poll()
@@ -116,9 +131,17 @@ def run_data_parallel(fn: Callable, args: Sequence, config: RunnerConfig, thread
                 try:
                     results[rank] = ray.get(ref)[-1]
                 except Exception as exc:  # a dead process (RayActorError) or fn raising (RayTaskError)
-                    pid, node = where[rank]
-                    raise WorkerFailed(f"training worker {rank} of {world} (pid {pid}, node {node[:8]}) failed: "
-                                       f"{_one_line(exc)}") from None
+                    failures[rank] = exc
+        if failures:
+            # the others fail within moments (their collectives lose a peer): wait for that, then name
+            # the worker that died, not one that only lost its peer
+            done, _ = ray.wait(list(pending), num_returns=len(pending), timeout=FAILURE_GRACE_S)
+            for ref in done:
+                try:
+                    ray.get(ref)
+                except Exception as exc:
+                    failures[pending[ref]] = exc
+            raise WorkerFailed(_failure_line(failures, where, world, ray))
         return results
     finally:
         launch.shutdown()
