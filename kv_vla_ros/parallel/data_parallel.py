@@ -85,7 +85,8 @@ def _failure_line(failures: dict, where: list, world: int, ray) -> str:
 
 
 def run_data_parallel(fn: Callable, args: Sequence, config: RunnerConfig, threads: int = 1, backend: str = "gloo",
-                      timeout_s: float = 1800.0, poll: Callable[[], None] | None = None) -> list[Any]:
+                      timeout_s: float = 1800.0, poll: Callable[[], None] | None = None,
+                      placement: list | None = None) -> list[Any]:
     """``[fn(*args) on rank r for r in range(workers)]``, the ranks running at once in one process group.
 
     Args:
@@ -94,6 +95,7 @@ def run_data_parallel(fn: Callable, args: Sequence, config: RunnerConfig, thread
         backend: ``gloo`` (CPU tensors) or ``nccl`` (each worker then asks Ray for one GPU).
         timeout_s: how long a collective waits for the others before it fails.
         poll: called about every second in this process while the workers run (a progress bar).
+        placement: filled with ``(pid, Ray node id)`` per rank, once the workers are up.
     Raises:
         WorkerFailed: one line naming the worker (rank, pid, node) and its error.
     """
@@ -117,6 +119,8 @@ def run_data_parallel(fn: Callable, args: Sequence, config: RunnerConfig, thread
         world = len(actors)
         rendezvous = ray.get(actors[0].run.remote(_free_address, 0, None))[-1]
         where = ray.get([a.where.remote() for a in actors])
+        if placement is not None:
+            placement[:] = where
         refs = [a.run.remote(_run_rank, r, (r, world, rendezvous, backend, timeout_s, fn, tuple(args)))
                 for r, a in enumerate(actors)]
         results: list[Any] = [None] * world

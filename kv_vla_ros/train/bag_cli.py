@@ -118,8 +118,9 @@ def run_bags_parallel(args: argparse.Namespace, cfg, image_size: int | None) -> 
     poll = log_progress(out, cfg.max_steps, not args.no_progress)
     work = (cfg, bags, bag_topics(args), image_size, args.control_rate_hz, str(out), args.resume, args.cache_episodes)
     try:
+        placement: list = []
         ranks = run_data_parallel(train_worker, work, RunnerConfig(workers=args.workers, ray_address=args.ray_address),
-                                  threads=cfg.threads, poll=poll)
+                                  threads=cfg.threads, poll=poll, placement=placement)
     except WorkerFailed as exc:
         print(f"kv-vla train: error: {exc}; continue from the last checkpoint with --resume", file=sys.stderr,
               flush=True)
@@ -128,6 +129,8 @@ def run_bags_parallel(args: argparse.Namespace, cfg, image_size: int | None) -> 
         poll.close()
     for line in ranks[0]["refused"]:
         print(f"refused: {line}", file=sys.stderr, flush=True)
+    for rank, (pid, node) in zip(ranks, placement):
+        rank.update(pid=pid, node=node)
     (out / "train_workers.json").write_text(json.dumps(ranks, indent=1) + "\n")
     print(f"{ranks[0]['episodes']} episodes, {ranks[0]['steps']} steps from {len(args.bags)} path(s); "
           f"{len(ranks[0]['refused'])} bag(s) refused; {len(ranks)} workers, peak memory per worker "

@@ -223,15 +223,18 @@ def run_own_bags_parallel(args: argparse.Namespace, cfg, space) -> int:
     out.mkdir(parents=True, exist_ok=True)
     work = (cfg, bags, bag_topics(args), args.control_rate_hz, str(out), args.resume, space, args.action_bins)
     try:
+        placement: list = []
         ranks = run_data_parallel(own_train_worker, work,
                                   RunnerConfig(workers=args.workers, ray_address=args.ray_address),
-                                  threads=cfg.threads)
+                                  threads=cfg.threads, placement=placement)
     except WorkerFailed as exc:
         print(f"kv-vla train: error: {exc}; continue from the last checkpoint with --resume", file=sys.stderr,
               flush=True)
         return 1
     for line in ranks[0]["refused"]:
         print(f"refused: {line}", file=sys.stderr, flush=True)
+    for rank, (pid, node) in zip(ranks, placement):
+        rank.update(pid=pid, node=node)
     (out / "train_workers.json").write_text(json.dumps(ranks, indent=1) + "\n")
     print(f"kv_vla policy trained on {ranks[0]['episodes']} episodes by {len(ranks)} workers; written to {out}",
           flush=True)

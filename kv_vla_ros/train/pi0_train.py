@@ -13,6 +13,11 @@ steps (``aux_target="tail_actions"``: a longer action horizon than the chunk; on
 decided by what was seen early), or the pooled vision features of its first frame
 (``"first_frame"``); on whole-history episodes only; the head is dropped at inference.
 
+Randomness per sample: sample ``k`` of step ``s`` draws its episode, held sets and flow-matching
+time and noise from its own generator ``(seed, s, k)`` (``kv_vla_ros.train.collective``), so the run
+is the same alone or as one of N data-parallel workers (``kv-vla train --bags --workers N``,
+``kv_vla_ros.train.pi0_parallel``: losses per step and final weights equal within float rounding).
+
 Outputs beside the checkpoint: ``train_log.jsonl`` (one line per logged step), ``train_curves.png``,
 ``train_config.json``; ``checkpoint/`` (weights, optimizer as safetensors, progress) for ``resume``.
 """
