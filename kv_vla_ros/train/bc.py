@@ -307,9 +307,7 @@ def _train_step(cfg: TrainConfig, run: _Run, progress: float, lr: float, step: i
 
 
 def _save(run: _Run) -> None:
-    save_checkpoint(run.ckpt, run.model, run.opt, run.state)
-    if run.heads is not None:
-        run.heads.save(run.ckpt)
+    save_checkpoint(run.ckpt, run.model, run.opt, run.state, run.heads.save if run.heads is not None else None)
 
 
 def train(cfg: TrainConfig, out: str | Path, resume: bool = False, progress_bar: bool = True,

@@ -356,9 +356,7 @@ def train_pi0(cfg: PI0TrainConfig, episodes: list[RecordedEpisode], out: str | P
             bar.set_postfix(loss=f"{row['loss']:.4f}", aux=f"{row['aux_loss'] or 0:.4f}", lr=f"{lr:.1e}",
                             refresh=False)
             if comm.is_main and time.perf_counter() - last_ckpt > cfg.checkpoint_minutes * 60:
-                _save(ckpt, model, opt, state, aux_head, start)
-                policy.processor.save_pretrained(str(ckpt))  # checkpoint/ loads as a policy (evaluate mid-run)
-                policy.config.save(ckpt)
+                _save(ckpt, policy, opt, state, aux_head, start)
                 last_ckpt = time.perf_counter()
     finally:
         if logf is not None:
@@ -367,7 +365,7 @@ def train_pi0(cfg: PI0TrainConfig, episodes: list[RecordedEpisode], out: str | P
     state["elapsed_s"] = time.perf_counter() - start
     model.eval()
     if comm.is_main:
-        _save(ckpt, model, opt, state, aux_head, start)
+        _save(ckpt, policy, opt, state, aux_head, start)
         policy.save_pretrained(out)
         write_curves(out)
         log(f"π0 trained: {state['step']} steps, {state['episodes_seen']} episodes, "
@@ -375,13 +373,19 @@ def train_pi0(cfg: PI0TrainConfig, episodes: list[RecordedEpisode], out: str | P
     return policy
 
 
-def _save(ckpt: Path, model, opt, state: dict, aux_head, start: float) -> None:
+def _save(ckpt: Path, policy, opt, state: dict, aux_head, start: float) -> None:
+    """The training checkpoint (whole or not at all), loadable as a policy too (evaluate mid-run)."""
     state["elapsed_s"] = time.perf_counter() - start
-    save_checkpoint(ckpt, model, opt, state)
-    if aux_head is not None:
-        from safetensors.torch import save_file
 
-        save_file({k: v.contiguous() for k, v in aux_head.state_dict().items()}, str(ckpt / "aux_head.safetensors"))
+    def extra(path: Path) -> None:
+        policy.processor.save_pretrained(str(path))
+        policy.config.save(path)
+        if aux_head is not None:
+            from safetensors.torch import save_file
+
+            save_file({k: v.contiguous() for k, v in aux_head.state_dict().items()}, str(path / "aux_head.safetensors"))
+
+    save_checkpoint(ckpt, policy.model, opt, state, extra)
 
 
 __all__ = ["PI0TrainConfig", "bag_statistics", "build_policy", "flow_draws",
