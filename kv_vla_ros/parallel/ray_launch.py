@@ -86,19 +86,20 @@ class RayLaunch:
     """``ray.init`` and ``actors`` actors (None: one per CPU of the cluster) on a background thread.
 
     ``own``: start a private local runtime with ``local_cpus`` CPUs (``address="local"``: never
-    someone else's cluster by accident); otherwise attach to ``config.ray_address``, or use the
+    someone else's cluster by accident; ``gpus_per_actor``: Ray GPUs each actor holds, 0 for CPU
+    work); otherwise attach to ``config.ray_address``, or use the
     runtime this process already initialised. Read ``ray``/``actors``/``owns`` after `ready`.
     """
 
     def __init__(self, config, setup: Callable, setup_args: tuple, actors: int | None, own: bool,
-                 local_cpus: int = 1):
+                 local_cpus: int = 1, gpus_per_actor: float = 0):
         self.config, self.setup, self.setup_args = config, setup, setup_args
         self.ray: Any = None
         self.actors: list = []
         self.owns = False
         self.error: BaseException | None = None
         self.timings: dict[str, Any] = {}
-        self._want, self._own, self._cpus = actors, own, local_cpus
+        self._want, self._own, self._cpus, self._gpus = actors, own, local_cpus, gpus_per_actor
         self._t0 = time.monotonic()
         self._up, self._stop = threading.Event(), threading.Event()
         if threading.current_thread() is threading.main_thread():
@@ -121,7 +122,8 @@ class RayLaunch:
                 ray.init(address=cfg.ray_address, log_to_driver=cfg.log_to_driver)
                 self.owns = True
             else:  # a private runtime, never someone else's cluster by accident
-                ray.init(address="local", num_cpus=self._cpus, num_gpus=0, include_dashboard=False,
+                ray.init(address="local", num_cpus=self._cpus, num_gpus=None if self._gpus else 0,
+                         include_dashboard=False,
                          object_store_memory=cfg.object_store_mb * 1024 * 1024, log_to_driver=cfg.log_to_driver)
                 self.owns = True
             self.ray = ray
@@ -146,7 +148,7 @@ class RayLaunch:
         self.timings["shutdown_s"] = time.monotonic() - t0
 
     def new_actor(self):
-        return worker_class().options(num_cpus=1, max_restarts=self.config.retries,
+        return worker_class().options(num_cpus=1, num_gpus=self._gpus, max_restarts=self.config.retries,
                                       max_task_retries=self.config.retries).remote(self.setup, self.setup_args)
 
     def ready(self, timeout: float | None = 0) -> bool:

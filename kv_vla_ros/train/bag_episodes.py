@@ -79,11 +79,21 @@ def _finish(instruction, frames, states, actions, source, min_steps, counters) -
 def read_bag(path: str | Path, topics: BagTopics, image_size: int | None = None, control_rate_hz: float | None = None,
              min_steps: int = 2, counters: dict | None = None) -> list[RecordedEpisode]:
     """Every episode of one bag; ``BagError`` (naming the bag and topic) for a bag that cannot train."""
+    out = list(iter_bag_episodes(path, topics, image_size, control_rate_hz, min_steps, counters))
+    if not out:
+        raise BagError(f"bag {path}: no episode with at least {min_steps} steps and recorded actions on "
+                       f"{topics.action}")
+    return out
+
+
+def iter_bag_episodes(path: str | Path, topics: BagTopics, image_size: int | None = None,
+                      control_rate_hz: float | None = None, min_steps: int = 2, counters: dict | None = None):
+    """The episodes of one bag, one at a time as the bag is read (never the whole bag in memory)."""
     if topics.action is None:
         raise BagError(f"bag {path}: training needs the commanded actions (an action topic)")
     counters = counters if counters is not None else {}
     period = round(1e9 / control_rate_hz) if control_rate_hz else 0
-    out: list[RecordedEpisode] = []
+    found = 0
     with BagReader(path) as bag:
         instruction, frames, states, stamps, last_kept = None, [], [], [], None
         for kind, item in iter_episode_events(bag, topics, image_size, counters):
@@ -105,13 +115,10 @@ def read_bag(path: str | Path, topics: BagTopics, image_size: int | None = None,
                 aligned = item.aligned()
                 kept = [i for i, s in enumerate(stamps) if s is not None]
                 episode = _finish(instruction, [frames[i] for i in kept], [states[i] for i in kept],
-                                  [aligned[i] for i in kept], f"{path}#{len(out)}", min_steps, counters)
+                                  [aligned[i] for i in kept], f"{path}#{found}", min_steps, counters)
                 if episode is not None:
-                    out.append(episode)
-    if not out:
-        raise BagError(f"bag {path}: no episode with at least {min_steps} steps and recorded actions on "
-                       f"{topics.action}")
-    return out
+                    found += 1
+                    yield episode
 
 
 def read_bags(paths: list[Path], topics: BagTopics, image_size: int | None = None,
@@ -131,9 +138,9 @@ def read_bags(paths: list[Path], topics: BagTopics, image_size: int | None = Non
             data.refused.append(str(exc))
             log(f"refused: {exc}")
             continue
-        if data.episodes and _signature(episodes[0]) != _signature(data.episodes[0]):
-            line = (f"bag {path}: {topics.image} and the other topics give {_signature(episodes[0])}, the earlier "
-                    f"bags {_signature(data.episodes[0])}")
+        if data.episodes and episode_signature(episodes[0]) != episode_signature(data.episodes[0]):
+            line = (f"bag {path}: {topics.image} and the other topics give {episode_signature(episodes[0])}, "
+                    f"the earlier bags {episode_signature(data.episodes[0])}")
             data.refused.append(line)
             log(f"refused: {line}")
             continue
@@ -143,10 +150,11 @@ def read_bags(paths: list[Path], topics: BagTopics, image_size: int | None = Non
     return data
 
 
-def _signature(ep: RecordedEpisode) -> str:
+def episode_signature(ep: RecordedEpisode) -> str:
     state = ep.states.shape[1] if ep.states is not None else 0
     return f"{ep.frames.shape[1]} camera(s) of {ep.frames.shape[2]}x{ep.frames.shape[3]}, state {state}, " \
            f"action {ep.actions.shape[1]}"
 
 
-__all__ = ["BagDataset", "RecordedEpisode", "read_bag", "read_bags"]
+__all__ = ["BagDataset", "RecordedEpisode", "episode_signature", "iter_bag_episodes", "read_bag",
+           "read_bags"]

@@ -30,6 +30,7 @@ from kv_vla_ros.sim import load_episodes, save_episodes, train_seeds
 from kv_vla_ros.sim.minigrid.memory import aux_targets
 from kv_vla_ros.train.aux import AuxHeads
 from kv_vla_ros.train.checkpoint import load_optimizer, load_progress, save_checkpoint
+from kv_vla_ros.train.collective import Collective, sample_rng
 from kv_vla_ros.train.curves import LOG_FILE, write_curves
 from kv_vla_ros.train.eviction import batch_eviction_mask
 from kv_vla_ros.train.data import DEFAULT_SCAN_TURNS, EpisodeSampler, demonstrations, expert_for, rollout
@@ -153,8 +154,9 @@ def lr_at(cfg: TrainConfig, step: int, progress: float) -> float:
     return cfg.lr * warm * (cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * cos)
 
 
-def eviction_batch_mask(model: VLAModel, cfg: TrainConfig, batch, rng: np.random.Generator):
-    """``(mask (B, 1, L, L) additive, evicted (B,) bool)`` for one batch (see ``train.eviction``)."""
+def eviction_batch_mask(model: VLAModel, cfg: TrainConfig, batch, rng):
+    """``(mask (B, 1, L, L) additive, evicted (B,) bool)`` for one batch (see ``train.eviction``;
+    ``rng``: a generator, or one per episode of the batch)."""
     c = model.config
     lengths = batch.mask.sum(dim=1).tolist()
     total = c.max_instruction_tokens + batch.frames.shape[1] * c.tokens_per_step
@@ -256,69 +258,91 @@ def _prepare(cfg: TrainConfig, out: Path, resume: bool, progress_bar: bool, epis
     return _Run(model, heads, opt, params, sampler, state, ckpt, data_s)
 
 
-def _train_step(cfg: TrainConfig, run: _Run, progress: float, lr: float, evict_rng) -> tuple[float, dict, int]:
+def _train_step(cfg: TrainConfig, run: _Run, progress: float, lr: float, step: int,
+                comm: Collective) -> tuple[float, dict, int]:
     """One optimizer step on a sampled batch; returns (behaviour-cloning loss, auxiliary statistics
     or {}, episodes in the batch). With ``evict_prob``, the batch's histories go through the masks
-    of a budgeted chunked cache (docs/method.md, "A policy that uses its memory")."""
+    of a budgeted chunked cache (docs/method.md, "A policy that uses its memory"), each episode's
+    drawn by its own generator ``(seed, step, row)``. With several workers (``comm``), every worker
+    samples the same global batch (the sampler's generator is the step's), computes its rows
+    (``comm.mine``) with the loss scaled to the global batch's token count, and the gradients are
+    summed (``kv_vla_ros.train.collective``)."""
     model, heads = run.model, run.heads
     for g in run.opt.param_groups:
         g["lr"] = lr
     batch = run.sampler.sample()
+    size = batch.frames.shape[0]
+    rows = list(comm.mine(size))
+    global_tokens = batch.mask.sum() * batch.actions.shape[2]
+    if comm.world > 1:
+        batch = batch.rows(rows)
     b, t = batch.frames.shape[:2]
-    frames = model.processor(batch.frames.flatten(0, 1)).unflatten(0, (b, t))
-    mask, aux = None, batch.aux
-    if cfg.evict_prob > 0 and progress >= cfg.evict_from:
-        mask, evicted = eviction_batch_mask(model, cfg, batch, evict_rng)
-        # A target about what was seen long ago is unlearnable once it may be gone: auxiliary
-        # losses read whole histories only.
-        aux = {k: v.masked_fill(evicted.view(-1, 1), -1) for k, v in batch.aux.items()}
-    aux_out: dict = {}
-    if heads is None:
-        logits = model(batch.prefix, frames, batch.actions, attention_mask=mask)
-        loss = bc_loss = model.action_loss(logits, batch.actions, batch.mask, cfg.focal_gamma)
-    else:
-        logits, hidden = model(batch.prefix, frames, batch.actions, return_hidden=True, attention_mask=mask)
-        bc_loss = model.action_loss(logits, batch.actions, batch.mask, cfg.focal_gamma)
-        aux_loss, aux_stats = heads.loss(hidden, aux)
-        loss = bc_loss + cfg.aux_weight * aux_loss
-        aux_out = {"loss": aux_loss.item(), "stats": aux_stats}
     run.opt.zero_grad(set_to_none=True)
-    loss.backward()
+    bc_sum, aux_out = 0.0, {}
+    if b:
+        frames = model.processor(batch.frames.flatten(0, 1)).unflatten(0, (b, t))
+        mask, aux = None, batch.aux
+        if cfg.evict_prob > 0 and progress >= cfg.evict_from:
+            rngs = [sample_rng(cfg.seed, step, k, stream=2) for k in rows]
+            mask, evicted = eviction_batch_mask(model, cfg, batch, rngs)
+            # A target about what was seen long ago is unlearnable once it may be gone: auxiliary
+            # losses read whole histories only.
+            aux = {k: v.masked_fill(evicted.view(-1, 1), -1) for k, v in batch.aux.items()}
+        share = (batch.mask.sum() * batch.actions.shape[2]) / global_tokens  # 1 in one process
+        if heads is None:
+            logits = model(batch.prefix, frames, batch.actions, attention_mask=mask)
+            loss = bc_loss = model.action_loss(logits, batch.actions, batch.mask, cfg.focal_gamma) * share
+        else:
+            logits, hidden = model(batch.prefix, frames, batch.actions, return_hidden=True, attention_mask=mask)
+            bc_loss = model.action_loss(logits, batch.actions, batch.mask, cfg.focal_gamma) * share
+            aux_loss, aux_stats = heads.loss(hidden, aux)
+            loss = bc_loss + cfg.aux_weight * aux_loss
+            aux_out = {"loss": aux_loss.item(), "stats": aux_stats}
+        loss.backward()
+        bc_sum = bc_loss.item()
+    (bc_sum,) = comm.reduce_gradients([p for _, p in run.params], [bc_sum])
     torch.nn.utils.clip_grad_norm_([p for _, p in run.params], 1.0)
     run.opt.step()
-    return bc_loss.item(), aux_out, b
+    return bc_sum, aux_out, size
 
 
 def _save(run: _Run) -> None:
-    save_checkpoint(run.ckpt, run.model, run.opt, run.state)
-    if run.heads is not None:
-        run.heads.save(run.ckpt)
+    save_checkpoint(run.ckpt, run.model, run.opt, run.state, run.heads.save if run.heads is not None else None)
 
 
 def train(cfg: TrainConfig, out: str | Path, resume: bool = False, progress_bar: bool = True,
           episodes: list | None = None) -> VLAModel:
     """Train; writes ``out/checkpoint`` periodically and the final model to ``out``. ``episodes``
     (``kv_vla_ros.sim.Episode`` list, e.g. read from bags): train on these instead of the simulator's
-    demonstrations of ``cfg.tasks``."""
+    demonstrations of ``cfg.tasks``. As one of several data-parallel workers (``torch.distributed``
+    initialised; bags only: no DAgger, no auxiliary heads) every worker holds ``episodes`` and
+    samples the same global batch; rank 0 writes the files."""
     cfg.validate()
+    comm = Collective()
+    if comm.world > 1 and (cfg.dagger_at or cfg.aux_targets()):
+        raise ValueError("workers: data-parallel training of the kv_vla policy takes bags (no DAgger, no "
+                         "auxiliary labels)")
     torch.set_num_threads(cfg.threads)
     torch.manual_seed(cfg.seed)
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "train_config.json").write_text(json.dumps(dataclasses.asdict(cfg), indent=2) + "\n")
+    if comm.is_main:
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "train_config.json").write_text(json.dumps(dataclasses.asdict(cfg), indent=2) + "\n")
     run = _prepare(cfg, out, resume, progress_bar, episodes)
+    comm.broadcast_parameters(run.model)  # every worker starts from rank 0's weights
     model, state = run.model, run.state
-    if state["step"] == 0:  # a fresh run (or a resume with no checkpoint yet): a new log
+    if state["step"] == 0 and comm.is_main:  # a fresh run (or a resume with no checkpoint yet): a new log
         (out / LOG_FILE).write_text("")
     budget_s = cfg.minutes * 60.0 - run.data_s
-    evict_rng = np.random.default_rng(cfg.seed + 7919 + state["step"])
     start = time.perf_counter() - state["elapsed_s"]
     last_ckpt = time.perf_counter()
-    bar = bars.progress_bar(total=cfg.max_steps, initial=state["step"], desc="train", disable=not progress_bar)
+    bar = bars.progress_bar(total=cfg.max_steps, initial=state["step"], desc="train",
+                            disable=not progress_bar or not comm.is_main)
     ema, aux_ema = None, {}
     while True:
         elapsed = time.perf_counter() - start
-        progress = max(state["step"] / cfg.max_steps, elapsed / budget_s)
+        # rank 0's clock decides for every worker: the same schedule and the same last step
+        progress = comm.broadcast_float(max(state["step"] / cfg.max_steps, elapsed / budget_s))
         if progress >= 1.0:
             break
         if state["dagger_done"] < len(cfg.dagger_at) and progress >= cfg.dagger_at[state["dagger_done"]]:
@@ -326,7 +350,8 @@ def train(cfg: TrainConfig, out: str | Path, resume: bool = False, progress_bar:
             state["dagger_done"] += 1
             continue
         lr = lr_at(cfg, state["step"], progress)
-        bc_loss, aux, episodes = _train_step(cfg, run, progress, lr, evict_rng)
+        run.sampler.rng = sample_rng(cfg.seed, state["step"], 0, stream=1)  # the step's batch, on every worker
+        bc_loss, aux, episodes = _train_step(cfg, run, progress, lr, state["step"], comm)
         if aux:
             aux_ema = update_aux_ema(aux_ema, aux["loss"], aux["stats"])
             if any(count for _, count in aux["stats"].values()):  # a batch with labels (not BabyAI only)
@@ -342,20 +367,23 @@ def train(cfg: TrainConfig, out: str | Path, resume: bool = False, progress_bar:
                 state["losses"].append([state["step"], round(ema, 5)] + aux_log(aux_ema))
             row = {"step": state["step"], "loss": round(bc_loss, 5), "loss_ema": round(ema, 5), "lr": lr,
                    "aux_loss": aux_ema.get("loss"), "elapsed_s": round(time.perf_counter() - start, 1)}
-            with (out / LOG_FILE).open("a") as logf:  # opened per line: nothing left open if training raises
-                logf.write(json.dumps(row) + "\n")
+            if comm.is_main:
+                with (out / LOG_FILE).open("a") as logf:  # opened per line: nothing left open if training raises
+                    logf.write(json.dumps(row) + "\n")
         bar.update(1)
         bar.set_postfix(loss=f"{ema:.4f}", lr=f"{lr:.2e}", eps=state["episodes_seen"], data=len(run.sampler),
                         **{f"aux_{k}_acc": f"{v:.2f}" for k, v in aux_ema.get("acc", {}).items()})
-        if time.perf_counter() - last_ckpt > cfg.checkpoint_minutes * 60:
+        if comm.is_main and time.perf_counter() - last_ckpt > cfg.checkpoint_minutes * 60:
             state["elapsed_s"] = time.perf_counter() - start
             _save(run)
             last_ckpt = time.perf_counter()
     bar.close()
     state["elapsed_s"] = time.perf_counter() - start
     state["data_s"] = run.data_s
-    _save(run)
     model.eval()
+    if not comm.is_main:
+        return model
+    _save(run)
     model.save_pretrained(out)  # the policy only: auxiliary heads stay in the training checkpoint
     write_curves(out, loss_title="behaviour-cloning loss")
     summary = {k: v for k, v in state.items() if k != "losses"}

@@ -5,6 +5,7 @@ and the param-group hyper-parameters go to the JSON."""
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import torch
@@ -34,17 +35,36 @@ def load_optimizer(optimizer: torch.optim.Optimizer, path: Path, groups: list[di
     optimizer.load_state_dict({"state": state, "param_groups": groups})
 
 
-def save_checkpoint(directory: Path, model, optimizer, progress: dict) -> Path:
-    """Atomic-enough: write into ``directory`` then the JSON last (its presence marks completeness)."""
+def save_checkpoint(directory: Path, model, optimizer, progress: dict, extra=None) -> Path:
+    """Write the checkpoint whole or not at all: everything goes into ``<directory>.partial`` (the
+    model, the optimizer, ``extra(path)``'s files, the JSON last), which then takes the place of
+    ``directory`` by two renames; the previous checkpoint stays whole until then. A process killed
+    while saving (a worker's death takes rank 0 down mid-save) leaves the last complete checkpoint."""
     directory = Path(directory)
-    model.save_pretrained(directory)
-    groups = save_optimizer(optimizer, directory / OPTIMIZER_FILE)
-    (directory / STATE_FILE).write_text(json.dumps({**progress, "param_groups": groups}, indent=2) + "\n")
+    partial = directory.with_name(directory.name + ".partial")
+    old = directory.with_name(directory.name + ".old")
+    shutil.rmtree(partial, ignore_errors=True)
+    partial.mkdir(parents=True)
+    model.save_pretrained(partial)
+    groups = save_optimizer(optimizer, partial / OPTIMIZER_FILE)
+    if extra is not None:
+        extra(partial)
+    (partial / STATE_FILE).write_text(json.dumps({**progress, "param_groups": groups}, indent=2) + "\n")
+    shutil.rmtree(old, ignore_errors=True)
+    if directory.exists():
+        directory.rename(old)
+    partial.rename(directory)
+    shutil.rmtree(old, ignore_errors=True)
     return directory
 
 
 def load_progress(directory: Path) -> dict:
-    path = Path(directory) / STATE_FILE
+    directory = Path(directory)
+    old = directory.with_name(directory.name + ".old")
+    if not (directory / STATE_FILE).is_file() and (old / STATE_FILE).is_file():
+        shutil.rmtree(directory, ignore_errors=True)  # killed between save_checkpoint's two renames
+        old.rename(directory)
+    path = directory / STATE_FILE
     if not path.is_file():
         raise FileNotFoundError(f"{STATE_FILE}: no resumable checkpoint in {directory}")
     return json.loads(path.read_text())

@@ -61,8 +61,19 @@ def configure(parser: argparse.ArgumentParser) -> None:
                         help="start from this model's weights (fine-tuning) instead of a new model")
     parser.add_argument("--data-dir", default=DEFAULTS["data_dir"], help="cache of expert demonstrations (.npz)")
     parser.add_argument("--checkpoint-minutes", type=float, default=5.0)
+    parser.add_argument("--log-every", type=int, default=None,
+                        help="optimizer steps between train_log.jsonl lines (default 20; --bags with π0: 10)")
     parser.add_argument("--no-progress", action="store_true")
     bags = parser.add_argument_group("training from recorded bags (--bags)")
+    bags.add_argument("--workers", type=int, default=None,
+                      help="data-parallel training processes (Ray workers, gradients summed, one global batch; "
+                           "default 1: in-process, no Ray; with --ray-address: the cluster's CPUs); each uses "
+                           "--threads torch threads")
+    bags.add_argument("--ray-address", default=None, metavar="ADDR",
+                      help="train on a running Ray cluster (HEAD_IP:6379 from `ray start --head`); --out and the "
+                           "bags must be paths every node sees")
+    bags.add_argument("--cache-episodes", type=int, default=64,
+                      help="π0 with --workers > 1: decoded episodes each worker keeps (its memory bound)")
     bags.add_argument("--bags", nargs="+", default=None, metavar="BAG",
                       help="rosbag2 bags (sqlite3 or mcap) or directories of bags: train a policy on their episodes")
     bags.add_argument("--policy-type", choices=("pi0", "kv_vla"), default=None,
@@ -121,7 +132,7 @@ def train_config(args: argparse.Namespace, tasks: dict[str, int]):
     cfg.aux_weight = 1.0 if args.aux_weight is None else args.aux_weight
     if args.dagger_episodes is not None:
         cfg.dagger_episodes = args.dagger_episodes
-    for name in ("evict_prob", "evict_from", "evict_held_chunks", "init_from"):
+    for name in ("evict_prob", "evict_from", "evict_held_chunks", "init_from", "log_every"):
         if getattr(args, name) is not None:
             setattr(cfg, name, getattr(args, name))
     return cfg
@@ -150,6 +161,11 @@ def run_bags(args: argparse.Namespace) -> int:
 def run(args: argparse.Namespace) -> int:
     if args.bags:
         return run_bags(args)
+    from kv_vla_ros.train.bag_cli import data_parallel
+
+    if data_parallel(args):
+        raise ValueError("--workers/--ray-address: data-parallel training reads --bags; simulator demonstrations "
+                         "train in one process")
     if args.policy_type == "pi0":
         raise ValueError("--policy-type pi0: π0 trains from --bags; simulator demonstrations train kv_vla")
     if args.action_bins is not None:

@@ -105,6 +105,12 @@ class Batch:
     mask: torch.Tensor
     aux: dict[str, torch.Tensor]
 
+    def rows(self, rows: list[int]) -> "Batch":
+        """The episodes ``rows`` of the batch (a data-parallel worker's share)."""
+        index = torch.tensor(rows, dtype=torch.long)
+        return Batch(self.prefix[index], self.frames[index], self.actions[index], self.mask[index],
+                     {k: v[index] for k, v in self.aux.items()})
+
 
 def check_aux_labels(episodes: list[Episode], targets: dict[str, int]) -> None:
     """Every episode of a task that provides a target (``aux_targets``) must carry its labels, in

@@ -81,18 +81,22 @@ def eviction_mask(prefix: int, frame_tokens: int, action_tokens: int, steps: int
     return torch.from_numpy(visible & causal)
 
 
-def batch_eviction_mask(rng: np.random.Generator, lengths: list[int], prefix: int, frame_tokens: int,
-                        action_tokens: int, total: int, prob: float, held_choices: list[int],
+def batch_eviction_mask(rng: np.random.Generator | list[np.random.Generator], lengths: list[int], prefix: int,
+                        frame_tokens: int, action_tokens: int, total: int, prob: float, held_choices: list[int],
                         recent_chunks: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Additive float mask ``(B, 1, total, total)`` for a batch, and which episodes got eviction.
 
     Each episode is, with probability ``prob``, streamed under a random budget (``held_chunks``
     drawn from ``held_choices``) with uniform random chunk scores; the others see their whole
-    causal history. Returns ``(mask, evicted (B,) bool)``.
+    causal history. ``rng``: one generator for the batch, or one per episode (a sample's own, so
+    its mask does not depend on which worker or batch row draws it). Returns ``(mask, evicted (B,) bool)``.
     """
     causal = torch.ones(total, total, dtype=torch.bool).tril()
     rows, evicted = [], []
-    for t in lengths:
+    rngs = rng if isinstance(rng, (list, tuple)) else [rng] * len(lengths)
+    if len(rngs) != len(lengths):
+        raise ValueError(f"rng: {len(rngs)} generators for {len(lengths)} episodes")
+    for t, rng in zip(lengths, rngs):
         if rng.random() < prob:
             k = int(rng.choice(held_choices))
             rows.append(eviction_mask(prefix, frame_tokens, action_tokens, t, total, rng.random(t), k,

@@ -20,7 +20,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
     bags = parser.add_argument_group("a π0 checkpoint's gate from recorded bags (--bags; target: value)")
     bags.add_argument("--bags", nargs="+", default=None, metavar="BAG",
                       help="rosbag2 bags or directories of bags: keep-alone values teacher-forced on their episodes "
-                           "(no simulator); --model is then a π0 checkpoint")
+                           "(no simulator); --model is then a π0 checkpoint; the values are spread over --workers "
+                           "(default 1 with --bags) or --ray-address")
     bags.add_argument("--max-episodes", type=int, default=None, help="use at most this many episodes of the bags")
     add_bag_topic_arguments(bags)
     parser.add_argument("--no-progress", action="store_true")
@@ -37,6 +38,7 @@ def run_bags(args: argparse.Namespace) -> int:
     """``--bags``: the gate of a π0 checkpoint from keep-alone values on the bags' episodes."""
     import torch
 
+    from kv_vla_ros.parallel.runner import RunnerConfig
     from kv_vla_ros.train.bag_cli import read_bag_data
     from kv_vla_ros.train.pi0_gate import train_gate_from_bags
     from kv_vla_ros.vla import load_policy
@@ -52,8 +54,11 @@ def run_bags(args: argparse.Namespace) -> int:
     data = read_bag_data(args, policy.image_size)
     episodes = data.episodes[: args.max_episodes] if args.max_episodes else data.episodes
     recent = policy.default_cache_config().recent_chunks if args.recent_chunks is None else args.recent_chunks
+    # --bags: in-process unless --workers/--ray-address ask for more (the default path stays one process)
+    workers = args.workers if args.workers is not None or args.ray_address else 1
+    runner = RunnerConfig(workers=workers, ray_address=args.ray_address, progress=not args.no_progress)
     gate, log = train_gate_from_bags(policy, episodes, recent, args.epochs, args.lr, args.hidden, args.seed,
-                                     progress=not args.no_progress)
+                                     progress=not args.no_progress, runner=runner, model_path=str(args.model))
     out = Path(args.out or args.model)
     path = gate.save(str(out))
     log.update(seconds=time.time() - t0, bags=[str(b) for b in args.bags], episodes=len(episodes),

@@ -170,8 +170,12 @@ def run_own_bags(args: argparse.Namespace, cfg) -> int:
     from kv_vla_ros.train.bag_cli import read_bag_data
     from kv_vla_ros.train.bc import train
 
+    from kv_vla_ros.train.bag_cli import data_parallel
+
     cfg = own_train_config(args, cfg)
     space = action_space(cfg, Path(args.out), args.resume, args.action_bins)
+    if data_parallel(args):
+        return run_own_bags_parallel(args, cfg, space)
     data = read_bag_data(args, check=action_check(space, args.action_topic))
     if space is None:  # a new binned action space, from the bags that were read
         space = binned_space(data.episodes, args.action_bins)
@@ -182,6 +186,61 @@ def run_own_bags(args: argparse.Namespace, cfg) -> int:
     return 0
 
 
+def own_train_worker(cfg, bags: list[str], topics, control_rate_hz, out: str, resume: bool, space,
+                     bins: int | None) -> dict:
+    """One data-parallel worker of ``kv-vla train --bags --policy-type kv_vla``: every worker reads the
+    bags whole (the same episodes, the same new binned space) and runs ``train.bc.train`` as one of
+    the process group (the same global batch per step, its share of the rows, gradients summed)."""
+    import resource
+
+    from kv_vla_ros.train.bag_episodes import read_bags
+    from kv_vla_ros.train.bc import train
+    from kv_vla_ros.train.collective import Collective
+
+    comm = Collective()
+    data = read_bags([Path(b) for b in bags], topics, control_rate_hz=control_rate_hz, progress=False,
+                     log=lambda line: None, check=action_check(space, topics.action))
+    if space is None:
+        space = binned_space(data.episodes, bins)
+        cfg.vla = {**cfg.vla, "action": dataclasses.asdict(space)}
+    train(cfg, out, resume=resume, progress_bar=False, episodes=to_episodes(data.episodes, space))
+    return {"rank": comm.rank, "episodes": len(data.episodes), "refused": data.refused,
+            "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)}
+
+
+def run_own_bags_parallel(args: argparse.Namespace, cfg, space) -> int:
+    """``--workers N`` / ``--ray-address``: `own_train_worker` on Ray workers."""
+    import json
+    import sys
+
+    from kv_vla_ros.data.bagio import bag_paths
+    from kv_vla_ros.parallel.data_parallel import WorkerFailed, run_data_parallel
+    from kv_vla_ros.parallel.runner import RunnerConfig
+    from kv_vla_ros.train.bag_cli import bag_topics
+
+    bags = [str(p.resolve()) for p in bag_paths(args.bags)]
+    out = Path(args.out).resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    work = (cfg, bags, bag_topics(args), args.control_rate_hz, str(out), args.resume, space, args.action_bins)
+    try:
+        placement: list = []
+        ranks = run_data_parallel(own_train_worker, work,
+                                  RunnerConfig(workers=args.workers, ray_address=args.ray_address),
+                                  threads=cfg.threads, placement=placement)
+    except WorkerFailed as exc:
+        print(f"kv-vla train: error: {exc}; continue from the last checkpoint with --resume", file=sys.stderr,
+              flush=True)
+        return 1
+    for line in ranks[0]["refused"]:
+        print(f"refused: {line}", file=sys.stderr, flush=True)
+    for rank, (pid, node) in zip(ranks, placement):
+        rank.update(pid=pid, node=node)
+    (out / "train_workers.json").write_text(json.dumps(ranks, indent=1) + "\n")
+    print(f"kv_vla policy trained on {ranks[0]['episodes']} episodes by {len(ranks)} workers; written to {out}",
+          flush=True)
+    return 0
+
+
 __all__ = ["POLICY_TYPES", "action_check", "action_space", "binned_space", "discrete_action_ids", "fitting_actions",
-           "own_train_config",
+           "own_train_config", "own_train_worker", "run_own_bags_parallel",
            "resolve_policy_type", "run_own_bags", "to_episodes"]

@@ -77,25 +77,49 @@ def keep_alone_value(policy, ep, recent: int, draws: int = 1, seed: int = 0,
     return value.masked_fill(~judged.any(1), float("nan")), features
 
 
-def train_gate_from_bags(policy, episodes, recent: int, epochs: int = 40, lr: float = 3e-3, hidden: int = 64,
-                         seed: int = 0, progress: bool = True):
-    """``(gate, log)``: keep-alone values of every episode, then ``train_gate`` on them."""
-    from kv_vla_ros.progress import progress_bar
+def load_frozen_policy(model_path: str):
+    """A worker's copy of the frozen π0 (float32), loaded once per worker."""
+    from kv_vla_ros.vla import load_policy
 
-    from kv_vla_ros.cache import gate_input_dim
-    from kv_vla_ros.train.gate_train import train_gate
+    return load_policy(model_path, dtype="float32")
+
+
+def episode_value(policy, item, tick):
+    """``keep_alone_value`` of one recorded episode ``item = (index, episode, recent, seed)`` (its draws
+    seeded by ``seed + index``: the same on any worker)."""
     from kv_vla_ros.train.pi0_train import stream_episode
 
+    i, ep, recent, seed = item
+    value, features = keep_alone_value(policy, stream_episode(policy, ep), recent, seed=seed + i)
+    tick(1)
+    return value, features
+
+
+def train_gate_from_bags(policy, episodes, recent: int, epochs: int = 40, lr: float = 3e-3, hidden: int = 64,
+                         seed: int = 0, progress: bool = True, runner=None, model_path: str | None = None):
+    """``(gate, log)``: keep-alone values of every episode (the slow part: spread over the workers of
+    ``runner``, a ``RunnerConfig``, each loading the π0 from ``model_path``; default in-process), then
+    ``train_gate`` on them."""
+    from kv_vla_ros.cache import gate_input_dim
+    from kv_vla_ros.parallel.runner import Runner, RunnerConfig
+    from kv_vla_ros.train.gate_train import train_gate
+
+    runner = runner or RunnerConfig(workers=1, progress=progress)
+    if runner.uses_ray and model_path is None:
+        raise ValueError("model_path: workers load the π0 from its directory; give it with a RunnerConfig")
     text = policy.model.config.vlm_config.text_config
-    items, values = [], []
-    for i, ep in enumerate(progress_bar(episodes, desc="keep-alone values", disable=not progress)):
-        value, features = keep_alone_value(policy, stream_episode(policy, ep), recent, seed=seed + i)
-        items.append(StreamFeatures(features))
-        values.append(value)
-    gate, log = train_gate(items, recent, gate_input_dim(text.num_hidden_layers, text.head_dim), epochs, lr, hidden,
+    items = [(i, ep, recent, seed) for i, ep in enumerate(episodes)]
+    with Runner(load_frozen_policy, (model_path,), runner, total=len(items), desc="keep-alone values",
+                local_state=policy) as pool:
+        results = pool.map(episode_value, items)
+    values = [v for v, _ in results]
+    gate, log = train_gate([StreamFeatures(f) for _, f in results], recent,
+                           gate_input_dim(text.num_hidden_layers, text.head_dim), epochs, lr, hidden,
                            seed=seed, progress=progress, values=values)
     log["values"] = [v.tolist() for v in values]
+    log["workers"] = pool.workers
     return gate, log
 
 
-__all__ = ["StreamFeatures", "keep_alone_sets", "keep_alone_value", "train_gate_from_bags"]
+__all__ = ["StreamFeatures", "episode_value", "keep_alone_sets", "keep_alone_value", "load_frozen_policy",
+           "train_gate_from_bags"]

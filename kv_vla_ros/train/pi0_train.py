@@ -13,6 +13,11 @@ steps (``aux_target="tail_actions"``: a longer action horizon than the chunk; on
 decided by what was seen early), or the pooled vision features of its first frame
 (``"first_frame"``); on whole-history episodes only; the head is dropped at inference.
 
+Randomness per sample: sample ``k`` of step ``s`` draws its episode, held sets and flow-matching
+time and noise from its own generator ``(seed, s, k)`` (``kv_vla_ros.train.collective``), so the run
+is the same alone or as one of N data-parallel workers (``kv-vla train --bags --workers N``,
+``kv_vla_ros.train.pi0_parallel``: losses per step and final weights equal within float rounding).
+
 Outputs beside the checkpoint: ``train_log.jsonl`` (one line per logged step), ``train_curves.png``,
 ``train_config.json``; ``checkpoint/`` (weights, optimizer as safetensors, progress) for ``resume``.
 """
@@ -32,6 +37,7 @@ from kv_vla_ros.progress import progress_bar as make_progress_bar
 
 from kv_vla_ros.train.bag_episodes import RecordedEpisode
 from kv_vla_ros.train.checkpoint import load_optimizer, load_progress, save_checkpoint
+from kv_vla_ros.train.collective import Collective, sample_rng
 from kv_vla_ros.train.curves import LOG_FILE, write_curves
 from kv_vla_ros.train.pi0_stream import block_ids, flow_matching_loss, held_steps, prefix_states
 
@@ -74,8 +80,19 @@ class PI0TrainConfig:
     threads: int = 2
 
 
-def build_policy(cfg: PI0TrainConfig, episodes: list[RecordedEpisode]):
-    """A ``PI0Policy`` (float32) from scratch or ``init_from``, with the bags' statistics."""
+def bag_statistics(episodes: list[RecordedEpisode]) -> dict[str, list[float]]:
+    """Normalization statistics of the bags: ``actions_mean/std`` and ``state_mean/std`` per dimension."""
+    actions = np.concatenate([e.actions for e in episodes])
+    stats = {"actions_mean": actions.mean(0).tolist(), "actions_std": actions.std(0).tolist()}
+    if episodes[0].states is not None:
+        states = np.concatenate([e.states for e in episodes])
+        stats.update(state_mean=states.mean(0).tolist(), state_std=states.std(0).tolist())
+    return stats
+
+
+def build_policy(cfg: PI0TrainConfig, episodes: list[RecordedEpisode], stats: dict | None = None):
+    """A ``PI0Policy`` (float32) from scratch or ``init_from``, with the bags' statistics (``stats``, else
+    those of ``episodes``; the shapes are ``episodes[0]``'s)."""
     from kv_vla_ros.vla.pi0 import PI0Policy, PI0PolicyConfig
     from kv_vla_ros.vla.pi0.tiny import make_processor, pi0_config
 
@@ -83,11 +100,7 @@ def build_policy(cfg: PI0TrainConfig, episodes: list[RecordedEpisode]):
     cams, side = ep.frames.shape[1], ep.frames.shape[2]
     state_dim = ep.states.shape[1] if ep.states is not None else 0
     action_dim = ep.actions.shape[1]
-    states = np.concatenate([e.states for e in episodes]) if state_dim else None
-    actions = np.concatenate([e.actions for e in episodes])
-    stats = {"actions_mean": actions.mean(0).tolist(), "actions_std": actions.std(0).tolist()}
-    if states is not None:
-        stats.update(state_mean=states.mean(0).tolist(), state_std=states.std(0).tolist())
+    stats = stats if stats is not None else bag_statistics(episodes)
     if cfg.init_from:
         from kv_vla_ros.vla import load_policy
 
@@ -164,11 +177,13 @@ def stream_episode(policy, ep: RecordedEpisode, aux_tail: float = 0.25) -> Strea
 
 
 def episode_loss(policy, ep: StreamEpisode, before, after, aux_head=None, generator=None,
-                 aux_target: str = "tail_actions"):
-    """``(flow-matching loss, aux loss or None)`` of one streamed episode under held sets."""
+                 aux_target: str = "tail_actions", time: torch.Tensor | None = None, noise: torch.Tensor | None = None):
+    """``(flow-matching loss, aux loss or None)`` of one streamed episode under held sets (``time``,
+    ``noise``: the flow-matching draws, else π0's own sampling)."""
     model = policy.model
     cache, hidden = prefix_states(model, ep.ids, ep.pixels, before, return_hidden=True)
-    fm = flow_matching_loss(model, cache, after, ep.step_tokens, ep.states, ep.actions, ep.valid, generator)
+    fm = flow_matching_loss(model, cache, after, ep.step_tokens, ep.states, ep.actions, ep.valid, generator,
+                            time=time, noise=noise)
     aux = None
     if aux_head is not None:
         n = ep.states.shape[0]
@@ -206,16 +221,28 @@ def lr_at(cfg: PI0TrainConfig, step: int, progress: float) -> float:
     return cfg.lr * warm * cos
 
 
+def flow_draws(model_config, ep: StreamEpisode, rng: np.random.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(time (steps,), noise (steps, H, A))`` of one sample, from its own generator: π0's Beta
+    time sampling and Gaussian noise, the same whichever worker draws them."""
+    n = ep.actions.shape[0]
+    t = rng.beta(model_config.time_sampling_beta_alpha, model_config.time_sampling_beta_beta, n)
+    time = torch.from_numpy(t * model_config.time_sampling_scale + model_config.time_sampling_offset).float()
+    noise = torch.randn(ep.actions.shape, generator=torch.Generator().manual_seed(int(rng.integers(2 ** 62))))
+    return time, noise
+
+
 def _held(cfg: PI0TrainConfig, n: int, rng: np.random.Generator, progress: float):
     if progress >= cfg.evict_from and rng.random() < cfg.evict_prob:
         return (*held_steps(n, rng.random(n), int(rng.choice(cfg.evict_held_chunks)), cfg.recent_chunks), True)
     return (*held_steps(n, None, None, cfg.recent_chunks), False)
 
 
-def _setup(cfg: PI0TrainConfig, episodes: list[RecordedEpisode], out: Path, resume: bool):
-    """``(policy, state, aux_head, optimizer, params)``, fresh or from ``out/checkpoint``."""
+def _setup(cfg: PI0TrainConfig, episodes: list[RecordedEpisode], out: Path, resume: bool, comm: Collective,
+           stats: dict | None = None):
+    """``(policy, state, aux_head, optimizer, params)``, fresh or from ``out/checkpoint`` (every
+    worker reads it; only rank 0 writes)."""
     ckpt = out / "checkpoint"
-    policy = build_policy(cfg, episodes)
+    policy = build_policy(cfg, episodes, stats)
     if resume:
         from transformers import PI0ForConditionalGeneration
 
@@ -223,9 +250,11 @@ def _setup(cfg: PI0TrainConfig, episodes: list[RecordedEpisode], out: Path, resu
         policy.model.load_state_dict(PI0ForConditionalGeneration.from_pretrained(str(ckpt)).state_dict())
     else:
         state = {"step": 0, "elapsed_s": 0.0, "episodes_seen": 0}
-        out.mkdir(parents=True, exist_ok=True)
-        (out / LOG_FILE).write_text("")
-    (out / CONFIG_FILE).write_text(json.dumps(dataclasses.asdict(cfg), indent=2) + "\n")
+        if comm.is_main:
+            out.mkdir(parents=True, exist_ok=True)
+            (out / LOG_FILE).write_text("")
+    if comm.is_main:
+        (out / CONFIG_FILE).write_text(json.dumps(dataclasses.asdict(cfg), indent=2) + "\n")
     model = policy.model.train()
     aux_head, same_head = None, True
     if cfg.aux_weight > 0:  # block hidden state -> the aux target
@@ -241,6 +270,9 @@ def _setup(cfg: PI0TrainConfig, episodes: list[RecordedEpisode], out: Path, resu
             same_head = saved["weight"].shape == aux_head.weight.shape  # else another target: a fresh head
             if same_head:
                 aux_head.load_state_dict(saved)
+    comm.broadcast_parameters(model)  # every worker starts from rank 0's weights
+    if aux_head is not None:
+        comm.broadcast_parameters(aux_head)
     params = list(model.parameters()) + (list(aux_head.parameters()) if aux_head is not None else [])
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     if resume and same_head and len(state["param_groups"][0]["params"]) == len(params):
@@ -248,83 +280,113 @@ def _setup(cfg: PI0TrainConfig, episodes: list[RecordedEpisode], out: Path, resu
     return policy, state, aux_head, opt, params
 
 
-def _step(cfg, policy, data, aux_head, opt, params, rng, gen, progress: float) -> dict:
-    """One optimizer step over ``episodes_per_step`` episodes; returns the logged figures."""
+def _step(cfg, policy, data, aux_head, opt, params, step: int, progress: float, comm: Collective) -> dict:
+    """One optimizer step over the global batch of ``episodes_per_step`` samples (this worker computes
+    its share, `Collective.mine`); each sample's episode, held sets and flow-matching draws come from
+    its own generator (`sample_rng`): the same step whatever the worker count. Returns the logged figures."""
+    n = cfg.episodes_per_step
     fm_sum, aux_sum, evicted = 0.0, 0.0, 0
     opt.zero_grad(set_to_none=True)
-    for i in rng.integers(0, len(data), cfg.episodes_per_step):
-        ep = data[int(i)]
+    for k in comm.mine(n):
+        rng = sample_rng(cfg.seed, step, k)
+        ep = data[int(rng.integers(len(data)))]
         before, after, ev = _held(cfg, ep.states.shape[0], rng, progress)
+        time, noise = flow_draws(policy.model.config, ep, rng)
         # a target about the whole episode is unlearnable once its history may be gone: whole histories only
-        fm, aux = episode_loss(policy, ep, before, after, None if ev else aux_head, gen, cfg.aux_target)
+        fm, aux = episode_loss(policy, ep, before, after, None if ev else aux_head, None, cfg.aux_target,
+                               time=time, noise=noise)
         loss = fm + (cfg.aux_weight * aux if aux is not None else 0.0)
-        (loss / cfg.episodes_per_step).backward()
+        (loss / n).backward()
         fm_sum += fm.item()
         aux_sum += aux.item() if aux is not None else 0.0
         evicted += ev
+    fm_sum, aux_sum, evicted = comm.reduce_gradients(params, [fm_sum, aux_sum, float(evicted)])
+    evicted = round(evicted)
     torch.nn.utils.clip_grad_norm_(params, 1.0)
     opt.step()
-    n = cfg.episodes_per_step
     aux_loss = aux_sum / (n - evicted) if aux_head is not None and n > evicted else None  # None: no whole history
     return {"loss": fm_sum / n, "aux_loss": aux_loss, "evicted_share": evicted / n}
 
 
 def train_pi0(cfg: PI0TrainConfig, episodes: list[RecordedEpisode], out: str | Path, resume: bool = False,
-              progress_bar: bool = True, log=print):
-    """Train; writes the π0 checkpoint directory ``out`` (loadable by ``load_policy``) and returns the policy."""
+              progress_bar: bool = True, log=print, stats: dict | None = None, stream_data=None):
+    """Train; writes the π0 checkpoint directory ``out`` (loadable by ``load_policy``) and returns the policy.
+
+    Alone, or as one of the workers of a process group (``torch.distributed`` initialised, see
+    ``kv_vla_ros.train.collective``): then ``stats`` are the bags' statistics, ``episodes`` only
+    need to give the shapes, ``stream_data(policy)`` the (lazy) sequence of every ``StreamEpisode``,
+    and rank 0 writes the checkpoints, the log and the curves."""
     out = Path(out)
     ckpt = out / "checkpoint"
+    comm = Collective()
     torch.set_num_threads(cfg.threads)
-    policy, state, aux_head, opt, params = _setup(cfg, episodes, out, resume)
+    policy, state, aux_head, opt, params = _setup(cfg, episodes, out, resume, comm, stats)
     model = policy.model
-    data = [stream_episode(policy, ep, cfg.aux_tail)
-            for ep in make_progress_bar(episodes, desc="stream episodes", disable=not progress_bar)]
-    rng = np.random.default_rng(cfg.seed + 7919 * state["step"])
-    gen = torch.Generator().manual_seed(cfg.seed + state["step"])
+    if stream_data is not None:
+        data = stream_data(policy)
+    else:
+        data = [stream_episode(policy, ep, cfg.aux_tail)
+                for ep in make_progress_bar(episodes, desc="stream episodes", disable=not progress_bar)]
     start, last_ckpt = time.perf_counter() - state["elapsed_s"], time.perf_counter()
-    bar = make_progress_bar(total=cfg.max_steps, initial=state["step"], desc="train π0", disable=not progress_bar)
-    with (out / LOG_FILE).open("a") as logf:
+    bar = make_progress_bar(total=cfg.max_steps, initial=state["step"], desc="train π0",
+                            disable=not progress_bar or not comm.is_main)
+    logf = (out / LOG_FILE).open("a") if comm.is_main else None
+    try:
         while True:
-            progress = max(state["step"] / cfg.max_steps, (time.perf_counter() - start) / (cfg.minutes * 60))
+            # rank 0's clock decides for every worker: the same schedule and the same last step
+            progress = comm.broadcast_float(max(state["step"] / cfg.max_steps,
+                                                (time.perf_counter() - start) / (cfg.minutes * 60)))
             if progress >= 1.0:
                 break
             lr = lr_at(cfg, state["step"], progress)
             for g in opt.param_groups:
                 g["lr"] = lr
-            row = _step(cfg, policy, data, aux_head, opt, params, rng, gen, progress)
+            row = _step(cfg, policy, data, aux_head, opt, params, state["step"], progress, comm)
             state["step"] += 1
             state["episodes_seen"] += cfg.episodes_per_step
             row = {"step": state["step"], **row, "lr": lr, "elapsed_s": round(time.perf_counter() - start, 1)}
-            if state["step"] % cfg.log_every == 0 or state["step"] == 1:
+            if comm.is_main and (state["step"] % cfg.log_every == 0 or state["step"] == 1):
                 model.eval()
-                row["probe_loss"] = probe_loss(policy, data[:4], cfg.recent_chunks)
+                row["probe_loss"] = probe_loss(policy, [data[i] for i in range(min(4, len(data)))],
+                                               cfg.recent_chunks)
                 model.train()
                 logf.write(json.dumps(row) + "\n")
                 logf.flush()
             bar.update(1)
-            bar.set_postfix(loss=f"{row['loss']:.4f}", aux=f"{row['aux_loss'] or 0:.4f}", lr=f"{lr:.1e}", refresh=False)
-            if time.perf_counter() - last_ckpt > cfg.checkpoint_minutes * 60:
-                _save(ckpt, model, opt, state, aux_head, start)
-                policy.processor.save_pretrained(str(ckpt))  # checkpoint/ loads as a policy (evaluate mid-run)
-                policy.config.save(ckpt)
+            bar.set_postfix(loss=f"{row['loss']:.4f}", aux=f"{row['aux_loss'] or 0:.4f}", lr=f"{lr:.1e}",
+                            refresh=False)
+            if comm.is_main and time.perf_counter() - last_ckpt > cfg.checkpoint_minutes * 60:
+                _save(ckpt, policy, opt, state, aux_head, start)
                 last_ckpt = time.perf_counter()
+    finally:
+        if logf is not None:
+            logf.close()
     bar.close()
-    _save(ckpt, model, opt, state, aux_head, start)
+    state["elapsed_s"] = time.perf_counter() - start
     model.eval()
-    policy.save_pretrained(out)
-    write_curves(out)
-    log(f"π0 trained: {state['step']} steps, {state['episodes_seen']} episodes, "
-        f"{state['elapsed_s'] / 60:.1f} min; written to {out}")
+    if comm.is_main:
+        _save(ckpt, policy, opt, state, aux_head, start)
+        policy.save_pretrained(out)
+        write_curves(out)
+        log(f"π0 trained: {state['step']} steps, {state['episodes_seen']} episodes, "
+            f"{state['elapsed_s'] / 60:.1f} min; written to {out}")
     return policy
 
 
-def _save(ckpt: Path, model, opt, state: dict, aux_head, start: float) -> None:
+def _save(ckpt: Path, policy, opt, state: dict, aux_head, start: float) -> None:
+    """The training checkpoint (whole or not at all), loadable as a policy too (evaluate mid-run)."""
     state["elapsed_s"] = time.perf_counter() - start
-    save_checkpoint(ckpt, model, opt, state)
-    if aux_head is not None:
-        from safetensors.torch import save_file
 
-        save_file({k: v.contiguous() for k, v in aux_head.state_dict().items()}, str(ckpt / "aux_head.safetensors"))
+    def extra(path: Path) -> None:
+        policy.processor.save_pretrained(str(path))
+        policy.config.save(path)
+        if aux_head is not None:
+            from safetensors.torch import save_file
+
+            save_file({k: v.contiguous() for k, v in aux_head.state_dict().items()}, str(path / "aux_head.safetensors"))
+
+    save_checkpoint(ckpt, policy.model, opt, state, extra)
 
 
-__all__ = ["PI0TrainConfig", "build_policy", "episode_loss", "lr_at", "stream_episode", "train_pi0", "write_curves"]
+__all__ = ["PI0TrainConfig", "bag_statistics", "build_policy", "flow_draws",
+           "episode_loss", "lr_at", "stream_episode", "train_pi0", "write_curves"]
