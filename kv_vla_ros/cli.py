@@ -24,6 +24,8 @@ COMMANDS: list[tuple[str, str, str]] = [
      "action agreement of a bfloat16/float16 (or compiled) session vs float32"),
     ("bench eval-scaling", "kv_vla_ros.bench.eval_scaling",
      "closed-loop eval sequential vs --workers N: speedup, same episodes"),
+    ("bench budget-sweep", "kv_vla_ros.bench.budget_sweep",
+     "every eviction at 1/4, 1/8, 1/16 of the history and the floor, closed loop: success vs KV bytes"),
     ("bench arm", "kv_vla_ros.bench.arm",
      "robot-arm world: ms per rendered frame vs panda-gym, expert table, filmstrip"),
     ("train", "kv_vla_ros.train.cli", "behaviour-clone the VLA on simulator expert demonstrations"),
