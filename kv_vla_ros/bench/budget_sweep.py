@@ -109,7 +109,7 @@ def cell_row(cell: dict, row: dict) -> dict:
     keys = ("episodes", "success_rate", "decision_accuracy", "cue_held_at_decision", "mean_tokens_held",
             "peak_tokens_held", "mean_tokens_seen", "latency_p50_ms", "latency_p99_ms", "cache_policy_share")
     return {**cell, **{k: row.get(k) for k in keys}, "mean_kv_bytes": row["mean_tokens_held"] * per_token,
-            "peak_kv_bytes": row["peak_kv_bytes"]}
+            "peak_kv_bytes": row["peak_kv_bytes"], "cache": row["cache"]}
 
 
 def _pct(v) -> str:
