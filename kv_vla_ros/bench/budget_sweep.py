@@ -43,6 +43,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
                         help="only these cells, e.g. gated@1/8 h2o@floor (default: every eviction x budget)")
     parser.add_argument("--baselines", nargs="*", default=list(BASELINES), choices=BASELINES,
                         help="rows beside the grid: full history, one step held, no history (current frame alone)")
+    parser.add_argument("--no-grid", action="store_true", help="the baselines only (e.g. to merge them later)")
     parser.add_argument("--recent-chunks", type=int, nargs="+", default=[2], choices=[1, 2],
                         help="recent steps always held at the floor (the model's default is 2)")
     parser.add_argument("--merge", action="store_true", help="keep the cells of --out/results.json not redone")
@@ -170,6 +171,11 @@ def plot(result: dict, path: Path) -> None:
             colour, ls = styles[r["eviction"]]
             ax.axhline(100 * r["success_rate"], color=colour, ls=ls, lw=1,
                        label=f"{r['eviction']} ({100 * r['success_rate']:.0f}%)")
+    grid = {r["budget"]: r["mean_kv_bytes"] / 1024 for r in rows
+            if r["eviction"] in EVICTIONS and r["recent_chunks"] == 2}
+    for budget, kib in grid.items():  # where each budget of the grid lies
+        ax.axvline(kib, color="lightgrey", lw=0.8, zorder=0)
+        ax.text(kib, 1, f" {budget}", fontsize=8, color="grey", rotation=90, va="bottom")
     ax.set_xscale("log")
     ax.set_xlabel("mean KV cache held (KiB, log)")
     ax.set_ylabel("success (%)")
@@ -234,7 +240,8 @@ def run(args: argparse.Namespace) -> int:
         if full is None:
             raise ValueError("the full-history row failed: the budgets are shares of its history")
         full_seen = full["mean_tokens_seen"]
-    grid = cell_specs(args.evictions, args.budgets, args.cells, args.recent_chunks, full_seen, step)
+    grid = [] if args.no_grid else cell_specs(args.evictions, args.budgets, args.cells, args.recent_chunks,
+                                               full_seen, step)
     if grid:
         rows, _ = evaluate_grid(model, model_path, [task], [(c["spec"], *parse_spec(c["spec"], base)) for c in grid],
                                    seeds, args.max_steps, config)
