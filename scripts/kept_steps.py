@@ -19,7 +19,7 @@ from collections import Counter
 
 
 def label(layout, variant, step: int) -> str:
-    if step < variant.cue_steps:
+    if variant.cue_lit(step):
         return "cue"
     if getattr(layout, "flashes", ()) and layout.flash_colour(step) is not None:
         return "flash"

@@ -123,3 +123,17 @@ def test_bag_round_trip_holds_the_distractor_frames(robot, tmp_path):
     assert np.array_equal(np.stack([f.rgb for f in frames]), want.frames)
     assert np.array_equal(np.stack([f.state for f in frames]), want.states)
     assert np.array_equal(np.stack(actions), want.actions)
+
+
+def test_late_cue_variant_lights_the_cue_after_ten_plain_frames():
+    """Arm-CueCarryLateCue: the cue is not the episode's first step (what an eviction that keeps the
+    oldest steps, h2o, holds anyway); the expert and physics are still the long variant's."""
+    late = ArmRobot("Arm-CueCarryLateCue")
+    try:
+        seed = eval_seeds(1, 9)[0]
+        record = expert_rollout(late, ArmExpert(late), seed).record
+        assert record["cue_steps"] == list(range(10, 15)) and record["success"]
+        assert record["decision_step"] - max(record["cue_steps"]) >= 150
+        assert draw_layout(late.variant, seed) == draw_layout(VARIANTS[DISTRACT], seed)  # same draws
+    finally:
+        late.close()

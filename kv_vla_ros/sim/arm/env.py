@@ -106,7 +106,7 @@ class ArmRobot(EpisodeFlags):
     @property
     def cue_visible(self) -> bool:
         """Whether the current frame shows the lit lamp."""
-        return self.steps < self.variant.cue_steps and not self._done
+        return self.variant.cue_lit(self.steps) and not self._done
 
     def reset(self, seed: int) -> tuple[np.ndarray, str]:
         """Start the episode of ``seed``. Returns ``(frame uint8 (S, S, 3), instruction)``."""
@@ -150,7 +150,7 @@ class ArmRobot(EpisodeFlags):
         return StepResult(frame, 1.0 if self._success else 0.0, terminated, truncated, self._success, info)
 
     def _observe(self) -> np.ndarray:
-        lit = self.steps < self.variant.cue_steps
+        lit = self.variant.cue_lit(self.steps)
         self.scene.set_lamp(CUE_COLOURS[self.layout.cue_name] if lit else LAMP_OFF)
         if self.variant.distractors:
             flash, slide = self.layout.flash_colour(self.steps), self.layout.slide_progress(self.steps)

@@ -16,6 +16,8 @@ a second lamp, as big as the cue lamp and lit in the cue's own colours, flashes 
 times drawn from the seed, and a red or blue block slides across the far side of the table. Their
 draws come from a random stream of their own, independent of the cue: the pad still follows the
 cue lamp alone (chance 1/2), and an attention-ranked eviction that keeps what is salient keeps them.
+``Arm-CueCarryLateCue-v0`` is the distractor variant with the cue lit at frames 10-14 instead of 0-4:
+the cue is then not the episode's first step, which accumulated-attention ranking (h2o) keeps anyway.
 """
 
 from __future__ import annotations
@@ -44,7 +46,7 @@ WORKSPACE_HIGH = np.array([0.85, 0.32, 0.30])
 @dataclass(frozen=True)
 class ArmVariant:
     """One task id. ``lane_start`` / ``lane_end``: x of the lane's ends (metres); ``cue_steps``:
-    frames (from the first) that show the lit lamp; ``max_steps``: the step cap (a failure)."""
+    frames that show the lit lamp, from frame ``cue_start``; ``max_steps``: the step cap (a failure)."""
 
     task: str
     lane_start: float
@@ -53,11 +55,16 @@ class ArmVariant:
     max_steps: int = 150
     control_hz: float = 10.0
     distractors: bool = False  # flashes of a second lamp and a sliding block during the carry
+    cue_start: int = 0  # the first frame that shows the lit lamp
+
+    def cue_lit(self, step: int) -> bool:
+        """Whether frame ``step`` shows the lit cue lamp."""
+        return self.cue_start <= step < self.cue_start + self.cue_steps
 
 
 FLASHES = (3, 6)  # distractor lamp flashes per episode (inclusive range)
 FLASH_STEPS = 5  # frames per flash: as long as the cue
-FLASH_WINDOW = (15, 170)  # steps in which a flash may start: after the cue, before the lane's end
+FLASH_WINDOW = (15, 170)  # steps in which a flash may start: after the cue (even a late one), before the lane's end
 SLIDE_STEPS = 30  # frames the block takes to cross the table
 SLIDE_WINDOW = (20, 140)  # steps in which the slide may start
 
@@ -67,6 +74,8 @@ VARIANTS: dict[str, ArmVariant] = {
         ArmVariant("Arm-CueCarryShort-v0", lane_start=0.60, lane_end=0.78, max_steps=150),
         ArmVariant("Arm-CueCarryLong-v0", lane_start=0.22, lane_end=0.78, max_steps=320),
         ArmVariant("Arm-CueCarryDistract-v0", lane_start=0.22, lane_end=0.78, max_steps=320, distractors=True),
+        ArmVariant("Arm-CueCarryLateCue-v0", lane_start=0.22, lane_end=0.78, max_steps=320, distractors=True,
+                   cue_start=10),
     )
 }
 ARM_TASKS: tuple[str, ...] = tuple(VARIANTS)
