@@ -46,7 +46,7 @@ stage training $KV train --bags "$OUT/bags" --state-topic /joint_states --out "$
 stage gate $KV train-gate --bags "$OUT/bags" --state-topic /joint_states --model "$OUT/kv-vla-arm" --max-episodes 60 \
     --epochs 30 --no-progress
 [ "$EPISODES" = 0 ] && exit 0
-# no history = one step held (16 image + 17 prompt tokens); a quarter and an eighth of the mean history
+# one step held (16 image + 17 prompt tokens; not the no-history policy: `--cache no_history`, docs/pi0.md); a quarter and an eighth of the mean history
 stage evaluation $KV eval --model "$OUT/kv-vla-arm" --tasks $TASK --episodes "$EPISODES" --workers 2 --out "$OUT/eval" \
     --cache full --cache window:recent_chunks=1,budget_tokens=33 \
     --cache window:budget_frac=0.25 --cache gated:budget_frac=0.25 \
