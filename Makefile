@@ -42,7 +42,7 @@ demo-arm: $(STAMP)
 bench: $(STAMP)
 	$(VENV)/bin/kv-vla bench cache
 
-# The README's benchmark tables: the runs into docs/bench/ (JSON, Markdown, PNG), then the tables
+# The benchmark tables of docs/performance.md and docs/cache.md: the runs into docs/bench/ (JSON, Markdown, PNG), then the tables
 # regenerated from their JSON. Run it on a quiet machine (about 10 min on 2 CPU cores).
 bench-readme: $(STAMP)
 	$(VENV)/bin/kv-vla bench paper --backbone openvla-small --out docs/bench

@@ -29,12 +29,12 @@ setup(
     description="VLA policy ROS 2 node with an RNN-gated chunked KV cache",
     license="Apache-2.0",
     tests_require=["pytest"],
+    # The nodes are plain scripts (nodes/): a console-script wrapper imports importlib.metadata before
+    # the package can catch Ctrl-C (see nodes/kv_vla_node). ament_python installs both in lib/kv_vla_ros.
+    scripts=sorted(glob("nodes/*")),
     entry_points={
         "console_scripts": [
             "kv-vla = kv_vla_ros.cli:main",
-            "kv_vla_node = kv_vla_ros.ros.entry:kv_vla_node",
-            "minigrid_sim_node = kv_vla_ros.ros.entry:minigrid_sim_node",
-            "arm_sim_node = kv_vla_ros.ros.entry:arm_sim_node",
         ],
     },
 )

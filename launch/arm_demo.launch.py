@@ -54,6 +54,8 @@ def generate_launch_description() -> LaunchDescription:
         condition=UnlessCondition(expert),
         parameters=[LaunchConfiguration("params_file"),
                     {"model_path": ParameterValue(model_path, value_type=str), "control_rate_hz": rate,
+                     "autostart": ParameterValue(LaunchConfiguration("autostart"), value_type=bool),
+                     "use_sim_time": ParameterValue(LaunchConfiguration("use_sim_time"), value_type=bool),
                      "action.min": [-1.0], "action.max": [1.0],
                      # the simulator's one camera and its joint state (pi0.yaml is for a two-camera arm)
                      "image_topics": ["image"], "state_topic": "joint_states"}],
@@ -74,6 +76,11 @@ def generate_launch_description() -> LaunchDescription:
                                                                   "pi0.yaml"]),
                               description="kv_vla_node parameters file (unused when the expert drives)"),
         DeclareLaunchArgument("namespace", default_value="", description="namespace of the nodes and their topics"),
+        DeclareLaunchArgument("autostart", default_value="true", choices=["true", "false"],
+                              description="configure and activate kv_vla_node at start-up; false: it waits "
+                                          "unconfigured for `ros2 lifecycle set /kv_vla_node configure`, `activate`"),
+        DeclareLaunchArgument("use_sim_time", default_value="false", choices=["true", "false"],
+                              description="kv_vla_node's clock from /clock (a simulator publishing one)"),
         DeclareLaunchArgument("episodes", default_value="3", description="episodes before the launch ends"),
         DeclareLaunchArgument("task", default_value="Arm-CueCarryLong-v0",
                               description="arm task: Arm-CueCarryShort-v0, Arm-CueCarryLong-v0 (cue >= 150 steps "

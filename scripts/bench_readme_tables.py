@@ -1,12 +1,13 @@
 #!/usr/bin/env python3
-"""The README's benchmark tables from the benchmarks' own JSON (as scripts/gate_report_table.py
-does for the gate report), so that a table and the run it came from cannot drift apart.
+"""The benchmark tables of docs/performance.md and docs/cache.md from the benchmarks' own JSON (as
+scripts/gate_report_table.py does for the gate report), so that a table and its run cannot drift apart.
 
     python scripts/bench_readme_tables.py paper docs/bench/bench_openvla-small.json
     python scripts/bench_readme_tables.py cache docs/bench/bench_cache.json
 
 `scripts/generate_docs.py` calls these on the JSON committed under docs/bench/ (the sections
-``bench-paper-openvla-small``, ``bench-paper-default`` and ``bench-cache`` of the README). To
+``bench-paper-openvla-small``, ``bench-paper-default`` (docs/performance.md) and ``bench-cache``
+(docs/cache.md)). To
 refresh them, re-run the benchmarks into docs/bench/ on a quiet machine (`make bench-readme`), then
 `python scripts/generate_docs.py`.
 """

@@ -8,7 +8,7 @@ A generated part of a Markdown file sits between ``<!-- BEGIN GENERATED: NAME ..
 ``<!-- END GENERATED: NAME -->``; everything outside the markers is written by hand. Sections:
 
 - ``tiers`` (README.md): the import tiers, from `kv_vla_ros.tiers.TIERS`.
-- ``bench-*`` (README.md): the benchmark tables, from the runs' JSON in docs/bench/
+- ``bench-*`` (docs/performance.md, docs/cache.md): the benchmark tables, from the runs' JSON in docs/bench/
   (scripts/bench_readme_tables.py; ``make bench-readme`` re-runs them).
 - ``parameters`` (docs/ros.md): every node parameter, from the field metadata of
   `kv_vla_ros.ros.node.param_specs.NodeSettings` and `kv_vla_ros.cache.CacheConfig`.
@@ -140,10 +140,10 @@ def _bench(kind: str, name: str) -> Callable[[], str]:
 SECTIONS: list[tuple[str, str, Callable[[], str]]] = [
     ("README.md", "tiers", tiers_table),
     ("docs/ros.md", "parameters", parameters_table),
-    ("README.md", "bench-paper-openvla-small", _bench("paper", "bench_openvla-small")),
-    ("README.md", "bench-paper-targets", _bench("paper-targets", "bench_openvla-small")),
-    ("README.md", "bench-paper-default", _bench("paper", "bench_default")),
-    ("README.md", "bench-cache", _bench("cache", "bench_cache")),
+    ("docs/performance.md", "bench-paper-openvla-small", _bench("paper", "bench_openvla-small")),
+    ("docs/performance.md", "bench-paper-targets", _bench("paper-targets", "bench_openvla-small")),
+    ("docs/performance.md", "bench-paper-default", _bench("paper", "bench_default")),
+    ("docs/cache.md", "bench-cache", _bench("cache", "bench_cache")),
 ]
 # whole files written by a generator (name relative to the repository, generator)
 FILES: list[tuple[str, Callable[[], str]]] = [

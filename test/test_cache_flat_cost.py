@@ -59,7 +59,7 @@ def test_step_work_is_independent_of_history(case):
         last = max(work[s][0][metric] for s in late)
         assert last <= first, f"{metric} per step grows with the history: {first} at ~20 chunks, {last} at ~125"
     # the bookkeeping tracks only what is still held, never the whole history
-    assert len(cache.old_ids) <= cfg.budget_tokens // CHUNK
+    assert len(cache.ledger.ids) <= cfg.budget_tokens // CHUNK
     assert cache.stats()["chunks_scored"] >= 120
 
 

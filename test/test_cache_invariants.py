@@ -7,7 +7,6 @@ from transformers import AttentionInterface, DynamicCache
 from cache_models import explicit_mask, tiny_model
 from kv_vla_ros.cache import (
     EVICTIONS,
-    EVICTION_NAMES,
     CacheConfig,
     ChunkGate,
     allocate_layer_budgets,
@@ -18,13 +17,54 @@ from kv_vla_ros.cache import (
 from kv_vla_ros.cache.attention import eager_attention
 
 
-def test_registry_matches_config_names():
-    assert sorted(EVICTIONS) == sorted(EVICTION_NAMES)
+def test_what_an_eviction_needs_is_read_from_its_class():
+    """Validation and the cache ask the registered class, never the name: a budget only for
+    evictions that rank, the prefix only for those that hold it, a gate only for the gated one."""
+    for name, cls in EVICTIONS.items():
+        if cls.needs_budget:
+            with pytest.raises(ValueError, match="budget_tokens: eviction .* needs a budget"):
+                CacheConfig(eviction=name, sink_tokens=4)
+        else:
+            assert CacheConfig(eviction=name, sink_tokens=4).budget_tokens is None
+        cfg = CacheConfig(eviction=name, sink_tokens=4, chunk_size=8, budget_tokens=64)
+        assert cfg.prefix_tokens == (4 if cls.holds_prefix else 0), name
+        assert cfg.min_budget == cfg.prefix_tokens + 2 * 8
+        assert cfg.evicts == cls.evicts
+    assert [n for n, c in EVICTIONS.items() if not c.holds_prefix] == ["window"]
+    assert [n for n, c in EVICTIONS.items() if c.needs_gate] == ["gated"]
+
+
+def test_a_new_eviction_is_one_registered_class():
+    """A new eviction needs its own file only: registered, it is a valid `CacheConfig.eviction`, its
+    declared needs apply, and the cache runs it."""
+    from kv_vla_ros.cache.eviction import Eviction, register_eviction
+
+    @register_eviction("oldest_first_test")
+    class OldestFirst(Eviction):
+        holds_prefix = False
+
+        def score(self, chunk_ids):
+            return -torch.tensor(chunk_ids, dtype=torch.float32)  # the newest go first
+
+    try:
+        with pytest.raises(ValueError, match="needs a budget"):
+            CacheConfig(eviction="oldest_first_test")
+        cfg = CacheConfig(eviction="oldest_first_test", chunk_size=4, sink_tokens=3, budget_tokens=16)
+        assert cfg.prefix_tokens == 0
+        model = tiny_model("llama", seed=3)
+        cache = make_cache(cfg, model.config)
+        with torch.no_grad():
+            for _ in range(10):
+                model(input_ids=torch.randint(0, 100, (1, 4)), past_key_values=cache, use_cache=True)
+        assert cache.stats()["tokens_held"] <= 16
+        assert cache.eviction.name == "oldest_first_test"
+    finally:
+        EVICTIONS.pop("oldest_first_test")
 
 
 @pytest.mark.parametrize(
     "policy, block",
-    [(p, 37) for p in EVICTION_NAMES if p != "full"] + [("gated", 1), ("h2o", 16)],
+    [(p, 37) for p in EVICTIONS if p != "full"] + [("gated", 1), ("h2o", 16)],
 )
 def test_long_stream_never_exceeds_budget_and_keeps_prefix_and_recent(policy, block):
     model = tiny_model("llama", seed=3)

@@ -4,9 +4,9 @@ import pytest
 import torch
 
 from cache_models import explicit_mask, reference_logits, stream, tiny_model
-from kv_vla_ros.cache import EVICTION_NAMES, CacheConfig, make_cache, use_kv_vla_attention
+from kv_vla_ros.cache import EVICTIONS, CacheConfig, make_cache, use_kv_vla_attention
 
-EVICTING = [p for p in EVICTION_NAMES if p != "full"]
+EVICTING = [p for p in EVICTIONS if p != "full"]
 
 
 def config_for(policy, **kw):

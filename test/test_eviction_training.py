@@ -31,7 +31,7 @@ def stream(model: VLAModel, frames: np.ndarray, cfg: CacheConfig):
     for f in frames:
         actions.append(int(session.step(f)[0]))
         logits.append(session.last_logits.clone())
-        scores.update(session._cache.last_scores)
+        scores.update(session._cache.ledger.last_scores)
         held.append(session.stats()["tokens_held"])
     return np.asarray(actions), torch.stack(logits), scores, held
 

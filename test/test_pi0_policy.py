@@ -169,7 +169,7 @@ def test_eviction_equals_explicit_mask_forward(policy, changes):
 def _snapshot(cache):
     layers = [(cache.layers[i].keys.clone(), cache.layers[i].values.clone(), cache.layers[i].positions.clone(),
                cache.layers[i].seen) for i in cache.chunked]
-    return layers, cache.scores.clone(), cache.states.clone(), cache.n_old
+    return layers, cache.scores.clone(), cache.states.clone(), cache.ledger.scored
 
 
 def test_rollback_leaves_the_cache_exactly_as_before(policy):

@@ -1,4 +1,4 @@
-"""kv_vla_node as an arm user runs it (issue 23), in its own process over real DDS: a tiny random π0
+"""kv_vla_node as an arm user runs it, in its own process over real DDS: a tiny random π0
 (two cameras, a 3-joint state picked by name, 2-dimensional actions) as a lifecycle node started
 unconfigured (``autostart: false``) and driven through its transitions with the lifecycle
 services, publishing a JointTrajectory per plan, behind a deadman; whole-chunk safety rules, camera
@@ -32,7 +32,7 @@ def arm(tmp_path_factory):
     params = {"model_path": str(ckpt), "autostart": False, "image_topics": CAMERAS, "state_topic": STATE_TOPIC,
               "state_joint_names": JOINTS, "action_output": "trajectory", "joint_names": ["j0", "j1"],
               "enable_topic": "enable", "enable_timeout_s": ENABLE_S, "control_rate_hz": RATE_HZ,
-              "stale_timeout_s": STALE_S, "camera_sync_slop_s": 0.02, "cache.policy": "sink_window",
+              "stale_timeout_s": STALE_S, "camera_sync_slop_s": 0.02, "cache.eviction": "sink_window",
               "cache.recent_chunks": 2, "cache.budget_tokens": 48 + 3 * 32, "instruction": "pick up the cube"}
     record = tmp / "pairs.jsonl"
     proc = spawn_node(POLICY_MODULE, domain, params, REPO / "config" / "pi0.yaml", tmp / "node.log",
@@ -125,6 +125,7 @@ def diag_while(arm_probe: Probe, seconds: float = 1.5) -> dict:
 def test_lifecycle_configure_activate_deactivate(arm):
     assert lifecycle(arm) == "unconfigured"
     assert arm.last_diag(after=time.monotonic())["lifecycle"] == "unconfigured"
+    assert "autostart is false: unconfigured; `ros2 lifecycle set /kv_vla_node configure`" in arm.log.read_text()
     assert lifecycle(arm, "configure") == "inactive"
     start = time.monotonic()
     diag = diag_while(arm, 1.5)

@@ -103,6 +103,9 @@ def test_launch_arguments_override_the_params_file_only_when_given():
                               "state_topic": "joint_states"})
     assert given["autostart"] is False and given["image_topics"] == ["cam_high/image_raw", "cam_wrist"]
     assert given["state_topic"] == "joint_states"
+    for name in ("autostart", "use_sim_time"):  # `autostart:=1` once read as false, silently
+        with pytest.raises(ValueError, match=f"{name}: expected one of true, false, got '1'"):
+            policy_overrides({**values, name: "1"})
 
 
 def test_launch_files_are_valid_python_without_launch_ros():

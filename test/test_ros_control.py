@@ -353,7 +353,7 @@ def _wait(predicate, timeout=3.0) -> bool:
 
 
 
-# ---- seamless chunks, whole-chunk safety, deadman, camera pairing (issue 23) -------------------
+# ---- seamless chunks, whole-chunk safety, deadman, camera pairing -------------------
 def arm_loop(**kw) -> ControlLoop:
     loop = ControlLoop(False, 0, 2, stale_timeout_s=5.0, actions_per_inference=4, period_s=0.1, **kw)
     loop.episode_started(0.0)

@@ -133,7 +133,7 @@ def test_fill_image_msg_round_trip():
         fill_image_msg(msg, RGB.astype(np.float32))
 
 
-# ---- OpenCV and cv_bridge (issue 12) ------------------------------------------------------------
+# ---- OpenCV and cv_bridge ------------------------------------------------------------
 
 _ALL_ENCODINGS = ["rgb8", "bgr8", "rgba8", "bgra8", "mono8", "8UC1", "rgb16", "bgr16", "rgba16", "bgra16", "mono16",
                   "16UC1"]

@@ -19,7 +19,7 @@ from PIL import Image as PILImage
 
 pytest.importorskip("rclpy")
 
-from kv_vla_ros.ros.node.param_specs import RENAMED_PARAMS, all_param_specs  # noqa: E402
+from kv_vla_ros.ros.node.param_specs import all_param_specs  # noqa: E402
 from kv_vla_ros.ros.processes import POLICY_MODULE, pick_domain_id, pick_free_domain_id, spawn_node  # noqa: E402
 from ros_helpers import PARAMS_FILE, REPO, Probe, build_tiny_model, params_file_value, serving  # noqa: E402
 
@@ -64,7 +64,7 @@ def test_params_file_loads_and_matches_declarations(node):
     """Under a namespace too: the file is keyed ``/**/kv_vla_node`` (the tiny model's own cache
     config is full / no budget, so the file's gated budget can only come from the file)."""
     declared = set(node.list_params()) - {"use_sim_time", "start_type_description_service"}
-    assert declared == {s.name for s in all_param_specs()} | set(RENAMED_PARAMS)  # + old names, for one release
+    assert declared == {s.name for s in all_param_specs()}
     values = node.get_params(["cache.eviction", "cache.budget_tokens", "use_compressed", "twist.discrete_linear"])
     assert values["cache.eviction"] == "gated"
     assert values["cache.budget_tokens"] == params_file_value("cache.budget_tokens") > 0  # from the file, not the model

@@ -1,4 +1,4 @@
-"""Ending the nodes as a ROS user does (issue 23), each in its own process over real DDS: any number
+"""Ending the nodes as a ROS user does, each in its own process over real DDS: any number
 of SIGINTs at any moment (start-up included) end kv_vla_node and minigrid_sim_node with exit 0 and
 no traceback, kv_vla_node's last command a stop; with use_sim_time and no /clock the node says
 that it waits for /clock (a log line and a WARN diagnostic) instead of publishing nothing."""

@@ -1,4 +1,4 @@
-"""`kv-vla bench soak` (issue 12, point 10): its budget check holds tokens to the budget in force at
+"""`kv-vla bench soak`: its budget check holds tokens to the budget in force at
 each sample (not to the largest budget of the run), its live budgets are under the histories the
 shipped model streams (otherwise the check tests nothing), and a short soak over DDS drives the
 node through live changes, resets and bad frames without an exception. Memory and latency

@@ -1,4 +1,4 @@
-"""kv_vla_node as a ROS 2 user meets it (issue 12), over real DDS in separate processes: the shipped
+"""kv_vla_node as a ROS 2 user meets it, over real DDS in separate processes: the shipped
 model without a params file is bounded, an unbounded cache warns with its growth, a default-QoS
 `ros2 topic pub` instruction works (and a latched one sent before start-up still arrives, once),
 layout cache changes apply from the next episode, wrong types are named, and reset / new
@@ -200,7 +200,7 @@ def test_reset_and_new_instructions_mid_episode_keep_the_closed_loop_running(tmp
     that drops that view's pending action must not leave the node filtering it as a repeat."""
     from std_msgs.msg import String
 
-    from kv_vla_ros.ros.worlds.minigrid_sim_node import RESULTS_QOS
+    from kv_vla_ros.ros.worlds.sim_node_common import RESULTS_QOS
 
     model = build_tiny_model(tmp_path / "tiny")
     domain = pick_free_domain_id(salt=45)
@@ -235,15 +235,20 @@ def test_reset_and_new_instructions_mid_episode_keep_the_closed_loop_running(tmp
         stop_node(policy)
 
 
-def test_the_old_parameter_name_cache_policy_still_works_with_a_warning(shipped):
-    """``cache.policy`` (renamed ``cache.eviction``) keeps working for one release: applied as the
-    new name, a deprecation line in the log, and ``ros2 param get`` shows what runs."""
+def test_a_live_value_that_does_not_fit_the_loaded_model_is_refused_at_once(shipped):
+    """``ros2 param set /kv_vla_node cache.layer_budgets "[30, ...]"`` with one budget too many is
+    refused with the model's layer count, the running cache unchanged; a fitting value applies."""
+    from kv_vla_ros.vla import DEFAULT_MODEL_PATH, VLASession, load_policy
+
+    layers = VLASession(load_policy(DEFAULT_MODEL_PATH)).attention_layers
+    before = json.loads(shipped.last_diag(after=time.monotonic())["cache_config"])
+    budget = before["budget_tokens"]
+    (result,) = shipped.set_params(**{"cache.layer_budgets": [budget] * (layers + 6)})
+    assert not result.successful
+    assert f"{layers + 6} budgets for {layers} attention layers" in result.reason, result.reason
+    assert json.loads(shipped.last_diag(after=time.monotonic())["cache_config"])["layer_budgets"] is None
     try:
-        (result,) = shipped.set_params(**{"cache.policy": "sink_window"})
+        (result,) = shipped.set_params(**{"cache.layer_budgets": [budget] * layers})
         assert result.successful, result.reason
-        assert shipped.wait_for(lambda: "cache.policy is deprecated: use cache.eviction" in shipped.log.read_text())
-        assert shipped.get_params(["cache.eviction", "cache.policy"]) == {"cache.eviction": "sink_window",
-                                                                            "cache.policy": ""}
-        assert json.loads(shipped.last_diag(after=time.monotonic())["cache_config"])["eviction"] == "sink_window"
     finally:
-        assert shipped.set_params(**{"cache.eviction": "gated"})[0].successful
+        assert shipped.set_params(**{"cache.layer_budgets": [-1]})[0].successful

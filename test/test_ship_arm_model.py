@@ -1,5 +1,5 @@
 """scripts/ship_arm_model.py: a `make model-arm` run -> a model directory whose default cache is an
-evaluated row's, and whose card checks issue 22's targets against the table (met or not)."""
+evaluated row's, and whose card checks the recipe's targets against the table (met or not)."""
 
 import json
 import subprocess

@@ -15,7 +15,6 @@ from kv_vla_ros.machine_load import OtherLoad
 from kv_vla_ros.progress import progress_bar
 
 from kv_vla_ros.cache import CacheConfig, make_cache
-from kv_vla_ros.cache.spec import add_renamed_flag
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
@@ -24,7 +23,6 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--budget-frames", type=int, default=8, help="budget in frames' tokens, plus the prefix")
     parser.add_argument("--sink-tokens", type=int, default=16, help="instruction prefix length (default 16)")
     parser.add_argument("--evictions", default="full,window,gated", help="comma-separated evictions")
-    add_renamed_flag(parser, "--policies", "--evictions", "evictions")
     parser.add_argument("--hidden", type=int, default=256, help="backbone hidden size (default 256)")
     parser.add_argument("--layers", type=int, default=4, help="backbone layers (default 4)")
     parser.add_argument("--threads", type=int, default=2, help="torch CPU threads (default 2)")

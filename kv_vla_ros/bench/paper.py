@@ -30,7 +30,6 @@ from kv_vla_ros.progress import progress_bar
 
 from kv_vla_ros.cache import CacheConfig, attention_implementation, make_cache, use_kv_vla_attention
 from kv_vla_ros.cache.compiled import CompiledDecode
-from kv_vla_ros.cache.spec import add_renamed_flag
 from kv_vla_ros.cache.work import StepWork
 from kv_vla_ros.bench import floors
 
@@ -58,7 +57,6 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-full-frames", type=int, default=None,
                         help="stop the full cache here (its cost grows without bound; default: CPU 256, GPU all)")
     parser.add_argument("--budget-frames", type=int, default=8, help="budget: this many steps' tokens (default 8)")
-    add_renamed_flag(parser, "--policies", "--evictions", "evictions")
     parser.add_argument("--evictions", default=None,
                         help="default: CPU full,window,gated,gated-static; GPU "
                         "full,gated,gated-static,gated-static-compiled "

@@ -8,7 +8,7 @@ attention that per-layer budgets need (`use_kv_vla_attention`).
 from .attention import attention_implementation, register_kv_vla_attention, use_kv_vla_attention
 from .budgets import allocate_layer_budgets
 from .chunked_cache import ChunkedKVCache, kv_bytes_per_token, make_cache
-from .config import EVICTION_NAMES, CacheConfig, deprecated_name
+from .config import CacheConfig
 from .eviction import EVICTIONS, Eviction, make_eviction, register_eviction
 from .gate import GATE_FILE, ChunkGate, GateConfig, chunk_features, gate_input_dim
 from .layer import ChunkedLayer
@@ -24,7 +24,6 @@ __all__ = [
     "GATE_FILE",
     "GateConfig",
     "EVICTIONS",
-    "EVICTION_NAMES",
     "TransientView",
     "allocate_layer_budgets",
     "chunk_features",
@@ -36,14 +35,3 @@ __all__ = [
     "register_eviction",
     "use_kv_vla_attention",
 ]
-
-# Old names of the eviction registry, for one release (a DeprecationWarning on use).
-_RENAMED = {"ChunkPolicy": "Eviction", "POLICIES": "EVICTIONS", "POLICY_NAMES": "EVICTION_NAMES",
-            "make_policy": "make_eviction", "register_policy": "register_eviction"}
-
-
-def __getattr__(name: str):
-    if name in _RENAMED:
-        deprecated_name(f"kv_vla_ros.cache.{name}", f"kv_vla_ros.cache.{_RENAMED[name]}")
-        return globals()[_RENAMED[name]]
-    raise AttributeError(f"module 'kv_vla_ros.cache' has no attribute {name!r}")

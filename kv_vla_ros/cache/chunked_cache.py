@@ -23,8 +23,7 @@ from .layer import ChunkedLayer, build_layers
 from .static_layer import StaticChunkedLayer
 from .eviction import make_eviction
 from .eviction.base import Eviction
-
-KEPT, SUMMARY, DROPPED = 0, 1, 2
+from .keep_ledger import KEPT, SUMMARY, KeepLedger, KeepRule
 
 # The layer whose `update` ran last on this thread: the `kv_vla_*` attention functions use it to
 # hand this step's attention back to the cache (the attention call follows `update` directly).
@@ -59,7 +58,7 @@ class ChunkedKVCache(Cache):
                 f"(model uses {self.attn_implementation!r}); call kv_vla_ros.cache.use_kv_vla_attention(model) first"
             )
         in_dim = gate_input_dim(len(self.chunked), self.head_dim)
-        if config.eviction == "gated":
+        if config.eviction_class.needs_gate:
             gate = gate if gate is not None else ChunkGate.untrained(in_dim, seed=config.seed)
             if gate.config.in_dim != in_dim:
                 raise ValueError(
@@ -104,27 +103,24 @@ class ChunkedKVCache(Cache):
         return [[i] for i in self.chunked]
 
     def _clear(self) -> None:
-        # Per-step work must not grow with the episode: only the old chunks that some layer still
-        # holds are tracked (``old_ids``); a chunk dropped everywhere is forgotten for good.
-        # Plain lists, not tensors: a handful of entries, read and written one by one on every
-        # control step, where a tensor op per element would cost more than the gate itself.
         self.eviction_ms = 0.0  # time spent scoring and evicting (see `_after_step`)
         self.score_ms = 0.0  # the scoring part of it (the gate, for `gated`)
-        self.n_old = 0  # chunks that have left the recent window (each scored once): a count only
-        self.old_ids: list[int] = []  # [n_tracked] ascending ids of old chunks held by some group
-        self._scores: list[float] = []  # [n_tracked] utility per tracked chunk
-        self._states: list[list[int]] = [[] for _ in self._groups()]  # [groups][n_tracked] KEPT/SUMMARY/DROPPED
-        self.last_scores: dict[int, float] = {}
+        self.ledger = KeepLedger(groups=len(self._groups()))  # which old chunks stay (`keep_ledger`)
 
     @property
     def scores(self) -> torch.Tensor:
-        """``[n_tracked]`` float32 utility of each tracked old chunk (columns: ``old_ids``)."""
-        return torch.tensor(self._scores, dtype=torch.float32)
+        """``[n_tracked]`` float32 utility of each tracked old chunk (columns: ``ledger.ids``)."""
+        return torch.tensor(self.ledger.scores, dtype=torch.float32)
 
     @property
     def states(self) -> torch.Tensor:
         """``[groups, n_tracked]`` int8 state (KEPT, SUMMARY, DROPPED) of each tracked old chunk."""
-        return torch.tensor(self._states, dtype=torch.int8).view(len(self._states), len(self.old_ids))
+        return torch.tensor(self.ledger.states, dtype=torch.int8).view(len(self.ledger.states), len(self.ledger.ids))
+
+    def _keep_rule(self) -> KeepRule:
+        cfg = self.config
+        return KeepRule(cfg.chunk_size, cfg.gate_threshold, cfg.summarize, cfg.summary_threshold,
+                        self.eviction.uses_threshold)
 
     def reset(self) -> None:
         """New episode: drop every token and the gate/eviction state."""
@@ -191,48 +187,37 @@ class ChunkedKVCache(Cache):
         cfg, seen, sink = self.config, self.tokens_seen, self.sink
         n_total = math.ceil(max(0, seen - sink) / cfg.chunk_size)
         first_recent = max(0, n_total - cfg.recent_chunks)
-        new_ids = list(range(self.n_old, first_recent))
+        new_ids = list(range(self.ledger.scored, first_recent))
         if new_ids:
             t0 = time.perf_counter()
             new_scores = self.eviction.score(new_ids).float().tolist()
             self.score_ms += (time.perf_counter() - t0) * 1e3
-            self.last_scores = dict(zip(new_ids, new_scores))
-            self.old_ids += new_ids
-            self._scores += new_scores
-            for state in self._states:
-                state += [KEPT] * len(new_ids)
-            self.n_old = first_recent
+            self.ledger.add(new_ids, new_scores)
         self._evict()
 
     def _evict(self, force: bool = False) -> None:
         """Apply the keep rule to every old chunk still held, in every layer. The layers' tensors
         are touched only where some chunk's state changed (``force``: always, after a
         reconfiguration)."""
-        if not self.eviction.evicts or not self.old_ids:
+        ledger = self.ledger
+        if not self.eviction.evicts or not ledger.ids:
             return
         cfg, seen, sink = self.config, self.tokens_seen, self.sink
-        scores = self._scores
+        scores = ledger.scores
         if type(self.eviction).rescore is not Eviction.rescore:  # dynamic scores (h2o)
-            rescored = self.eviction.rescore(list(self.old_ids), torch.tensor(scores, dtype=torch.float32))
+            rescored = self.eviction.rescore(list(ledger.ids), torch.tensor(scores, dtype=torch.float32))
             scores = rescored.float().tolist()
-        recent_start = sink + self.n_old * cfg.chunk_size
+        recent_start = sink + ledger.scored * cfg.chunk_size
         fixed = min(seen, sink) + max(0, seen - recent_start)  # prefix + recent window
+        rule = self._keep_rule()
         for g, group in enumerate(self._groups()):
             budget = cfg.layer_budgets[g] if cfg.layer_budgets is not None else cfg.budget_tokens
-            changed, new_summaries = self._decide(g, scores, None if budget is None else budget - fixed)
+            changed, new_summaries = ledger.decide(g, rule, scores, None if budget is None else budget - fixed)
             if changed or force:
                 self._apply(group, g, recent_start, new_summaries)
-        self._forget_dropped()
-
-    def _forget_dropped(self) -> None:
-        """Stop tracking chunks that no layer holds any more (their tokens are gone for good)."""
-        alive = [any(state[j] != DROPPED for state in self._states) for j in range(len(self.old_ids))]
-        if all(alive):
-            return
-        self.eviction.forget([c for c, a in zip(self.old_ids, alive) if not a])
-        self.old_ids = [c for c, a in zip(self.old_ids, alive) if a]
-        self._scores = [x for x, a in zip(self._scores, alive) if a]
-        self._states = [[x for x, a in zip(state, alive) if a] for state in self._states]
+        gone = ledger.forget_dropped()
+        if gone:
+            self.eviction.forget(gone)
 
     def reconfigure(self, config: CacheConfig) -> None:
         """Change the eviction, budgets, window or thresholds live, keeping the episode's history.
@@ -248,9 +233,9 @@ class ChunkedKVCache(Cache):
                 raise ValueError(f"{name}: cannot change in the middle of an episode (applies to a new cache)")
         if config.static != self.config.static:  # the layers' kind is fixed when the cache is built
             raise ValueError("static: switching the static-shape cache on or off applies to a new cache")
-        if (config.eviction == "window") != (self.config.eviction == "window") and self.tokens_seen > 0:
-            raise ValueError("eviction: switching to or from 'window' changes the prefix layout; it applies to a new "
-                             "cache")
+        if config.eviction_class.holds_prefix != self.config.eviction_class.holds_prefix and self.tokens_seen > 0:
+            raise ValueError(f"eviction: switching from {self.config.eviction!r} to {config.eviction!r} changes the "
+                             "prefix layout (one holds the prefix, the other not); it applies to a new cache")
         self._check_layer_budgets(config)
         slots = min((getattr(self.layers[i], "capacity", 1 << 62) for i in self.chunked), default=1 << 62)
         if static_capacity(config) > slots and config.static:
@@ -258,62 +243,24 @@ class ChunkedKVCache(Cache):
                 f"budget_tokens: the static cache has {slots} slots per layer, this budget needs "
                 f"{static_capacity(config)}; a larger budget needs a new cache"
             )
-        n_groups_old = len(self._states)
         old_eviction = self.config.eviction
         self.config = config
-        n_groups = len(self._groups())
-        if n_groups != n_groups_old:
-            # Shared -> per layer: every layer starts from the shared decision. Per layer ->
-            # shared: a chunk counts as held if any layer still holds it (the best state).
-            self._states = ([list(self._states[0]) for _ in range(n_groups)] if n_groups_old == 1
-                            else [[min(col) for col in zip(*self._states)] if self.old_ids else []])
+        self.ledger.regroup(len(self._groups()))
         if config.eviction != old_eviction:
-            if config.eviction == "gated" and self.gate is None:
+            if config.eviction_class.needs_gate and self.gate is None:
                 in_dim = gate_input_dim(len(self.chunked), self.head_dim)
                 self.gate = ChunkGate.untrained(in_dim, seed=config.seed)
             self.eviction = make_eviction(config.eviction, self)
-            everywhere = [all(state[j] == KEPT for state in self._states) for j in range(len(self.old_ids))]
-            held_everywhere = [c for c, e in zip(self.old_ids, everywhere) if e]
+            everywhere = self.ledger.held_everywhere()
+            held_everywhere = [c for c, e in zip(self.ledger.ids, everywhere) if e]
             new_scores = iter(self.eviction.score(held_everywhere).float().tolist() if held_everywhere else [])
-            self._scores = [next(new_scores) if e else float("-inf") for e in everywhere]
+            self.ledger.scores = [next(new_scores) if e else float("-inf") for e in everywhere]
         self._evict(force=True)
 
-    def _decide(self, g: int, scores: list[float], room: int | None) -> tuple[bool, list[int]]:
-        """Update ``_states[g]`` (columns: ``old_ids``); return whether any state changed and the
-        chunk ids that just became summaries (their K/V still held). O(tracked chunks), never
-        O(history)."""
-        cfg, state, ids = self.config, self._states[g], self.old_ids
-        kept = [j for j, st in enumerate(state) if st == KEPT]  # column indices
-        evicted = []
-        if self.eviction.uses_threshold:
-            evicted = [j for j in kept if scores[j] < cfg.gate_threshold]
-            kept = [j for j in kept if scores[j] >= cfg.gate_threshold]
-        used = 0
-        if room is not None:
-            # Highest utility first; among equals, the newer chunk.
-            kept.sort(key=lambda j: (-scores[j], -ids[j]))
-            fits = max(0, room // cfg.chunk_size)
-            evicted += kept[fits:]
-            kept = kept[:fits]
-            used = len(kept) * cfg.chunk_size
-        for j in evicted:
-            state[j] = SUMMARY if cfg.summarize and scores[j] >= cfg.summary_threshold else DROPPED
-        changed = bool(evicted)
-        new_summaries = [j for j in evicted if state[j] == SUMMARY]
-        summaries = [j for j, st in enumerate(state) if st == SUMMARY]
-        if room is not None and len(summaries) > room - used:
-            summaries.sort(key=lambda j: (-scores[j], -ids[j]))
-            for j in summaries[max(0, room - used):]:
-                state[j] = DROPPED
-                changed = True
-            new_summaries = [j for j in new_summaries if state[j] == SUMMARY]
-        return changed, [ids[j] for j in new_summaries]
-
     def _apply(self, group: list[int], g: int, recent_start: int, new_summaries: list[int]) -> None:
-        """Make the layers of group ``g`` hold what ``_states[g]`` says."""
-        cfg, sink, state = self.config, self.sink, self._states[g]
-        kept = [c for c, st in zip(self.old_ids, state) if st == KEPT]
-        summarized = [c for c, st in zip(self.old_ids, state) if st == SUMMARY]
+        """Make the layers of group ``g`` hold what the ledger says."""
+        cfg, sink = self.config, self.sink
+        kept, summarized = self.ledger.chunks(g, KEPT), self.ledger.chunks(g, SUMMARY)
         pos_done = index = None
         for layer_idx in group:
             layer = self.layers[layer_idx]
@@ -393,18 +340,18 @@ class ChunkedKVCache(Cache):
     def stats(self) -> dict:
         """Tokens seen and held, bytes held, kept chunks (ids and absolute ranges), last gate scores."""
         cfg = self.config
-        kept = [c for c, st in zip(self.old_ids, self._states[0]) if st == KEPT]
+        kept = self.ledger.chunks(0, KEPT)
         return {
             "eviction": cfg.eviction,
             "tokens_seen": self.tokens_seen,
             "tokens_held": self.tokens_held(),
             "tokens_held_per_layer": [self.layers[i].held for i in self.chunked],
             "bytes_held": self.nbytes(),
-            "chunks_scored": self.n_old,
+            "chunks_scored": self.ledger.scored,
             "kept_chunks": kept,
             "kept_ranges": [[self.sink + c * cfg.chunk_size, self.sink + (c + 1) * cfg.chunk_size] for c in kept],
-            "summary_chunks": [c for c, st in zip(self.old_ids, self._states[0]) if st == SUMMARY],
-            "last_gate_scores": dict(self.last_scores),
+            "summary_chunks": self.ledger.chunks(0, SUMMARY),
+            "last_gate_scores": dict(self.ledger.last_scores),
             "keep_ratio": self.tokens_held() / max(1, self.tokens_seen),
         }
 

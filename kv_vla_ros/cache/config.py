@@ -4,16 +4,11 @@ the offline tools (ROS parameters mirror it one to one as `cache.<field>`)."""
 from __future__ import annotations
 
 import dataclasses
-import functools
-import warnings
 from dataclasses import dataclass
 from typing import Any
 
+from kv_vla_ros.cache.eviction import EVICTIONS, eviction_class
 from kv_vla_ros.cache.settings import FIXED, NEXT_EPISODE, setting
-
-# Kept in sync with the eviction registry by a test; listed here so that validation does not
-# import the evictions (and their torch modules) just to check a name.
-EVICTION_NAMES = ("full", "window", "sink_window", "h2o", "key_norm", "random", "gated")
 
 
 @dataclass
@@ -29,7 +24,8 @@ class CacheConfig:
     The class defaults hold everything (``full``, no prefix, no budget): exact for any model, and
     bounded by nothing. A model's cache comes from its checkpoint (``config.json`` "cache", or
     ``kv_vla_policy.json`` for π0: ``policy.default_cache_config()``); the node warns when what it
-    runs is unbounded. ``eviction`` was called ``policy`` (still accepted, with a DeprecationWarning).
+    runs is unbounded. What an eviction needs (a prefix, a budget, a gate) is declared on its class
+    (`kv_vla_ros.cache.eviction`); validation reads it from there.
     """
 
     eviction: str = setting("full", "which old chunks go when the cache is over its budget: full (none), window "
@@ -63,9 +59,14 @@ class CacheConfig:
         self.validate()
 
     @property
+    def eviction_class(self):
+        """The registered eviction class named by `eviction` (its declared needs: `holds_prefix`, ...)."""
+        return eviction_class(self.eviction)
+
+    @property
     def prefix_tokens(self) -> int:
         """Prefix held by the eviction (``window`` is recent-only: it holds no prefix)."""
-        return 0 if self.eviction == "window" else self.sink_tokens
+        return self.sink_tokens if self.eviction_class.holds_prefix else 0
 
     @property
     def min_budget(self) -> int:
@@ -74,7 +75,7 @@ class CacheConfig:
 
     @property
     def evicts(self) -> bool:
-        return self.eviction != "full"
+        return self.eviction_class.evicts
 
     @property
     def bounded(self) -> bool:
@@ -88,12 +89,12 @@ class CacheConfig:
         (chunk size, prefix, static slots, to or from the prefix-less ``window``), so that it can
         only apply to a new cache (the next episode)."""
         return (self.chunk_size != other.chunk_size or self.sink_tokens != other.sink_tokens
-                or self.static != other.static or (self.eviction == "window") != (other.eviction == "window"))
+                or self.static != other.static
+                or self.eviction_class.holds_prefix != other.eviction_class.holds_prefix)
 
     def validate(self) -> None:
         """Raise ``ValueError`` naming the first bad field."""
-        if self.eviction not in EVICTION_NAMES:
-            raise ValueError(f"eviction: unknown eviction {self.eviction!r}; known: {', '.join(EVICTION_NAMES)}")
+        needs = eviction_class(self.eviction)  # ValueError naming the known evictions
         for name in ("chunk_size", "recent_chunks", "sink_tokens", "seed"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int):
@@ -124,7 +125,7 @@ class CacheConfig:
                     f"budget_tokens: {budget} is smaller than the prefix plus the recent window "
                     f"({self.prefix_tokens} + {self.recent_chunks} x {self.chunk_size} = {self.min_budget})"
                 )
-        elif self.eviction not in ("full", "gated"):
+        elif needs.needs_budget:
             raise ValueError(f"budget_tokens: eviction {self.eviction!r} ranks chunks and needs a budget")
         if self.layer_budgets is not None:
             if not isinstance(self.layer_budgets, (list, tuple)) or not self.layer_budgets:
@@ -138,27 +139,15 @@ class CacheConfig:
                     )
             self.layer_budgets = [int(b) for b in self.layer_budgets]
 
-    @property
-    def policy(self) -> str:
-        """Deprecated name of `eviction`."""
-        deprecated_name("CacheConfig.policy", "CacheConfig.eviction")
-        return self.eviction
-
-    @policy.setter
-    def policy(self, value: str) -> None:
-        deprecated_name("CacheConfig.policy", "CacheConfig.eviction")
-        self.eviction = value
-
     def replace(self, **changes: Any) -> "CacheConfig":
         """A validated copy with ``changes`` applied."""
-        return dataclasses.replace(self, **_renamed_fields(changes, "CacheConfig.replace"))
+        return dataclasses.replace(self, **changes)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "CacheConfig":
-        data = _renamed_fields(dict(data), "cache config")
         check_known_fields(cls, data, "cache config")
         return cls(**data)
 
@@ -172,42 +161,8 @@ def check_known_fields(cls, data: dict[str, Any], what: str) -> None:
         raise ValueError(f"{unknown[0]}: unknown {what} field (known: {', '.join(sorted(known))})")
 
 
-# Old field names that still load, for one release: {old: new}.
-RENAMED_FIELDS = {"policy": "eviction"}
-
-
-def deprecated_name(old: str, new: str, stacklevel: int = 3) -> None:
-    """One DeprecationWarning for a renamed setting (field, flag or parameter)."""
-    warnings.warn(f"{old} is deprecated: it is called {new} now (the old name goes in the next release)",
-                  DeprecationWarning, stacklevel=stacklevel)
-
-
-def _renamed_fields(data: dict[str, Any], where: str) -> dict[str, Any]:
-    """``data`` with old field names (`RENAMED_FIELDS`) turned into the new ones, with a warning."""
-    for old, new in RENAMED_FIELDS.items():
-        if old in data:
-            if new in data:
-                raise ValueError(f"{old}: the old name of {new}; give one of them, not both ({where})")
-            deprecated_name(f"{where}: {old}", new, stacklevel=4)
-            data[new] = data.pop(old)
-    return data
-
-
-def _accept_renamed_fields(init):
-    """``CacheConfig(policy=...)`` keeps working for one release (a DeprecationWarning)."""
-
-    @functools.wraps(init)
-    def wrapper(self, *args, **kwargs):
-        init(self, *args, **_renamed_fields(kwargs, "CacheConfig"))
-
-    return wrapper
-
-
-CacheConfig.__init__ = _accept_renamed_fields(CacheConfig.__init__)
-
-
 def field_names() -> list[str]:
     return [f.name for f in dataclasses.fields(CacheConfig)]
 
 
-__all__ = ["CacheConfig", "EVICTION_NAMES", "RENAMED_FIELDS", "deprecated_name", "field_names"]
+__all__ = ["CacheConfig", "EVICTIONS", "check_known_fields", "field_names"]

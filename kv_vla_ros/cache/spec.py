@@ -21,29 +21,9 @@ config is refused naming ``budget_tokens``.
 from __future__ import annotations
 
 import argparse
-import sys
 
 SPEC_HELP = "cache spec EVICTION[:field=value,...], e.g. window:budget_frac=0.25 (no_history: the current frame alone)"
 NO_HISTORY = "no_history"
-
-
-class _RenamedFlag(argparse.Action):
-    """An old flag name (e.g. ``--policy`` for ``--cache``) that still works for one release, with a
-    warning on stderr; ``const`` is ``(new flag, "append" or "store")``."""
-
-    def __call__(self, parser, namespace, values, option_string=None):
-        new, mode = self.const
-        print(f"{parser.prog}: warning: {option_string} is deprecated: use {new} (the old name goes in the "
-              "next release)", file=sys.stderr, flush=True)
-        if mode == "append":
-            values = (getattr(namespace, self.dest) or []) + [values]
-        setattr(namespace, self.dest, values)
-
-
-def add_renamed_flag(parser: argparse.ArgumentParser, old: str, new: str, dest: str, append: bool = False) -> None:
-    """``old`` as a hidden alias of the flag ``new`` (same ``dest``), with a deprecation warning."""
-    parser.add_argument(old, dest=dest, action=_RenamedFlag, const=(new, "append" if append else "store"),
-                        help=argparse.SUPPRESS)
 
 
 def spec_fields_help() -> str:
@@ -55,12 +35,10 @@ def spec_fields_help() -> str:
 
 
 def add_cache_argument(parser: argparse.ArgumentParser, repeat: bool = True, default_help: str = "full") -> None:
-    """``--cache SPEC`` (``args.cache``: a list when ``repeat``, else one spec or None), and its old
-    name ``--policy``."""
+    """``--cache SPEC`` (``args.cache``: a list when ``repeat``, else one spec or None)."""
     help_text = f"{SPEC_HELP} ({'repeatable; ' if repeat else ''}default: {default_help}); fields: {spec_fields_help()}"
     parser.add_argument("--cache", action="append" if repeat else "store", default=None, metavar="SPEC",
                         help=help_text)
-    add_renamed_flag(parser, "--policy", "--cache", "cache", append=repeat)
 
 
 def parse_spec(spec: str, base) -> tuple[dict, float | None]:
@@ -104,7 +82,9 @@ def parse_spec(spec: str, base) -> tuple[dict, float | None]:
             changes[key] = parse_setting(fields[key], raw)
         except ValueError as exc:
             raise ValueError(f"--cache {spec!r}: {exc}") from None
-    if changes["eviction"] == "full":  # holds everything: a budget would only be reported, never applied
+    from kv_vla_ros.cache.eviction import eviction_class
+
+    if not eviction_class(changes["eviction"]).evicts:  # holds everything: a budget would be reported, never applied
         changes.setdefault("budget_tokens", None)
         changes.setdefault("layer_budgets", None)
         changes.setdefault("static", False)
@@ -117,4 +97,4 @@ def is_full_history(changes: dict) -> bool:
     return changes.get("eviction") == "full" and changes.get("_history") != "none"
 
 
-__all__ = ["NO_HISTORY", "is_full_history", "parse_spec", "add_cache_argument", "add_renamed_flag", "SPEC_HELP"]
+__all__ = ["NO_HISTORY", "is_full_history", "parse_spec", "add_cache_argument", "SPEC_HELP"]

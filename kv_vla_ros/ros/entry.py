@@ -1,14 +1,18 @@
-"""Console scripts of the nodes (``ros2 run kv_vla_ros kv_vla_node``): the stop signals are caught
+"""What the node executables run (``nodes/``: ``ros2 run kv_vla_ros kv_vla_node``): the stop signals are caught
 before rclpy, numpy or torch are imported, so a Ctrl-C in the first second of start-up ends the
 node cleanly instead of printing the import's traceback."""
 
 from __future__ import annotations
+
+from kv_vla_ros.ros.usage import asks_for_help
 
 
 def kv_vla_node() -> int:
     from kv_vla_ros.ros.signals import catch_stop_signals
 
     stop = catch_stop_signals()
+    if asks_for_help("kv_vla_node"):
+        return 0
     from kv_vla_ros.ros.node.kv_vla_node import main
 
     return main(stop=stop)
@@ -18,6 +22,8 @@ def minigrid_sim_node() -> int:
     from kv_vla_ros.ros.signals import catch_stop_signals
 
     stop = catch_stop_signals()
+    if asks_for_help("minigrid_sim_node"):
+        return 0
     from kv_vla_ros.ros.worlds.minigrid_sim_node import main
 
     return main(stop=stop)
@@ -27,6 +33,8 @@ def arm_sim_node() -> int:
     from kv_vla_ros.ros.signals import catch_stop_signals
 
     stop = catch_stop_signals()
+    if asks_for_help("arm_sim_node"):
+        return 0
     from kv_vla_ros.ros.worlds.arm_sim_node import main
 
     return main(stop=stop)

@@ -1,7 +1,7 @@
-"""Simulated-robot tier: MiniGrid Memory / BabyAI levels as a camera + language + discrete-action robot.
-
-Arm tasks (``kv_vla_ros.sim.arm``: a Franka Panda in PyBullet that must remember a cue) share the
-seed ranges and ``make_sim``; their ids are in ``ARM_TASKS``.
+"""Worlds room: the simulated robots side by side, ``minigrid/`` (MiniGrid Memory / BabyAI levels
+as a camera + language + discrete-action robot) and ``arm/`` (a Franka Panda in PyBullet that must
+remember a cue; ids in ``ARM_TASKS``), with what every world returns (``robot``), the task lists
+(``tasks``) and expert rollouts as arrays (``rollout``). Both share the seed ranges and ``make_sim``.
 
 Depends only on numpy, gymnasium, minigrid, pybullet (and tqdm); never imports torch, transformers or rclpy,
 so it is usable on machines without a GPU stack or ROS.

@@ -26,7 +26,7 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
-from kv_vla_ros.cache.config import CacheConfig, deprecated_name
+from kv_vla_ros.cache.config import CacheConfig
 from kv_vla_ros.vla.kv_vla.processor import check_image
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -86,12 +86,6 @@ class StreamingPolicy:
     num_actions = 0
     action_names: list[str] | None = None
     frame_size: int | None = None
-
-    @property
-    def chunk_length(self) -> int:
-        """Deprecated name of `action_chunk_length` (a bare "chunk" is a cache chunk)."""
-        deprecated_name("StreamingPolicy.chunk_length", "StreamingPolicy.action_chunk_length")
-        return self.action_chunk_length
 
     # ---- cache ------------------------------------------------------------------------------
     def default_cache_config(self) -> CacheConfig:

@@ -8,6 +8,7 @@ history persists across steps until ``reset``.
 
 from __future__ import annotations
 
+import functools
 import warnings
 
 import numpy as np
@@ -16,7 +17,7 @@ import torch
 from kv_vla_ros.cache import make_cache, use_kv_vla_attention
 from kv_vla_ros.cache.chunked_cache import static_capacity
 from kv_vla_ros.cache.compiled import CompiledDecode
-from kv_vla_ros.cache.config import CacheConfig, deprecated_name
+from kv_vla_ros.cache.config import CacheConfig
 from kv_vla_ros.vla.policy import DTYPES, Episode, StreamingPolicy, as_policy, resolve_device_dtype
 
 
@@ -64,6 +65,11 @@ class VLASession:
         self.latency_ms = {"encode": 0.0, "forward": 0.0, "decode": 0.0, "total": 0.0}
         self.set_compile(compile)
 
+    @functools.cached_property
+    def attention_layers(self) -> int:
+        """Attention layers whose keys and values the cache holds (one per `layer_budgets` entry)."""
+        return len(make_cache(CacheConfig(), self.policy.cache_model_config()).chunked)
+
     @property
     def last_logits(self) -> torch.Tensor | None:
         """(A, action_vocab) action-token logits of the last step (the package's own VLA only)."""
@@ -83,6 +89,10 @@ class VLASession:
 
     def _check_cache_config(self, cfg: CacheConfig) -> CacheConfig:
         cfg = self.policy.check_cache_config(cfg)
+        if cfg.layer_budgets is not None and len(cfg.layer_budgets) != self.attention_layers:
+            # checked here, not only when the next cache is built: a live change must be refused at once
+            raise ValueError(f"cache.layer_budgets: {len(cfg.layer_budgets)} budgets for {self.attention_layers} "
+                             "attention layers (one budget per attention layer of the model)")
         if self.compile:
             self._check_compilable(cfg)
         return cfg
@@ -165,11 +175,6 @@ class VLASession:
         self.latency_ms = {**timings, "cache_policy": self._cache.eviction_ms - policy_ms,
                            "cache_scoring": self._cache.score_ms - score_ms}
         return actions
-
-    def step_chunk(self, images, state: np.ndarray | None = None, **kwargs) -> np.ndarray:
-        """Deprecated name of `step_action_chunk`."""
-        deprecated_name("VLASession.step_chunk", "VLASession.step_action_chunk")
-        return self.step_action_chunk(images, state, **kwargs)
 
     def step(self, image, state: np.ndarray | None = None, **kwargs) -> np.ndarray:
         """One control step -> the first action of the action chunk (dim,): int64 (discrete) or float32."""

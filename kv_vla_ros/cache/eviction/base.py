@@ -29,7 +29,11 @@ def register_eviction(name: str) -> Callable[[type["Eviction"]], type["Eviction"
 
 
 class Eviction:
-    """Scores chunks. Subclasses override `score` (and, for dynamic scores, `rescore`)."""
+    """Scores chunks. Subclasses override `score` (and, for dynamic scores, `rescore`).
+
+    What an eviction needs is declared here, on its class, and read by `CacheConfig.validate`
+    and the cache: a new eviction is one file with one ``@register_eviction`` line.
+    """
 
     name = "base"
     #: whether `gate_threshold` applies (scores are utilities in [0, 1])
@@ -38,6 +42,14 @@ class Eviction:
     wants_attention = False
     #: False for `full`: the cache never evicts
     evicts = True
+    #: False for `window` (recent tokens only): the prefix is not held, so switching to or from such an
+    #: eviction changes the cache's layout (it applies to a new cache)
+    holds_prefix = True
+    #: True when the eviction only ranks chunks, so a budget decides what goes (False for `full`, which
+    #: never evicts, and `gated`, whose threshold alone can evict)
+    needs_budget = True
+    #: True when the eviction scores with the cache's gate (an untrained one is made when none is given)
+    needs_gate = False
 
     def __init__(self, cache: "ChunkedKVCache") -> None:
         self.cache = cache

@@ -18,6 +18,8 @@ from .base import Eviction, register_eviction
 @register_eviction("gated")
 class GatedEviction(Eviction):
     uses_threshold = True
+    needs_budget = False  # the threshold alone evicts; a budget caps it
+    needs_gate = True
 
     def __init__(self, cache) -> None:
         super().__init__(cache)

@@ -6,4 +6,6 @@ from .window import WindowEviction
 
 @register_eviction("sink_window")
 class SinkWindowEviction(WindowEviction):
-    """Same recency ranking as `window`; the difference is the held prefix (see `CacheConfig`)."""
+    """Same recency ranking as `window`; the difference is the held prefix."""
+
+    holds_prefix = True

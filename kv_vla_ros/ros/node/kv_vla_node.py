@@ -32,9 +32,10 @@ from rclpy.signals import SignalHandlerOptions
 
 from kv_vla_ros.ros.node.params import apply_parameters
 from kv_vla_ros.ros.node.runtime import INSTRUCTION_QOS, LATCHED_INSTRUCTION_QOS, STEADY, NodeRuntime
-from kv_vla_ros.ros.node.param_specs import NODE_PARAMS, POLICY_PARAMS, RENAMED_PARAMS, apply_renamed_params
+from kv_vla_ros.ros.node.param_specs import NODE_PARAMS, POLICY_PARAMS
 from kv_vla_ros.ros.node.param_descriptors import coerce_parameters, declare_specs
 from kv_vla_ros.ros.node.session_setup import StartupError
+from kv_vla_ros.ros.usage import asks_for_help
 from kv_vla_ros.ros.signals import catch_stop_signals, ignore_stop_signals
 
 NODE_NAME = "kv_vla_node"
@@ -53,10 +54,8 @@ class KVVLANode(LifecycleNode):
         self.finished = False  # the shutdown transition ran: main exits
         self._tick_lock = threading.Lock()  # a tick never publishes after deactivate's stop
         self._lifecycle_state = "unconfigured"
-        self._syncing_renamed = False
         self.add_pre_set_parameters_callback(lambda params: coerce_parameters(params, self._specs))
         self.add_on_set_parameters_callback(self._on_set_parameters)
-        self.add_post_set_parameters_callback(self._sync_renamed)
         # Diagnostics on the steady clock: they go out whatever the ROS clock does (use_sim_time
         # without /clock stops every ROS-time timer; the node must still say what it waits for).
         self.diag_pub = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
@@ -69,30 +68,6 @@ class KVVLANode(LifecycleNode):
             return declare_specs(self, specs)
         except ValueError as exc:
             raise StartupError(f"bad parameter {exc}") from None
-
-    def renamed(self, values: dict, at_start: bool = False) -> dict:
-        """Old parameter names (``cache.policy``) given a value -> their new names, with a warning;
-        at configure the new parameter takes the value at once (later: `_sync_renamed`)."""
-        given = [Parameter(old, value=values[old]) for old in RENAMED_PARAMS if values.get(old) not in ("", None)]
-        values, notes = apply_renamed_params(values)
-        for note in notes:
-            self.get_logger().warning(note)
-        if at_start:
-            self._sync_renamed(given)
-        return values
-
-    def _sync_renamed(self, params: list[Parameter]) -> None:
-        """After an old name was set: the new parameter holds the value, the old one is empty again
-        (so that ``ros2 param get`` shows what runs)."""
-        changed = [(p.name, p.value) for p in params if p.name in RENAMED_PARAMS and p.value not in ("", None)]
-        if not changed or self._syncing_renamed:
-            return
-        self._syncing_renamed = True
-        try:
-            for old, value in changed:
-                self.set_parameters([Parameter(RENAMED_PARAMS[old], value=value), Parameter(old, value="")])
-        finally:
-            self._syncing_renamed = False
 
     def waiting_for_clock(self) -> bool:
         """use_sim_time is on and no /clock message came yet (the ROS clock still reads 0)."""
@@ -198,8 +173,6 @@ class KVVLANode(LifecycleNode):
 
     # ---- live parameters --------------------------------------------------------------------
     def _on_set_parameters(self, params: list[Parameter]) -> SetParametersResult:
-        if self._syncing_renamed:  # the new name takes the value an old name already applied
-            return SetParametersResult(successful=True)
         values = {p.name: p.value for p in params}
         try:
             note = apply_parameters(self, values)
@@ -232,6 +205,8 @@ def main(argv: list[str] | None = None, session_factory=None, stop=None) -> int:
     (bad parameters; with ``autostart``, a checkpoint that does not load), 0 after a stop signal
     (any number of them, at any moment) or the lifecycle ``shutdown`` transition."""
     stop = stop or catch_stop_signals()
+    if asks_for_help(NODE_NAME, argv[1:] if argv is not None else None):
+        return 0
     rclpy.init(args=argv if argv is not None else sys.argv, signal_handler_options=SignalHandlerOptions.NO)
     try:
         node = KVVLANode(session_factory=session_factory)
@@ -251,6 +226,10 @@ def main(argv: list[str] | None = None, session_factory=None, stop=None) -> int:
     spinner = threading.Thread(target=_spin, args=(executor, spinning), daemon=True)
     spinner.start()
     code = 0
+    if not node.autostart:  # say how to go on: a node that only waits would look hung
+        name = node.get_fully_qualified_name()
+        node.get_logger().info(f"autostart is false: unconfigured; `ros2 lifecycle set {name} configure`, then "
+                               f"`ros2 lifecycle set {name} activate`")
     if node.autostart and not stop.is_set():
         if node.trigger_configure() != TransitionCallbackReturn.SUCCESS:
             code = 1  # the reason is logged (one line)

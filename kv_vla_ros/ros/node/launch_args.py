@@ -12,6 +12,11 @@ from launch.substitutions import LaunchConfiguration, PathJoinSubstitution
 from launch_ros.actions import Node
 from launch_ros.substitutions import FindPackageShare
 
+# Launch arguments with a fixed set of values: `ros2 launch` refuses anything else by name (a bare
+# `autostart:=1` used to read as false, silently).
+BOOL_CHOICES = ["true", "false"]
+CHOICES = {"autostart": BOOL_CHOICES, "use_sim_time": BOOL_CHOICES}
+
 POLICY_ARGUMENTS = (
     ("model_path", "", "VLA checkpoint directory (from_pretrained layout); empty: the shipped model "
                        "(models/kv-vla-minigrid)"),
@@ -27,7 +32,8 @@ POLICY_ARGUMENTS = (
 
 def policy_arguments() -> list[DeclareLaunchArgument]:
     params_file = PathJoinSubstitution([FindPackageShare("kv_vla_ros"), "config", "kv_vla.yaml"])
-    return [DeclareLaunchArgument(name, default_value=default, description=text)
+    return [DeclareLaunchArgument(name, default_value=default, description=text, **(
+                {"choices": CHOICES[name]} if name in CHOICES else {}))
             for name, default, text in POLICY_ARGUMENTS] + [
         DeclareLaunchArgument("params_file", default_value=params_file,
                               description="kv_vla_node parameters file (ros__parameters under /**/kv_vla_node)")]
@@ -35,8 +41,11 @@ def policy_arguments() -> list[DeclareLaunchArgument]:
 
 def policy_overrides(values: dict[str, str]) -> dict:
     """Launch argument strings -> the parameters passed on top of the params file."""
-    params = {"model_path": values["model_path"], "autostart": yaml.safe_load(values["autostart"]) is True,
-              "use_sim_time": yaml.safe_load(values["use_sim_time"]) is True}
+    for name, choices in CHOICES.items():  # the launch system checks choices; a direct caller may not
+        if values[name] not in choices:
+            raise ValueError(f"{name}: expected one of {', '.join(choices)}, got {values[name]!r}")
+    params = {"model_path": values["model_path"], "autostart": values["autostart"] == "true",
+              "use_sim_time": values["use_sim_time"] == "true"}
     if values["image_topics"].strip():
         topics = yaml.safe_load(values["image_topics"])
         params["image_topics"] = [str(t) for t in (topics if isinstance(topics, list) else [topics])]
@@ -58,4 +67,4 @@ def policy_node(**node_kwargs) -> OpaqueFunction:
     return OpaqueFunction(function=_policy_node, kwargs=node_kwargs)
 
 
-__all__ = ["POLICY_ARGUMENTS", "policy_arguments", "policy_node", "policy_overrides"]
+__all__ = ["POLICY_ARGUMENTS", "CHOICES", "policy_arguments", "policy_node", "policy_overrides"]

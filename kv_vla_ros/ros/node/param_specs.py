@@ -226,33 +226,6 @@ def all_param_specs(cache_defaults: CacheConfig | None = None) -> list[ParamSpec
     return NODE_PARAMS + cache_param_specs(cache_defaults)
 
 
-# Old parameter names that keep working for one release: {old: new}. Each is declared as a string
-# whose empty default means "not given"; a value given (params file, command line, `ros2 param set`)
-# is applied as the new parameter's, with a warning in the log.
-RENAMED_PARAMS = {"cache.policy": "cache.eviction"}
-
-
-def renamed_param_specs() -> list[ParamSpec]:
-    return [ParamSpec(old, "string", "", f"deprecated: the old name of {new}, which takes the value given here")
-            for old, new in RENAMED_PARAMS.items()]
-
-
-def apply_renamed_params(values: dict[str, Any]) -> tuple[dict[str, Any], list[str]]:
-    """``values`` with each old name given a value (`RENAMED_PARAMS`) moved to its new name, and
-    one warning per old name used. Empty old values (not given) are dropped."""
-    out, warnings = dict(values), []
-    for old, new in RENAMED_PARAMS.items():
-        if old not in out:
-            continue
-        value = out.pop(old)
-        if value in ("", None):
-            continue
-        out[new] = value
-        warnings.append(f"{old} is deprecated: use {new} (the old name goes in the next release); "
-                        f"applied as {new}={value}")
-    return out, warnings
-
-
 def cache_value_to_param(field: str, value: Any) -> Any:
     """CacheConfig value -> ROS parameter value (None becomes -1 / [-1])."""
     if value is None:
@@ -328,8 +301,7 @@ def coerce_param(spec: ParamSpec, value: Any) -> Any:
 
 __all__ = ["ParamSpec", "NodeSettings", "NODE_PARAMS", "POLICY_PARAMS", "policy_param_specs", "NONE_INT",
            "cache_param_specs", "all_param_specs", "spec_of", "cache_value_to_param",
-           "param_to_cache_value", "cache_changes_from_params", "render_params_yaml", "RENAMED_PARAMS",
-           "renamed_param_specs", "apply_renamed_params", "MINIGRID_LINEAR",
+           "param_to_cache_value", "cache_changes_from_params", "render_params_yaml", "MINIGRID_LINEAR",
            "MINIGRID_ANGULAR", "coerce_param", "describe_value", "PARAMS_FILE_KEY"]
 
 # Parameters files are keyed so that they apply under any namespace: ``kv_vla_node:`` alone only

@@ -38,7 +38,7 @@ def apply_parameters(node, values: dict) -> str:
     apply them; returns a note for the caller (e.g. a cache change waiting for the next episode)."""
     values = {name: coerce_param(node._specs[name], value) if name in node._specs else value
               for name, value in values.items()}
-    values = node.renamed(values)
+
     def get(name):
         return values.get(name, node.get_parameter(name).value)
     rt = node.rt

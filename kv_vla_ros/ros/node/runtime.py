@@ -24,7 +24,7 @@ from kv_vla_ros.data.image_conversion import compressed_to_rgb, image_to_rgb, sh
 from kv_vla_ros.ros.node.inference import InferenceWorker
 from kv_vla_ros.ros.node.outputs import CommandOutputs, check_output
 from kv_vla_ros.ros.node.param_specs import (cache_changes_from_params, cache_param_specs, coerce_param,
-                                             policy_param_specs, renamed_param_specs)
+                                             policy_param_specs)
 from kv_vla_ros.ros.node.session_setup import (StartupError, cache_error, check_inputs, load_session, pending_json,
                                                state_from_msg, unbounded_cache_warning)
 
@@ -64,14 +64,14 @@ class NodeRuntime:
         self.image_topics = list(p["image_topics"])
         self.state_topic = p["state_topic"] if policy.state_dim else ""
         self.state_joint_names = [n for n in p["state_joint_names"] if n]
-        cache_specs = cache_param_specs(self.session.cache_config) + renamed_param_specs()
+        cache_specs = cache_param_specs(self.session.cache_config)
         late_specs = policy_param_specs(policy.action_chunk_length)
         node._specs.update({spec.name: spec for spec in late_specs + cache_specs})
         # declared on the first configure; a later one (after cleanup) takes their current values
         p.update(node._declare([s for s in late_specs if not node.has_parameter(s.name)]))
         p.update({s.name: node.get_parameter(s.name).value for s in late_specs})
         node._declare([s for s in cache_specs if not node.has_parameter(s.name)])
-        cache_values = node.renamed({s.name: node.get_parameter(s.name).value for s in cache_specs}, at_start=True)
+        cache_values = {s.name: node.get_parameter(s.name).value for s in cache_specs}
         inputs = self.image_topics + ([self.state_topic] if self.state_topic else [])
         self.rate_hz = p["control_rate_hz"]
         try:  # parameter overrides (params file, command line) on top of the model's cache config

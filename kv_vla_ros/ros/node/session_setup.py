@@ -13,19 +13,6 @@ class StartupError(RuntimeError):
     """The node cannot start (model missing or broken, bad parameters): one line, exit 1."""
 
 
-def attach_trained_gate(model, directory):
-    """Give ``model`` the gate `kv-vla train-gate` saved beside its checkpoint, unless it has one
-    (``VLAModel.from_pretrained`` loads it itself; kept for a model built another way, e.g. the
-    demo's offline check, so that online and offline runs keep the same gate)."""
-    from pathlib import Path
-
-    from kv_vla_ros.cache import GATE_FILE, ChunkGate
-
-    if getattr(model, "gate", None) is None and (Path(directory) / GATE_FILE).is_file():
-        model.gate = ChunkGate.load(str(directory)).to(model.device).eval()
-    return model
-
-
 def check_device(device: str) -> None:
     """StartupError unless ``device`` names a torch device this machine has (checked before
     loading, so that a missing GPU is reported as such, not as a checkpoint error)."""
@@ -167,6 +154,6 @@ def reconfigure(session, cfg) -> bool:
         raise cache_error(exc) from None
 
 
-__all__ = ["StartupError", "attach_trained_gate", "check_device", "load_session", "unbounded_cache_warning",
+__all__ = ["StartupError", "check_device", "load_session", "unbounded_cache_warning",
            "check_inputs", "state_from_msg", "STATE_TYPES",
            "pending_json", "cache_error", "reconfigure"]

@@ -20,7 +20,7 @@ import numpy as np
 from kv_vla_ros.ros.processes import ARM_SIM_MODULE, POLICY_MODULE, pick_free_domain_id, spawn_node, stop_node
 from kv_vla_ros.vla import ARM_MODEL_PATH
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[3]  # kv_vla_ros/ros/worlds/ -> the repository
 DEFAULT_TASK = "Arm-CueCarryLong-v0"
 
 
@@ -57,7 +57,7 @@ class ArmMonitor:
         from sensor_msgs.msg import Image, JointState
         from std_msgs.msg import Float32MultiArray, String
 
-        from kv_vla_ros.ros.worlds.minigrid_sim_node import RESULTS_QOS
+        from kv_vla_ros.ros.worlds.sim_node_common import RESULTS_QOS
 
         self.results: list[dict] = []
         self.action_times: list[float] = []

@@ -36,8 +36,8 @@ from std_msgs.msg import Float32MultiArray, MultiArrayDimension, String
 
 from kv_vla_ros.ros.node.control import CHUNK_INDEX_PREFIX, format_source_stamp, parse_source_stamp
 from kv_vla_ros.data.image_conversion import fill_image_msg
-from kv_vla_ros.ros.worlds.minigrid_sim_node import (LATCHED, RESULTS_QOS, _desc, next_view_stamp, report_episode,
-                                                     run_sim_node)
+from kv_vla_ros.ros.worlds.sim_node_common import (LATCHED, RESULTS_QOS, next_view_stamp, read_only_descriptor,
+                                                   report_episode, run_sim_node)
 from kv_vla_ros.sim import split_seeds
 from kv_vla_ros.sim.arm.env import ArmRobot
 from kv_vla_ros.sim.arm.scene import STATE_JOINT_NAMES
@@ -65,9 +65,11 @@ def action_address(msg: Float32MultiArray) -> tuple[tuple[int, int] | None, int]
 
 
 class ArmSimNode(Node):
+    NODE_NAME = "arm_sim_node"
     def __init__(self, **node_kwargs):
-        super().__init__("arm_sim_node", **node_kwargs)
-        declare = lambda name, value, *a, **k: self.declare_parameter(name, value, _desc(*a, **k)).value  # noqa: E731
+        super().__init__(self.NODE_NAME, **node_kwargs)
+        declare = lambda name, value, *a, **k: self.declare_parameter(  # noqa: E731
+            name, value, read_only_descriptor(*a, **k)).value
         task = declare("task", "Arm-CueCarryLong-v0", f"arm task id: {', '.join(ARM_TASKS)}")
         self.mode = declare("mode", "policy", "who acts: policy (actions from the action topic) or expert")
         self.split = declare("seed_split", "eval", "seed range: eval (held out) or train")

@@ -17,7 +17,7 @@ import numpy as np
 
 from kv_vla_ros.ros.processes import POLICY_MODULE, SIM_MODULE, pick_free_domain_id, ros_env, spawn_node, stop_node
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[3]  # kv_vla_ros/ros/worlds/ -> the repository
 DEFAULT_TASK = "MiniGrid-MemoryS13Random-v0"
 
 
@@ -50,7 +50,7 @@ class Monitor:
         from diagnostic_msgs.msg import DiagnosticArray
         from std_msgs.msg import Float32MultiArray, String
 
-        from kv_vla_ros.ros.worlds.minigrid_sim_node import RESULTS_QOS
+        from kv_vla_ros.ros.worlds.sim_node_common import RESULTS_QOS
 
         self.node = node
         self.results: list[dict] = []
@@ -109,9 +109,8 @@ def offline_check(model_path: str, task: str, cache: dict, seeds: list[int], max
     from kv_vla_ros.vla import VLAModel
 
     torch.set_num_threads(1)  # as the node (num_threads: 1), so the float sums are the same
-    from kv_vla_ros.ros.node.session_setup import attach_trained_gate
 
-    model = attach_trained_gate(VLAModel.from_pretrained(model_path), model_path)
+    model = VLAModel.from_pretrained(model_path)  # with the gate saved beside it, as the node loads it
     return evaluate_task(model, task, CacheConfig.from_dict(cache), seeds, max_steps, progress=False)
 
 

@@ -1,12 +1,13 @@
 """`PI0PolicyConfig`: how this package streams a π0 checkpoint (``kv_vla_policy.json`` beside
 transformers' own files; optional: a bare π0 checkpoint gets the defaults below).
 
-The token stream of an episode (one cache chunk per control step)::
+The token stream of an episode (one cache chunk per control step, in π0's own order: images
+first, then the prompt)::
 
-    [prompt: <bos> instruction \\n][step 1: cameras x image_seq_length][step 2: ...] ...
+    [step 1: cameras x image_seq_length, then the prompt][step 2: ...] ...
 
-so ``cache.chunk_size = num_cameras x image_seq_length`` and ``cache.sink_tokens`` is the most
-prompt tokens an instruction may take (each episode's sink is its own prompt's length).
+so ``cache.chunk_size`` is the tokens of one step and ``cache.sink_tokens`` is 0: there is no
+prefix to hold, every step carries its own prompt.
 """
 
 from __future__ import annotations
@@ -34,7 +35,7 @@ class PI0PolicyConfig:
         actions_per_inference: actions of a chunk executed before the next inference (LeRobot's
             ``n_action_steps``; None: the whole chunk).
         num_inference_steps: denoising steps (None: the checkpoint's config).
-        max_prompt_tokens: longest prompt (== cache.sink_tokens; the processor pads to 48).
+        max_prompt_tokens: longest prompt (each step's chunk holds it after the images; the processor pads to 48).
         noise_seed: seed of each episode's noise generator (sessions of one episode draw alike).
         action_names: optional names of the action dimensions.
         cache: default cache of a session (None: full, sized from the above).

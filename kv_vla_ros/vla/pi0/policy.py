@@ -106,18 +106,26 @@ class PI0Policy(StreamingPolicy):
         """A π0 checkpoint directory: transformers' config.json + weights, its processor files
         (``PI0Processor.save_pretrained``), optionally ``kv_vla_policy.json`` and ``gate.safetensors``."""
         from transformers import PI0ForConditionalGeneration
+        from transformers.utils import logging as hf_logging
 
         from kv_vla_ros.vla.kv_vla.model import load_gate
 
         directory = Path(directory)
         processor = processing.load_processor(directory)  # fails fast, before the weights load
         policy_config = PI0PolicyConfig.load(directory)
+        # transformers' "Loading weights" bar is noise here (a local file; a node, a demo and an evaluation
+        # each load the checkpoint, and `--no-progress` must mean no bar): off for this load only.
+        bar_was_on = hf_logging.is_progress_bar_enabled()
+        hf_logging.disable_progress_bar()
         try:
             model = PI0ForConditionalGeneration.from_pretrained(str(directory), dtype=dtype or torch.float32,
                                                                 use_safetensors=True,
                                                                 local_files_only=True)
         except OSError as exc:
             raise FileNotFoundError(f"model.safetensors: π0 weights not loadable from {directory}: {exc}") from exc
+        finally:
+            if bar_was_on:
+                hf_logging.enable_progress_bar()
         gate = load_gate(directory, model.config.vlm_config.text_config)
         return cls(model, processor, policy_config, device, gate)
 
