@@ -63,7 +63,8 @@ model: $(STAMP)
 # The arm recipe from bags only (issue 22): expert bags of Arm-CueCarryLong -> π0 trained with a
 # streamed, budgeted history (30 min) -> its gate from the same bags -> closed-loop table, 200
 # held-out seeds (runs/arm/eval) -> runs/arm/kv-vla-arm-pi0 with its model card (52 min measured on
-# 2 CPU cores). See docs/pi0.md, "Training π0 from bags".
+# 2 CPU cores). See docs/pi0.md, "Training π0 from bags". Another arm task: e.g.
+# `TASK=Arm-CueCarryDistract OUT=runs/arm-distract MAX_STEPS=4430 make model-arm` (switches in scripts/model_arm.sh).
 model-arm: $(STAMP)
 	KV=$(VENV)/bin/kv-vla PY=$(PY) scripts/model_arm.sh
 

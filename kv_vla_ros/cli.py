@@ -26,6 +26,8 @@ COMMANDS: list[tuple[str, str, str]] = [
      "closed-loop eval sequential vs --workers N: speedup, same episodes"),
     ("bench train-scaling", "kv_vla_ros.bench.train_scaling",
      "π0 training from bags: 2 workers vs 1 worker of 1 or 2 threads (and a 2-node cluster), memory per worker"),
+    ("bench budget-sweep", "kv_vla_ros.bench.budget_sweep",
+     "every eviction at 1/4, 1/8, 1/16 of the history and the floor, closed loop: success vs KV bytes"),
     ("bench arm", "kv_vla_ros.bench.arm",
      "robot-arm world: ms per rendered frame vs panda-gym, expert table, filmstrip"),
     ("train", "kv_vla_ros.train.cli", "behaviour-clone the VLA on simulator expert demonstrations"),

@@ -91,8 +91,9 @@ def generate_launch_description() -> LaunchDescription:
                               description="kv_vla_node's clock from /clock (a simulator publishing one)"),
         DeclareLaunchArgument("episodes", default_value="3", description="episodes before the launch ends"),
         DeclareLaunchArgument("task", default_value="Arm-CueCarryLong-v0",
-                              description="arm task: Arm-CueCarryShort-v0 or Arm-CueCarryLong-v0 (cue >= 150 steps "
-                                          "before the decision)"),
+                              description="arm task: Arm-CueCarryShort-v0, Arm-CueCarryLong-v0 (cue >= 150 steps "
+                                          "before the decision) or Arm-CueCarryDistract-v0 (the long lane with "
+                                          "distractors)"),
         DeclareLaunchArgument("seed_offset", default_value="0", description="offset into the held-out eval seeds"),
         DeclareLaunchArgument("control_rate_hz", default_value="10.0",
                               description="control steps per second of the simulator and kv_vla_node (the camera "

@@ -28,7 +28,7 @@ def short_robot():
 
 
 def test_task_ids_work_where_minigrid_ids_do():
-    assert ARM_TASKS == (SHORT, LONG)
+    assert ARM_TASKS[:2] == (SHORT, LONG)
     assert normalize_task("Arm-CueCarryLong") == LONG
     robot = make_sim("Arm-CueCarryShort", max_steps=7)
     assert isinstance(robot, ArmRobot) and robot.max_steps == 7 and robot.frame_size == 64

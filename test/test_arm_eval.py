@@ -122,3 +122,27 @@ def test_bag_eval_infers_on_the_checkpoints_schedule(arm_ckpt, tmp_path, capsys)
     assert main(["bag", "eval", str(bag), "--model", str(arm_ckpt), "--state-topic", "/joint_states", "--out",
                  str(tmp_path / "bad"), "--actions-per-inference", "0"]) == 1
     assert "--actions-per-inference: must be >= 1, got 0" in capsys.readouterr().err
+
+
+def test_budget_sweep_runs_cells_down_to_the_floor_and_merges_seed_counts(arm_ckpt, tmp_path):
+    """`kv-vla bench budget-sweep`: the floor holds the recent window + one old step (measured step
+    tokens), the no-history row holds one step, a later run's cells merge beside the earlier ones
+    with their own seed counts, and a merge onto another task is refused by name."""
+    out = tmp_path / "sweep"
+    common = ["bench", "budget-sweep", "--model", str(arm_ckpt), "--task", TASK, "--max-steps", "20",
+              "--workers", "1", "--out", str(out), "--no-progress"]
+    assert main([*common, "--episodes", "2", "--cells", "h2o@floor", "window@1/8"]) == 0
+    assert main([*common, "--episodes", "1", "--cells", "random@floor", "--baselines", "--merge"]) == 0
+    result = json.loads((out / "results.json").read_text())
+    rows = {(r["eviction"], r["budget"]): r for r in result["rows"]}
+    step = result["meta"]["step_tokens"]
+    assert set(rows) == {("full", "-"), ("one_step", "-"), ("no_history", "-"), ("h2o", "floor"),
+                         ("window", "1/8"), ("random", "floor")}
+    assert rows[("random", "floor")]["episodes"] == 1 and rows[("h2o", "floor")]["episodes"] == 2
+    for ev in ("h2o", "random"):
+        assert rows[(ev, "floor")]["budget_tokens"] == 3 * step >= rows[(ev, "floor")]["peak_tokens_held"]
+    assert rows[("no_history", "-")]["peak_tokens_held"] == step == rows[("one_step", "-")]["peak_tokens_held"]
+    assert rows[("full", "-")]["peak_tokens_held"] > 3 * step
+    table = (out / "results.md").read_text()
+    assert "| floor | " in table and "(1)" in table and (out / "results.png").stat().st_size > 0
+    assert main([*common, "--task", "Arm-CueCarryLong", "--episodes", "1", "--merge"]) != 0  # another task

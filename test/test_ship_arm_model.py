@@ -84,3 +84,41 @@ def test_an_unfinished_run_or_an_unknown_row_is_refused_in_one_line(tmp_path):
     (tmp_path / "run" / "kv-vla-arm" / "gate.safetensors").write_text("x")
     proc = _ship("--run", str(tmp_path / "run"), "--out", str(tmp_path / "model"), "--default-cache", "gated:x=1")
     assert proc.returncode == 1 and "--default-cache: 'gated:x=1' is not a row" in proc.stderr
+
+
+def _fake_sweep(sweep: Path, task: str, gated_floor: float) -> None:
+    def row(ev, budget, success, tokens):
+        return {"eviction": ev, "budget": budget, "recent_chunks": 2, "budget_tokens": tokens,
+                "spec": f"{ev}:budget_tokens={tokens}", "episodes": 40, "success_rate": success,
+                "cache": {"eviction": ev, "chunk_size": 16, "recent_chunks": 2, "budget_tokens": tokens}}
+    rows = [row("gated", "1/8", 1.0, 165), row("h2o", "1/8", 0.8, 165), row("random", "1/8", 0.9, 165),
+            row("gated", "floor", gated_floor, 99), row("h2o", "floor", 0.5, 99)]  # random@floor not run
+    sweep.mkdir(parents=True)
+    (sweep / "results.json").write_text(json.dumps({"meta": {"task": task}, "rows": rows}))
+    (sweep / "results.md").write_text("| sweep table |")
+    (sweep / "results.png").write_text("png")
+
+
+def test_a_sweep_stands_in_for_eval_and_the_card_checks_issue_30s_targets(tmp_path):
+    task = "Arm-CueCarryDistract-v0"
+    _fake_run(tmp_path / "run", gate8=0.9)
+    import shutil
+
+    shutil.rmtree(tmp_path / "run" / "eval")
+    _fake_sweep(tmp_path / "sweep", task, gated_floor=0.95)
+    out = tmp_path / "kv-vla-arm-distract-pi0"
+    proc = _ship("--run", str(tmp_path / "run"), "--out", str(out), "--task", task, "--sweep", str(tmp_path / "sweep"),
+                 "--default-cache", "gated@1/8")
+    assert proc.returncode == 0, proc.stderr
+    policy = json.loads((out / "kv_vla_policy.json").read_text())
+    assert policy["task"] == task and policy["cache"]["budget_tokens"] == 165
+    card = (out / "README.md").read_text()
+    assert card.startswith("# kv-vla-arm-distract-pi0") and "| sweep table |" in card
+    assert "| gated at 1/8 >= h2o + 15 | 100.0% vs 80.0% (40 / 40 seeds) | met |" in card
+    assert "| gated at 1/8 >= random + 15 | 100.0% vs 90.0% (40 / 40 seeds) | **not met** |" in card
+    assert "| gated at floor >= 90% | 95.0% (40 seeds) | met |" in card
+    assert "| gated at floor >= random + 15 | not run | not run |" in card
+    assert (out / "sweep_results.png").is_file() and not (out / "eval_results.json").exists()
+    proc = _ship("--run", str(tmp_path / "run"), "--out", str(tmp_path / "m2"), "--task", "Arm-CueCarryLong-v0",
+                 "--sweep", str(tmp_path / "sweep"), "--default-cache", "gated@1/8")
+    assert proc.returncode == 1 and "is a sweep of Arm-CueCarryDistract-v0" in proc.stderr

@@ -7,7 +7,10 @@ on the same task or bag (so ``window:budget_frac=0.25`` is "a quarter of the mea
 Two keys choose what the cache is paired with rather than a cache field: ``gate=untrained``
 (``gated`` with a randomly initialised gate instead of the checkpoint's ``gate.safetensors``) and
 ``layer_budgets=calibrated`` (per-layer budgets from the checkpoint's ``calibration.json``, same
-total as the uniform budget).
+total as the uniform budget). ``history=none`` runs the session on the current frame alone (its
+cache emptied before every step: `VLASession`'s ``history=False``); ``no_history`` is short for
+``full:history=none``, the true no-history baseline (not ``window:recent_chunks=1``, whose one held
+step still carries earlier frames through its keys and values at layers >= 1).
 
 ``full`` holds everything: its config says so (no budget, no per-layer budgets, not static) unless
 the spec sets them. A spec without a budget keeps the checkpoint's; where the checkpoint has none (``full``), an
@@ -19,7 +22,8 @@ from __future__ import annotations
 
 import argparse
 
-SPEC_HELP = "cache spec EVICTION[:field=value,...], e.g. window:budget_frac=0.25"
+SPEC_HELP = "cache spec EVICTION[:field=value,...], e.g. window:budget_frac=0.25 (no_history: the current frame alone)"
+NO_HISTORY = "no_history"
 
 
 def spec_fields_help() -> str:
@@ -44,6 +48,8 @@ def parse_spec(spec: str, base) -> tuple[dict, float | None]:
     from kv_vla_ros.cache.settings import parse_setting, settings_of
 
     eviction, _, rest = spec.partition(":")
+    if eviction.strip() == NO_HISTORY:
+        eviction, rest = "full", f"history=none,{rest}"
     changes: dict = {"eviction": eviction.strip()}
     frac = None
     fields = {info.name: info for info in settings_of(CacheConfig)}
@@ -59,6 +65,13 @@ def parse_spec(spec: str, base) -> tuple[dict, float | None]:
             if raw not in ("untrained", "trained"):
                 raise ValueError(f"--cache: gate must be 'trained' or 'untrained' in {spec!r}, got {raw!r}")
             changes["_gate"] = raw
+            continue
+        if key == "history":
+            if raw not in ("none", "all"):
+                raise ValueError(f"--cache: history must be 'none' (the current frame alone) or 'all' in {spec!r}, "
+                                 f"got {raw!r}")
+            if raw == "none":
+                changes["_history"] = "none"
             continue
         if key == "layer_budgets" and raw == "calibrated":
             changes["_layer_budgets"] = "calibrated"
@@ -78,4 +91,10 @@ def parse_spec(spec: str, base) -> tuple[dict, float | None]:
     return changes, frac
 
 
-__all__ = ["parse_spec", "add_cache_argument", "SPEC_HELP"]
+def is_full_history(changes: dict) -> bool:
+    """Whether parsed ``changes`` are a ``full`` cache over the whole history (what ``budget_frac``
+    is a share of), not the no-history baseline."""
+    return changes.get("eviction") == "full" and changes.get("_history") != "none"
+
+
+__all__ = ["NO_HISTORY", "is_full_history", "parse_spec", "add_cache_argument", "SPEC_HELP"]

@@ -2,9 +2,9 @@
 straight into a bag (``kv_vla_ros.data.generate``), the rollouts spread over ``--workers`` processes
 (the package's Ray runner) while this process writes the bag in seed order.
 
-Arm tasks (``Arm-CueCarryShort``, ``Arm-CueCarryLong``) also record ``sensor_msgs/JointState`` on
-``--state-topic`` (default ``/joint_states``) and 4-dimensional actions; ``--split train`` writes
-demonstrations from the training seeds (never the held-out ones ``kv-vla eval`` scores on).
+Arm tasks (``Arm-CueCarryShort``, ``Arm-CueCarryLong``, ``Arm-CueCarryDistract``) also record
+``sensor_msgs/JointState`` on ``--state-topic`` (default ``/joint_states``) and 4-dimensional actions;
+``--split train`` writes demonstrations from the training seeds (never the held-out ones ``kv-vla eval`` scores on).
 """
 
 from __future__ import annotations
@@ -24,7 +24,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
     parser.add_argument("-o", "--output", required=True, help="bag directory to create (must not exist)")
     parser.add_argument("--task", default="MiniGrid-MemoryS13Random-v0",
-                        help="simulator task (MiniGrid/BabyAI, or an arm task: Arm-CueCarryShort, Arm-CueCarryLong)")
+                        help="simulator task (MiniGrid/BabyAI, or an arm task: Arm-CueCarryShort, Arm-CueCarryLong, "
+                             "Arm-CueCarryDistract)")
     parser.add_argument("--episodes", type=int, default=10, help="episodes (seeds) to write")
     parser.add_argument("--split", choices=SPLITS, default="eval",
                         help="seed range: eval (held out, what kv-vla eval scores) or train (demonstrations)")

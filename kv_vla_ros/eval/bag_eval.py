@@ -57,6 +57,8 @@ def build_configs(policy, specs: list[str]) -> list[tuple[str, object]]:
         changes, frac = parse_spec(spec, base)
         if frac is not None:
             raise ValueError(f"--cache {spec}: budget_frac is not supported by bag eval; give budget_tokens")
+        if changes.pop("_history", None):
+            raise ValueError(f"--cache {spec}: history=none (no_history) is a closed-loop baseline (kv-vla eval)")
         if spec in seen:
             raise ValueError(f"--cache {spec}: given twice")
         seen.add(spec)

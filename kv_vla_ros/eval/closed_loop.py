@@ -31,14 +31,15 @@ def default_step_cap(task: str, max_steps: int | None) -> int | None:
     return max_steps if max_steps is not None or is_arm_task(task) else MINIGRID_MAX_STEPS
 
 
-def make_session(model, cache_config, untrained_gate: bool = False):
+def make_session(model, cache_config, untrained_gate: bool = False, history: bool = True):
     """A `VLASession` for closed-loop episodes (`check_fits` tells whether it fits a task).
 
     ``untrained_gate``: ``gated`` scores with a randomly initialised gate (seeded by
-    ``cache_config.seed``), the baseline of the paper's released code, not the checkpoint's."""
+    ``cache_config.seed``), the baseline of the paper's released code, not the checkpoint's.
+    ``history``: False, the current frame alone (the spec ``no_history``; `VLASession`)."""
     from kv_vla_ros.vla import VLASession
 
-    session = VLASession(model, cache_config)
+    session = VLASession(model, cache_config, history=history)
     if untrained_gate:
         session.gate = None  # the cache then builds ChunkGate.untrained(seed=cache_config.seed)
     return session

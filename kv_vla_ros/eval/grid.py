@@ -18,6 +18,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 
 from kv_vla_ros.cache.budgets import calibrated_budgets
+from kv_vla_ros.cache.spec import is_full_history
 from kv_vla_ros.eval.closed_loop import default_step_cap, make_robot, make_session, run_episode, summarize_task
 from kv_vla_ros.parallel.runner import Runner, RunnerConfig
 
@@ -34,6 +35,7 @@ class Cell:
     regime: tuple = (0, "replace", 0.0)  # (inference delay steps, merge rule, threshold): `run_episode`
     cfg: object = None
     untrained_gate: bool = False
+    history: bool = True  # False: the session on the current frame alone (spec no_history)
     label: str = ""
     row: dict = field(default_factory=dict)
 
@@ -55,19 +57,21 @@ def close_state(state: dict) -> None:
 
 
 def episode_item(state: dict, item: tuple, tick=None) -> dict:
-    """``(task, cache_config, untrained_gate, seed, max_steps[, regime])`` -> the episode's record
-    (`run_episode`; ``regime``: ``(delay_steps, merge_rule, threshold)``), or ``{"seed", "error"}``
-    when the config cannot run (e.g. ``gated`` without a gate, ``rtc`` without a flow policy)."""
+    """``(task, cache_config, untrained_gate, seed, max_steps[, regime[, history]])`` -> the episode's
+    record (`run_episode`; ``regime``: ``(delay_steps, merge_rule, threshold)``; ``history`` False:
+    the session on the current frame alone), or ``{"seed", "error"}`` when the config cannot run
+    (e.g. ``gated`` without a gate, ``rtc`` without a flow policy)."""
     task, cfg, untrained_gate, seed, max_steps = item[:5]
     regime = item[5] if len(item) > 5 else (0, "replace", 0.0)
+    history = item[6] if len(item) > 6 else True
     try:
         robot = state["robots"].get((task, max_steps))
         if robot is None:
             robot = state["robots"][(task, max_steps)] = make_robot(task, max_steps)
-        key = (json.dumps(cfg.to_dict(), sort_keys=True), untrained_gate)
+        key = (json.dumps(cfg.to_dict(), sort_keys=True), untrained_gate, history)
         session = state["sessions"].get(key)
         if session is None:
-            session = state["sessions"][key] = make_session(state["model"], cfg, untrained_gate)
+            session = state["sessions"][key] = make_session(state["model"], cfg, untrained_gate, history)
         return run_episode(robot, session, seed, *regime)
     except (ValueError, NotImplementedError) as exc:
         return {"seed": int(seed), "error": str(exc)}
@@ -86,6 +90,7 @@ def _resolve(cell: Cell, base, model_path: str, full_seen: float | None) -> None
                                      if k in ("recent_chunks", "chunk_size", "sink_tokens")})
             changes["budget_tokens"] = max(int(round(cell.frac * full_seen)), layout.min_budget)
         cell.untrained_gate = changes.pop("_gate", "trained") == "untrained"
+        cell.history = changes.pop("_history", "all") != "none"
         calibrated = changes.pop("_layer_budgets", None) == "calibrated"
         if "budget_tokens" in changes and "layer_budgets" not in changes:
             # the checkpoint's per-layer budgets split *its* total: a spec with another budget
@@ -106,7 +111,7 @@ def _full_seen_before(cells: list[Cell], cell: Cell) -> float | None:
     """Mean tokens seen of the last ``full`` row before ``cell`` on its task (sequential order)."""
     seen = None
     for other in cells:
-        if other.task == cell.task and other.index < cell.index and other.changes["eviction"] == "full":
+        if other.task == cell.task and other.index < cell.index and is_full_history(other.changes):
             seen = other.row.get("mean_tokens_seen", seen)
     return seen
 
@@ -128,7 +133,7 @@ def evaluate_grid(model, model_path: str, tasks: list[str], parsed: list[tuple[s
     from kv_vla_ros.vla.policy import as_policy
 
     for i, (spec, _, frac) in enumerate(parsed):
-        if frac is not None and not any(c["eviction"] == "full" for _, c, _ in parsed[:i]):
+        if frac is not None and not any(is_full_history(c) for _, c, _ in parsed[:i]):
             raise ValueError(f"--cache {spec}: budget_frac needs an earlier 'full' spec")
     regimes = [tuple(r) for r in (regimes or [(0, "replace", 0.0)])]
     cells = [Cell(task, spec, changes, frac, i, regime=r) for task in tasks
@@ -147,7 +152,8 @@ def evaluate_grid(model, model_path: str, tasks: list[str], parsed: list[tuple[s
                     _resolve(cell, base, model_path, _full_seen_before(cells, cell) if second else None)
                 ready = [c for c in todo if not c.row]
                 runner.skip(len(seeds) * (len(todo) - len(ready)))
-                items = [(c.task, c.cfg, c.untrained_gate, seed, default_step_cap(c.task, max_steps), c.regime)
+                items = [(c.task, c.cfg, c.untrained_gate, seed, default_step_cap(c.task, max_steps), c.regime,
+                          c.history)
                          for c in ready for seed in seeds]
                 records = runner.map(episode_item, items)
                 pids.extend(runner.item_pids)

@@ -36,10 +36,16 @@ class VLASession:
         compile: run the decode step compiled (`kv_vla_ros.cache.compiled`: a CUDA graph on a
             GPU, the same prepared step uncompiled on a CPU); needs ``cache_config.static`` and a
             policy with a compiled step (the package's own VLA).
+        history: False runs the policy on the current frame alone: the cache is emptied before
+            every step (the episode's noise generator goes on), so no information from an earlier
+            frame can reach the action. This is the true no-history baseline. A cache that holds
+            only the newest step (``window:recent_chunks=1``) is *not* it: that step's keys and
+            values at layers >= 1 were computed while the previous step was still held, so up to
+            L-1 steps back still reach the action through them.
     """
 
     def __init__(self, model, cache_config: CacheConfig | None = None, device: str = "cpu",
-                 dtype: str | torch.dtype | None = None, compile: bool = False):
+                 dtype: str | torch.dtype | None = None, compile: bool = False, history: bool = True):
         self.policy: StreamingPolicy = as_policy(model, device, dtype)
         self.model = self.policy.model
         self.device, self.dtype = self.policy.device, self.policy.dtype
@@ -55,6 +61,7 @@ class VLASession:
         self._episode: Episode | None = None
         self._cache = None
         self.steps = 0
+        self.history = bool(history)
         self.latency_ms = {"encode": 0.0, "forward": 0.0, "decode": 0.0, "total": 0.0}
         self.set_compile(compile)
 
@@ -156,6 +163,10 @@ class VLASession:
         """
         if self._cache is None:
             raise RuntimeError("VLASession.step: call reset(instruction) first")
+        if not self.history and self._episode.steps:  # the current frame alone: forget every earlier step
+            self._new_cache()
+            self.policy.start(self._cache, self._episode)
+            self._episode.steps = 0
         policy_ms, score_ms = self._cache.eviction_ms, self._cache.score_ms
         actions, timings = self.policy.step(self._cache, self._episode, images, state, **kwargs)
         self._episode.steps += 1
@@ -181,6 +192,8 @@ class VLASession:
             cs.pop("policy", None)
             cs["gate_scores"] = cs["last_gate_scores"]
             out.update(cs)
+            if not self.history and self.steps:  # chunk ids of the episode: only the newest step is held
+                out["kept_chunks"], out["chunks_scored"] = [], self.steps - 1
         return out
 
     @property

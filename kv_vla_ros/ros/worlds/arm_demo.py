@@ -27,7 +27,8 @@ LOCKSTEP_STALE_S = 60.0  # kv_vla_node's stale_timeout_s in lockstep (the world 
 
 def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--episodes", type=int, default=3, help="episodes to run (long variant: ~21 s each at 10 Hz)")
-    parser.add_argument("--task", default=DEFAULT_TASK, help="Arm-CueCarryShort-v0 or Arm-CueCarryLong-v0")
+    parser.add_argument("--task", default=DEFAULT_TASK, help="Arm-CueCarryShort-v0, Arm-CueCarryLong-v0 or "
+                        "Arm-CueCarryDistract-v0")
     parser.add_argument("--model", default=None,
                         help=f"π0 checkpoint for the arm (default: {ARM_MODEL_PATH} if present, else the expert)")
     parser.add_argument("--expert", action="store_true", help="let the scripted expert drive even if a model exists")

@@ -41,7 +41,7 @@ from kv_vla_ros.ros.worlds.sim_node_common import (LATCHED, RESULTS_QOS, next_vi
 from kv_vla_ros.sim import split_seeds
 from kv_vla_ros.sim.arm.env import ArmRobot
 from kv_vla_ros.sim.arm.scene import STATE_JOINT_NAMES
-from kv_vla_ros.sim.arm.task import check_action
+from kv_vla_ros.sim.arm.task import ARM_TASKS, check_action
 from kv_vla_ros.sim.rollout import episode_record
 
 # Reliable with a deep history: a recorder that falls a few views behind (a busy machine) still
@@ -70,7 +70,7 @@ class ArmSimNode(Node):
         super().__init__(self.NODE_NAME, **node_kwargs)
         declare = lambda name, value, *a, **k: self.declare_parameter(  # noqa: E731
             name, value, read_only_descriptor(*a, **k)).value
-        task = declare("task", "Arm-CueCarryLong-v0", "arm task id: Arm-CueCarryShort-v0 or Arm-CueCarryLong-v0")
+        task = declare("task", "Arm-CueCarryLong-v0", f"arm task id: {', '.join(ARM_TASKS)}")
         self.mode = declare("mode", "policy", "who acts: policy (actions from the action topic) or expert")
         self.split = declare("seed_split", "eval", "seed range: eval (held out) or train")
         self.seed_offset = declare("seed_offset", 0, "offset into the seed range", (0, 999_999))

@@ -22,6 +22,7 @@ from kv_vla_ros.sim.arm.scene import CUE_COLOURS, FINGER_CLOSED, FINGER_OPEN, LA
 from kv_vla_ros.sim.arm.task import (
     ACTION_DIM,
     ACTION_NAMES,
+    CUE_NAMES,
     INSTRUCTION,
     MAX_DELTA,
     STATE_DIM,
@@ -105,14 +106,14 @@ class ArmRobot(EpisodeFlags):
     @property
     def cue_visible(self) -> bool:
         """Whether the current frame shows the lit lamp."""
-        return self.steps < self.variant.cue_steps and not self._done
+        return self.variant.cue_lit(self.steps) and not self._done
 
     def reset(self, seed: int) -> tuple[np.ndarray, str]:
         """Start the episode of ``seed``. Returns ``(frame uint8 (S, S, 3), instruction)``."""
         seed = _check_int("seed", seed, 0)
         self.layout = draw_layout(self.variant, seed)
         self.scene.build(np.asarray(self.layout.start), (self.variant.lane_start, self.variant.lane_end),
-                         pad_positions(self.variant))
+                         pad_positions(self.variant), distractors=self.variant.distractors)
         self.target = np.asarray(self.layout.start, dtype=np.float64)
         self.seed, self.steps, self.episode_id = seed, 0, self.episode_id + 1
         self.instruction = INSTRUCTION
@@ -149,8 +150,12 @@ class ArmRobot(EpisodeFlags):
         return StepResult(frame, 1.0 if self._success else 0.0, terminated, truncated, self._success, info)
 
     def _observe(self) -> np.ndarray:
-        lit = self.steps < self.variant.cue_steps
+        lit = self.variant.cue_lit(self.steps)
         self.scene.set_lamp(CUE_COLOURS[self.layout.cue_name] if lit else LAMP_OFF)
+        if self.variant.distractors:
+            flash, slide = self.layout.flash_colour(self.steps), self.layout.slide_progress(self.steps)
+            colour = CUE_COLOURS[CUE_NAMES[self.layout.slide[1]]]
+            self.scene.set_distractors(LAMP_OFF if flash is None else CUE_COLOURS[CUE_NAMES[flash]], slide, colour)
         if lit and not self._done:
             self.cue_steps.append(self.steps)
         return self.scene.render()

@@ -49,6 +49,12 @@ LAMP_POSITION = (0.42, 0.30, 0.12)
 LAMP_RADIUS = 0.06
 LAMP_OFF = (0.25, 0.25, 0.25, 1.0)
 CUE_COLOURS = {"red": (0.95, 0.1, 0.1, 1.0), "blue": (0.1, 0.25, 1.0, 1.0)}
+# Distractors (Arm-CueCarryDistract): a second lamp as big as the cue lamp across the lane, lit in the
+# cue's colours, and a block sliding along y on the far side of the table; visual only (no collision).
+DISTRACTOR_LAMP_POSITION = (0.42, -0.30, 0.12)
+SLIDER_HALF = (0.035, 0.035, 0.035)
+SLIDER_X = 0.62
+SLIDER_Y = (-0.42, 0.42)  # from the camera's side of the table to the far side
 TABLE_COLOUR = (0.78, 0.72, 0.62, 1.0)
 LANE_COLOUR = (0.55, 0.52, 0.48, 1.0)
 PAD_COLOUR = (0.5, 0.5, 0.55, 1.0)
@@ -102,6 +108,8 @@ class Bodies:
     cube: int
     lamp: int
     pads: tuple[int, int]
+    distractor_lamp: int = -1
+    slider: int = -1
 
 
 class ArmScene:
@@ -125,9 +133,11 @@ class ArmScene:
         collision = c.createCollisionShape(pybullet.GEOM_BOX, halfExtents=half) if mass or half[2] > 0.005 else -1
         return c.createMultiBody(mass, collision, visual, position)
 
-    def build(self, start_grasp: np.ndarray, lane: tuple[float, float], pad_xy: tuple[np.ndarray, np.ndarray]):
+    def build(self, start_grasp: np.ndarray, lane: tuple[float, float], pad_xy: tuple[np.ndarray, np.ndarray],
+              distractors: bool = False):
         """World for one episode: the hand at ``start_grasp`` (x, y, z of the grasp point) holding
-        the cube; the lane from ``lane[0]`` to ``lane[1]`` along x at y = 0; pads at ``pad_xy``."""
+        the cube; the lane from ``lane[0]`` to ``lane[1]`` along x at y = 0; pads at ``pad_xy``;
+        ``distractors``: the second lamp and the sliding block too (hidden until shown)."""
         c = self.client
         c.resetSimulation()
         c.setGravity(0.0, 0.0, -9.81)
@@ -146,6 +156,14 @@ class ArmScene:
         lamp = c.createMultiBody(0.0, -1, lamp_shape, LAMP_POSITION)
         robot = c.loadURDF(self.robot_urdf, (0.0, 0.0, 0.0), useFixedBase=True)
         self.bodies = Bodies(robot=robot, cube=-1, lamp=lamp, pads=(pads[0], pads[1]))
+        if distractors:
+            post = c.createVisualShape(pybullet.GEOM_CYLINDER, radius=0.01, length=DISTRACTOR_LAMP_POSITION[2],
+                                       rgbaColor=LAMP_OFF)
+            c.createMultiBody(0.0, -1, post, (*DISTRACTOR_LAMP_POSITION[:2], DISTRACTOR_LAMP_POSITION[2] / 2))
+            shape = c.createVisualShape(pybullet.GEOM_SPHERE, radius=LAMP_RADIUS, rgbaColor=LAMP_OFF)
+            self.bodies.distractor_lamp = c.createMultiBody(0.0, -1, shape, DISTRACTOR_LAMP_POSITION)
+            shape = c.createVisualShape(pybullet.GEOM_BOX, halfExtents=SLIDER_HALF, rgbaColor=LAMP_OFF)
+            self.bodies.slider = c.createMultiBody(0.0, -1, shape, self._slider_position(None))
         joints = list(REST_POSE)
         for _ in range(3):  # IK starts from the current joints: a few rounds place the start pose exactly
             for j, q in zip(ARM_JOINTS, joints):
@@ -192,6 +210,20 @@ class ArmScene:
 
     def set_lamp(self, colour) -> None:
         self.client.changeVisualShape(self.bodies.lamp, -1, rgbaColor=colour)
+
+    def set_distractors(self, lamp_colour, slide: float | None, slide_colour) -> None:
+        """The second lamp's colour; the block at ``slide`` (0..1 across the table) in ``slide_colour``,
+        or parked out of the camera's view (None). Visual only: physics never sees them."""
+        c, b = self.client, self.bodies
+        c.changeVisualShape(b.distractor_lamp, -1, rgbaColor=lamp_colour)
+        c.resetBasePositionAndOrientation(b.slider, self._slider_position(slide), (0.0, 0.0, 0.0, 1.0))
+        c.changeVisualShape(b.slider, -1, rgbaColor=slide_colour)
+
+    @staticmethod
+    def _slider_position(slide: float | None) -> tuple[float, float, float]:
+        if slide is None:
+            return (SLIDER_X, 0.0, -1.0)  # under the table
+        return (SLIDER_X, SLIDER_Y[0] + slide * (SLIDER_Y[1] - SLIDER_Y[0]), SLIDER_HALF[2])
 
     # ---- reading ------------------------------------------------------------------------------
     def grasp_position(self) -> np.ndarray:

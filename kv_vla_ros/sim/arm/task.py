@@ -10,7 +10,14 @@ the lane's end only memory tells which pad is right: chance is 1/2.
 
 Variants differ only in the lane's length (the carry at the expert's 3.5 mm per step):
 ``Arm-CueCarryShort-v0`` (~66 steps between the cue's last frame and the decision) and
-``Arm-CueCarryLong-v0`` (>= 150, as the issue asks).
+``Arm-CueCarryLong-v0`` (>= 150, as the issue asks), and in what happens during the carry:
+``Arm-CueCarryDistract-v0`` is the long lane with salient events that never decide the pad (issue 30):
+a second lamp, as big as the cue lamp and lit in the cue's own colours, flashes red or blue at
+times drawn from the seed, and a red or blue block slides across the far side of the table. Their
+draws come from a random stream of their own, independent of the cue: the pad still follows the
+cue lamp alone (chance 1/2), and an attention-ranked eviction that keeps what is salient keeps them.
+``Arm-CueCarryLateCue-v0`` is the distractor variant with the cue lit at frames 10-14 instead of 0-4:
+the cue is then not the episode's first step, which accumulated-attention ranking (h2o) keeps anyway.
 """
 
 from __future__ import annotations
@@ -39,7 +46,7 @@ WORKSPACE_HIGH = np.array([0.85, 0.32, 0.30])
 @dataclass(frozen=True)
 class ArmVariant:
     """One task id. ``lane_start`` / ``lane_end``: x of the lane's ends (metres); ``cue_steps``:
-    frames (from the first) that show the lit lamp; ``max_steps``: the step cap (a failure)."""
+    frames that show the lit lamp, from frame ``cue_start``; ``max_steps``: the step cap (a failure)."""
 
     task: str
     lane_start: float
@@ -47,12 +54,28 @@ class ArmVariant:
     cue_steps: int = 5
     max_steps: int = 150
     control_hz: float = 10.0
+    distractors: bool = False  # flashes of a second lamp and a sliding block during the carry
+    cue_start: int = 0  # the first frame that shows the lit lamp
+
+    def cue_lit(self, step: int) -> bool:
+        """Whether frame ``step`` shows the lit cue lamp."""
+        return self.cue_start <= step < self.cue_start + self.cue_steps
+
+
+FLASHES = (3, 6)  # distractor lamp flashes per episode (inclusive range)
+FLASH_STEPS = 5  # frames per flash: as long as the cue
+FLASH_WINDOW = (15, 170)  # steps in which a flash may start: after the cue (even a late one), before the lane's end
+SLIDE_STEPS = 30  # frames the block takes to cross the table
+SLIDE_WINDOW = (20, 140)  # steps in which the slide may start
 
 
 VARIANTS: dict[str, ArmVariant] = {
     v.task: v for v in (
         ArmVariant("Arm-CueCarryShort-v0", lane_start=0.60, lane_end=0.78, max_steps=150),
         ArmVariant("Arm-CueCarryLong-v0", lane_start=0.22, lane_end=0.78, max_steps=320),
+        ArmVariant("Arm-CueCarryDistract-v0", lane_start=0.22, lane_end=0.78, max_steps=320, distractors=True),
+        ArmVariant("Arm-CueCarryLateCue-v0", lane_start=0.22, lane_end=0.78, max_steps=320, distractors=True,
+                   cue_start=10),
     )
 }
 ARM_TASKS: tuple[str, ...] = tuple(VARIANTS)
@@ -71,6 +94,21 @@ class ArmLayout:
     seed: int
     cue: int
     start: tuple[float, float, float]
+    flashes: tuple[tuple[int, int], ...] = ()  # (first step, colour index) of each distractor flash
+    slide: tuple[int, int] | None = None  # (first step, colour index) of the sliding block, or None
+
+    def flash_colour(self, step: int) -> int | None:
+        """Colour index the distractor lamp shows at frame ``step``, or None (dark)."""
+        for start, colour in self.flashes:
+            if start <= step < start + FLASH_STEPS:
+                return colour
+        return None
+
+    def slide_progress(self, step: int) -> float | None:
+        """Where the sliding block is at frame ``step``: 0 (entering) .. 1 (leaving), None off the table."""
+        if self.slide is None or not self.slide[0] <= step < self.slide[0] + SLIDE_STEPS:
+            return None
+        return (step - self.slide[0]) / (SLIDE_STEPS - 1)
 
     @property
     def cue_name(self) -> str:
@@ -83,12 +121,25 @@ class ArmLayout:
 
 
 def draw_layout(variant: ArmVariant, seed: int) -> ArmLayout:
-    """The episode of ``seed``: a pure function of (variant, seed)."""
+    """The episode of ``seed``: a pure function of (variant, seed). The distractors come from a stream
+    of their own (``[seed, 21]``): the cue and the start are those of the same seed without them."""
     rng = np.random.default_rng([int(seed), 20])
     cue = int(rng.integers(len(CUE_NAMES)))
     x = variant.lane_start + float(rng.uniform(-0.02, 0.02))
     y = float(rng.uniform(-0.03, 0.03))
-    return ArmLayout(int(seed), cue, (x, y, START_Z))
+    if not variant.distractors:
+        return ArmLayout(int(seed), cue, (x, y, START_Z))
+    return ArmLayout(int(seed), cue, (x, y, START_Z), *draw_distractors(np.random.default_rng([int(seed), 21])))
+
+
+def draw_distractors(rng: np.random.Generator) -> tuple[tuple[tuple[int, int], ...], tuple[int, int]]:
+    """``(flashes, slide)`` of one episode: flashes that never overlap, each its own colour draw."""
+    count = int(rng.integers(FLASHES[0], FLASHES[1] + 1))
+    slots = np.arange(FLASH_WINDOW[0], FLASH_WINDOW[1], FLASH_STEPS * 2)  # a gap of one flash between two
+    starts = np.sort(rng.choice(slots, size=count, replace=False)) + rng.integers(0, FLASH_STEPS, size=count)
+    flashes = tuple((int(t), int(rng.integers(len(CUE_NAMES)))) for t in starts)
+    slide = (int(rng.integers(*SLIDE_WINDOW)), int(rng.integers(len(CUE_NAMES))))
+    return flashes, slide
 
 
 def pad_positions(variant: ArmVariant) -> tuple[np.ndarray, np.ndarray]:
@@ -145,6 +196,7 @@ __all__ = [
     "ArmVariant",
     "check_action",
     "decision_side",
+    "draw_distractors",
     "draw_layout",
     "is_arm_task",
     "pad_positions",

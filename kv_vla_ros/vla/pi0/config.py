@@ -39,6 +39,8 @@ class PI0PolicyConfig:
         noise_seed: seed of each episode's noise generator (sessions of one episode draw alike).
         action_names: optional names of the action dimensions.
         cache: default cache of a session (None: full, sized from the above).
+        task: the simulator task id the checkpoint was trained for (e.g. ``Arm-CueCarryDistract-v0``;
+            a fact of its model card, None when unknown).
     """
 
     num_cameras: int = 1
@@ -51,6 +53,7 @@ class PI0PolicyConfig:
     noise_seed: int = 0
     action_names: list[str] | None = None
     cache: CacheConfig | None = None
+    task: str | None = None
 
     def __post_init__(self) -> None:
         if isinstance(self.cache, dict):
@@ -68,6 +71,8 @@ class PI0PolicyConfig:
         if self.num_cameras > self.max_cameras:
             raise ValueError(f"num_cameras: {self.num_cameras} cameras, the checkpoint allows at most "
                              f"{self.max_cameras} (max_cameras in {POLICY_FILE})")
+        if self.task is not None and (not isinstance(self.task, str) or not self.task.strip()):
+            raise ValueError(f"task: expected a task id (a non-empty string) or null, got {self.task!r}")
         if self.cache is not None and not isinstance(self.cache, CacheConfig):
             raise ValueError(f"cache: expected a CacheConfig or a dict, got {type(self.cache).__name__}")
 

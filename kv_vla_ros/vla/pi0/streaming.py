@@ -9,11 +9,16 @@ the prompt). Why this layout for a checkpoint trained on single frames: at every
 nearest the action expert (the current images, then the prompt, then the state and the noisy
 actions) sit at exactly the relative positions and in exactly the order the checkpoint was trained
 on; the history is extra context before that block, never between its parts. So the first step
-*is* ``PI0Processor`` + ``sample_actions`` (tested), a cache that holds only the newest step is the
-single-frame checkpoint on the current frame (the no-history baseline), and the instruction is
-never evicted: each chunk carries it (its cost: the prompt's few tokens per step, beside
-cameras x 256 image tokens at π0's size). There is no prefix to hold (``sink_tokens`` 0), so
+*is* ``PI0Processor`` + ``sample_actions`` (tested), and the instruction is never evicted: each
+chunk carries it (its cost: the prompt's few tokens per step, beside cameras x 256 image tokens at
+π0's size). There is no prefix to hold (``sink_tokens`` 0), so
 chunks start at position 0 and every eviction, ``window`` included, keeps or drops whole steps.
+
+Which baseline is which: a cache that holds only the newest step is *not* the single-frame
+checkpoint: that step's keys and values at layers >= 1 were computed while the previous step was
+held, so up to L-1 steps back still reach the action. The true no-history baseline is the session
+emptied before every step (``VLASession(history=False)``, the eval spec ``no_history``): every step
+is then the single-frame checkpoint on the current frame.
 
 1. ``vlm_block``: the step's block goes through the VLM's language model into the cache, at
    absolute positions ``tokens_seen ...``. π0 attends bidirectionally over its prefix; a stream
