@@ -62,6 +62,19 @@ def check_fits(robot, policy) -> None:
                          f"positions); this checkpoint takes {policy.state_dim}")
 
 
+def state_order(robot, policy) -> list[int] | None:
+    """Indices that put ``robot.state()`` in the order of the joints the checkpoint was trained on
+    (its recorded ``state_names``; a robot's recording may list them in its driver's order); None
+    when they already agree or either side has no names. ValueError naming a joint the robot lacks."""
+    want, have = getattr(policy, "state_names", None), getattr(robot, "state_names", None)
+    if not want or not have or list(want) == list(have):
+        return None
+    missing = [n for n in want if n not in have]
+    if missing:
+        raise ValueError(f"model: its state joint {missing[0]!r} is not one of {robot.task}'s ({', '.join(have)})")
+    return [list(have).index(n) for n in want]
+
+
 def episode_probe(robot):
     """What follows the memory facts of an episode (the cue's frames, the decision): the MiniGrid
     Memory probe, the arm's own, or None for a task without a cue (BabyAI)."""
@@ -100,6 +113,7 @@ def run_episode(robot, session, seed: int) -> dict:
     session.reset(instruction)
     probe = episode_probe(robot)
     wants_state = session.policy.state_dim > 0
+    order = state_order(robot, session.policy)
     held, cue_held_at, cue_chunks, lat, policy_ms, scoring_ms = [], [], [], [], [], []
     bytes_max = 0
     st = session.stats()
@@ -109,7 +123,8 @@ def run_episode(robot, session, seed: int) -> dict:
             probe.observe(len(held))
             cue_held_at.append(cue_chunk_held(st, cue_chunks, session.steps))
         if queue.needs_inference:
-            queue.push(session.step_action_chunk(frame, robot.state() if wants_state else None))
+            state = robot.state() if wants_state else None
+            queue.push(session.step_action_chunk(frame, state[order] if state is not None and order else state))
             if probe is not None and probe.cue_steps and probe.cue_steps[-1] == len(held):
                 cue_chunks.append(session.steps - 1)  # this frame showed the cue: so does its chunk
             timings = session.stats()["latency_ms"]

@@ -49,7 +49,7 @@ def run_bags(args: argparse.Namespace) -> int:
     policy = load_policy(args.model, dtype="float32")
     if policy.model_type != "pi0":
         raise ValueError(f"--model: --bags trains the gate of a π0 checkpoint, {args.model} is {policy.model_type}")
-    data = read_bag_data(args, policy.image_size)
+    data = read_bag_data(args, policy.image_size, policy=policy)
     episodes = data.episodes[: args.max_episodes] if args.max_episodes else data.episodes
     recent = policy.default_cache_config().recent_chunks if args.recent_chunks is None else args.recent_chunks
     gate, log = train_gate_from_bags(policy, episodes, recent, args.epochs, args.lr, args.hidden, args.seed,

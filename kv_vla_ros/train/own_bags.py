@@ -172,7 +172,7 @@ def run_own_bags(args: argparse.Namespace, cfg) -> int:
 
     cfg = own_train_config(args, cfg)
     space = action_space(cfg, Path(args.out), args.resume, args.action_bins)
-    data = read_bag_data(args, check=action_check(space, args.action_topic))
+    data = read_bag_data(args, check=action_check(space, ", ".join(args.action_topic or ["/action"])))
     if space is None:  # a new binned action space, from the bags that were read
         space = binned_space(data.episodes, args.action_bins)
         cfg.vla = {**cfg.vla, "action": dataclasses.asdict(space)}

@@ -1,0 +1,235 @@
+"""A robot's own recording read at the control rate: the rule of `kv_vla_ros.data.resample`
+applied to a bag, yielding the same events as the package's lockstep reader
+(``kv_vla_ros.data.episodes.iter_episode_events``): ``("start", instruction)``, ``("frame", BagFrame)``
+per kept tick, ``("end", TickActions)``.
+
+Episodes: each message on the instruction topic starts one (a reset topic ends one); a bag with no
+instruction topic takes ``BagTopics.instruction_text`` (``--instruction``) and is one episode; in
+every case a gap of more than ``gap_periods`` control periods in the first camera splits it.
+The whole bag's messages on the topics used are read first (images stay encoded until a tick uses
+them), so stamps that go backwards are sorted, and counted.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Iterator
+
+import numpy as np
+
+from kv_vla_ros.data.bagio import BagReader
+from kv_vla_ros.data.commands import (COMMAND_TYPES, JOINT_STATE, JOINT_TRAJECTORY, STATE_TYPES, command_names,
+                                      command_vector, duration_ns, message_time_ns, state_names, state_vector)
+from kv_vla_ros.data.errors import BagError
+from kv_vla_ros.data.messages import IMAGE_TYPES, STRING, frame_to_rgb
+from kv_vla_ros.data.resample import (ResampleRule, answering, measured_rate_hz, newest_at_or_before, split_at_gaps,
+                                      tick_times, trajectory_point)
+
+COUNTERS = ("ticks", "ticks_dropped_camera_missing", "ticks_dropped_camera_too_old", "ticks_dropped_state_missing",
+            "ticks_dropped_state_too_old", "ticks_without_command", "commands_nonfinite", "stamps_backwards",
+            "frames_without_instruction", "episodes_split_at_gaps")
+
+
+@dataclass
+class TickActions:
+    """One episode's recorded command per kept tick (None: no command answered it)."""
+
+    actions: list[np.ndarray | None] = field(default_factory=list)
+
+    def aligned(self) -> list[np.ndarray | None]:
+        return list(self.actions)
+
+
+@dataclass
+class Stream:
+    """One topic's messages sorted by stamp: ``stamps`` int64 ns, ``msgs``, ``bag_ns``."""
+
+    topic: str
+    msgtype: str
+    stamps: np.ndarray
+    msgs: list
+    bag_ns: list[int]
+    backwards: int = 0
+
+    @classmethod
+    def of(cls, topic: str, msgtype: str, items: list[tuple[int, object]]) -> "Stream":
+        stamps = np.array([message_time_ns(m, b) for b, m in items], dtype=np.int64)
+        backwards = int(np.sum(np.diff(stamps) < 0)) if stamps.size > 1 else 0
+        order = np.argsort(stamps, kind="stable")
+        return cls(topic, msgtype, stamps[order], [items[i][1] for i in order], [items[i][0] for i in order], backwards)
+
+
+def recording_types(bag: BagReader, topics) -> dict[str, str]:
+    """Message type per topic used; ``BagError`` naming the first missing or mistyped one (a
+    missing instruction topic is fine with ``instruction_text``)."""
+    types = {topics.image: bag.require_topic(topics.image, IMAGE_TYPES, "image")}
+    for topic in topics.extra_images:
+        types[topic] = bag.require_topic(topic, IMAGE_TYPES, "image")
+    if topics.state:
+        types[topics.state] = bag.require_topic(topics.state, STATE_TYPES, "state")
+    for topic in topics.action_topics:
+        types[topic] = bag.require_topic(topic, COMMAND_TYPES, "action")
+    if topics.reset:
+        types[topics.reset] = bag.require_topic(topics.reset, None, "reset")
+    if topics.instruction in bag.topics or not topics.instruction_text:
+        try:
+            types[topics.instruction] = bag.require_topic(topics.instruction, (STRING,), "instruction")
+        except BagError as exc:
+            raise BagError(f"{exc}; give the episodes' instruction with --instruction TEXT") from None
+    return types
+
+
+def control_rule(topics, streams: dict[str, Stream]) -> ResampleRule:
+    """The rule at ``--control-rate-hz``, else the checkpoint's rate, else the first command
+    topic's measured rate, else the first camera's."""
+    rate = topics.control_rate_hz or topics.default_rate_hz
+    if not rate:
+        for topic in (*topics.action_topics, topics.image):
+            rate = measured_rate_hz(streams[topic].stamps)
+            if rate:
+                break
+    if not rate:
+        raise BagError(f"control rate: cannot measure one from {topics.image}; give --control-rate-hz")
+    return ResampleRule(float(rate), topics.max_age_s, topics.gap_periods)
+
+
+def _segments(topics, streams: dict[str, Stream], events: list[tuple[int, str, object]], counters: dict):
+    """``[(instruction, first-camera indices)]`` by instruction/reset messages (bag time)."""
+    cam = streams[topics.image]
+    order = sorted(range(len(cam.msgs)), key=lambda i: cam.bag_ns[i])
+    fallback = topics.instruction_text if topics.instruction not in streams else None
+    segments: list[tuple[str, list[int]]] = []
+    instruction, current, k = fallback, None, 0
+    for i in order:
+        while k < len(events) and events[k][0] <= cam.bag_ns[i]:
+            _, kind, value = events[k]
+            k += 1
+            if kind == "instruction" and str(value).strip():
+                instruction, current = str(value), None
+            elif kind == "reset":
+                current = None
+        if instruction is None:
+            counters["frames_without_instruction"] += 1
+            continue
+        if current is None:
+            current = (instruction, [])
+            segments.append(current)
+        current[1].append(i)
+    return segments
+
+
+def iter_resampled_events(bag: BagReader, topics, image_size: int | None, counters: dict | None = None,
+                          info: dict | None = None) -> Iterator[tuple]:
+    """Yields ``("start", instruction)``, ``("frame", BagFrame)``, ``("end", TickActions)`` per
+    episode at the control rate. ``counters`` gets `COUNTERS`; ``info`` gets ``control_rate_hz``,
+    ``state_names`` and ``action_names`` (what a checkpoint trained on it records)."""
+    from kv_vla_ros.data.episodes import BagFrame
+
+    types = recording_types(bag, topics)
+    counters = counters if counters is not None else {}
+    info = info if info is not None else {}
+    for name in COUNTERS:
+        counters.setdefault(name, 0)
+    items: dict[str, list] = {t: [] for t in types}
+    for topic, bag_ns, msg in bag.messages(list(types)):
+        items[topic].append((bag_ns, msg))
+    streams = {t: Stream.of(t, types[t], items[t]) for t in types if t not in (topics.instruction, topics.reset)}
+    if topics.instruction in types:
+        streams[topics.instruction] = None
+    for s in streams.values():
+        if s is not None:
+            counters["stamps_backwards"] += s.backwards
+    events = sorted([(b, "instruction", m.data) for b, m in items.get(topics.instruction, [])]
+                    + [(b, "reset", None) for b, _ in items.get(topics.reset, [])], key=lambda e: e[0])
+    rule = control_rule(topics, streams)
+    period = rule.period_ns
+    cams = [streams[t] for t in (topics.image, *topics.extra_images)]
+    state = streams.get(topics.state) if topics.state else None
+    commands = [streams[t] for t in topics.action_topics]
+    ages = {id(s): rule.max_age_ns(s.stamps) for s in (*cams, *([state] if state else []), *commands)}
+    snames = list(topics.state_names) if topics.state_names else None
+    if state is not None and snames is None and state.msgs:
+        snames = state_names(state.msgs[0], state.msgtype)
+    info.update(control_rate_hz=rule.rate_hz, state_names=snames,
+                action_names=[n for c in commands if c.msgs for n in _names_of(c)] or None)
+    decoded: dict[tuple[int, int], np.ndarray] = {}
+
+    def image(c: int, i: int) -> np.ndarray:
+        key = (c, i)
+        if key not in decoded:
+            if len(decoded) > 64:
+                decoded.clear()
+            s = cams[c]
+            decoded[key] = frame_to_rgb(s.msgs[i], s.msgtype, image_size, f"bag {bag.path}: {s.topic} frame #{i + 1}")
+        return decoded[key]
+
+    for instruction, frames in _segments(topics, streams, events, counters):
+        stamps = np.sort(cams[0].stamps[frames])
+        runs = split_at_gaps(stamps, period, rule.gap_periods)
+        counters["episodes_split_at_gaps"] += len(runs) - 1
+        for first, last in runs:
+            yield "start", instruction
+            actions = TickActions()
+            for tick in tick_times(int(stamps[first]), int(stamps[last]), period):
+                counters["ticks"] += 1
+                picks = []
+                for c, s in enumerate(cams):
+                    i, why = newest_at_or_before(s.stamps, int(tick), ages[id(s)])
+                    if i is None:
+                        break
+                    picks.append(i)
+                if len(picks) < len(cams):
+                    counters[f"ticks_dropped_camera_{why}"] += 1
+                    continue
+                vec = None
+                if state is not None:
+                    j, why = newest_at_or_before(state.stamps, int(tick), ages[id(state)])
+                    if j is None:
+                        counters[f"ticks_dropped_state_{why}"] += 1
+                        continue
+                    vec = state_vector(state.msgs[j], state.msgtype, snames, f"bag {bag.path}: {state.topic}")
+                rgbs = [image(c, i) for c, i in enumerate(picks)]
+                actions.actions.append(_command_at(commands, int(tick), period, ages, counters, bag.path))
+                yield "frame", BagFrame(rgbs[0], cams[0].bag_ns[picks[0]], int(tick),
+                                        rgbs if len(cams) > 1 else None, vec)
+            yield "end", actions
+
+
+def _names_of(stream: Stream) -> list[str]:
+    return command_names(stream.msgs[0], stream.msgtype, stream.topic)
+
+
+def _command_at(commands: list[Stream], tick: int, period: int, ages: dict, counters: dict, path) -> np.ndarray | None:
+    """The commands answering ``tick``, concatenated in topic order (None if one topic has none)."""
+    parts = []
+    for s in commands:
+        i = answering(s.stamps, tick, period)
+        if i is None and s.msgtype == JOINT_TRAJECTORY:  # a plan still in force answers the tick
+            i, _ = newest_at_or_before(s.stamps, tick, ages[id(s)])
+        if i is None:
+            counters["ticks_without_command"] += 1
+            return None
+        msg = s.msgs[i]
+        point = None
+        names = None
+        if s.msgtype == JOINT_TRAJECTORY:
+            point = trajectory_point(int(s.stamps[i]), [duration_ns(p.time_from_start) for p in msg.points], tick,
+                                     period)
+            names = _names_of(s)
+        elif s.msgtype == JOINT_STATE:
+            names = _names_of(s)
+        try:
+            vec = command_vector(msg, s.msgtype, names, point)
+        except BagError as exc:
+            raise BagError(f"bag {path}: {s.topic}: {exc}") from None
+        if vec is None:
+            counters["ticks_without_command"] += 1
+            return None
+        if not np.all(np.isfinite(vec)):
+            counters["commands_nonfinite"] += 1
+            return None
+        parts.append(vec)
+    return np.concatenate(parts).astype(np.float32) if parts else None
+
+
+__all__ = ["COUNTERS", "Stream", "TickActions", "control_rule", "iter_resampled_events", "recording_types"]
