@@ -34,6 +34,7 @@ import numpy as np
 from kv_vla_ros.data.bagio import BagReader
 from kv_vla_ros.data.errors import BagError
 from kv_vla_ros.data.commands import STATE_TYPES, state_names, state_vector
+from kv_vla_ros.data.recording import BagFrame, iter_resampled_events, recording_types
 from kv_vla_ros.data.messages import (FLOAT32_ARRAY, IMAGE_TYPES, STRING, action_source_stamp_ns, action_vector,
                                       frame_to_rgb, header_stamp_ns)
 
@@ -60,20 +61,6 @@ class BagTopics:
     @property
     def action_topics(self) -> tuple[str, ...]:
         return (self.action, *self.extra_actions) if self.action else ()
-
-
-@dataclass
-class BagFrame:
-    rgb: np.ndarray
-    bag_ns: int
-    stamp_ns: int | None  # header stamp (None or 0: unknown)
-    cameras: list[np.ndarray] | None = None  # every camera's frame (first: ``rgb``) with extra_images
-    state: np.ndarray | None = None
-
-    @property
-    def images(self):
-        """What a policy's step takes: one frame, or the list of cameras."""
-        return self.cameras if self.cameras is not None else self.rgb
 
 
 @dataclass
@@ -112,8 +99,6 @@ def check_topics(bag: BagReader, topics: BagTopics) -> dict[str, str]:
     """Message type per role (lockstep) or per topic (a robot's recording); `BagError` naming the
     first missing or mistyped topic."""
     if not reads_lockstep(bag, topics):
-        from kv_vla_ros.data.recording import recording_types
-
         return recording_types(bag, topics)
     return _lockstep_types(bag, topics)
 
@@ -198,8 +183,6 @@ def iter_episode_events(bag: BagReader, topics: BagTopics, image_size: int | Non
         info["lockstep"] = True
         yield from iter_lockstep_events(bag, topics, image_size, counters, info)
     else:
-        from kv_vla_ros.data.recording import iter_resampled_events
-
         info["lockstep"] = False
         yield from iter_resampled_events(bag, topics, image_size, counters, info)
 

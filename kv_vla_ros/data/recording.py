@@ -22,12 +22,26 @@ from kv_vla_ros.data.commands import (COMMAND_TYPES, JOINT_STATE, JOINT_TRAJECTO
                                       command_vector, duration_ns, message_time_ns, state_names, state_vector)
 from kv_vla_ros.data.errors import BagError
 from kv_vla_ros.data.messages import IMAGE_TYPES, STRING, frame_to_rgb
-from kv_vla_ros.data.resample import (ResampleRule, answering, measured_rate_hz, newest_at_or_before, split_at_gaps,
-                                      tick_times, trajectory_point)
+from kv_vla_ros.data.resample import (ResampleRule, answering, measured_rate_hz, median_interval_ns,
+                                      newest_at_or_before, split_at_gaps, tick_times, trajectory_point)
 
 COUNTERS = ("ticks", "ticks_dropped_camera_missing", "ticks_dropped_camera_too_old", "ticks_dropped_state_missing",
             "ticks_dropped_state_too_old", "ticks_without_command", "commands_nonfinite", "stamps_backwards",
             "frames_without_instruction", "episodes_split_at_gaps")
+
+
+@dataclass
+class BagFrame:
+    rgb: np.ndarray
+    bag_ns: int
+    stamp_ns: int | None  # header stamp (None or 0: unknown)
+    cameras: list[np.ndarray] | None = None  # every camera's frame (first: ``rgb``) with extra_images
+    state: np.ndarray | None = None
+
+    @property
+    def images(self):
+        """What a policy's step takes: one frame, or the list of cameras."""
+        return self.cameras if self.cameras is not None else self.rgb
 
 
 @dataclass
@@ -81,16 +95,28 @@ def recording_types(bag: BagReader, topics) -> dict[str, str]:
 
 def control_rule(topics, streams: dict[str, Stream]) -> ResampleRule:
     """The rule at ``--control-rate-hz``, else the checkpoint's rate, else the first command
-    topic's measured rate, else the first camera's."""
+    topic's measured rate (a trajectory's: its points' spacing, a plan covering several ticks),
+    else the first camera's."""
     rate = topics.control_rate_hz or topics.default_rate_hz
     if not rate:
         for topic in (*topics.action_topics, topics.image):
-            rate = measured_rate_hz(streams[topic].stamps)
+            rate = _point_rate(streams[topic]) or measured_rate_hz(streams[topic].stamps)
             if rate:
                 break
     if not rate:
         raise BagError(f"control rate: cannot measure one from {topics.image}; give --control-rate-hz")
     return ResampleRule(float(rate), topics.max_age_s, topics.gap_periods)
+
+
+def _point_rate(stream: Stream) -> float | None:
+    """A trajectory topic's rate: 1 / the spacing of the points of its first plan with two."""
+    if stream.msgtype != JOINT_TRAJECTORY:
+        return None
+    for msg in stream.msgs:
+        if len(msg.points) >= 2:
+            step = duration_ns(msg.points[1].time_from_start) - duration_ns(msg.points[0].time_from_start)
+            return 1e9 / step if step > 0 else None
+    return None
 
 
 def _segments(topics, streams: dict[str, Stream], events: list[tuple[int, str, object]], counters: dict):
@@ -123,8 +149,6 @@ def iter_resampled_events(bag: BagReader, topics, image_size: int | None, counte
     """Yields ``("start", instruction)``, ``("frame", BagFrame)``, ``("end", TickActions)`` per
     episode at the control rate. ``counters`` gets `COUNTERS`; ``info`` gets ``control_rate_hz``,
     ``state_names`` and ``action_names`` (what a checkpoint trained on it records)."""
-    from kv_vla_ros.data.episodes import BagFrame
-
     types = recording_types(bag, topics)
     counters = counters if counters is not None else {}
     info = info if info is not None else {}
@@ -167,10 +191,12 @@ def iter_resampled_events(bag: BagReader, topics, image_size: int | None, counte
         stamps = np.sort(cams[0].stamps[frames])
         runs = split_at_gaps(stamps, period, rule.gap_periods)
         counters["episodes_split_at_gaps"] += len(runs) - 1
+        interval = median_interval_ns(stamps) or 0
         for first, last in runs:
             yield "start", instruction
             actions = TickActions()
-            for tick in tick_times(int(stamps[first]), int(stamps[last]), period):
+            # up to the last frame and half a camera interval after it (a tick there still has that frame)
+            for tick in tick_times(int(stamps[first]), int(stamps[last]) + max(interval // 2 - 1, 0), period):
                 counters["ticks"] += 1
                 picks = []
                 for c, s in enumerate(cams):
@@ -232,4 +258,4 @@ def _command_at(commands: list[Stream], tick: int, period: int, ages: dict, coun
     return np.concatenate(parts).astype(np.float32) if parts else None
 
 
-__all__ = ["COUNTERS", "Stream", "TickActions", "control_rule", "iter_resampled_events", "recording_types"]
+__all__ = ["BagFrame", "COUNTERS", "Stream", "TickActions", "control_rule", "iter_resampled_events", "recording_types"]

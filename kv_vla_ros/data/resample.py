@@ -6,7 +6,8 @@ Every reader of recordings (training, ``kv-vla bag eval``, ``kv-vla bag inspect`
 streams into control *ticks* with the functions below:
 
 - **Ticks**: ``t0 + k x period`` (integer ns, ``period = 1 / control_rate_hz``), ``t0`` the first
-  frame of the first camera in the episode, up to its last frame.
+  frame of the first camera in the episode, up to its last frame (and half its median frame
+  interval after it).
 - **Cameras**: each camera's newest frame stamped at or before the tick, no older than its
   ``max_age`` (default 1.5 x the larger of the control period and the camera's median interval).
 - **State**: the newest state stamped at or before the tick (never interpolated: a policy on a

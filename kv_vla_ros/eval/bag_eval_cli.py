@@ -40,7 +40,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
                         help="robot state: sensor_msgs/JointState (positions) or std_msgs/Float32MultiArray")
     parser.add_argument("--instruction-topic", default="/instruction",
                         help="std_msgs/String; each message starts an episode")
-    from kv_vla_ros.train.bag_cli import add_recording_arguments
+    from kv_vla_ros.data.topic_flags import add_recording_arguments
 
     add_recording_arguments(parser, "recorded commands ('' if the bag has none)")
     parser.add_argument("--max-episodes", type=int, default=None, help="stop after this many episodes (per bag)")
@@ -61,7 +61,7 @@ def run(args: argparse.Namespace) -> int:
 
     from kv_vla_ros.data.bagio import BagReader
     from kv_vla_ros.data.episodes import check_topics
-    from kv_vla_ros.train.bag_cli import bag_topics
+    from kv_vla_ros.data.topic_flags import bag_topics
     from kv_vla_ros.eval.bag_eval import build_configs, check_inputs, merge_replays, replay_item
     from kv_vla_ros.eval.bag_report import markdown_table, write_report
     from kv_vla_ros.parallel.runner import Runner, runner_config
