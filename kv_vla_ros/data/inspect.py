@@ -90,30 +90,32 @@ def inspect_bag(path, args, policy=None, log=print) -> dict | None:
     try:
         with BagReader(path) as bag:
             rows = topic_table(bag)
-            guess = guess_topics(args, rows)
-            if not guess["image"]:
-                raise BagError(f"bag {path}: no camera topic (Image or CompressedImage)")
-            ns = argparse.Namespace(**{**vars(args), "image_topic": guess["image"], "state_topic": guess["state"],
-                                       "action_topic": guess["action"] or [""]})
-            topics = bag_topics(ns, policy)
-            counters, info, steps, episodes = {}, {}, 0, 0
+    except BagError as exc:
+        log(f"refused: {exc}")
+        return None
+    guess = guess_topics(args, rows)
+    used = {}
+    try:
+        if not guess["image"]:
+            raise BagError(f"bag {path}: no camera topic (Image or CompressedImage)")
+        ns = argparse.Namespace(**{**vars(args), "image_topic": guess["image"], "state_topic": guess["state"],
+                                   "action_topic": guess["action"] or [""]})
+        topics = bag_topics(ns, policy)
+        used = {topics.image: "camera", **{t: "camera" for t in topics.extra_images},
+                **({topics.state: "state"} if topics.state else {}), **{t: "command" for t in topics.action_topics},
+                topics.instruction: "instruction", **({topics.reset: "reset"} if topics.reset else {})}
+        _print_table(path, rows, used, log)
+        counters, info, steps, episodes = {}, {}, 0, 0
+        with BagReader(path) as bag:
             for kind, _ in iter_episode_events(bag, topics, 16, counters, info):
                 steps += kind == "frame"
                 episodes += kind == "start"
     except BagError as exc:
-        log(f"refused: {exc}")
+        if not used:
+            _print_table(path, rows, used, log)
+        log(f"\nrefused: {exc}\n")
         return None
-    used = {topics.image: "camera", **{t: "camera" for t in topics.extra_images},
-            **({topics.state: "state"} if topics.state else {}), **{t: "command" for t in topics.action_topics},
-            topics.instruction: "instruction", **({topics.reset: "reset"} if topics.reset else {})}
     rate = info.get("control_rate_hz")
-    log(f"## {path}\n")
-    log("| topic | type | count | rate Hz | jitter p50 / p99 ms | use |")
-    log("|---|---|---|---|---|---|")
-    for r in rows:
-        jit = "-" if r["jitter_ms"] is None else f"{r['jitter_ms'][0]:.2f} / {r['jitter_ms'][1]:.2f}"
-        hz = "-" if r["rate_hz"] is None else f"{r['rate_hz']:.1f}"
-        log(f"| {r['topic']} | {r['type']} | {r['count']} | {hz} | {jit} | {used.get(r['topic'], 'ignored')} |")
     mode = "lockstep (one step per labelled frame)" if info.get("lockstep") else "a robot's recording, resampled"
     dropped = {k: v for k, v in counters.items() if v and (k.startswith("ticks_dropped") or k in (
         "ticks_without_command", "commands_nonfinite", "frames_without_instruction", "frames_missing_inputs",
@@ -130,6 +132,16 @@ def inspect_bag(path, args, policy=None, log=print) -> dict | None:
         log(line)
     log("")
     return {"topics": topics, "rate": rate, "lockstep": info.get("lockstep")}
+
+
+def _print_table(path, rows: list[dict], used: dict, log) -> None:
+    log(f"## {path}\n")
+    log("| topic | type | count | rate Hz | jitter p50 / p99 ms | use |")
+    log("|---|---|---|---|---|---|")
+    for r in rows:
+        jit = "-" if r["jitter_ms"] is None else f"{r['jitter_ms'][0]:.2f} / {r['jitter_ms'][1]:.2f}"
+        hz = "-" if r["rate_hz"] is None else f"{r['rate_hz']:.1f}"
+        log(f"| {r['topic']} | {r['type']} | {r['count']} | {hz} | {jit} | {used.get(r['topic'], 'ignored')} |")
 
 
 def warnings_for(path, rows: list[dict], used: dict, rate: float | None, counters: dict) -> list[str]:

@@ -63,7 +63,9 @@ class NodeRuntime:
         self.state_note = check_inputs(policy, p["image_topics"], p["state_topic"], p["state_type"])
         self.image_topics = list(p["image_topics"])
         self.state_topic = p["state_topic"] if policy.state_dim else ""
-        self.state_joint_names = [n for n in p["state_joint_names"] if n]
+        # the parameter, else the joints the checkpoint recorded at training: a JointState read by name
+        self.state_joint_names = [n for n in p["state_joint_names"] if n] or list(getattr(policy, "state_names", None)
+                                                                                  or [])
         cache_specs = cache_param_specs(self.session.cache_config) + renamed_param_specs()
         late_specs = policy_param_specs(policy.action_chunk_length)
         node._specs.update({spec.name: spec for spec in late_specs + cache_specs})
@@ -94,7 +96,11 @@ class NodeRuntime:
             raise StartupError(f"bad parameter: {exc}") from None
         self.twist = TwistAdapter(self.discrete, p["twist.discrete_linear"], p["twist.discrete_angular"],
                                   p["twist.linear_index"], p["twist.angular_index"], p["max_linear"], p["max_angular"])
-        self.outputs = CommandOutputs(node, p["action_output"], joint_names, self.twist, policy.action_chunk_length > 1)
+        try:
+            self.outputs = CommandOutputs(node, p["action_output"], joint_names, self.twist,
+                                          policy.action_chunk_length > 1, p["output_topic"], p["forward_command_stop"])
+        except ValueError as exc:
+            raise StartupError(f"bad parameter: {exc}") from None
         self.outputs.frame_id = p["twist.frame_id"]
         self.max_pixels = p["max_image_pixels"]
         self.tick_interval_ms = RollingStats()
