@@ -133,13 +133,14 @@ def paired_inputs(recent: dict[str, deque], stamp_ns: int | None, slop_s: float)
     ``slop_s`` (topics without one, or without stamps, are left out: the caller's fallback)."""
     if not stamp_ns or slop_s <= 0:
         return {}
+    from kv_vla_ros.data.resample import closest_within
+
     out = {}
     for topic, messages in recent.items():
-        stamped = [(abs(s - stamp_ns), msg) for s, msg in messages if s]
-        if stamped:
-            gap, msg = min(stamped, key=lambda pair: pair[0])
-            if gap <= slop_s * 1e9:
-                out[topic] = msg
+        messages = list(messages)
+        i = closest_within([s for s, _ in messages], stamp_ns, int(round(slop_s * 1e9)))
+        if i is not None:
+            out[topic] = messages[i][1]
     return out
 
 

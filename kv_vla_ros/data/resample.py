@@ -107,6 +107,21 @@ def newest_at_or_before(stamps: np.ndarray, tick_ns: int, max_age_ns: int) -> tu
     return i, None
 
 
+def closest_within(stamps, target_ns: int, slop_ns: int) -> int | None:
+    """Index of the stamp closest to ``target_ns`` (the first on a tie) if within ``slop_ns``;
+    stamps that are None or 0 (no stamp) never pair. The pairing of further cameras and the state
+    with a driving frame that shares their stamp (kv_vla_node's ``camera_sync_slop_s``, and the
+    lockstep bag reader, which replays what the node saw)."""
+    best, gap = None, None
+    for i, stamp in enumerate(stamps):
+        if not stamp:
+            continue
+        d = abs(int(stamp) - int(target_ns))
+        if gap is None or d < gap:
+            best, gap = i, d
+    return best if gap is not None and gap <= slop_ns else None
+
+
 def answering(times: np.ndarray, tick_ns: int, period_ns: int) -> int | None:
     """Index of the first of the sorted command ``times`` in ``(tick, tick + period]``: the command
     that answers the tick; None when none came in that window."""
@@ -137,6 +152,6 @@ def split_at_gaps(stamps: np.ndarray, period_ns: int, gap_periods: float) -> lis
     return list(zip(starts, ends))
 
 
-__all__ = ["AGE_FACTOR", "DEFAULT_GAP_PERIODS", "ResampleRule", "answering", "interval_jitter_ms",
+__all__ = ["AGE_FACTOR", "DEFAULT_GAP_PERIODS", "ResampleRule", "answering", "closest_within", "interval_jitter_ms",
            "measured_rate_hz", "median_interval_ns", "newest_at_or_before", "split_at_gaps", "tick_times",
            "trajectory_point"]
