@@ -63,9 +63,7 @@ class NodeRuntime:
         self.state_note = check_inputs(policy, p["image_topics"], p["state_topic"], p["state_type"])
         self.image_topics = list(p["image_topics"])
         self.state_topic = p["state_topic"] if policy.state_dim else ""
-        # the parameter, else the joints the checkpoint recorded at training: a JointState read by name
-        self.state_joint_names = [n for n in p["state_joint_names"] if n] or list(getattr(policy, "state_names", None)
-                                                                                  or [])
+        self.state_joint_names = [n for n in p["state_joint_names"] if n]
         cache_specs = cache_param_specs(self.session.cache_config) + renamed_param_specs()
         late_specs = policy_param_specs(policy.action_chunk_length)
         node._specs.update({spec.name: spec for spec in late_specs + cache_specs})
@@ -103,6 +101,8 @@ class NodeRuntime:
             raise StartupError(f"bad parameter: {exc}") from None
         self.outputs.frame_id = p["twist.frame_id"]
         self.max_pixels = p["max_image_pixels"]
+        if not self.state_joint_names:  # the joints the checkpoint recorded at training: a JointState read by name
+            self.state_joint_names = list(getattr(policy, "state_names", None) or [])
         self.tick_interval_ms = RollingStats()
         self.ticks, self._last_tick, self._last_state, self.last_cmd = 0, None, "", None
         self._stamp_lock = threading.Lock()
