@@ -14,6 +14,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
+from rosbags.interfaces import Qos, QosDurability, QosHistory, QosLiveliness, QosReliability, QosTime
 
 from kv_vla_ros.data.bagio import AtomicBagWriter, bag_paths
 from kv_vla_ros.data.episodes import BagTopics
@@ -28,6 +29,8 @@ from kv_vla_ros.train.bag_episodes import read_bags
 
 REPO = Path(__file__).resolve().parents[1]
 ARM_MODEL = REPO / "models" / "kv-vla-arm-pi0"
+QOS = Qos(QosHistory.KEEP_LAST, 10, QosReliability.RELIABLE, QosDurability.VOLATILE, QosTime(0, 0), QosTime(0, 0),
+          QosLiveliness.AUTOMATIC, QosTime(0, 0), False)
 ROBOT = dict(image=CAMERA_TOPIC, state="/joint_states", action=COMMAND_TOPIC, instruction_text=INSTRUCTION)
 
 
@@ -81,7 +84,8 @@ def test_bag_eval_of_the_shipped_arm_model_matches_the_lockstep_bag(bags, tmp_pa
 
 # ---- synthetic recordings: command types, joints by name, gaps, inspect ------------------------
 def write_recording(path: Path, commands: dict, steps: int = 12, camera_hz: float = 30.0, gap_after: int | None = None,
-                    state_names=("b", "a"), nan_at: int | None = None, backwards: bool = False) -> Path:
+                    state_names=("b", "a"), nan_at: int | None = None, backwards: bool = False,
+                    publishers: int = 1) -> Path:
     """8x8 frames at ``camera_hz`` (pixel value = the frame's index), a 100 Hz JointState
     (``a`` = t, ``b`` = -t in seconds), ``commands``: ``{topic: (msgtype, make(ts, k, t_ns) -> msg)}``
     answered 20 ms after each 10 Hz tick. ``gap_after``: a 2 s pause after that step."""
@@ -90,6 +94,8 @@ def write_recording(path: Path, commands: dict, steps: int = 12, camera_hz: floa
              for k in range(steps)]
     with AtomicBagWriter(path) as bag:
         ts = bag.typestore
+        for topic, (msgtype, _) in commands.items():  # the QoS each publisher offered, as ros2 bag record stores it
+            bag.add_connection(topic, msgtype, offered_qos_profiles=[QOS] * publishers)
         msgs = []
         per_tick = max(1, round(camera_hz / 10))  # frames per tick (camera_hz < 10: one every few ticks)
         every = max(1, round(10 / camera_hz))
@@ -215,7 +221,7 @@ def test_the_rule_itself():
 def test_inspect_warns_by_bag_and_topic_and_goes_on(tmp_path):
     good = write_recording(tmp_path / "good", {"/cmd": ("std_msgs/msg/Float64MultiArray", f64)})
     slow = write_recording(tmp_path / "slow", {"/cmd": ("std_msgs/msg/Float64MultiArray", f64)}, camera_hz=5.0,
-                           nan_at=3, backwards=True)
+                           nan_at=3, backwards=True, publishers=2)
     broken = tmp_path / "broken"
     broken.mkdir()
     out = kv_vla("bag", "inspect", good, slow, broken, "--image-topic", "/cam", "--state-topic", "/joint_states",
@@ -225,6 +231,8 @@ def test_inspect_warns_by_bag_and_topic_and_goes_on(tmp_path):
     assert f"warning: bag {slow}: camera /cam runs at 5.0 Hz, slower than the control rate 10.0 Hz" in text
     assert f"warning: bag {slow}: /cam: header stamps go backwards 1 time(s)" in text
     assert f"warning: bag {slow}: 1 command(s) hold NaN" in text
+    assert f"warning: bag {slow}: command topic /cmd has 2 publishers" in text
+    assert f"warning: bag {good}" not in text
     assert f"refused: bag {broken}" in text and "2 of 3 bag(s) usable" in text
     assert "| /joint_states | sensor_msgs/msg/JointState |" in text and "| 100.0 |" in text
     assert "--control-rate-hz 10" in text and "kv-vla train --bags" in text
