@@ -1,6 +1,11 @@
 """A bag as a stream of episodes: instruction, frames (in bag time order) and the recorded actions
 aligned to the frames they answer. Numpy + rosbags only.
 
+`iter_episode_events` reads a lockstep bag (`reads_lockstep`: the package's own, or kv_vla_node's
+labelled output) by the rules below, frame by frame, exactly as before recordings were resampled;
+any other recording goes to ``kv_vla_ros.data.recording`` (the control-rate rule of
+``kv_vla_ros.data.resample``). The rules of a lockstep bag:
+
 Episode boundaries: every message on the instruction topic starts a new episode (the simulator
 publishes one per episode, even when the text repeats); with ``reset_topic`` a message there ends
 the episode instead, and the next frame starts one with the latest instruction.
