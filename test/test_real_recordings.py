@@ -85,7 +85,7 @@ def test_bag_eval_of_the_shipped_arm_model_matches_the_lockstep_bag(bags, tmp_pa
 # ---- synthetic recordings: command types, joints by name, gaps, inspect ------------------------
 def write_recording(path: Path, commands: dict, steps: int = 12, camera_hz: float = 30.0, gap_after: int | None = None,
                     state_names=("b", "a"), nan_at: int | None = None, backwards: bool = False,
-                    publishers: int = 1) -> Path:
+                    publishers: int = 1, receive_offset_ns: int = 0) -> Path:
     """8x8 frames at ``camera_hz`` (pixel value = the frame's index), a 100 Hz JointState
     (``a`` = t, ``b`` = -t in seconds), ``commands``: ``{topic: (msgtype, make(ts, k, t_ns) -> msg)}``
     answered 20 ms after each 10 Hz tick. ``gap_after``: a 2 s pause after that step."""
@@ -118,7 +118,7 @@ def write_recording(path: Path, commands: dict, steps: int = 12, camera_hz: floa
                 if msg is not None:
                     msgs.append((t + 20_000_000, topic, msg, msgtype))
         for bag_ns, topic, msg, msgtype in sorted(msgs, key=lambda m: m[0]):
-            bag.write(topic, bag_ns, msg, msgtype)
+            bag.write(topic, bag_ns + receive_offset_ns, msg, msgtype)
     return path
 
 
@@ -204,6 +204,16 @@ def test_gap_splits_and_stale_inputs_drop_ticks(tmp_path):
 
         with BagReader(path) as bag:
             check_topics(bag, BagTopics(image="/cam", action="/cmd"))
+
+
+def test_header_stamps_on_another_clock_than_the_receive_times(tmp_path):
+    """Stamps in simulated time, the recorder's receive times on the wall clock: the commands (no
+    header) move onto the camera's clock."""
+    path = write_recording(tmp_path / "b", {"/cmd": ("std_msgs/msg/Float64MultiArray", f64)},
+                           receive_offset_ns=3600 * 10**9)
+    data = read(path, action="/cmd")
+    np.testing.assert_allclose(data.episodes[0].actions, [[k, 2 * k] for k in range(12)])
+    assert data.info["clock_offset_s"] == pytest.approx(3600.0)
 
 
 def test_the_rule_itself():

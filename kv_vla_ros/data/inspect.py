@@ -128,6 +128,9 @@ def inspect_bag(path, args, policy=None, log=print) -> dict | None:
         log(f"state joints: {', '.join(info['state_names'])}")
     if info.get("action_names"):
         log(f"command dimensions: {', '.join(info['action_names'])}")
+    if info.get("clock_offset_s"):
+        log(f"note: bag {path}: {topics.image}'s header stamps are {info['clock_offset_s']:+.3f} s from the receive "
+            "times (another clock): the topics without a header were moved onto the camera's clock")
     for line in warnings_for(path, rows, used, rate, counters):
         log(line)
     log("")

@@ -64,13 +64,37 @@ class Stream:
     msgs: list
     bag_ns: list[int]
     backwards: int = 0
+    bag_timed: bool = False  # no header stamps: timed by the bag's receive times
 
     @classmethod
     def of(cls, topic: str, msgtype: str, items: list[tuple[int, object]]) -> "Stream":
         stamps = np.array([message_time_ns(m, b) for b, m in items], dtype=np.int64)
+        bag_timed = bool(items) and all(int(s) == int(b) for s, (b, _) in zip(stamps, items))
         backwards = int(np.sum(np.diff(stamps) < 0)) if stamps.size > 1 else 0
         order = np.argsort(stamps, kind="stable")
-        return cls(topic, msgtype, stamps[order], [items[i][1] for i in order], [items[i][0] for i in order], backwards)
+        return cls(topic, msgtype, stamps[order], [items[i][1] for i in order], [items[i][0] for i in order],
+                   backwards, bag_timed)
+
+    def clock_offset_ns(self) -> int:
+        """Median of receive time - header stamp: ~ the transport latency on one clock; seconds or
+        more when the stamps come from another clock (simulated time, a camera's own)."""
+        return int(np.median(np.asarray(self.bag_ns, dtype=np.int64) - self.stamps)) if self.msgs else 0
+
+
+CLOCK_MISMATCH_NS = 1_000_000_000  # header stamps this far from the receive times: another clock
+
+
+def align_bag_timed(streams: list["Stream"], reference: "Stream") -> int:
+    """Streams timed by receive time (no header) compared with a camera stamped on another clock
+    (``use_sim_time``, a device clock): shifted onto the camera's clock by its receive-time offset.
+    Returns the offset applied (0 when the clocks agree)."""
+    offset = reference.clock_offset_ns() if not reference.bag_timed else 0
+    if abs(offset) < CLOCK_MISMATCH_NS:
+        return 0
+    for s in streams:
+        if s.bag_timed:
+            s.stamps = s.stamps - offset
+    return offset
 
 
 def recording_types(bag: BagReader, topics) -> dict[str, str]:
@@ -165,16 +189,17 @@ def iter_resampled_events(bag: BagReader, topics, image_size: int | None, counte
             counters["stamps_backwards"] += s.backwards
     events = sorted([(b, "instruction", m.data) for b, m in items.get(topics.instruction, [])]
                     + [(b, "reset", None) for b, _ in items.get(topics.reset, [])], key=lambda e: e[0])
-    rule = control_rule(topics, streams)
-    period = rule.period_ns
     cams = [streams[t] for t in (topics.image, *topics.extra_images)]
     state = streams.get(topics.state) if topics.state else None
     commands = [streams[t] for t in topics.action_topics]
+    offset = align_bag_timed([*commands, *([state] if state else [])], cams[0])
+    rule = control_rule(topics, streams)
+    period = rule.period_ns
     ages = {id(s): rule.max_age_ns(s.stamps) for s in (*cams, *([state] if state else []), *commands)}
     snames = list(topics.state_names) if topics.state_names else None
     if state is not None and snames is None and state.msgs:
         snames = state_names(state.msgs[0], state.msgtype)
-    info.update(control_rate_hz=rule.rate_hz, state_names=snames,
+    info.update(control_rate_hz=rule.rate_hz, state_names=snames, clock_offset_s=offset / 1e9,
                 action_names=[n for c in commands if c.msgs for n in _names_of(c)] or None)
     decoded: dict[tuple[int, int], np.ndarray] = {}
 

@@ -22,7 +22,10 @@ streams into control *ticks* with the functions below:
 - A **gap** of more than ``gap_periods`` control periods between two frames of the first camera
   splits the episode (a recording paused, a robot reset off camera).
 
-Stamps: the header stamp when the message has a non-zero one, else the bag's receive time.
+Stamps: the header stamp when the message has a non-zero one, else the bag's receive time. When
+the first camera's header stamps are on another clock than the receive times (a second or more
+apart: simulated time, a camera's own clock), the topics timed by receive time are moved onto the
+camera's clock by that offset (``clock_offset_s`` in the reader's info; `kv-vla bag inspect` says so).
 """
 
 from __future__ import annotations
