@@ -6,13 +6,16 @@ per kept tick, ``("end", TickActions)``.
 Episodes: each message on the instruction topic starts one (a reset topic ends one); a bag with no
 instruction topic takes ``BagTopics.instruction_text`` (``--instruction``) and is one episode; in
 every case a gap of more than ``gap_periods`` control periods in the first camera splits it.
-The whole bag's messages on the topics used are read first (images stay encoded until a tick uses
-them), so stamps that go backwards are sorted, and counted.
+A first pass reads the stamps of every topic used (keeping the small messages, not the pixels), so
+stamps that go backwards are sorted (and counted) and every tick is planned; a second pass over
+the camera topics decodes only the frames the ticks take, each held until its last tick is out (an
+hour of 30 Hz camera never sits in memory).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from types import SimpleNamespace
 from typing import Iterator
 
 import numpy as np
@@ -65,6 +68,7 @@ class Stream:
     bag_ns: list[int]
     backwards: int = 0
     bag_timed: bool = False  # no header stamps: timed by the bag's receive times
+    positions: list[int] = field(default_factory=list)  # each message's place in the topic's bag order
 
     @classmethod
     def of(cls, topic: str, msgtype: str, items: list[tuple[int, object]]) -> "Stream":
@@ -73,7 +77,7 @@ class Stream:
         backwards = int(np.sum(np.diff(stamps) < 0)) if stamps.size > 1 else 0
         order = np.argsort(stamps, kind="stable")
         return cls(topic, msgtype, stamps[order], [items[i][1] for i in order], [items[i][0] for i in order],
-                   backwards, bag_timed)
+                   backwards, bag_timed, order.tolist())
 
     def clock_offset_ns(self) -> int:
         """Median of receive time - header stamp: ~ the transport latency on one clock; seconds or
@@ -178,9 +182,10 @@ def iter_resampled_events(bag: BagReader, topics, image_size: int | None, counte
     info = info if info is not None else {}
     for name in COUNTERS:
         counters.setdefault(name, 0)
+    camera_topics = [topics.image, *topics.extra_images]
     items: dict[str, list] = {t: [] for t in types}
-    for topic, bag_ns, msg in bag.messages(list(types)):
-        items[topic].append((bag_ns, msg))
+    for topic, bag_ns, msg in bag.messages(list(types)):  # a camera's pixels are dropped: read again below
+        items[topic].append((bag_ns, SimpleNamespace(header=msg.header) if topic in camera_topics else msg))
     streams = {t: Stream.of(t, types[t], items[t]) for t in types if t not in (topics.instruction, topics.reset)}
     if topics.instruction in types:
         streams[topics.instruction] = None
@@ -201,24 +206,14 @@ def iter_resampled_events(bag: BagReader, topics, image_size: int | None, counte
         snames = state_names(state.msgs[0], state.msgtype)
     info.update(control_rate_hz=rule.rate_hz, state_names=snames, clock_offset_s=offset / 1e9,
                 action_names=[n for c in commands if c.msgs for n in _names_of(c)] or None)
-    decoded: dict[tuple[int, int], np.ndarray] = {}
-
-    def image(c: int, i: int) -> np.ndarray:
-        key = (c, i)
-        if key not in decoded:
-            if len(decoded) > 64:
-                decoded.clear()
-            s = cams[c]
-            decoded[key] = frame_to_rgb(s.msgs[i], s.msgtype, image_size, f"bag {bag.path}: {s.topic} frame #{i + 1}")
-        return decoded[key]
-
+    plan: list[tuple] = []
     for instruction, frames in _segments(topics, streams, events, counters):
         stamps = np.sort(cams[0].stamps[frames])
         runs = split_at_gaps(stamps, period, rule.gap_periods)
         counters["episodes_split_at_gaps"] += len(runs) - 1
         interval = median_interval_ns(stamps) or 0
         for first, last in runs:
-            yield "start", instruction
+            plan.append(("start", instruction))
             actions = TickActions()
             # up to the last frame and half a camera interval after it (a tick there still has that frame)
             for tick in tick_times(int(stamps[first]), int(stamps[last]) + max(interval // 2 - 1, 0), period):
@@ -239,11 +234,53 @@ def iter_resampled_events(bag: BagReader, topics, image_size: int | None, counte
                         counters[f"ticks_dropped_state_{why}"] += 1
                         continue
                     vec = state_vector(state.msgs[j], state.msgtype, snames, f"bag {bag.path}: {state.topic}")
-                rgbs = [image(c, i) for c, i in enumerate(picks)]
                 actions.actions.append(_command_at(commands, int(tick), period, ages, counters, bag.path))
-                yield "frame", BagFrame(rgbs[0], cams[0].bag_ns[picks[0]], int(tick),
-                                        rgbs if len(cams) > 1 else None, vec)
-            yield "end", actions
+                plan.append(("frame", picks, int(tick), vec))
+            plan.append(("end", actions))
+    yield from _with_images(bag, cams, plan, image_size)
+
+
+def _with_images(bag: BagReader, cams: list[Stream], plan: list[tuple], image_size: int | None) -> Iterator[tuple]:
+    """The planned events, each tick with its cameras' frames: one more pass over the camera
+    topics decodes only the frames a tick takes, and holds each only until its last tick is out."""
+    needed: dict[tuple[int, int], int] = {}  # (camera, sorted index) -> the last plan entry that takes it
+    for k, entry in enumerate(plan):
+        if entry[0] == "frame":
+            for c, i in enumerate(entry[1]):
+                needed[(c, i)] = k
+    sorted_index = [{pos: i for i, pos in enumerate(s.positions)} for s in cams]
+    camera_of = {s.topic: c for c, s in enumerate(cams)}
+    decoded: dict[tuple[int, int], np.ndarray] = {}
+    seen = [0] * len(cams)
+    done = 0
+
+    def ready() -> Iterator[tuple]:
+        nonlocal done
+        while done < len(plan):
+            entry = plan[done]
+            if entry[0] == "frame":
+                picks, tick, vec = entry[1:]
+                if not all((c, i) in decoded for c, i in enumerate(picks)):
+                    return
+                rgbs = [decoded[(c, i)] for c, i in enumerate(picks)]
+                yield "frame", BagFrame(rgbs[0], cams[0].bag_ns[picks[0]], tick, rgbs if len(cams) > 1 else None, vec)
+                for c, i in enumerate(picks):
+                    if needed[(c, i)] == done:
+                        del decoded[(c, i)]
+            else:
+                yield entry
+            done += 1
+
+    yield from ready()
+    for topic, _, msg in bag.messages([s.topic for s in cams]):
+        c = camera_of[topic]
+        key = (c, sorted_index[c][seen[c]])
+        seen[c] += 1
+        if key in needed:
+            decoded[key] = frame_to_rgb(msg, cams[c].msgtype, image_size, f"bag {bag.path}: {topic} frame #{seen[c]}")
+            yield from ready()
+    if done < len(plan):
+        raise BagError(f"bag {bag.path}: {cams[0].topic}: frames changed between two reads")
 
 
 def _names_of(stream: Stream) -> list[str]:
