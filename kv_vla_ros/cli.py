@@ -37,6 +37,10 @@ COMMANDS: list[tuple[str, str, str]] = [
     ("gate-report", "kv_vla_ros.eval.gate_report", "trained gate vs every baseline at equal budgets, with plots"),
     ("bag generate", "kv_vla_ros.data.generate_cli", "write simulator expert episodes into a bag (no ROS graph)"),
     ("bag eval", "kv_vla_ros.eval.bag_eval_cli", "replay a bag offline through VLASession under several cache configs"),
+    ("bag rewrite", "kv_vla_ros.data.robot_recording",
+     "write a lockstep bag again as a real arm records it (multi-rate, JPEG, Float64 commands, one bag per episode)"),
+    ("bag inspect", "kv_vla_ros.data.inspect_cli",
+     "per bag: topics, rates, jitter, what the reader uses, episodes and ticks at the control rate"),
     ("bag record", "kv_vla_ros.ros.bags.record", "record live topics into a bag (rclpy, raw CDR)"),
     ("bag play", "kv_vla_ros.ros.bags.play", "publish a bag onto live topics with its original timing"),
 ]

@@ -14,6 +14,12 @@
 #                              over the steps: a busy machine trains as many steps as a quiet one, only later);
 #                              MINUTES is then the safety cap (default 120)
 #   EPISODES=200               held-out seeds per evaluated cache; 0 stops after the gate (evaluate and ship by hand)
+#   RECORDED=1                 train and gate from the same demonstrations written again as a real arm records
+#                              them (`kv-vla bag rewrite`: 30 Hz JPEG camera, 100 Hz joint states in the driver's
+#                              order, Float64MultiArray commands 20 ms after the frame, no instruction topic, one
+#                              bag per episode, /tf /rosout /diagnostics beside), read at the control rate by the
+#                              resampling rule (docs/bags.md)
+#   CACHES="full gated:budget_frac=0.25"  evaluate only these rows (the shipping step is then skipped)
 set -euo pipefail
 KV=${KV:-.venv/bin/kv-vla}
 PY=${PY:-.venv/bin/python}
@@ -31,7 +37,7 @@ stage() {  # stage NAME COMMAND...: run it, record its wall time in recipe_timin
     "$@"
     TIMES[$name]=$((SECONDS - t0))
     local json="{" sep="" key
-    for key in "bags" "training" "gate" "evaluation"; do
+    for key in "bags" "rewrite" "training" "gate" "evaluation"; do
         [ -n "${TIMES[$key]:-}" ] && json+="$sep\"$key\": ${TIMES[$key]}" && sep=", "
     done
     echo "$json}" > "$OUT/recipe_timings.json"
@@ -39,13 +45,29 @@ stage() {  # stage NAME COMMAND...: run it, record its wall time in recipe_timin
 [ -d "$OUT/bags/train_$VARIANT" ] || stage bags $KV bag generate --task $TASK --split train --episodes 200 \
     -o "$OUT/bags/train_$VARIANT" \
     --workers 1 --no-progress
+TOPICS=(--state-topic /joint_states)
+TRAIN_BAGS="$OUT/bags"
+if [ "${RECORDED:-0}" = 1 ]; then
+    [ -d "$OUT/recorded_bags" ] || stage rewrite $KV bag rewrite "$OUT/bags/train_$VARIANT" -o "$OUT/recorded_bags" \
+        --no-progress
+    TRAIN_BAGS="$OUT/recorded_bags"
+    TOPICS=(--state-topic /joint_states --image-topic /camera/image_raw/compressed
+            --action-topic /arm_controller/commands --instruction "$($PY -c 'from kv_vla_ros.sim.arm.task import INSTRUCTION; print(INSTRUCTION)')")
+fi
 # --aux-weight 4 --evict-from 0.5: the run that learned the memory (docs/pi0.md, 2026-12-02: full 100%,
 # gated at a quarter 100%, window at a quarter 55% on 40 held-out seeds; 30 min on a quiet machine)
-stage training $KV train --bags "$OUT/bags" --state-topic /joint_states --out "$OUT/kv-vla-arm" "${LIMIT[@]}" \
+stage training $KV train --bags "$TRAIN_BAGS" "${TOPICS[@]}" --out "$OUT/kv-vla-arm" "${LIMIT[@]}" \
     --aux-weight 4 --evict-from 0.5
-stage gate $KV train-gate --bags "$OUT/bags" --state-topic /joint_states --model "$OUT/kv-vla-arm" --max-episodes 60 \
+stage gate $KV train-gate --bags "$TRAIN_BAGS" "${TOPICS[@]}" --model "$OUT/kv-vla-arm" --max-episodes 60 \
     --epochs 30 --no-progress
 [ "$EPISODES" = 0 ] && exit 0
+if [ -n "${CACHES:-}" ]; then
+    CACHE_ARGS=()
+    for c in $CACHES; do CACHE_ARGS+=(--cache "$c"); done
+    stage evaluation $KV eval --model "$OUT/kv-vla-arm" --tasks $TASK --episodes "$EPISODES" --workers 2 \
+        --out "$OUT/eval" "${CACHE_ARGS[@]}"
+    exit 0
+fi
 # one step held (16 image + 17 prompt tokens; not the no-history policy: `--cache no_history`, docs/pi0.md); a quarter and an eighth of the mean history
 stage evaluation $KV eval --model "$OUT/kv-vla-arm" --tasks $TASK --episodes "$EPISODES" --workers 2 --out "$OUT/eval" \
     --cache full --cache window:recent_chunks=1,budget_tokens=33 \

@@ -93,6 +93,8 @@ def test_train_from_bags_lowers_the_loss_logs_and_resumes(tmp_path):
 
     policy = load_policy(out)  # a π0 checkpoint the session and the node load
     assert policy.state_dim == 2 and policy.action_dim == 2 and policy.default_actions_per_inference == 2
+    assert policy.state_names == ["joint_0", "joint_1"]  # recorded at training: later reads go by name
+    assert policy.control_rate_hz == pytest.approx(10.0)  # the bags' frame rate (one step per frame)
     session = VLASession(policy)
     session.reset(INSTRUCTION)
     assert np.isfinite(session.step_action_chunk(np.zeros((32, 32, 3), np.uint8), np.zeros(2))).all()
@@ -110,6 +112,8 @@ def test_init_from_a_pi0_checkpoint_fine_tunes_it(tmp_path):
     from kv_vla_ros.vla.pi0 import write_pi0_checkpoint
 
     base = write_pi0_checkpoint(tmp_path / "base", num_cameras=1, state_dim=2, action_dim=2)  # 32 px, 8 px patches
+    policy_file = base / "kv_vla_policy.json"  # the base recorded its joints in the other order: read by name
+    policy_file.write_text(json.dumps({**json.loads(policy_file.read_text()), "state_names": ["joint_1", "joint_0"]}))
     write_memory_bag(tmp_path / "bag", [0, 1], steps=6, side=48)  # another frame size than the checkpoint's
     out = tmp_path / "tuned"
     proc = _train([tmp_path / "bag"], out, "--init-from", str(base), "--max-steps", "3", "--minutes", "5")
@@ -120,4 +124,5 @@ def test_init_from_a_pi0_checkpoint_fine_tunes_it(tmp_path):
                                                       after.model.state_dict().values())]
     assert any(changed)
     assert after.processor.actions_mean != before.processor.actions_mean
-    np.testing.assert_allclose(after.processor.state_mean, [0.4167, 0.5], atol=1e-3)  # (0..5)/6 and 0.5
+    np.testing.assert_allclose(after.processor.state_mean, [0.5, 0.4167], atol=1e-3)  # joint_1, joint_0 by name
+    assert after.state_names == ["joint_1", "joint_0"]

@@ -1,6 +1,11 @@
 """A bag as a stream of episodes: instruction, frames (in bag time order) and the recorded actions
 aligned to the frames they answer. Numpy + rosbags only.
 
+`iter_episode_events` reads a lockstep bag (`reads_lockstep`: the package's own, or kv_vla_node's
+labelled output) by the rules below, frame by frame, exactly as before recordings were resampled;
+any other recording goes to ``kv_vla_ros.data.recording`` (the control-rate rule of
+``kv_vla_ros.data.resample``). The rules of a lockstep bag:
+
 Episode boundaries: every message on the instruction topic starts a new episode (the simulator
 publishes one per episode, even when the text repeats); with ``reset_topic`` a message there ends
 the episode instead, and the next frame starts one with the latest instruction.
@@ -33,8 +38,10 @@ import numpy as np
 
 from kv_vla_ros.data.bagio import BagReader
 from kv_vla_ros.data.errors import BagError
-from kv_vla_ros.data.messages import (FLOAT32_ARRAY, IMAGE_TYPES, STATE_TYPES, STRING, action_source_stamp_ns,
-                                      action_vector, frame_to_rgb, header_stamp_ns, state_vector)
+from kv_vla_ros.data.commands import STATE_TYPES, state_names, state_vector
+from kv_vla_ros.data.recording import BagFrame, iter_resampled_events, recording_types
+from kv_vla_ros.data.messages import (FLOAT32_ARRAY, IMAGE_TYPES, STRING, action_source_stamp_ns, action_vector,
+                                      frame_to_rgb, header_stamp_ns)
 
 
 @dataclass
@@ -48,20 +55,17 @@ class BagTopics:
     extra_images: tuple[str, ...] = ()
     state: str | None = None
     camera_sync_slop_s: float = 0.05  # pairing by header stamp (0: arrival order, as before)
-
-
-@dataclass
-class BagFrame:
-    rgb: np.ndarray
-    bag_ns: int
-    stamp_ns: int | None  # header stamp (None or 0: unknown)
-    cameras: list[np.ndarray] | None = None  # every camera's frame (first: ``rgb``) with extra_images
-    state: np.ndarray | None = None
+    extra_actions: tuple[str, ...] = ()  # further command topics, concatenated after ``action`` in this order
+    instruction_text: str | None = None  # every episode's instruction when the bag has no instruction topic
+    control_rate_hz: float | None = None  # given by the user (--control-rate-hz)
+    default_rate_hz: float | None = None  # the checkpoint's trained rate (used when none is given)
+    state_names: tuple[str, ...] | None = None  # the checkpoint's state joints: JointState read by name
+    max_age_s: float | None = None  # oldest camera frame / state a tick takes (None: resample.AGE_FACTOR rule)
+    gap_periods: float = 5.0  # a first-camera gap of more control periods than this splits an episode
 
     @property
-    def images(self):
-        """What a policy's step takes: one frame, or the list of cameras."""
-        return self.cameras if self.cameras is not None else self.rgb
+    def action_topics(self) -> tuple[str, ...]:
+        return (self.action, *self.extra_actions) if self.action else ()
 
 
 @dataclass
@@ -97,7 +101,14 @@ def _newest_frame_before(frames: list[tuple[int, int | None]], bag_ns: int) -> i
 
 
 def check_topics(bag: BagReader, topics: BagTopics) -> dict[str, str]:
-    """Message type per role; `BagError` naming the first missing or mistyped topic."""
+    """Message type per role (lockstep) or per topic (a robot's recording); `BagError` naming the
+    first missing or mistyped topic."""
+    if not reads_lockstep(bag, topics):
+        return recording_types(bag, topics)
+    return _lockstep_types(bag, topics)
+
+
+def _lockstep_types(bag: BagReader, topics: BagTopics) -> dict[str, str]:
     types = {"image": bag.require_topic(topics.image, IMAGE_TYPES, "image")}
     if topics.reset:
         types["reset"] = bag.require_topic(topics.reset, None, "reset")
@@ -127,13 +138,14 @@ def paired_inputs(recent: dict[str, deque], stamp_ns: int | None, slop_s: float)
     ``slop_s`` (topics without one, or without stamps, are left out: the caller's fallback)."""
     if not stamp_ns or slop_s <= 0:
         return {}
+    from kv_vla_ros.data.resample import closest_within
+
     out = {}
     for topic, messages in recent.items():
-        stamped = [(abs(s - stamp_ns), msg) for s, msg in messages if s]
-        if stamped:
-            gap, msg = min(stamped, key=lambda pair: pair[0])
-            if gap <= slop_s * 1e9:
-                out[topic] = msg
+        messages = list(messages)
+        i = closest_within([s for s, _ in messages], stamp_ns, int(round(slop_s * 1e9)))
+        if i is not None:
+            out[topic] = messages[i][1]
     return out
 
 
@@ -143,12 +155,46 @@ def _bag_frame(bag: BagReader, topics: BagTopics, types: dict, extras: dict, ima
     rgb = frame_to_rgb(frame.msg, types["image"], image_size, f"bag {bag.path}: {topics.image} message #{frame.number}")
     cameras = [rgb] + [frame_to_rgb(frame.inputs[t], types[role], image_size, f"bag {bag.path}: {t}")
                        for t, role in extras.items()] if extras else None
-    state = state_vector(frame.inputs[topics.state], types["state"]) if topics.state else None
+    state = state_vector(frame.inputs[topics.state], types["state"], list(topics.state_names or []) or None,
+                         f"bag {bag.path}: {topics.state}") if topics.state else None
     return BagFrame(rgb, frame.bag_ns, frame.stamp, cameras, state)
 
 
-def iter_episode_events(bag: BagReader, topics: BagTopics, image_size: int | None,
-                        counters: dict | None = None) -> Iterator[tuple]:
+def reads_lockstep(bag: BagReader, topics: BagTopics) -> bool:
+    """Is this a lockstep bag (the package's own, or kv_vla_node's recorded output): one command
+    topic of ``Float32MultiArray`` whose actions name the frame they answer (``frame_stamp=``), and
+    an instruction topic? Then each labelled frame is a tick, exactly as before the resampling
+    rule existed; a bag without actions is read so unless a control rate is given. Anything else is
+    a robot's recording, read by `kv_vla_ros.data.recording` at the control rate."""
+    if topics.extra_actions or topics.instruction not in bag.topics:
+        return False
+    if not topics.action:
+        return topics.control_rate_hz is None
+    if bag.topics.get(topics.action, (None,))[0] != FLOAT32_ARRAY:
+        return False
+    for _, _, msg in bag.messages([topics.action]):
+        if action_vector(msg) is not None:
+            return action_source_stamp_ns(msg) is not None
+    return False
+
+
+def iter_episode_events(bag: BagReader, topics: BagTopics, image_size: int | None, counters: dict | None = None,
+                        info: dict | None = None) -> Iterator[tuple]:
+    """Yields ``("start", instruction)``, ``("frame", BagFrame)`` and ``("end", actions)`` (an object
+    whose ``aligned()`` gives each frame's recorded action): a lockstep bag (`reads_lockstep`) frame
+    by frame, any other recording at the control rate (`kv_vla_ros.data.recording`). ``info``
+    receives ``control_rate_hz``, ``state_names``, ``action_names`` and ``lockstep``."""
+    info = info if info is not None else {}
+    if reads_lockstep(bag, topics):
+        info["lockstep"] = True
+        yield from iter_lockstep_events(bag, topics, image_size, counters, info)
+    else:
+        info["lockstep"] = False
+        yield from iter_resampled_events(bag, topics, image_size, counters, info)
+
+
+def iter_lockstep_events(bag: BagReader, topics: BagTopics, image_size: int | None,
+                         counters: dict | None = None, info: dict | None = None) -> Iterator[tuple]:
     """Yields ``("start", instruction)``, ``("frame", BagFrame)`` and ``("end", EpisodeActions)``.
 
     ``counters`` (optional) receives ``frames_without_instruction`` and ``repeated_frames``.
@@ -156,8 +202,11 @@ def iter_episode_events(bag: BagReader, topics: BagTopics, image_size: int | Non
     a further camera or state message received after it but stamped with its header stamp (two
     topics over DDS arrive in either order) is then its input, not the next frame's.
     """
-    types = check_topics(bag, topics)
+    types = _lockstep_types(bag, topics)
     counters = counters if counters is not None else {}
+    info = info if info is not None else {}
+    info.update(control_rate_hz=topics.control_rate_hz or _frame_rate(bag, topics.image), action_names=None,
+                state_names=list(topics.state_names) if topics.state_names else None)
     for name in ("frames_without_instruction", "repeated_frames", "frames_missing_inputs"):
         counters.setdefault(name, 0)
     extras = {topic: f"camera{i + 1}" for i, topic in enumerate(topics.extra_images)}
@@ -200,6 +249,8 @@ def iter_episode_events(bag: BagReader, topics: BagTopics, image_size: int | Non
             yield from flush()
             pending = _PendingFrame(msg, bag_ns, stamp, n_frames, {t: latest[t] for t in inputs if t in latest})
         elif topic in inputs:
+            if topic == topics.state and info.get("state_names") is None:
+                info["state_names"] = state_names(msg, types["state"])
             latest[topic] = msg
             recent[topic].append((header_stamp_ns(msg), msg))
             if pending is not None and pending.stamp and header_stamp_ns(msg) == pending.stamp:
@@ -230,4 +281,12 @@ def iter_episode_events(bag: BagReader, topics: BagTopics, image_size: int | Non
         raise BagError(f"bag {bag.path}: image topic {topics.image} has no readable frames")
 
 
-__all__ = ["BagTopics", "BagFrame", "EpisodeActions", "check_topics", "iter_episode_events", "paired_inputs"]
+def _frame_rate(bag: BagReader, topic: str) -> float | None:
+    """The first camera's measured rate from its bag times (a lockstep bag steps once per frame)."""
+    from kv_vla_ros.data.resample import measured_rate_hz
+
+    return measured_rate_hz([stamp for _, stamp, _ in bag.raw_messages([topic])])
+
+
+__all__ = ["BagTopics", "BagFrame", "EpisodeActions", "check_topics", "iter_episode_events", "iter_lockstep_events",
+           "paired_inputs", "reads_lockstep"]

@@ -164,7 +164,8 @@ def replay_bag(bag_path, model, configs: list[tuple[str, object]], topics: BagTo
     instructions: list[str] = []
     step_index = 0
     with BagReader(bag_path) as bag:
-        for kind, payload in iter_episode_events(bag, topics, policy.frame_size, counters):
+        info: dict = {}
+        for kind, payload in iter_episode_events(bag, topics, policy.frame_size, counters, info):
             if kind == "start":
                 if max_episodes is not None and len(instructions) >= max_episodes:
                     break
@@ -184,7 +185,8 @@ def replay_bag(bag_path, model, configs: list[tuple[str, object]], topics: BagTo
                 for run in runs:
                     run.tokens_seen_end.append(int(run.session.stats()["tokens_seen"]))
         meta = {"bag": str(bag.path), "bag_duration_s": bag.duration_ns / 1e9,
-                "typestore": bag.store_name, "ros_distro": bag.distro}
+                "typestore": bag.store_name, "ros_distro": bag.distro, "lockstep": info.get("lockstep"),
+                "control_rate_hz": info.get("control_rate_hz")}
     if step_index == 0:
         raise BagError(f"bag {bag_path}: no frame follows an instruction on {topics.instruction}; nothing to evaluate")
     recorded = recorded[: len(instructions)]
@@ -228,8 +230,9 @@ def merge_replays(replays: list[BagReplay], model, topics: BagTopics | None, flo
                 "bag_duration_s": sum(r.meta["bag_duration_s"] for r in replays),
                 "typestore": ", ".join(sorted({r.meta["typestore"] for r in replays})),
                 "ros_distro": ", ".join(sorted({str(r.meta["ros_distro"]) for r in replays})),
-                **{k: sum(r.meta[k] for r in replays) for k in replays[0].meta  # episodes, steps, counters
-                   if k not in ("bag", "bag_duration_s", "typestore", "ros_distro")}}
+                **{k: sum(r.meta.get(k, 0) for r in replays)  # episodes, steps, counters (a reader's own ones too)
+                   for k in dict.fromkeys(k for r in replays for k in r.meta)
+                   if k not in ("bag", "bag_duration_s", "typestore", "ros_distro", "lockstep", "control_rate_hz")}}
     meta.update({"image_topic": topics.image, "extra_image_topics": list(topics.extra_images),
                  "state_topic": topics.state, "instruction_topic": topics.instruction,
                  "action_topic": topics.action, "reset_topic": topics.reset, "policy_type": policy.model_type,

@@ -40,10 +40,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
                         help="robot state: sensor_msgs/JointState (positions) or std_msgs/Float32MultiArray")
     parser.add_argument("--instruction-topic", default="/instruction",
                         help="std_msgs/String; each message starts an episode")
-    parser.add_argument("--action-topic", default="/action",
-                        help="recorded std_msgs/Float32MultiArray actions ('' if the bag has none)")
-    parser.add_argument("--reset-topic", default=None,
-                        help="split episodes at messages on this topic instead of at instructions")
+    from kv_vla_ros.data.topic_flags import add_recording_arguments
+
+    add_recording_arguments(parser, "recorded commands ('' if the bag has none)")
     parser.add_argument("--max-episodes", type=int, default=None, help="stop after this many episodes (per bag)")
     parser.add_argument("--flops-every", type=int, default=25, help="count FLOPs on every N-th inference (0: never)")
     parser.add_argument("--actions-per-inference", type=int, default=None,
@@ -58,20 +57,16 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 @cli_errors("bag eval")
 def run(args: argparse.Namespace) -> int:
-    from kv_vla_ros.data.bagio import BagReader, normalize_topic
-    from kv_vla_ros.data.episodes import BagTopics, check_topics
+    from dataclasses import replace
+
+    from kv_vla_ros.data.bagio import BagReader
+    from kv_vla_ros.data.episodes import check_topics
+    from kv_vla_ros.data.topic_flags import bag_topics
     from kv_vla_ros.eval.bag_eval import build_configs, check_inputs, merge_replays, replay_item
     from kv_vla_ros.eval.bag_report import markdown_table, write_report
     from kv_vla_ros.parallel.runner import Runner, runner_config
 
-    images = [normalize_topic(t, "--image-topic") for t in (args.image_topic or ["/image"])]
-    topics = BagTopics(
-        image=images[0], extra_images=tuple(images[1:]),
-        state=normalize_topic(args.state_topic, "--state-topic") if args.state_topic else None,
-        instruction=normalize_topic(args.instruction_topic, "--instruction-topic"),
-        action=normalize_topic(args.action_topic, "--action-topic") if args.action_topic else None,
-        reset=normalize_topic(args.reset_topic, "--reset-topic") if args.reset_topic else None,
-        camera_sync_slop_s=args.camera_sync_slop_s)
+    topics = bag_topics(args, camera_sync_slop_s=args.camera_sync_slop_s)
     if args.camera_sync_slop_s < 0:
         raise ValueError(f"--camera-sync-slop-s: must be >= 0, got {args.camera_sync_slop_s}")
     if args.max_episodes is not None and args.max_episodes < 1:
@@ -94,6 +89,9 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError(f"--model: no checkpoint at {model_path} (expected config.json there)")
     model = load_policy(str(model_path))  # the package's own VLA or π0, by config.json model_type
     configs = build_configs(model, args.cache or ["full"])  # a bad spec fails before the bag is read
+    names = getattr(model, "state_names", None)  # the checkpoint's joints and rate: JointState read by name
+    topics = replace(topics, state_names=tuple(names) if names else None,
+                     default_rate_hz=getattr(model, "control_rate_hz", None))
     check_inputs(model, topics)
     t0 = time.perf_counter()
     items = [(str(path), configs, topics, args.flops_every, args.max_episodes, args.actions_per_inference)

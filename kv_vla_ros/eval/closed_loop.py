@@ -63,6 +63,19 @@ def check_fits(robot, policy) -> None:
                          f"positions); this checkpoint takes {policy.state_dim}")
 
 
+def state_order(robot, policy) -> list[int] | None:
+    """Indices that put ``robot.state()`` in the order of the joints the checkpoint was trained on
+    (its recorded ``state_names``; a robot's recording may list them in its driver's order); None
+    when they already agree or either side has no names. ValueError naming a joint the robot lacks."""
+    want, have = getattr(policy, "state_names", None), getattr(robot, "state_names", None)
+    if not want or not have or list(want) == list(have):
+        return None
+    missing = [n for n in want if n not in have]
+    if missing:
+        raise ValueError(f"model: its state joint {missing[0]!r} is not one of {robot.task}'s ({', '.join(have)})")
+    return [list(have).index(n) for n in want]
+
+
 def episode_probe(robot):
     """What follows the memory facts of an episode (the cue's frames, the decision): the MiniGrid
     Memory probe, the arm's own, or None for a task without a cue (BabyAI)."""
@@ -120,6 +133,7 @@ def run_episode(robot, session, seed: int, delay_steps: int = 0, merge_rule: str
     session.reset(instruction)
     probe = episode_probe(robot)
     wants_state = session.policy.state_dim > 0
+    order = state_order(robot, session.policy)
     held, cue_held_at, cue_chunks, lat, policy_ms, scoring_ms = [], [], [], [], [], []
     commands, sources = [], []
     bytes_max = 0
@@ -129,7 +143,8 @@ def run_episode(robot, session, seed: int, delay_steps: int = 0, merge_rule: str
             # what the step's attention can read: held after the previous inference's eviction
             probe.observe(len(held))
             cue_held_at.append(cue_chunk_held(st, cue_chunks, session.steps))
-        if chunks.maybe_infer(len(held), frame, robot.state() if wants_state else None):
+        state = robot.state() if wants_state else None
+        if chunks.maybe_infer(len(held), frame, state[order] if state is not None and order else state):
             if probe is not None and probe.cue_steps and probe.cue_steps[-1] == len(held):
                 cue_chunks.append(session.steps - 1)  # this frame showed the cue: so does its chunk
             timings = session.stats()["latency_ms"]

@@ -72,12 +72,14 @@ def run(args: argparse.Namespace) -> int:
     from kv_vla_ros.eval import closed_loop_cli
 
     out = Path(args.out)
-    eval_args = argparse.Namespace(model=args.model, tasks=args.tasks, episodes=args.episodes,
-                                   cache=grid_specs(args.fractions), max_steps=args.max_steps, seed_offset=0,
-                                   threads=args.threads, out=str(out), no_progress=args.no_progress)
-    for name, value in vars(args).items():  # options the evaluator grew (e.g. --workers) pass through
-        if not hasattr(eval_args, name):
+    # `kv-vla eval`'s own defaults for every option it has (so a new one needs no change here), then ours
+    parser = argparse.ArgumentParser()
+    closed_loop_cli.configure(parser)
+    eval_args = parser.parse_args(["--out", str(out)])
+    for name, value in vars(args).items():
+        if hasattr(eval_args, name):
             setattr(eval_args, name, value)
+    eval_args.cache, eval_args.seed_offset = grid_specs(args.fractions), 0
     rc = closed_loop_cli.run(eval_args)
     if rc:
         return rc

@@ -7,6 +7,7 @@ import argparse
 import sys
 
 from kv_vla_ros.data.errors import cli_errors
+from kv_vla_ros.data.topic_flags import add_recording_arguments, bag_topics
 
 
 def add_bag_topic_arguments(group) -> None:
@@ -16,38 +17,22 @@ def add_bag_topic_arguments(group) -> None:
     group.add_argument("--state-topic", default=None, help="JointState (positions) or Float32MultiArray state topic")
     group.add_argument("--instruction-topic", default="/instruction",
                        help="std_msgs/String; each message starts an episode")
-    group.add_argument("--action-topic", default="/action", help="commanded actions, std_msgs/Float32MultiArray")
-    group.add_argument("--reset-topic", default=None, help="split episodes at messages here instead of at instructions")
-    group.add_argument("--control-rate-hz", type=float, default=None,
-                       help="resample the steps by header stamp to this rate (default: one step per frame)")
+    add_recording_arguments(group)
 
 
-def read_bag_data(args: argparse.Namespace, image_size: int | None = None, check=None):
+def read_bag_data(args: argparse.Namespace, image_size: int | None = None, check=None, policy=None):
     """``BagDataset`` of ``args.bags`` (refusals printed, one line each, on stderr; ``check``: see
-    ``read_bags``)."""
+    ``read_bags``; ``policy``: the checkpoint trained on, whose joint names and rate apply)."""
     from kv_vla_ros.data.bagio import bag_paths
     from kv_vla_ros.train.bag_episodes import read_bags
 
-    data = read_bags(bag_paths(args.bags), bag_topics(args), image_size=image_size,
+    data = read_bags(bag_paths(args.bags), bag_topics(args, policy), image_size=image_size,
                      control_rate_hz=args.control_rate_hz, progress=not args.no_progress,
                      log=lambda line: print(line, file=sys.stderr, flush=True), check=check)
     steps = sum(len(e) for e in data.episodes)
     print(f"{len(data.episodes)} episodes, {steps} steps from {len(args.bags)} path(s); "
           f"{len(data.refused)} bag(s) refused", flush=True)
     return data
-
-
-def bag_topics(args: argparse.Namespace):
-    """``BagTopics`` from the flags (``kv-vla bag eval``'s names and defaults)."""
-    from kv_vla_ros.data.bagio import normalize_topic
-    from kv_vla_ros.data.episodes import BagTopics
-
-    images = [normalize_topic(t, "--image-topic") for t in (args.image_topic or ["/image"])]
-    return BagTopics(image=images[0], extra_images=tuple(images[1:]),
-                     state=normalize_topic(args.state_topic, "--state-topic") if args.state_topic else None,
-                     instruction=normalize_topic(args.instruction_topic, "--instruction-topic"),
-                     action=normalize_topic(args.action_topic, "--action-topic"),
-                     reset=normalize_topic(args.reset_topic, "--reset-topic") if args.reset_topic else None)
 
 
 def train_config(args: argparse.Namespace):
@@ -88,20 +73,27 @@ def run_bags(args: argparse.Namespace) -> int:
     from kv_vla_ros.train.pi0_train import train_pi0
 
     cfg = train_config(args)
-    size = None
+    size = base = None
     if cfg.init_from:
+        from kv_vla_ros.vla import load_policy
         from kv_vla_ros.vla.pi0.processing import load_processor
 
         size = load_processor(cfg.init_from).image_processor.size.get("max_height")
+        base = load_policy(cfg.init_from)
     if data_parallel(args):
-        return run_bags_parallel(args, cfg, size)
-    data = read_bag_data(args, size)
+        return run_bags_parallel(args, cfg, size, base)
+    data = read_bag_data(args, size, policy=base)
+    cfg.state_names, cfg.action_names = data.info.get("state_names"), data.info.get("action_names")
+    cfg.control_rate_hz = data.info.get("control_rate_hz")
     train_pi0(cfg, data.episodes, args.out, resume=args.resume, progress_bar=not args.no_progress)
     return 0
 
 
-def run_bags_parallel(args: argparse.Namespace, cfg, image_size: int | None) -> int:
-    """``--workers N`` / ``--ray-address``: π0 trained data-parallel (``kv_vla_ros.train.pi0_parallel``)."""
+def run_bags_parallel(args: argparse.Namespace, cfg, image_size: int | None, policy=None) -> int:
+    """``--workers N`` / ``--ray-address``: π0 trained data-parallel (``kv_vla_ros.train.pi0_parallel``).
+    The bags are read with the same topics and rule as one process (``policy``: the checkpoint trained
+    on, whose joint names and rate apply); the names and rate a recording declares are not yet
+    written into the checkpoint on this path (they are on the one-process path)."""
     import json
     from pathlib import Path
 
@@ -116,7 +108,8 @@ def run_bags_parallel(args: argparse.Namespace, cfg, image_size: int | None) -> 
         raise ValueError(f"--resume: no checkpoint in {out / 'checkpoint'}")
     out.mkdir(parents=True, exist_ok=True)
     poll = log_progress(out, cfg.max_steps, not args.no_progress)
-    work = (cfg, bags, bag_topics(args), image_size, args.control_rate_hz, str(out), args.resume, args.cache_episodes)
+    work = (cfg, bags, bag_topics(args, policy), image_size, args.control_rate_hz, str(out), args.resume,
+            args.cache_episodes)
     try:
         placement: list = []
         ranks = run_data_parallel(train_worker, work, RunnerConfig(workers=args.workers, ray_address=args.ray_address),

@@ -16,7 +16,10 @@ Rules (all from ``kv_vla_ros.data.episodes``, restated here because training dep
   that frame; a frame for which one has none yet is skipped. Recorded actions go to the frame
   whose header stamp their ``frame_stamp=`` label names (the policy node's and ``bag generate``'s
   convention), an unlabelled action to the newest frame before it that has none yet.
-- **Control rate**: with ``control_rate_hz`` the steps are resampled by header stamp: a frame is
+- **A robot's own recording** (any bag that is not lockstep, ``kv_vla_ros.data.episodes.reads_lockstep``):
+  resampled to the control rate by ``kv_vla_ros.data.resample``'s rule (``docs/bags.md``); the
+  first bag's state joint names and control rate then hold for the others (joints read by name).
+- **Control rate** (lockstep bags): with ``control_rate_hz`` the steps are resampled by header stamp: a frame is
   kept when its stamp is at least one control period after the last kept one (a camera faster
   than the controller gives one step per period; the action of the kept frame is the command).
 - **Missing actions**: a frame with no recorded action repeats the previous step's action (the
@@ -26,7 +29,7 @@ Rules (all from ``kv_vla_ros.data.episodes``, restated here because training dep
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -59,6 +62,7 @@ class BagDataset:
     episodes: list[RecordedEpisode] = field(default_factory=list)
     refused: list[str] = field(default_factory=list)
     counters: dict[str, int] = field(default_factory=dict)
+    info: dict = field(default_factory=dict)  # control_rate_hz, state_names, action_names (the first bag's)
 
 
 def _finish(instruction, frames, states, actions, source, min_steps, counters) -> RecordedEpisode | None:
@@ -77,9 +81,9 @@ def _finish(instruction, frames, states, actions, source, min_steps, counters) -
 
 
 def read_bag(path: str | Path, topics: BagTopics, image_size: int | None = None, control_rate_hz: float | None = None,
-             min_steps: int = 2, counters: dict | None = None) -> list[RecordedEpisode]:
+             min_steps: int = 2, counters: dict | None = None, info: dict | None = None) -> list[RecordedEpisode]:
     """Every episode of one bag; ``BagError`` (naming the bag and topic) for a bag that cannot train."""
-    out = list(iter_bag_episodes(path, topics, image_size, control_rate_hz, min_steps, counters))
+    out = list(iter_bag_episodes(path, topics, image_size, control_rate_hz, min_steps, counters, info))
     if not out:
         raise BagError(f"bag {path}: no episode with at least {min_steps} steps and recorded actions on "
                        f"{topics.action}")
@@ -87,8 +91,11 @@ def read_bag(path: str | Path, topics: BagTopics, image_size: int | None = None,
 
 
 def iter_bag_episodes(path: str | Path, topics: BagTopics, image_size: int | None = None,
-                      control_rate_hz: float | None = None, min_steps: int = 2, counters: dict | None = None):
-    """The episodes of one bag, one at a time as the bag is read (never the whole bag in memory)."""
+                      control_rate_hz: float | None = None, min_steps: int = 2, counters: dict | None = None,
+                      info: dict | None = None):
+    """The episodes of one bag, one at a time as the bag is read (never the whole bag in memory);
+    ``info`` (optional) receives what the reader learnt of the recording (control rate, state and
+    action names)."""
     if topics.action is None:
         raise BagError(f"bag {path}: training needs the commanded actions (an action topic)")
     counters = counters if counters is not None else {}
@@ -96,7 +103,7 @@ def iter_bag_episodes(path: str | Path, topics: BagTopics, image_size: int | Non
     found = 0
     with BagReader(path) as bag:
         instruction, frames, states, stamps, last_kept = None, [], [], [], None
-        for kind, item in iter_episode_events(bag, topics, image_size, counters):
+        for kind, item in iter_episode_events(bag, topics, image_size, counters, info):
             if kind == "start":
                 instruction, frames, states, stamps, last_kept = item, [], [], [], None
             elif kind == "frame":
@@ -130,8 +137,9 @@ def read_bags(paths: list[Path], topics: BagTopics, image_size: int | None = Non
     same way, before the bags are compared. ``ValueError`` when no bag is usable."""
     data = BagDataset()
     for path in progress_bar(paths, desc="read bags", unit="bag", disable=not progress):
+        info: dict = {}
         try:
-            episodes = read_bag(path, topics, image_size, control_rate_hz, min_steps, data.counters)
+            episodes = read_bag(path, topics, image_size, control_rate_hz, min_steps, data.counters, info)
             if check is not None:
                 check(path, episodes)
         except BagError as exc:
@@ -145,9 +153,17 @@ def read_bags(paths: list[Path], topics: BagTopics, image_size: int | None = Non
             log(f"refused: {line}")
             continue
         data.episodes.extend(episodes)
+        if not data.info:  # the first bag's names and rate hold for the others: joints read by name, same rate
+            data.info = info
+            topics = replace(topics, state_names=topics.state_names or _tuple(info.get("state_names")),
+                             default_rate_hz=topics.default_rate_hz or info.get("control_rate_hz"))
     if not data.episodes:
         raise ValueError(f"--bags: no usable bag among {len(paths)} ({len(data.refused)} refused)")
     return data
+
+
+def _tuple(names):
+    return tuple(names) if names else None
 
 
 def episode_signature(ep: RecordedEpisode) -> str:

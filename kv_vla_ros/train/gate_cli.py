@@ -51,7 +51,7 @@ def run_bags(args: argparse.Namespace) -> int:
     policy = load_policy(args.model, dtype="float32")
     if policy.model_type != "pi0":
         raise ValueError(f"--model: --bags trains the gate of a π0 checkpoint, {args.model} is {policy.model_type}")
-    data = read_bag_data(args, policy.image_size)
+    data = read_bag_data(args, policy.image_size, policy=policy)
     episodes = data.episodes[: args.max_episodes] if args.max_episodes else data.episodes
     recent = policy.default_cache_config().recent_chunks if args.recent_chunks is None else args.recent_chunks
     # --bags: in-process unless --workers/--ray-address ask for more (the default path stays one process)

@@ -176,7 +176,7 @@ def run_own_bags(args: argparse.Namespace, cfg) -> int:
     space = action_space(cfg, Path(args.out), args.resume, args.action_bins)
     if data_parallel(args):
         return run_own_bags_parallel(args, cfg, space)
-    data = read_bag_data(args, check=action_check(space, args.action_topic))
+    data = read_bag_data(args, check=action_check(space, ", ".join(args.action_topic or ["/action"])))
     if space is None:  # a new binned action space, from the bags that were read
         space = binned_space(data.episodes, args.action_bins)
         cfg.vla = {**cfg.vla, "action": dataclasses.asdict(space)}

@@ -78,6 +78,10 @@ class PI0TrainConfig:
     log_every: int = 10
     seed: int = 0
     threads: int = 2
+    # what the bags gave (recorded in the checkpoint): state joints, action dimensions, control rate
+    state_names: list[str] | None = None
+    action_names: list[str] | None = None
+    control_rate_hz: float | None = None
 
 
 def bag_statistics(episodes: list[RecordedEpisode]) -> dict[str, list[float]]:
@@ -127,8 +131,17 @@ def build_policy(cfg: PI0TrainConfig, episodes: list[RecordedEpisode], stats: di
     for k, v in stats.items():
         setattr(processor, k, [max(x, 1e-3) for x in v] if k.endswith("std") else v)
     pcfg = PI0PolicyConfig(num_cameras=cams, max_cameras=max(3, cams), state_dim=state_dim, action_dim=action_dim,
-                           actions_per_inference=cfg.actions_per_inference, num_inference_steps=cfg.num_inference_steps)
+                           actions_per_inference=cfg.actions_per_inference, num_inference_steps=cfg.num_inference_steps,
+                           state_names=_names(cfg.state_names, state_dim),
+                           action_names=_names(cfg.action_names, action_dim),
+                           control_rate_hz=cfg.control_rate_hz)
     return PI0Policy(model.float(), processor, pcfg)
+
+
+def _names(names: list[str] | None, dim: int) -> list[str] | None:
+    """Names to record when they fit the dimension (and are distinct), else None."""
+    names = list(names) if names else None
+    return names if names and len(names) == dim and len(set(names)) == dim else None
 
 
 @dataclass

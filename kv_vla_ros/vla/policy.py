@@ -85,6 +85,8 @@ class StreamingPolicy:
     discrete = False
     num_actions = 0
     action_names: list[str] | None = None
+    state_names: list[str] | None = None  # the state's joints as trained (JointState read by name)
+    control_rate_hz: float | None = None  # the rate of the recordings it was trained on
     frame_size: int | None = None
     supports_guide = False  # a flow policy whose sampling real-time chunking can guide (``guide=``)
 

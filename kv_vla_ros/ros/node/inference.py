@@ -5,7 +5,8 @@ Inputs: the first camera's newest frame (it drives the steps: each inference tak
 that no inference used yet, and an older untaken one is dropped and counted), the last frames of
 every further camera, and the last robot states. Further cameras and the state are paired with the
 first camera's frame by header stamp (`pair_frame`: the closest within ``sync_slop_s``, an
-approximate-time rule, waiting up to ``sync_slop_s`` for a message at or after the frame's stamp),
+approximate-time rule implemented once in ``kv_vla_ros.data.resample.closest_within``, which the
+lockstep bag reader uses too, waiting up to ``sync_slop_s`` for a message at or after the frame's stamp),
 so that inputs sharing a stamp are never paired one message apart by arrival order: topics arrive
 in either order, and an executor that finds two ready runs them in its own order. The state falls
 back to the newest when it carries no stamp or none is close (a robot whose clocks disagree still
@@ -21,6 +22,7 @@ from typing import Any, Callable
 
 import numpy as np
 
+from kv_vla_ros.data.resample import closest_within
 from kv_vla_ros.ros.node.control import RollingStats
 
 POLL_S = 0.05  # re-check of time-dependent conditions (input freshness) while frames wait
@@ -53,10 +55,14 @@ def pair_frame(frames, stamp, slop_s: float, waited_s: float = float("inf")):
         return frames[-1]
     if newest < target and waited_s < slop_s:
         return None
-    best = min(frames, key=lambda f: abs((stamp_seconds(f[1]) or float("inf")) - target))
-    if abs((stamp_seconds(best[1]) or float("inf")) - target) <= slop_s:
-        return best
+    best = closest_within([_stamp_ns(f[1]) for f in frames], _stamp_ns(stamp), int(round(slop_s * 1e9)))
+    if best is not None:
+        return frames[best]
     return "unpaired" if newest > target + slop_s else None
+
+
+def _stamp_ns(stamp) -> int | None:
+    return int(stamp[0]) * 1_000_000_000 + int(stamp[1]) if stamp is not None and tuple(stamp) != (0, 0) else None
 
 
 def pair_state(states, stamp, slop_s: float, waited_s: float):

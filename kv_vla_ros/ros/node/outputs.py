@@ -7,6 +7,14 @@
 | ``twist`` | ``cmd_vel`` | geometry_msgs/Twist | the twist adapter's linear.x / angular.z | a zero twist |
 | ``twist_stamped`` | ``cmd_vel`` | geometry_msgs/TwistStamped | the same, stamped, ``twist.frame_id`` | a zero twist |
 | ``trajectory`` | ``joint_trajectory`` | trajectory_msgs/JointTrajectory | a plan (below) | an empty trajectory |
+| ``float64_multi_array`` | ``forward_position_controller/commands`` | std_msgs/Float64MultiArray | the action | below |
+
+``float64_multi_array`` is what forward_command_controller takes: one value per joint, unlabelled.
+Its stop (``forward_command_stop``), sent once per stop: ``hold``, the command last sent again (a
+position controller stays where it is; nothing if none was sent), or ``zeros`` (a velocity or
+effort controller stops).
+
+``output_topic`` names another topic for any of them (e.g. ``/forward_velocity_controller/commands``).
 
 A trajectory is sent when a plan starts (a chunk was queued): this tick's action and the queued
 rest, one point per action at ``time_from_start`` (k + 1) x the control period, positions only
@@ -19,13 +27,15 @@ from __future__ import annotations
 
 from builtin_interfaces.msg import Duration
 from geometry_msgs.msg import Twist, TwistStamped
-from std_msgs.msg import Float32MultiArray, MultiArrayDimension
+from std_msgs.msg import Float32MultiArray, Float64MultiArray, MultiArrayDimension
 from trajectory_msgs.msg import JointTrajectory, JointTrajectoryPoint
 
 from kv_vla_ros.ros.node.control import CHUNK_INDEX_PREFIX, format_source_stamp
 
-OUTPUTS = ("twist", "twist_stamped", "trajectory")
-TOPICS = {"twist": "cmd_vel", "twist_stamped": "cmd_vel", "trajectory": "joint_trajectory"}
+OUTPUTS = ("twist", "twist_stamped", "trajectory", "float64_multi_array")
+TOPICS = {"twist": "cmd_vel", "twist_stamped": "cmd_vel", "trajectory": "joint_trajectory",
+          "float64_multi_array": "forward_position_controller/commands"}
+FORWARD_STOPS = ("hold", "zeros")
 
 
 def check_output(kind: str, joint_names: list[str], action_dim: int, discrete: bool) -> list[str]:
@@ -33,6 +43,9 @@ def check_output(kind: str, joint_names: list[str], action_dim: int, discrete: b
     if kind not in OUTPUTS:
         raise ValueError(f"action_output: expected one of {', '.join(OUTPUTS)}, got {kind!r}")
     names = [n for n in joint_names if n]
+    if kind == "float64_multi_array" and discrete:
+        raise ValueError("action_output: float64_multi_array needs continuous actions (one value per joint); this "
+                         "checkpoint's are discrete action ids")
     if kind != "trajectory":
         return names
     if discrete:
@@ -63,15 +76,21 @@ def trajectory_msg(plan, joint_names: list[str], period_s: float) -> JointTrajec
 class CommandOutputs:
     """The node's command publishers (lifecycle publishers: silent unless active)."""
 
-    def __init__(self, node, kind: str, joint_names: list[str], twist_adapter, chunked: bool):
+    def __init__(self, node, kind: str, joint_names: list[str], twist_adapter, chunked: bool, topic: str = "",
+                 forward_stop: str = "hold"):
+        if forward_stop not in FORWARD_STOPS:
+            raise ValueError(f"forward_command_stop: expected one of {', '.join(FORWARD_STOPS)}, got {forward_stop!r}")
         self.node, self.kind, self.joint_names = node, kind, joint_names
         self.twist, self.chunked = twist_adapter, chunked
         self.frame_id = "base_link"
+        self.forward_stop = forward_stop
         # depth 100: a lockstep consumer (a simulator) starved for a few seconds loses no new row
         self.action_pub = node.create_lifecycle_publisher(Float32MultiArray, "action", 100)
-        msg_type = {"twist": Twist, "twist_stamped": TwistStamped, "trajectory": JointTrajectory}[kind]
-        self.output_pub = node.create_lifecycle_publisher(msg_type, TOPICS[kind], 10)
-        self._stopped = False  # trajectory: the stop was sent (sent once per stop)
+        msg_type = {"twist": Twist, "twist_stamped": TwistStamped, "trajectory": JointTrajectory,
+                    "float64_multi_array": Float64MultiArray}[kind]
+        self.output_pub = node.create_lifecycle_publisher(msg_type, topic or TOPICS[kind], 10)
+        self._stopped = False  # trajectory / float64_multi_array: the stop was sent (sent once per stop)
+        self._last_forward: list[float] | None = None  # float64_multi_array: the command last sent
         self.trajectories = 0
 
     def destroy(self) -> None:
@@ -90,6 +109,9 @@ class CommandOutputs:
                 self._send_trajectory(cmd.plan if cmd.plan is not None else cmd.action[None], period_s)
                 self._stopped = False
             return
+        if self.kind == "float64_multi_array":
+            self._publish_forward(cmd.action)
+            return
         lin, ang = self.twist(cmd.action)
         twist = Twist()
         twist.linear.x, twist.angular.z = lin, ang
@@ -105,6 +127,22 @@ class CommandOutputs:
 
         self._stopped = False  # always send it: this is the node's last word (deactivate, shutdown)
         self.publish(ControlCommand(None, None, "stop"), period_s)
+
+    def _publish_forward(self, action) -> None:
+        """forward_command_controller's command; its stop is sent once per stop (hold: the command
+        last sent again, nothing if none was; zeros: a zero per joint)."""
+        if action is not None:
+            self._last_forward = [float(v) for v in action]
+            self._stopped = False
+            self.output_pub.publish(Float64MultiArray(data=self._last_forward))
+            return
+        if self._stopped:
+            return
+        self._stopped = True
+        if self.forward_stop == "zeros" and self._last_forward is not None:
+            self.output_pub.publish(Float64MultiArray(data=[0.0] * len(self._last_forward)))
+        elif self._last_forward is not None:
+            self.output_pub.publish(Float64MultiArray(data=self._last_forward))
 
     def _send_trajectory(self, plan, period_s: float) -> None:
         self.output_pub.publish(trajectory_msg(plan, self.joint_names, period_s))
@@ -122,4 +160,4 @@ class CommandOutputs:
         self.action_pub.publish(msg)
 
 
-__all__ = ["CommandOutputs", "OUTPUTS", "TOPICS", "check_output", "trajectory_msg"]
+__all__ = ["CommandOutputs", "FORWARD_STOPS", "OUTPUTS", "TOPICS", "check_output", "trajectory_msg"]

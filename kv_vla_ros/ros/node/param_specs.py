@@ -120,8 +120,9 @@ class NodeSettings:
                                         bounds=(0.0, 10.0))
     state_joint_names: list[str] = setting(help="JointState state: the joints the checkpoint's state takes, in its "
                                            "order, picked from each message by name (a missing name rejects the "
-                                           "message: the state goes stale, named in diagnostics); [\"\"]: "
-                                           "JointState.position in message order", applies=RESTART,
+                                           "message: the state goes stale, named in diagnostics); [\"\"]: the "
+                                           "joints the checkpoint recorded (state_names in kv_vla_policy.json), "
+                                           "else JointState.position in message order", applies=RESTART,
                                            default_factory=lambda: [""])
     instruction: str = setting("", "instruction to start with when none arrives on the instruction topic; setting "
                                "it starts a new episode")
@@ -161,9 +162,17 @@ class NodeSettings:
                                     "stop (the stop command of action_output) or hold (the command last sent, "
                                     "repeated)", param="safety.on_reject")
     action_output: str = setting("twist", "published besides the action array: twist (geometry_msgs/Twist on "
-                                 "cmd_vel), twist_stamped (geometry_msgs/TwistStamped on cmd_vel) or trajectory "
+                                 "cmd_vel), twist_stamped (geometry_msgs/TwistStamped on cmd_vel), trajectory "
                                  "(trajectory_msgs/JointTrajectory on joint_trajectory, positions only, one point "
-                                 "per queued action)", applies=RESTART)
+                                 "per queued action) or float64_multi_array (std_msgs/Float64MultiArray on "
+                                 "forward_position_controller/commands: what forward_command_controller takes)",
+                                 applies=RESTART)
+    output_topic: str = setting("", "topic of action_output (empty: its default above; e.g. "
+                                "/forward_velocity_controller/commands)", applies=RESTART)
+    forward_command_stop: str = setting("hold", "action_output float64_multi_array: the stop, sent once per stop: "
+                                        "hold (the command last sent again: a position controller stays where it "
+                                        "is) or zeros (a zero per joint: a velocity or effort controller stops)",
+                                        applies=RESTART)
     joint_names: list[str] = setting(help="action_output trajectory: the joint name of every action dimension, in "
                                      "order", applies=RESTART, default_factory=lambda: [""])
     twist_frame_id: str = setting("base_link", "action_output twist_stamped: header.frame_id",

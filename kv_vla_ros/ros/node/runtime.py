@@ -98,9 +98,15 @@ class NodeRuntime:
             raise StartupError(f"bad parameter: {exc}") from None
         self.twist = TwistAdapter(self.discrete, p["twist.discrete_linear"], p["twist.discrete_angular"],
                                   p["twist.linear_index"], p["twist.angular_index"], p["max_linear"], p["max_angular"])
-        self.outputs = CommandOutputs(node, p["action_output"], joint_names, self.twist, policy.action_chunk_length > 1)
+        try:
+            self.outputs = CommandOutputs(node, p["action_output"], joint_names, self.twist,
+                                          policy.action_chunk_length > 1, p["output_topic"], p["forward_command_stop"])
+        except ValueError as exc:
+            raise StartupError(f"bad parameter: {exc}") from None
         self.outputs.frame_id = p["twist.frame_id"]
         self.max_pixels = p["max_image_pixels"]
+        if not self.state_joint_names:  # the joints the checkpoint recorded at training: a JointState read by name
+            self.state_joint_names = list(getattr(policy, "state_names", None) or [])
         self.tick_interval_ms = RollingStats()
         self.ticks, self._last_tick, self._last_state, self.last_cmd = 0, None, "", None
         self._stamp_lock = threading.Lock()

@@ -18,7 +18,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from kv_vla_ros.sim.arm.scene import CUE_COLOURS, FINGER_CLOSED, FINGER_OPEN, LAMP_OFF, PAD_RADIUS, ArmScene, Camera
+from kv_vla_ros.sim.arm.scene import (CUE_COLOURS, FINGER_CLOSED, FINGER_OPEN, LAMP_OFF, PAD_RADIUS, STATE_JOINT_NAMES,
+                                      ArmScene, Camera)
 from kv_vla_ros.sim.arm.task import (
     ACTION_DIM,
     ACTION_NAMES,
@@ -73,6 +74,7 @@ class ArmRobot(EpisodeFlags):
     action_dim = ACTION_DIM
     state_dim = STATE_DIM
     action_names = ACTION_NAMES
+    state_names = STATE_JOINT_NAMES  # the joints of ``state()``, in its order
     num_actions = 0  # continuous: no action ids
 
     def __init__(self, task: str, frame_size: int = 64, max_steps: int | None = None):

@@ -38,6 +38,8 @@ class PI0PolicyConfig:
         max_prompt_tokens: longest prompt (each step's chunk holds it after the images; the processor pads to 48).
         noise_seed: seed of each episode's noise generator (sessions of one episode draw alike).
         action_names: optional names of the action dimensions.
+        state_names: optional names of the state's joints (a JointState is then read by name).
+        control_rate_hz: the control rate of the recordings it was trained on (bag tools' default).
         cache: default cache of a session (None: full, sized from the above).
         task: the simulator task id the checkpoint was trained for (e.g. ``Arm-CueCarryDistract-v0``;
             a fact of its model card, None when unknown).
@@ -52,6 +54,8 @@ class PI0PolicyConfig:
     max_prompt_tokens: int = 48
     noise_seed: int = 0
     action_names: list[str] | None = None
+    state_names: list[str] | None = None
+    control_rate_hz: float | None = None
     cache: CacheConfig | None = None
     task: str | None = None
 
@@ -68,6 +72,16 @@ class PI0PolicyConfig:
         for name in ("action_dim", "actions_per_inference", "num_inference_steps"):
             if getattr(self, name) is not None:
                 _check_int(name, getattr(self, name), 1)
+        for name in ("action_names", "state_names"):
+            names = getattr(self, name)
+            if names is not None and (not isinstance(names, list) or not all(isinstance(n, str) for n in names)
+                                      or len(set(names)) != len(names)):
+                raise ValueError(f"{name}: expected a list of distinct strings, got {names!r}")
+        if self.state_names is not None and self.state_dim and len(self.state_names) != self.state_dim:
+            raise ValueError(f"state_names: {len(self.state_names)} names for state_dim {self.state_dim}")
+        if self.control_rate_hz is not None and not (isinstance(self.control_rate_hz, (int, float))
+                                                     and self.control_rate_hz > 0):
+            raise ValueError(f"control_rate_hz: must be a number > 0, got {self.control_rate_hz!r}")
         if self.num_cameras > self.max_cameras:
             raise ValueError(f"num_cameras: {self.num_cameras} cameras, the checkpoint allows at most "
                              f"{self.max_cameras} (max_cameras in {POLICY_FILE})")

@@ -92,6 +92,8 @@ class PI0Policy(StreamingPolicy):
             raise ValueError(f"action_dim: {self.action_dim} does not fit max_action_dim {mc.max_action_dim} "
                              f"and the processor's action statistics ({act_stats or 'none'})")
         self.action_names = self.config.action_names
+        self.state_names = self.config.state_names
+        self.control_rate_hz = self.config.control_rate_hz
         self.action_chunk_length = mc.chunk_size  # transformers' PI0Config calls it chunk_size
         self.default_actions_per_inference = min(self.config.actions_per_inference or mc.chunk_size, mc.chunk_size)
         self.num_inference_steps = self.config.num_inference_steps or mc.num_inference_steps
