@@ -1,7 +1,7 @@
 """The package's import tiers: the one statement of which package may import which.
 
 Each tier imports only the tiers before it, at module level and inside functions alike, so no
-two packages import each other and a tier's tests need nothing after it. `test/test_tiers.py`
+two packages import each other and a tier's tests need nothing after it. `test/unit/test_tiers.py`
 reads every import of the package (with `ast`) and holds the code to this table; the README's
 table is generated from it (``python scripts/generate_docs.py``).
 

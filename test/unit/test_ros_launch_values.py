@@ -11,7 +11,7 @@ import pytest
 
 from kv_vla_ros.ros.launch_values import typed_argument
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 def test_a_typed_argument_converts_or_names_itself():

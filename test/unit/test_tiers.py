@@ -7,7 +7,7 @@ from pathlib import Path
 import kv_vla_ros
 from kv_vla_ros.tiers import TIERS, imports, markdown_table, violations
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 PACKAGE = Path(kv_vla_ros.__file__).resolve().parent
 
 

@@ -27,7 +27,7 @@ from kv_vla_ros.sim.arm.scene import STATE_JOINT_NAMES
 from kv_vla_ros.sim.arm.task import INSTRUCTION
 from kv_vla_ros.train.bag_episodes import read_bags
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 ARM_MODEL = REPO / "models" / "kv-vla-arm-pi0"
 QOS = Qos(QosHistory.KEEP_LAST, 10, QosReliability.RELIABLE, QosDurability.VOLATILE, QosTime(0, 0), QosTime(0, 0),
           QosLiveliness.AUTOMATIC, QosTime(0, 0), False)

@@ -17,7 +17,7 @@ from kv_vla_ros.ros.processes import pick_free_domain_id, spawn_node  # noqa: E4
 from ros_helpers import Probe, build_tiny_model, wait_until_up  # noqa: E402
 
 # The node scripts, what `ros2 run` and `ros2 launch` start (installed in lib/kv_vla_ros)
-NODES = Path(__file__).resolve().parents[1] / "nodes"
+NODES = Path(__file__).resolve().parents[2] / "nodes"
 
 
 @pytest.fixture(scope="module")

@@ -30,7 +30,7 @@ def test_bench_paper_smoke(tmp_path, capsys):
     assert (out / "bench_default.png").stat().st_size > 1000
     assert "KV-Efficient VLA paper" in capsys.readouterr().out
     # the README's table comes from this JSON (scripts/bench_readme_tables.py, as generate_docs.py runs it)
-    script = Path(__file__).resolve().parents[1] / "scripts" / "bench_readme_tables.py"
+    script = Path(__file__).resolve().parents[2] / "scripts" / "bench_readme_tables.py"
     table = subprocess.run([sys.executable, str(script), "paper", str(out / "bench_default.json")],
                            capture_output=True, text=True, check=True).stdout
     assert f"**{data['title']}**\n" in table  # after a warning when the machine was busy
@@ -59,7 +59,7 @@ def test_bench_dtype_smoke(tmp_path, capsys):
 def test_readme_tables_say_when_a_run_shared_the_machine():
     import importlib.util
 
-    path = Path(__file__).resolve().parents[1] / "scripts" / "bench_readme_tables.py"
+    path = Path(__file__).resolve().parents[2] / "scripts" / "bench_readme_tables.py"
     spec = importlib.util.spec_from_file_location("bench_readme_tables", path)
     tables = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(tables)

@@ -26,7 +26,7 @@ from safetensors.torch import load_file
 from kv_vla_ros.cli import main
 
 pytestmark = pytest.mark.ray  # each test starts a Ray runtime or two (tens of seconds)
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 LOSS_RTOL, WEIGHT_ATOL = 1e-5, 1e-4
 TINY_PI0 = json.dumps({"text": {"hidden_size": 32, "num_hidden_layers": 2, "intermediate_size": 64},
                        "vision": {"hidden_size": 32, "num_hidden_layers": 1, "intermediate_size": 64}})

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 SCRIPTS = sorted(p.name for p in (REPO / "nodes").iterdir())
 
 # Runs a script as its shebang would, after arming a finder that sends this process SIGINT when the

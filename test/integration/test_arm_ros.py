@@ -170,7 +170,7 @@ def test_arm_demo_launch_file_builds_with_described_arguments():
 
     from launch.actions import DeclareLaunchArgument
 
-    path = Path(__file__).resolve().parents[1] / "launch" / "arm_demo.launch.py"
+    path = Path(__file__).resolve().parents[2] / "launch" / "arm_demo.launch.py"
     spec = importlib.util.spec_from_file_location("arm_demo_launch", path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)

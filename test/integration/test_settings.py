@@ -19,7 +19,7 @@ from kv_vla_ros.cache.settings import FIXED, LIVE, NEXT_EPISODE, parse_setting, 
 from kv_vla_ros.ros.node.param_specs import NODE_PARAMS, NodeSettings, all_param_specs
 from kv_vla_ros.vla import DEFAULT_MODEL_PATH, VLAModel, VLASession
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 CHANGED = {"eviction": "sink_window", "recent_chunks": 2, "budget_tokens": 80, "gate_threshold": 0.3,
            "summarize": True, "summary_threshold": 0.5, "layer_budgets": [80, 64, 72, 88], "seed": 7,
            "static": True, "chunk_size": 6, "sink_tokens": 12}

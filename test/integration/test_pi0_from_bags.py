@@ -17,7 +17,7 @@ from pi0_bags import INSTRUCTION, write_memory_bag
 from kv_vla_ros.data.episodes import BagTopics
 from kv_vla_ros.train.bag_episodes import read_bags
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 @pytest.mark.parametrize("storage,cameras,compressed", [("sqlite3", 1, False), ("mcap", 2, True)])

@@ -6,7 +6,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def _variant(root: Path, name: str, seeds: list[int], full_ok: list[bool], aux: float) -> str:

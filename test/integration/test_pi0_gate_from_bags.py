@@ -17,7 +17,7 @@ from kv_vla_ros.train.bag_episodes import read_bags
 from kv_vla_ros.train.pi0_gate import keep_alone_sets, keep_alone_value
 from kv_vla_ros.train.pi0_train import PI0TrainConfig, stream_episode, train_pi0
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 TINY = {"text": {"hidden_size": 32, "num_hidden_layers": 2, "intermediate_size": 64},
         "vision": {"hidden_size": 32, "num_hidden_layers": 1, "intermediate_size": 64}}
 
