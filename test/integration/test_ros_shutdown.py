@@ -78,6 +78,27 @@ def test_two_sigints_end_the_simulator_with_exit_0(tmp_path):
     assert rc == 0 and "Traceback" not in text, text[-2000:]
 
 
+def test_every_input_present_but_no_instruction_is_named(model, tmp_path):
+    """Frames arrive, no instruction does: the node says it waits for the instruction (it once said
+    only 'no fresh action')."""
+    domain = pick_free_domain_id(salt=103)
+    probe = Probe(domain)
+    log = tmp_path / "node.log"
+    proc = spawn_entry("kv_vla_node", domain, {"model_path": str(model), "stale_timeout_s": 0.5}, log, tmp_path)
+    try:
+        wait_until_up(probe, proc, log)
+        for k in range(30):
+            probe.publish_image(40, 40, seed=k)
+            time.sleep(0.05)
+        _, diag, level, message = probe.diagnostics[-1]
+        assert diag["state"] == "waiting" and "no instruction yet: publish one on /instruction" in message, message
+        assert probe.actions and not any(action for _, action, _ in probe.actions)  # stop commands only
+    finally:
+        probe.close()
+        rc = interrupt(proc, times=1)
+    assert rc == 0, log.read_text()[-2000:]
+
+
 def test_sim_time_without_a_clock_is_reported_and_a_clock_starts_the_node(model, tmp_path):
     from rosgraph_msgs.msg import Clock
 

@@ -18,7 +18,7 @@ from sensor_msgs.msg import CompressedImage, Image, JointState
 from std_msgs.msg import Bool, Float32MultiArray, String
 from std_srvs.srv import Trigger
 
-from kv_vla_ros.ros.node.control import ControlLoop, RollingStats, TwistAdapter, check_merge_rule
+from kv_vla_ros.ros.node.control import ControlCommand, ControlLoop, RollingStats, TwistAdapter, check_merge_rule
 from kv_vla_ros.ros.node.control_thread import ControlThread
 from kv_vla_ros.ros.node.diagnostics import GcWatch, input_values, policy_status
 from kv_vla_ros.data.image_conversion import compressed_to_rgb, image_to_rgb, shrink_for_model
@@ -345,6 +345,12 @@ class NodeRuntime:
         now = self.node._now()
         popped = self.loop.queue.popped
         cmd = self.loop.tick(now)
+        if cmd.state in ("waiting", "stale") and self.worker.episode_instruction is None:
+            # nothing runs before an instruction: say so, not only which inputs or actions are missing
+            topic = self.node.resolve_topic_name("instruction")
+            missing = f"; {cmd.reason}" if cmd.reason.startswith("no message received yet") else ""
+            cmd = ControlCommand(None, None, "waiting", f"no instruction yet: publish one on {topic} "
+                                 f"(std_msgs/String) or set the instruction parameter{missing}")
         if self.loop.queue.popped != popped:  # a new action goes out: only re-sends after it count
             self._newest_repeats = 0
         self.outputs.publish(cmd, self.loop.period_s)
