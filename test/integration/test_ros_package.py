@@ -57,7 +57,7 @@ def test_package_xml_matches_the_ros_packages_the_code_imports_both_ways():
     exec_depends = declared("exec")
     assert runtime - exec_depends == set(), "imported by the package, missing from package.xml's exec_depend"
     assert exec_depends - runtime == set(), "declared in package.xml's exec_depend, imported by no package code"
-    tests = rosdep_names(imported_modules(sorted((REPO / "test").glob("*.py")))) - runtime
+    tests = rosdep_names(imported_modules(sorted((REPO / "test").rglob("*.py")))) - runtime
     assert tests - declared("test") == set(), "imported only by the tests, missing from test_depend"
     assert declared("test") - tests - runtime == set(), "test_depend that no test imports"
     assert "rcl_interfaces" in runtime and "python3-pytest" in tests  # the detection itself works
