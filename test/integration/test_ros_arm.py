@@ -122,6 +122,17 @@ def diag_while(arm_probe: Probe, seconds: float = 1.5) -> dict:
     return diag
 
 
+def running_again(arm_probe: Probe, timeout: float = 8.0) -> dict:
+    """The precondition of a test that changes an input: the arm streams until the node reports
+    running (after the previous test's inputs stopped, the next inference can take a few seconds
+    on a loaded machine: a single 1 s window once read 'stale' there)."""
+    end = time.monotonic() + timeout
+    diag = diag_while(arm_probe, 1.0)
+    while diag["state"] != "running" and time.monotonic() < end:
+        diag = diag_while(arm_probe, 1.0)
+    return diag
+
+
 def test_lifecycle_configure_activate_deactivate(arm):
     assert lifecycle(arm) == "unconfigured"
     assert arm.last_diag(after=time.monotonic())["lifecycle"] == "unconfigured"
@@ -163,8 +174,8 @@ def test_trajectory_output_sends_each_plan_and_an_empty_trajectory_to_stop(arm):
 
 
 def test_the_deadman_stops_and_pauses_inference_until_true_returns(arm):
-    diag = diag_while(arm, 1.0)
-    assert diag["state"] == "running"
+    diag = running_again(arm)
+    assert diag["state"] == "running", diag
     arm.arm.enable_on = False
     t_off = time.monotonic()
     arm.arm.run(ENABLE_S + 0.5)
@@ -182,7 +193,7 @@ def test_the_deadman_stops_and_pauses_inference_until_true_returns(arm):
 
 
 def test_state_joints_are_selected_by_name_and_a_missing_one_is_named(arm):
-    diag = diag_while(arm, 1.0)
+    diag = running_again(arm)
     assert diag["state"] == "running" and int(diag["states_rejected"]) == 0
     arm.arm.joint_names = ["wrist", "gripper", "shoulder", "knee"]  # no elbow
     arm.arm.run(STALE_S + 0.4)
